@@ -1,0 +1,19 @@
+//! ringkv storage: one fjall database per node with keyspaces for objects, Merkle
+//! leaves, hints and metadata.
+//!
+//! The crate is bytes in, bytes out. Callers hand it canonical object encodings; it
+//! keeps, per partition, a hash tree over the digests of those bytes, updated in the
+//! same batch as every write and persisted, so a restart never rescans the keys. It
+//! knows nothing of networking, rings or object kinds.
+
+pub mod error;
+pub mod keys;
+pub mod merkle;
+mod store;
+mod sync;
+
+pub use error::{Result, StorageError};
+pub use keys::{object_digest, segment_of};
+pub use merkle::{EMPTY, Hash, LEAVES};
+pub use store::{Change, Store, StoreConfig, Updated};
+pub use sync::SyncPolicy;
