@@ -1,0 +1,45 @@
+//! The transport seam: every TCP connect and accept of the node goes through
+//! [`Network`], so the same node code runs on tokio sockets in production and on a
+//! simulated network (turmoil) in `ringkv-simulation` (DESIGN.md §9).
+
+mod tokio_net;
+
+pub use tokio_net::TokioNetwork;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A byte stream between two nodes (or a client and a node).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// A bound listening socket.
+pub trait Listener: Send + 'static {
+    /// The stream type of accepted connections.
+    type Stream: Stream;
+
+    /// Waits for the next connection.
+    ///
+    /// Cancel safe: dropping the future loses no connection.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+
+    /// The address actually bound (useful after binding port 0).
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// Connects and listens. Implementations must be cheap to clone.
+pub trait Network: Clone + Send + Sync + 'static {
+    /// Stream type of both sides.
+    type Stream: Stream;
+    /// Listener type.
+    type Listener: Listener<Stream = Self::Stream>;
+
+    /// Binds a listener.
+    fn bind(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Listener>> + Send;
+
+    /// Opens a connection.
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}

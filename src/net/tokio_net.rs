@@ -1,0 +1,64 @@
+//! The production [`Network`]: tokio TCP sockets.
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{Listener, Network};
+
+/// tokio's TCP.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioNetwork;
+
+impl Listener for TcpListener {
+    type Stream = TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        // Requests are small and latency-bound; Nagle only adds delay.
+        stream.set_nodelay(true)?;
+        Ok((stream, peer))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        TcpListener::local_addr(self)
+    }
+}
+
+impl Network for TokioNetwork {
+    type Stream = TcpStream;
+    type Listener = TcpListener;
+
+    async fn bind(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        TcpListener::bind(addr).await
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn connect_and_accept_exchange_bytes() {
+        let net = TokioNetwork;
+        let mut listener = net.bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let addr = Listener::local_addr(&listener).expect("addr");
+        let client = tokio::spawn(async move {
+            let mut s = net.connect(addr).await.expect("connect");
+            s.write_all(b"ping").await.expect("write");
+        });
+        let (mut s, _) = Listener::accept(&mut listener).await.expect("accept");
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"ping");
+        client.await.expect("client");
+    }
+}
