@@ -1,4 +1,18 @@
 //! ringkv: a leaderless, eventually consistent, Dynamo-style key-value store.
+//!
+//! Layers, bottom up: [`object`] (what a key holds and how replicas merge),
+//! [`replica`] (atomic updates of the local store), [`coordinator`] (answering a
+//! request), [`rpc`] (the wire), [`node`] (a running node), [`client`] (the Rust
+//! client). Network access goes through [`net`], so the simulation can replace it.
 
-pub mod object;
+pub mod bench;
+pub mod client;
+pub mod coordinator;
 pub mod net;
+pub mod node;
+pub mod object;
+pub mod replica;
+pub mod ring;
+pub mod rpc;
+
+pub use client::{Client, ClientError, GetResult};

@@ -1,0 +1,214 @@
+//! Argument definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// ringkv: a leaderless, Dynamo-style key-value store.
+#[derive(Parser, Debug)]
+#[command(name = "ringkv", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every client command.
+#[derive(Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// Node to talk to.
+    #[arg(long, default_value = "127.0.0.1:7400", global = true)]
+    pub connect: String,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Request deadline in milliseconds.
+    #[arg(long = "timeout-ms", global = true)]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node in the foreground.
+    Serve(Box<ServeArgs>),
+    /// Write a register value; prints the new context.
+    Put {
+        /// The key.
+        key: String,
+        /// The value (or use --value-file).
+        value: Option<String>,
+        /// Context from a previous read: replaces exactly what that read saw.
+        #[arg(long)]
+        context: Option<String>,
+        /// Read the value from a file, or from stdin with `-`.
+        #[arg(long = "value-file", conflicts_with = "value")]
+        value_file: Option<PathBuf>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Read a register: one line per sibling.
+    Get {
+        /// The key.
+        key: String,
+        /// Also print the context (last line, `context: CTX`).
+        #[arg(long = "show-context")]
+        show_context: bool,
+        /// Print values base64-encoded.
+        #[arg(long)]
+        base64: bool,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Delete a register (what --context covers, else every value visible now).
+    Delete {
+        /// The key.
+        key: String,
+        /// Context from a previous read.
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Counters (PN-counters).
+    Counter {
+        #[command(subcommand)]
+        op: CounterOp,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Sets (observed-remove sets of strings).
+    Set {
+        #[command(subcommand)]
+        op: SetOp,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Show the node's status.
+    Status {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Measure put and get throughput and latency against a node.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CounterOp {
+    /// Add DELTA (may be negative); prints the new value.
+    #[command(allow_negative_numbers = true)]
+    Add {
+        /// The key.
+        key: String,
+        /// Signed amount.
+        delta: i64,
+    },
+    /// Print the value.
+    Get {
+        /// The key.
+        key: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SetOp {
+    /// Add a member.
+    Add {
+        /// The key.
+        key: String,
+        /// The member.
+        member: String,
+    },
+    /// Remove a member.
+    Remove {
+        /// The key.
+        key: String,
+        /// The member.
+        member: String,
+    },
+    /// List members, one per line.
+    Members {
+        /// The key.
+        key: String,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncArg {
+    /// fsync before acknowledging every write.
+    Always,
+    /// Group commit: fsync every --sync-interval-ms.
+    Interval,
+    /// Never fsync.
+    None,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the options below (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./ringkv-data].
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// RPC address [default: 127.0.0.1:7400].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Node id [default: stored id, else the listen address].
+    #[arg(long = "node-id")]
+    pub node_id: Option<String>,
+    /// Sync policy [default: interval].
+    #[arg(long, value_enum)]
+    pub sync: Option<SyncArg>,
+    /// Group-commit window of --sync interval [default: 100].
+    #[arg(long = "sync-interval-ms")]
+    pub sync_interval_ms: Option<u64>,
+    /// Partitions on the ring, a power of two [default: 256].
+    #[arg(long = "ring-size")]
+    pub ring_size: Option<u32>,
+    /// Longest key in bytes [default: 1024].
+    #[arg(long = "max-key-bytes")]
+    pub max_key_bytes: Option<usize>,
+    /// Longest value in bytes [default: 4194304].
+    #[arg(long = "max-value-bytes")]
+    pub max_value_bytes: Option<usize>,
+    /// Largest object (all siblings together) in bytes [default: 16777216].
+    #[arg(long = "max-object-bytes")]
+    pub max_object_bytes: Option<usize>,
+    /// Siblings beyond which writes are refused [default: 100].
+    #[arg(long = "max-siblings")]
+    pub max_siblings: Option<usize>,
+    /// Most client connections at once [default: 1024].
+    #[arg(long = "max-connections")]
+    pub max_connections: Option<usize>,
+    /// Block cache in MiB [default: 64].
+    #[arg(long = "cache-mb")]
+    pub cache_mb: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Keys written in the load phase.
+    #[arg(long, default_value_t = 100_000)]
+    pub records: u64,
+    /// Gets in the read phase.
+    #[arg(long, default_value_t = 100_000)]
+    pub operations: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+    /// Client connections shared by the requests.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Bytes per value.
+    #[arg(long = "value-size", default_value_t = 1000)]
+    pub value_size: usize,
+    /// Seed of the key chooser.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Node to drive.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub connect: String,
+    /// Write the full report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}

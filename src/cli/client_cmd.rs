@@ -1,0 +1,252 @@
+//! The client commands: one request to one node, printed for people or for scripts.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use base64::Engine;
+use ringkv::Client;
+use ringkv::object::Context;
+use serde_json::json;
+
+use super::args::{BenchArgs, ClientOpts, Command, CounterOp, SetOp};
+use super::{EXIT_NOT_FOUND, EXIT_OK, Failure};
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn text(bytes: &[u8], base64: bool) -> String {
+    if base64 { b64(bytes) } else { String::from_utf8_lossy(bytes).into_owned() }
+}
+
+fn out(line: &[u8]) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .map_err(|e| Failure::other(format!("cannot write output: {e}")))
+}
+
+fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
+    out(v.to_string().as_bytes())
+}
+
+fn context_arg(raw: Option<&str>) -> Result<Option<Context>, Failure> {
+    raw.map(|t| Context::from_text(t).map_err(|e| Failure::usage(e.to_string()))).transpose()
+}
+
+async fn connect(opts: &ClientOpts) -> Result<Client, Failure> {
+    let mut client = Client::connect(&opts.connect).await?;
+    if let Some(ms) = opts.timeout_ms {
+        if ms == 0 {
+            return Err(Failure::usage("--timeout-ms must be at least 1"));
+        }
+        client.set_timeout(Duration::from_millis(ms));
+    }
+    Ok(client)
+}
+
+fn read_value(value: Option<String>, file: Option<std::path::PathBuf>) -> Result<Vec<u8>, Failure> {
+    match (value, file) {
+        (Some(v), None) => Ok(v.into_bytes()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| Failure::usage(format!("cannot read stdin: {e}")))?;
+            Ok(buf)
+        }
+        (None, Some(path)) => std::fs::read(&path).map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display()))),
+        (None, None) => Err(Failure::usage("put needs a VALUE or --value-file")),
+        (Some(_), Some(_)) => Err(Failure::usage("give either VALUE or --value-file, not both")),
+    }
+}
+
+pub fn run(command: Command) -> Result<i32, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::other(format!("cannot start runtime: {e}")))?;
+    runtime.block_on(dispatch(command))
+}
+
+async fn dispatch(command: Command) -> Result<i32, Failure> {
+    match command {
+        Command::Serve(_) => unreachable!("serve is dispatched before"),
+        Command::Bench(args) => bench(args).await,
+        Command::Put { key, value, context, value_file, opts } => {
+            let value = read_value(value, value_file)?;
+            let ctx = context_arg(context.as_deref())?;
+            let client = connect(&opts).await?;
+            let new = client.put(key.as_bytes(), &value, ctx.as_ref()).await?;
+            if opts.json {
+                print_json(&json!({"context": new.to_text()}))?;
+            } else {
+                out(new.to_text().as_bytes())?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Get { key, show_context, base64, opts } => {
+            let client = connect(&opts).await?;
+            let read = client.get(key.as_bytes()).await?;
+            if opts.json {
+                let values: Vec<String> = read.siblings.iter().map(|v| text(v, base64)).collect();
+                print_json(&json!({"found": read.is_found(), "values": values, "context": read.context.to_text()}))?;
+            } else {
+                for v in &read.siblings {
+                    if base64 { out(b64(v).as_bytes())? } else { out(v)? }
+                }
+                if show_context {
+                    out(format!("context: {}", read.context.to_text()).as_bytes())?;
+                }
+            }
+            if read.is_found() {
+                Ok(EXIT_OK)
+            } else {
+                if !opts.json {
+                    eprintln!("not found: {key}");
+                }
+                Ok(EXIT_NOT_FOUND)
+            }
+        }
+        Command::Delete { key, context, opts } => {
+            let ctx = context_arg(context.as_deref())?;
+            let client = connect(&opts).await?;
+            let new = client.delete(key.as_bytes(), ctx.as_ref()).await?;
+            if opts.json {
+                print_json(&json!({"context": new.to_text()}))?;
+            } else {
+                out(new.to_text().as_bytes())?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Counter { op, opts } => {
+            let client = connect(&opts).await?;
+            let (key, value) = match op {
+                CounterOp::Add { key, delta } => {
+                    let v = client.counter_add(key.as_bytes(), delta).await?;
+                    (key, Some(v))
+                }
+                CounterOp::Get { key } => {
+                    let v = client.counter_get(key.as_bytes()).await?;
+                    (key, v)
+                }
+            };
+            match value {
+                Some(v) => {
+                    if opts.json {
+                        // JSON numbers beyond i64 lose precision in many parsers: use a
+                        // string only when needed.
+                        let n = i64::try_from(v).map(|x| json!(x)).unwrap_or_else(|_| json!(v.to_string()));
+                        print_json(&json!({"found": true, "value": n}))?;
+                    } else {
+                        out(v.to_string().as_bytes())?;
+                    }
+                    Ok(EXIT_OK)
+                }
+                None => {
+                    if opts.json {
+                        print_json(&json!({"found": false, "value": 0}))?;
+                    } else {
+                        eprintln!("not found: {key}");
+                    }
+                    Ok(EXIT_NOT_FOUND)
+                }
+            }
+        }
+        Command::Set { op, opts } => {
+            let client = connect(&opts).await?;
+            match op {
+                SetOp::Add { key, member } => {
+                    client.set_add(key.as_bytes(), member.as_bytes()).await?;
+                    if opts.json {
+                        print_json(&json!({"ok": true}))?;
+                    }
+                    Ok(EXIT_OK)
+                }
+                SetOp::Remove { key, member } => {
+                    let was = client.set_remove(key.as_bytes(), member.as_bytes()).await?;
+                    if opts.json {
+                        print_json(&json!({"ok": true, "removed": was}))?;
+                    }
+                    Ok(EXIT_OK)
+                }
+                SetOp::Members { key } => match client.set_members(key.as_bytes()).await? {
+                    Some(members) => {
+                        if opts.json {
+                            let m: Vec<String> = members.iter().map(|m| text(m, false)).collect();
+                            print_json(&json!({"found": true, "members": m}))?;
+                        } else {
+                            for m in &members {
+                                out(m)?;
+                            }
+                        }
+                        Ok(EXIT_OK)
+                    }
+                    None => {
+                        if opts.json {
+                            print_json(&json!({"found": false, "members": []}))?;
+                        } else {
+                            eprintln!("not found: {key}");
+                        }
+                        Ok(EXIT_NOT_FOUND)
+                    }
+                },
+            }
+        }
+        Command::Status { opts } => {
+            let client = connect(&opts).await?;
+            let s = client.status().await?;
+            if opts.json {
+                let v = serde_json::to_value(&s).map_err(|e| Failure::other(e.to_string()))?;
+                print_json(&v)?;
+            } else {
+                let lines = [
+                    format!("node_id:      {}", s.node_id),
+                    format!("address:      {}", s.address),
+                    format!("version:      {}", s.version),
+                    format!("data_dir:     {}", s.data_dir),
+                    format!("sync:         {}", s.sync),
+                    format!("ring_size:    {}", s.ring_size),
+                    format!("generation:   {}", s.generation),
+                    format!("keys (approx) {}", s.keys_approx),
+                    format!("uptime:       {:.1} s", s.uptime_ms as f64 / 1000.0),
+                    format!("requests:     {} ({} refused)", s.stats.requests, s.stats.request_errors),
+                    format!("connections:  {} open, {} refused, {} closed for bad frames", s.stats.connections_open, s.stats.connections_refused, s.stats.bad_frames),
+                ];
+                for l in lines {
+                    out(l.as_bytes())?;
+                }
+            }
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+async fn bench(args: BenchArgs) -> Result<i32, Failure> {
+    if args.records == 0 {
+        return Err(Failure::usage("--records must be at least 1"));
+    }
+    if args.concurrency == 0 || args.concurrency > 10_000 {
+        return Err(Failure::usage("--concurrency must be between 1 and 10000"));
+    }
+    if args.connections == 0 || args.connections > 1024 {
+        return Err(Failure::usage("--connections must be between 1 and 1024"));
+    }
+    let config = ringkv::bench::BenchConfig {
+        connect: args.connect,
+        records: args.records,
+        operations: args.operations,
+        concurrency: args.concurrency,
+        connections: args.connections,
+        value_size: args.value_size,
+        seed: args.seed,
+    };
+    let report = ringkv::bench::run(config).await?;
+    print!("{report}");
+    if let Some(path) = args.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| Failure::other(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| Failure::other(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,86 @@
+//! Command-line interface. The contract (flags, output, exit codes) is relied on by
+//! scripts: extend it, never break it.
+//!
+//! Exit codes: 0 ok, 1 not found, 2 usage error or bad input, 3 unavailable, 4 other.
+
+mod args;
+mod client_cmd;
+mod serve;
+
+use clap::Parser;
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the key (or member) does not exist.
+pub const EXIT_NOT_FOUND: i32 = 1;
+/// Exit code: usage error or input the server refused.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: no node reachable, or quorum not reached.
+pub const EXIT_UNAVAILABLE: i32 = 3;
+/// Exit code: anything else.
+pub const EXIT_OTHER: i32 = 4;
+
+/// A failure with its exit code and one line for stderr.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit code.
+    pub code: i32,
+    /// The message.
+    pub message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Failure { code: EXIT_USAGE, message: message.into() }
+    }
+    fn other(message: impl Into<String>) -> Self {
+        Failure { code: EXIT_OTHER, message: message.into() }
+    }
+}
+
+impl From<ringkv::ClientError> for Failure {
+    fn from(e: ringkv::ClientError) -> Self {
+        use ringkv::ClientError;
+        use ringkv::rpc::api::ApiError;
+        let code = match &e {
+            ClientError::Connect { .. } | ClientError::Unavailable { .. } => EXIT_UNAVAILABLE,
+            ClientError::Api(api) => match api {
+                ApiError::EmptyKey
+                | ApiError::KeyTooLarge { .. }
+                | ApiError::ValueTooLarge { .. }
+                | ApiError::ObjectTooLarge { .. }
+                | ApiError::WrongKind { .. }
+                | ApiError::TooManySiblings { .. }
+                | ApiError::InvalidContext { .. }
+                | ApiError::InvalidOptions { .. } => EXIT_USAGE,
+                ApiError::Unavailable { .. } => EXIT_UNAVAILABLE,
+                ApiError::Corrupt { .. } | ApiError::Storage { .. } => EXIT_OTHER,
+            },
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+/// Parses arguments, runs the command, returns the exit code.
+pub fn main() -> i32 {
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let outcome = match cli.command {
+        args::Command::Serve(a) => serve::run(*a),
+        other => client_cmd::run(other),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(f) => {
+            let line = f.message.replace('\n', " ");
+            eprintln!("error: {line}");
+            f.code
+        }
+    }
+}

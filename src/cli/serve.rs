@@ -1,0 +1,184 @@
+//! `ringkv serve`: one node in the foreground until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringkv::net::TokioNetwork;
+use ringkv::node::{Node, NodeConfig};
+use ringkv::ring::check_ring_size;
+use ringkv_storage::SyncPolicy;
+use serde::Deserialize;
+
+use super::args::{ServeArgs, SyncArg};
+use super::{EXIT_OK, Failure};
+
+/// The `--config` file: the same options as the flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    node_id: Option<String>,
+    sync: Option<SyncArg>,
+    sync_interval_ms: Option<u64>,
+    ring_size: Option<u32>,
+    max_key_bytes: Option<usize>,
+    max_value_bytes: Option<usize>,
+    max_object_bytes: Option<usize>,
+    max_siblings: Option<usize>,
+    max_connections: Option<usize>,
+    cache_mb: Option<u64>,
+}
+
+fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
+    let file = match &args.config {
+        None => FileConfig::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::usage(format!("cannot read config {}: {e}", path.display())))?;
+            toml::from_str(&text)
+                .map_err(|e| Failure::usage(format!("bad config {}: {}", path.display(), e.message())))?
+        }
+    };
+    let listen_text = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7400".into());
+    let listen: SocketAddr = listen_text
+        .parse()
+        .map_err(|_| Failure::usage(format!("--listen {listen_text:?} is not HOST:PORT with a numeric IP")))?;
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./ringkv-data"));
+    let mut cfg = NodeConfig::new(data_dir, listen);
+    cfg.node_id = args.node_id.or(file.node_id);
+    if let Some(id) = &cfg.node_id
+        && (id.is_empty() || id.len() > 128 || id.chars().any(char::is_whitespace))
+    {
+        return Err(Failure::usage("--node-id must be 1-128 characters without spaces"));
+    }
+    let interval_ms = args.sync_interval_ms.or(file.sync_interval_ms).unwrap_or(100);
+    if interval_ms == 0 || interval_ms > 60_000 {
+        return Err(Failure::usage("--sync-interval-ms must be between 1 and 60000"));
+    }
+    cfg.sync = match args.sync.or(file.sync).unwrap_or(SyncArg::Interval) {
+        SyncArg::Always => SyncPolicy::Always,
+        SyncArg::Interval => SyncPolicy::Interval(Duration::from_millis(interval_ms)),
+        SyncArg::None => SyncPolicy::None,
+    };
+    cfg.ring_size = check_ring_size(args.ring_size.or(file.ring_size).unwrap_or(cfg.ring_size))
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let limits = &mut cfg.limits;
+    if let Some(v) = args.max_key_bytes.or(file.max_key_bytes) {
+        limits.max_key_bytes = v;
+    }
+    if let Some(v) = args.max_value_bytes.or(file.max_value_bytes) {
+        limits.max_value_bytes = v;
+    }
+    if let Some(v) = args.max_object_bytes.or(file.max_object_bytes) {
+        limits.max_object_bytes = v;
+    }
+    if let Some(v) = args.max_siblings.or(file.max_siblings) {
+        limits.max_siblings = v;
+        limits.warn_siblings = limits.warn_siblings.min(v);
+    }
+    if limits.max_key_bytes == 0 || limits.max_key_bytes > 64 * 1024 {
+        return Err(Failure::usage("--max-key-bytes must be between 1 and 65536"));
+    }
+    if limits.max_value_bytes == 0 || limits.max_value_bytes > 256 << 20 {
+        return Err(Failure::usage("--max-value-bytes must be between 1 and 268435456"));
+    }
+    if limits.max_object_bytes < limits.max_value_bytes || limits.max_object_bytes > 1 << 30 {
+        return Err(Failure::usage("--max-object-bytes must be at least --max-value-bytes and at most 1 GiB"));
+    }
+    if limits.max_siblings == 0 || limits.max_siblings > 10_000 {
+        return Err(Failure::usage("--max-siblings must be between 1 and 10000"));
+    }
+    if let Some(v) = args.max_connections.or(file.max_connections) {
+        if v == 0 {
+            return Err(Failure::usage("--max-connections must be at least 1"));
+        }
+        cfg.max_connections = v;
+    }
+    if let Some(mb) = args.cache_mb.or(file.cache_mb) {
+        cfg.cache_bytes = mb.saturating_mul(1 << 20);
+    }
+    Ok(cfg)
+}
+
+/// A fresh actor id for a new data directory: process-unique material hashed, so two
+/// directories created at once never share dots.
+fn mint_actor(cfg: &NodeConfig) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = blake3::Hasher::new();
+    h.update(&now.to_be_bytes());
+    h.update(&std::process::id().to_be_bytes());
+    h.update(cfg.data_dir.as_os_str().as_encoded_bytes());
+    h.update(cfg.listen.to_string().as_bytes());
+    let b = h.finalize();
+    u64::from_be_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        biased;
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn run(args: ServeArgs) -> Result<i32, Failure> {
+    init_tracing();
+    let cfg = node_config(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ringkv")
+        .build()
+        .map_err(|e| Failure::other(format!("cannot start runtime: {e}")))?;
+    runtime.block_on(async move {
+        let minted = mint_actor(&cfg);
+        let node = Node::open(cfg, || minted).map_err(|e| Failure::other(e.to_string()))?;
+        let node = Arc::new(node);
+        let listener = ringkv::rpc::server::bind(&TokioNetwork, &node)
+            .await
+            .map_err(|e| Failure { code: super::EXIT_UNAVAILABLE, message: e.to_string() })?;
+        let addr = listener.local_addr().map_err(|e| Failure::other(e.to_string()))?;
+        tracing::info!(node_id = node.node_id(), %addr, "ringkv listening");
+        ringkv::rpc::server::serve(listener, node.clone(), shutdown_signal()).await;
+        node.sync().map_err(|e| Failure::other(format!("final sync failed: {e}")))?;
+        tracing::info!("stopped cleanly");
+        Ok(EXIT_OK)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ringkv.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nsync = \"always\"\nmax_siblings = 7\n").expect("write");
+        let args = ServeArgs { config: Some(path.clone()), listen: Some("127.0.0.1:9001".into()), ..ServeArgs::default() };
+        let cfg = node_config(args).expect("valid");
+        assert_eq!(cfg.listen.port(), 9001);
+        assert_eq!(cfg.sync, SyncPolicy::Always);
+        assert_eq!(cfg.limits.max_siblings, 7);
+        std::fs::write(&path, "lisen = \"x\"\n").expect("write");
+        assert!(node_config(ServeArgs { config: Some(path), ..ServeArgs::default() }).is_err());
+        assert!(node_config(ServeArgs { ring_size: Some(100), ..ServeArgs::default() }).is_err());
+        assert!(node_config(ServeArgs { listen: Some("nohost".into()), ..ServeArgs::default() }).is_err());
+    }
+}

@@ -1,0 +1,267 @@
+//! A running node: its identity, storage, coordinator and counters.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ringkv_storage::{StorageError, Store, StoreConfig, SyncPolicy};
+use tokio::time::Instant;
+
+use crate::coordinator::Coordinator;
+use crate::object::Actor;
+use crate::replica::{Limits, Replica};
+use crate::ring::DEFAULT_RING_SIZE;
+use crate::rpc::api::{ServerInfo, ServiceStats, Status};
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// RPC listen address.
+    pub listen: SocketAddr,
+    /// Node id; defaults to the one stored in the data directory, else the listen address.
+    pub node_id: Option<String>,
+    /// Sync policy of the store.
+    pub sync: SyncPolicy,
+    /// Client-visible limits.
+    pub limits: Limits,
+    /// Partitions on the ring.
+    pub ring_size: u32,
+    /// Most client connections served at once.
+    pub max_connections: usize,
+    /// Most requests in flight on one connection.
+    pub max_in_flight_per_connection: usize,
+    /// Block cache of the store, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl NodeConfig {
+    /// Defaults for a data directory and listen address.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            listen,
+            node_id: None,
+            sync: SyncPolicy::Interval(SyncPolicy::DEFAULT_INTERVAL),
+            limits: Limits::default(),
+            ring_size: DEFAULT_RING_SIZE,
+            max_connections: 1024,
+            max_in_flight_per_connection: 256,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The data directory belongs to another node.
+    #[error("data directory belongs to node {stored:?}, not {requested:?}")]
+    NodeIdMismatch {
+        /// Id recorded in the directory.
+        stored: String,
+        /// Id asked for.
+        requested: String,
+    },
+    /// The data directory was created with another ring size.
+    #[error("data directory was created with ring size {stored}, not {requested}")]
+    RingSizeMismatch {
+        /// Ring size recorded in the directory.
+        stored: u32,
+        /// Ring size asked for.
+        requested: u32,
+    },
+    /// A metadata value has the wrong shape.
+    #[error("corrupt metadata {name}: {len} bytes")]
+    CorruptMeta {
+        /// Metadata name.
+        name: &'static str,
+        /// Length found.
+        len: usize,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Service counters, updated lock-free.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Requests answered with an error.
+    pub request_errors: AtomicU64,
+    /// Connections open.
+    pub connections_open: AtomicU64,
+    /// Connections refused at the limit.
+    pub connections_refused: AtomicU64,
+    /// Connections dropped for a bad frame.
+    pub bad_frames: AtomicU64,
+}
+
+impl Stats {
+    fn snapshot(&self) -> ServiceStats {
+        ServiceStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            request_errors: self.request_errors.load(Ordering::Relaxed),
+            connections_open: self.connections_open.load(Ordering::Relaxed),
+            connections_refused: self.connections_refused.load(Ordering::Relaxed),
+            bad_frames: self.bad_frames.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One node.
+pub struct Node {
+    config: NodeConfig,
+    node_id: String,
+    generation: u64,
+    coordinator: Coordinator,
+    started: Instant,
+    /// Service counters.
+    pub stats: Stats,
+}
+
+fn read_u64(store: &Store, name: &'static str) -> Result<Option<u64>, NodeError> {
+    match store.meta(name)? {
+        None => Ok(None),
+        Some(v) => {
+            let arr: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| NodeError::CorruptMeta { name, len: v.len() })?;
+            Ok(Some(u64::from_be_bytes(arr)))
+        }
+    }
+}
+
+impl Node {
+    /// Opens the data directory and prepares the node; `mint_actor` is called once, when
+    /// the directory is new, for the random actor id of this replica.
+    ///
+    /// # Errors
+    /// [`NodeError`] if the directory is locked, corrupt, or belongs to another node.
+    pub fn open(config: NodeConfig, mint_actor: impl FnOnce() -> Actor) -> Result<Node, NodeError> {
+        let store = Store::open(StoreConfig {
+            path: config.data_dir.clone(),
+            sync: config.sync,
+            cache_bytes: config.cache_bytes,
+        })?;
+        let node_id = match (store.meta("node_id")?, &config.node_id) {
+            (Some(stored), requested) => {
+                let stored = String::from_utf8_lossy(&stored).into_owned();
+                if let Some(requested) = requested
+                    && requested != &stored
+                {
+                    return Err(NodeError::NodeIdMismatch {
+                        stored,
+                        requested: requested.clone(),
+                    });
+                }
+                stored
+            }
+            (None, requested) => {
+                let id = requested.clone().unwrap_or_else(|| config.listen.to_string());
+                store.set_meta("node_id", id.as_bytes())?;
+                id
+            }
+        };
+        match read_u64(&store, "ring_size")? {
+            Some(stored) if stored != u64::from(config.ring_size) => {
+                return Err(NodeError::RingSizeMismatch {
+                    stored: stored as u32,
+                    requested: config.ring_size,
+                });
+            }
+            Some(_) => {}
+            None => store.set_meta("ring_size", &u64::from(config.ring_size).to_be_bytes())?,
+        }
+        let actor = match read_u64(&store, "actor")? {
+            Some(a) => a,
+            None => {
+                let a = mint_actor();
+                store.set_meta("actor", &a.to_be_bytes())?;
+                a
+            }
+        };
+        let generation = read_u64(&store, "generation")?.unwrap_or(0) + 1;
+        store.set_meta("generation", &generation.to_be_bytes())?;
+        let replica = Replica::new(store, actor, config.limits, config.ring_size);
+        tracing::info!(node_id, generation, actor = format!("{actor:016x}"), data_dir = %config.data_dir.display(), "node opened");
+        Ok(Node {
+            coordinator: Coordinator::new(replica),
+            config,
+            node_id,
+            generation,
+            started: Instant::now(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The request coordinator.
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
+    }
+
+    /// What clients learn on connecting.
+    pub fn info(&self) -> ServerInfo {
+        ServerInfo {
+            node_id: self.node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            limits: self.config.limits,
+        }
+    }
+
+    /// The node's status.
+    pub fn status(&self) -> Status {
+        let store = self.coordinator.replica().store();
+        Status {
+            node_id: self.node_id.clone(),
+            address: self.config.listen.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            data_dir: self.config.data_dir.display().to_string(),
+            sync: match self.config.sync {
+                SyncPolicy::Always => "always".into(),
+                SyncPolicy::Interval(d) => format!("interval ({} ms)", d.as_millis()),
+                SyncPolicy::None => "none".into(),
+            },
+            ring_size: self.config.ring_size,
+            generation: self.generation,
+            keys_approx: store.approximate_len() as u64,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            limits: self.config.limits,
+            stats: self.stats.snapshot(),
+        }
+    }
+
+    /// Syncs the store (used on shutdown whatever the policy).
+    ///
+    /// # Errors
+    /// [`StorageError`] if the sync fails.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.coordinator.replica().store().sync()
+    }
+}
+
+/// Shared handle on a node.
+pub type SharedNode = Arc<Node>;

@@ -1,0 +1,226 @@
+//! The client service: what any node answers to clients, and the types on the wire.
+
+use serde::{Deserialize, Serialize};
+
+use crate::object::{Context, Kind, ObjectError};
+use crate::replica::{Limits, ReplicaError};
+
+/// Per-request consistency options. `None` takes the node's configured default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestOptions {
+    /// Replies needed for a read.
+    pub r: Option<u8>,
+    /// Acknowledgements needed for a write.
+    pub w: Option<u8>,
+    /// Primary replicas that must answer a read.
+    pub pr: Option<u8>,
+    /// Primary replicas that must acknowledge a write.
+    pub pw: Option<u8>,
+    /// Deadline for the whole request, in milliseconds.
+    pub timeout_ms: Option<u32>,
+}
+
+/// Answer to a register read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetReply {
+    /// Whether any live value exists.
+    pub found: bool,
+    /// Live siblings, in canonical order.
+    pub values: Vec<Vec<u8>>,
+    /// Causal context to send with the next write of this key.
+    pub context: Context,
+}
+
+/// What a client learns on connecting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// The node's id.
+    pub node_id: String,
+    /// ringkv version of the server.
+    pub version: String,
+    /// Limits the server enforces.
+    pub limits: Limits,
+}
+
+/// Counters a node keeps about its own service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStats {
+    /// Requests answered.
+    pub requests: u64,
+    /// Requests answered with an error.
+    pub request_errors: u64,
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Connections refused because the limit was reached.
+    pub connections_refused: u64,
+    /// Connections closed because of a malformed or oversized frame.
+    pub bad_frames: u64,
+}
+
+/// A node's self-description.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Node id.
+    pub node_id: String,
+    /// RPC listen address.
+    pub address: String,
+    /// ringkv version.
+    pub version: String,
+    /// Data directory.
+    pub data_dir: String,
+    /// Sync policy (`always`, `interval`, `none`).
+    pub sync: String,
+    /// Number of partitions.
+    pub ring_size: u32,
+    /// Start count of this data directory.
+    pub generation: u64,
+    /// Approximate number of objects stored.
+    pub keys_approx: u64,
+    /// Milliseconds since the node started.
+    pub uptime_ms: u64,
+    /// Limits in force.
+    pub limits: Limits,
+    /// Service counters.
+    pub stats: ServiceStats,
+}
+
+/// Errors a client can receive, with enough detail to act on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApiError {
+    /// Empty key.
+    #[error("key must not be empty")]
+    EmptyKey,
+    /// Key over the limit.
+    #[error("key of {size} bytes is over the limit of {limit} bytes")]
+    KeyTooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Value or set member over the limit.
+    #[error("value of {size} bytes is over the limit of {limit} bytes")]
+    ValueTooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The object would grow past its limit.
+    #[error("object would grow to {size} bytes, over the limit of {limit}; resolve siblings or remove members first")]
+    ObjectTooLarge {
+        /// The size it would have.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The key holds another kind of object.
+    #[error("key holds a {stored}, not a {requested}")]
+    WrongKind {
+        /// What the key holds.
+        stored: Kind,
+        /// What the request needs.
+        requested: Kind,
+    },
+    /// Too many siblings: read and write back with the context.
+    #[error("key has {count} siblings (limit {limit}): read it and write with its context to resolve them")]
+    TooManySiblings {
+        /// Siblings the write would leave.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A context the server cannot use.
+    #[error("invalid context: {reason}")]
+    InvalidContext {
+        /// Why.
+        reason: String,
+    },
+    /// Request options that make no sense (for example `r` above `n`).
+    #[error("invalid request options: {reason}")]
+    InvalidOptions {
+        /// Why.
+        reason: String,
+    },
+    /// Stored bytes that cannot be decoded (disk corruption or a newer format).
+    #[error("stored object is unreadable: {reason}")]
+    Corrupt {
+        /// Why.
+        reason: String,
+    },
+    /// The node's storage failed.
+    #[error("storage failure: {reason}")]
+    Storage {
+        /// What failed.
+        reason: String,
+    },
+    /// The node is shutting down or overloaded.
+    #[error("node unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<ObjectError> for ApiError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::WrongKind { stored, requested } => ApiError::WrongKind { stored, requested },
+            ObjectError::TooManySiblings { count, limit } => ApiError::TooManySiblings {
+                count: count as u64,
+                limit: limit as u64,
+            },
+            ObjectError::InvalidContext { reason } => ApiError::InvalidContext { reason },
+            ObjectError::Corrupt { .. } | ObjectError::UnsupportedVersion { .. } | ObjectError::Overflow => {
+                ApiError::Corrupt { reason: e.to_string() }
+            }
+        }
+    }
+}
+
+impl From<ReplicaError> for ApiError {
+    fn from(e: ReplicaError) -> Self {
+        match e {
+            ReplicaError::EmptyKey => ApiError::EmptyKey,
+            ReplicaError::KeyTooLarge { size, limit } => ApiError::KeyTooLarge {
+                size: size as u64,
+                limit: limit as u64,
+            },
+            ReplicaError::ValueTooLarge { size, limit } => ApiError::ValueTooLarge {
+                size: size as u64,
+                limit: limit as u64,
+            },
+            ReplicaError::ObjectTooLarge { size, limit } => ApiError::ObjectTooLarge {
+                size: size as u64,
+                limit: limit as u64,
+            },
+            ReplicaError::Object(o) => o.into(),
+            ReplicaError::Storage(s) => ApiError::Storage { reason: s.to_string() },
+        }
+    }
+}
+
+/// The service every node offers to clients.
+#[tarpc::service]
+pub trait Kv {
+    /// Identity and limits of the node.
+    async fn hello() -> ServerInfo;
+    /// Reads a register.
+    async fn get(key: Vec<u8>, opts: RequestOptions) -> Result<GetReply, ApiError>;
+    /// Writes a register value; returns the new context.
+    async fn put(key: Vec<u8>, value: Vec<u8>, context: Option<Context>, opts: RequestOptions) -> Result<Context, ApiError>;
+    /// Deletes a register (with the given context, or everything visible now).
+    async fn delete(key: Vec<u8>, context: Option<Context>, opts: RequestOptions) -> Result<Context, ApiError>;
+    /// Adds to a counter; returns the value after the add as this node sees it.
+    async fn counter_add(key: Vec<u8>, delta: i64, opts: RequestOptions) -> Result<i128, ApiError>;
+    /// Reads a counter (`None` if the key does not exist).
+    async fn counter_get(key: Vec<u8>, opts: RequestOptions) -> Result<Option<i128>, ApiError>;
+    /// Adds a member to a set.
+    async fn set_add(key: Vec<u8>, member: Vec<u8>, opts: RequestOptions) -> Result<(), ApiError>;
+    /// Removes a member from a set; says whether it was present.
+    async fn set_remove(key: Vec<u8>, member: Vec<u8>, opts: RequestOptions) -> Result<bool, ApiError>;
+    /// Members of a set (`None` if the key does not exist).
+    async fn set_members(key: Vec<u8>, opts: RequestOptions) -> Result<Option<Vec<Vec<u8>>>, ApiError>;
+    /// The node's status.
+    async fn status() -> Status;
+}
