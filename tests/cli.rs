@@ -29,7 +29,10 @@ fn siblings_contexts_and_deletes() {
     let ctx = read["context"].as_str().expect("context").to_string();
     let put = s.cli(&["put", "k", "three", "--context", &ctx]);
     assert_eq!(code(&put), 0, "{}", stderr(&put));
-    assert!(!stdout(&put).trim().is_empty(), "put prints the new context");
+    assert!(
+        !stdout(&put).trim().is_empty(),
+        "put prints the new context"
+    );
     assert_eq!(stdout(&s.cli(&["get", "k"])), "three\n");
     let shown = stdout(&s.cli(&["get", "k", "--show-context"]));
     assert!(shown.starts_with("three\ncontext: "), "{shown}");
@@ -37,9 +40,15 @@ fn siblings_contexts_and_deletes() {
     // Binary values through a file and stdin, read back with --base64.
     let path = dir.path().join("value.bin");
     std::fs::write(&path, [0u8, 159, 146, 150]).expect("write");
-    assert_eq!(code(&s.cli(&["put", "bin", "--value-file", path.to_str().expect("utf8")])), 0);
+    assert_eq!(
+        code(&s.cli(&["put", "bin", "--value-file", path.to_str().expect("utf8")])),
+        0
+    );
     assert_eq!(stdout(&s.cli(&["get", "bin", "--base64"])), "AJ+Slg==\n");
-    assert_eq!(code(&s.cli_stdin(&["put", "piped", "--value-file", "-"], b"from stdin")), 0);
+    assert_eq!(
+        code(&s.cli_stdin(&["put", "piped", "--value-file", "-"], b"from stdin")),
+        0
+    );
     assert_eq!(stdout(&s.cli(&["get", "piped"])), "from stdin\n");
 
     // Delete without a context removes what is visible; get says not found (exit 1).
@@ -61,7 +70,10 @@ fn counters_sets_and_status() {
     let s = Server::start(dir.path(), &["--node-id", "alpha"]);
     assert_eq!(stdout(&s.cli(&["counter", "add", "c", "5"])), "5\n");
     assert_eq!(stdout(&s.cli(&["counter", "add", "c", "-7"])), "-2\n");
-    assert_eq!(json(&s.cli(&["counter", "get", "c", "--json"]))["value"], -2);
+    assert_eq!(
+        json(&s.cli(&["counter", "get", "c", "--json"]))["value"],
+        -2
+    );
     assert_eq!(code(&s.cli(&["counter", "get", "nothing"])), 1);
 
     for m in ["b", "a", "c"] {
@@ -69,7 +81,10 @@ fn counters_sets_and_status() {
     }
     assert_eq!(code(&s.cli(&["set", "remove", "s", "c"])), 0);
     assert_eq!(stdout(&s.cli(&["set", "members", "s"])), "a\nb\n");
-    assert_eq!(json(&s.cli(&["set", "members", "s", "--json"]))["members"], serde_json::json!(["a", "b"]));
+    assert_eq!(
+        json(&s.cli(&["set", "members", "s", "--json"]))["members"],
+        serde_json::json!(["a", "b"])
+    );
     assert_eq!(code(&s.cli(&["set", "members", "nothing"])), 1);
 
     let st = json(&s.cli(&["status", "--json"]));
@@ -82,18 +97,59 @@ fn counters_sets_and_status() {
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = Server::start(dir.path(), &["--max-value-bytes", "1000", "--max-key-bytes", "64"]);
+    let s = Server::start(
+        dir.path(),
+        &["--max-value-bytes", "1000", "--max-key-bytes", "64"],
+    );
     assert_eq!(code(&s.cli(&["put", "reg", "kept"])), 0);
     let before = stdout(&s.cli(&["get", "reg", "--json"]));
 
     let refusals: Vec<(Vec<String>, &str)> = vec![
-        (vec!["put".into(), "k".repeat(65), "v".into()], "key of 65 bytes"),
-        (vec!["put".into(), "big".into(), "v".repeat(1001)], "value of 1001 bytes"),
-        (vec!["counter".into(), "add".into(), "reg".into(), "1".into()], "holds a register, not a counter"),
-        (vec!["set".into(), "add".into(), "reg".into(), "m".into()], "holds a register, not a set"),
-        (vec!["put".into(), "reg".into(), "x".into(), "--context".into(), "%%%".into()], "invalid context"),
-        (vec!["put".into(), "reg".into(), "x".into(), "--context".into(), "AAAA".into()], "invalid context"),
-        (vec!["counter".into(), "add".into(), "c".into(), "notanumber".into()], "invalid value"),
+        (
+            vec!["put".into(), "k".repeat(65), "v".into()],
+            "key of 65 bytes",
+        ),
+        (
+            vec!["put".into(), "big".into(), "v".repeat(1001)],
+            "value of 1001 bytes",
+        ),
+        (
+            vec!["counter".into(), "add".into(), "reg".into(), "1".into()],
+            "holds a register, not a counter",
+        ),
+        (
+            vec!["set".into(), "add".into(), "reg".into(), "m".into()],
+            "holds a register, not a set",
+        ),
+        (
+            vec![
+                "put".into(),
+                "reg".into(),
+                "x".into(),
+                "--context".into(),
+                "%%%".into(),
+            ],
+            "invalid context",
+        ),
+        (
+            vec![
+                "put".into(),
+                "reg".into(),
+                "x".into(),
+                "--context".into(),
+                "AAAA".into(),
+            ],
+            "invalid context",
+        ),
+        (
+            vec![
+                "counter".into(),
+                "add".into(),
+                "c".into(),
+                "notanumber".into(),
+            ],
+            "invalid value",
+        ),
         (vec!["put".into(), "k".into()], "VALUE"),
     ];
     for (args, expect) in &refusals {
@@ -101,20 +157,38 @@ fn bad_input_is_refused_and_changes_nothing() {
         let out = s.cli(&args);
         assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
         let err = stderr(&out);
-        assert!(err.contains(expect), "{args:?}: expected {expect:?} in {err:?}");
+        assert!(
+            err.contains(expect),
+            "{args:?}: expected {expect:?} in {err:?}"
+        );
     }
     // Values over the limit by a little reach the server, which refuses them itself:
     // check through the Rust client too, bypassing the CLI's local check.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let client = ringkv::Client::connect(&s.addr).await.expect("connect");
-        let err = client.put(b"big", &vec![0u8; 1001], None).await.expect_err("refused");
+        let err = client
+            .put(b"big", &vec![0u8; 1001], None)
+            .await
+            .expect_err("refused");
         assert!(err.to_string().contains("over the limit"), "{err}");
     });
 
-    assert_eq!(code(&s.cli(&["get", "big"])), 1, "nothing stored for the refused value");
-    assert_eq!(stdout(&s.cli(&["get", "reg", "--json"])), before, "refusals changed nothing");
-    assert_eq!(code(&s.cli(&["put", "after", "ok"])), 0, "server still serves");
+    assert_eq!(
+        code(&s.cli(&["get", "big"])),
+        1,
+        "nothing stored for the refused value"
+    );
+    assert_eq!(
+        stdout(&s.cli(&["get", "reg", "--json"])),
+        before,
+        "refusals changed nothing"
+    );
+    assert_eq!(
+        code(&s.cli(&["put", "after", "ok"])),
+        0,
+        "server still serves"
+    );
 }
 
 /// Garbage from a raw TCP client closes that connection only.
@@ -127,26 +201,40 @@ fn garbage_frames_close_only_their_connection() {
 
     let frames: Vec<Vec<u8>> = vec![
         // A length prefix far over the frame limit.
-        [0xffu8, 0xff, 0xff, 0xff].into_iter().chain(b"junk".iter().copied()).collect(),
+        [0xffu8, 0xff, 0xff, 0xff]
+            .into_iter()
+            .chain(b"junk".iter().copied())
+            .collect(),
         // A well-sized frame of garbage.
-        [0u8, 0, 0, 8].into_iter().chain([1u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).collect(),
+        [0u8, 0, 0, 8]
+            .into_iter()
+            .chain([1u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+            .collect(),
         // A frame with an unknown wire version.
         [0u8, 0, 0, 3, 42, 0, 0].to_vec(),
     ];
     for frame in &frames {
         let mut raw = std::net::TcpStream::connect(&s.addr).expect("connect");
-        raw.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        raw.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         raw.write_all(frame).expect("write");
         let mut buf = [0u8; 64];
         // The server closes the connection: EOF (0 bytes) or a reset, never a hang.
         match raw.read(&mut buf) {
             Ok(n) => assert_eq!(n, 0, "server answered garbage with {n} bytes"),
-            Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "server kept a garbage connection open"),
+            Err(e) => assert_ne!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock,
+                "server kept a garbage connection open"
+            ),
         }
     }
     assert_eq!(stdout(&s.cli(&["get", "reg", "--json"])), before);
     let st = json(&s.cli(&["status", "--json"]));
-    assert!(st["stats"]["bad_frames"].as_u64().expect("counter") >= 3, "{st}");
+    assert!(
+        st["stats"]["bad_frames"].as_u64().expect("counter") >= 3,
+        "{st}"
+    );
 }
 
 #[test]
@@ -157,13 +245,24 @@ fn sigterm_stops_cleanly_and_unreachable_nodes_exit_3() {
     assert_eq!(s.terminate(), Some(0), "{}", s.log_text());
     let out = s.cli(&["get", "k"]);
     assert_eq!(code(&out), 3);
-    assert_eq!(stderr(&out).lines().count(), 1, "one clear line: {}", stderr(&out));
+    assert_eq!(
+        stderr(&out).lines().count(),
+        1,
+        "one clear line: {}",
+        stderr(&out)
+    );
     s.restart();
     assert_eq!(stdout(&s.cli(&["get", "k"])), "v\n");
     // A second server on the same data directory is refused with a clear message.
     let port = common::free_port().to_string();
     let out = common::run_cli(
-        &["serve", "--data-dir", dir.path().join("data").to_str().expect("utf8"), "--listen", &format!("127.0.0.1:{port}")],
+        &[
+            "serve",
+            "--data-dir",
+            dir.path().join("data").to_str().expect("utf8"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
         None,
     );
     assert_eq!(code(&out), 4);

@@ -18,7 +18,10 @@ fn sync_always_loses_no_acknowledged_put_on_sigkill() {
                 let client = client.clone();
                 async move {
                     let key = format!("durable-{i}");
-                    client.put(key.as_bytes(), format!("value-{i}").as_bytes(), None).await.map(|_| *i)
+                    client
+                        .put(key.as_bytes(), format!("value-{i}").as_bytes(), None)
+                        .await
+                        .map(|_| *i)
                 }
             });
             for r in futures::future::join_all(futs).await {
@@ -33,8 +36,15 @@ fn sync_always_loses_no_acknowledged_put_on_sigkill() {
     rt.block_on(async {
         let client = ringkv::Client::connect(&s.addr).await.expect("connect");
         for i in &acknowledged {
-            let got = client.get(format!("durable-{i}").as_bytes()).await.expect("get");
-            assert_eq!(got.siblings, vec![format!("value-{i}").into_bytes()], "key durable-{i}");
+            let got = client
+                .get(format!("durable-{i}").as_bytes())
+                .await
+                .expect("get");
+            assert_eq!(
+                got.siblings,
+                vec![format!("value-{i}").into_bytes()],
+                "key durable-{i}"
+            );
         }
     });
     // And through the CLI, one spot check.

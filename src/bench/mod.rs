@@ -90,10 +90,13 @@ async fn phase(
         let errors = errors.clone();
         let value = value.clone();
         let records = config.records.max(1);
-        let mut rng = SmallRng::seed_from_u64(config.seed ^ (worker as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng = SmallRng::seed_from_u64(
+            config.seed ^ (worker as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
         tasks.push(tokio::spawn(async move {
             // Latencies from 1 µs to 60 s with 3 significant digits.
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
@@ -170,7 +173,15 @@ impl std::fmt::Display for BenchReport {
             writeln!(
                 f,
                 "{:<6} {:>10} {:>7} {:>12.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                p.phase, p.operations, p.errors, p.throughput_ops_per_sec, p.p50_us, p.p95_us, p.p99_us, p.p999_us, p.max_us
+                p.phase,
+                p.operations,
+                p.errors,
+                p.throughput_ops_per_sec,
+                p.p50_us,
+                p.p95_us,
+                p.p99_us,
+                p.p999_us,
+                p.max_us
             )?;
         }
         Ok(())

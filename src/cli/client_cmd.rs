@@ -16,7 +16,11 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn text(bytes: &[u8], base64: bool) -> String {
-    if base64 { b64(bytes) } else { String::from_utf8_lossy(bytes).into_owned() }
+    if base64 {
+        b64(bytes)
+    } else {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
 }
 
 fn out(line: &[u8]) -> Result<(), Failure> {
@@ -32,7 +36,8 @@ fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
 }
 
 fn context_arg(raw: Option<&str>) -> Result<Option<Context>, Failure> {
-    raw.map(|t| Context::from_text(t).map_err(|e| Failure::usage(e.to_string()))).transpose()
+    raw.map(|t| Context::from_text(t).map_err(|e| Failure::usage(e.to_string())))
+        .transpose()
 }
 
 async fn connect(opts: &ClientOpts) -> Result<Client, Failure> {
@@ -56,9 +61,12 @@ fn read_value(value: Option<String>, file: Option<std::path::PathBuf>) -> Result
                 .map_err(|e| Failure::usage(format!("cannot read stdin: {e}")))?;
             Ok(buf)
         }
-        (None, Some(path)) => std::fs::read(&path).map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display()))),
+        (None, Some(path)) => std::fs::read(&path)
+            .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display()))),
         (None, None) => Err(Failure::usage("put needs a VALUE or --value-file")),
-        (Some(_), Some(_)) => Err(Failure::usage("give either VALUE or --value-file, not both")),
+        (Some(_), Some(_)) => Err(Failure::usage(
+            "give either VALUE or --value-file, not both",
+        )),
     }
 }
 
@@ -74,7 +82,13 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
     match command {
         Command::Serve(_) => unreachable!("serve is dispatched before"),
         Command::Bench(args) => bench(args).await,
-        Command::Put { key, value, context, value_file, opts } => {
+        Command::Put {
+            key,
+            value,
+            context,
+            value_file,
+            opts,
+        } => {
             let value = read_value(value, value_file)?;
             let ctx = context_arg(context.as_deref())?;
             let client = connect(&opts).await?;
@@ -86,15 +100,26 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             }
             Ok(EXIT_OK)
         }
-        Command::Get { key, show_context, base64, opts } => {
+        Command::Get {
+            key,
+            show_context,
+            base64,
+            opts,
+        } => {
             let client = connect(&opts).await?;
             let read = client.get(key.as_bytes()).await?;
             if opts.json {
                 let values: Vec<String> = read.siblings.iter().map(|v| text(v, base64)).collect();
-                print_json(&json!({"found": read.is_found(), "values": values, "context": read.context.to_text()}))?;
+                print_json(
+                    &json!({"found": read.is_found(), "values": values, "context": read.context.to_text()}),
+                )?;
             } else {
                 for v in &read.siblings {
-                    if base64 { out(b64(v).as_bytes())? } else { out(v)? }
+                    if base64 {
+                        out(b64(v).as_bytes())?
+                    } else {
+                        out(v)?
+                    }
                 }
                 if show_context {
                     out(format!("context: {}", read.context.to_text()).as_bytes())?;
@@ -137,7 +162,9 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
                     if opts.json {
                         // JSON numbers beyond i64 lose precision in many parsers: use a
                         // string only when needed.
-                        let n = i64::try_from(v).map(|x| json!(x)).unwrap_or_else(|_| json!(v.to_string()));
+                        let n = i64::try_from(v)
+                            .map(|x| json!(x))
+                            .unwrap_or_else(|_| json!(v.to_string()));
                         print_json(&json!({"found": true, "value": n}))?;
                     } else {
                         out(v.to_string().as_bytes())?;
@@ -211,8 +238,14 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
                     format!("generation:   {}", s.generation),
                     format!("keys (approx) {}", s.keys_approx),
                     format!("uptime:       {:.1} s", s.uptime_ms as f64 / 1000.0),
-                    format!("requests:     {} ({} refused)", s.stats.requests, s.stats.request_errors),
-                    format!("connections:  {} open, {} refused, {} closed for bad frames", s.stats.connections_open, s.stats.connections_refused, s.stats.bad_frames),
+                    format!(
+                        "requests:     {} ({} refused)",
+                        s.stats.requests, s.stats.request_errors
+                    ),
+                    format!(
+                        "connections:  {} open, {} refused, {} closed for bad frames",
+                        s.stats.connections_open, s.stats.connections_refused, s.stats.bad_frames
+                    ),
                 ];
                 for l in lines {
                     out(l.as_bytes())?;
@@ -245,8 +278,10 @@ async fn bench(args: BenchArgs) -> Result<i32, Failure> {
     let report = ringkv::bench::run(config).await?;
     print!("{report}");
     if let Some(path) = args.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| Failure::other(e.to_string()))?;
-        std::fs::write(&path, text).map_err(|e| Failure::other(format!("cannot write {}: {e}", path.display())))?;
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Failure::other(e.to_string()))?;
+        std::fs::write(&path, text)
+            .map_err(|e| Failure::other(format!("cannot write {}: {e}", path.display())))?;
     }
     Ok(EXIT_OK)
 }

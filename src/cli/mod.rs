@@ -31,10 +31,16 @@ pub struct Failure {
 
 impl Failure {
     fn usage(message: impl Into<String>) -> Self {
-        Failure { code: EXIT_USAGE, message: message.into() }
+        Failure {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
     }
     fn other(message: impl Into<String>) -> Self {
-        Failure { code: EXIT_OTHER, message: message.into() }
+        Failure {
+            code: EXIT_OTHER,
+            message: message.into(),
+        }
     }
 }
 
@@ -57,7 +63,10 @@ impl From<ringkv::ClientError> for Failure {
                 ApiError::Corrupt { .. } | ApiError::Storage { .. } => EXIT_OTHER,
             },
         };
-        Failure { code, message: e.to_string() }
+        Failure {
+            code,
+            message: e.to_string(),
+        }
     }
 }
 

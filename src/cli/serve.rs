@@ -36,27 +36,44 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
     let file = match &args.config {
         None => FileConfig::default(),
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Failure::usage(format!("cannot read config {}: {e}", path.display())))?;
-            toml::from_str(&text)
-                .map_err(|e| Failure::usage(format!("bad config {}: {}", path.display(), e.message())))?
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Failure::usage(format!("cannot read config {}: {e}", path.display()))
+            })?;
+            toml::from_str(&text).map_err(|e| {
+                Failure::usage(format!("bad config {}: {}", path.display(), e.message()))
+            })?
         }
     };
-    let listen_text = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7400".into());
-    let listen: SocketAddr = listen_text
-        .parse()
-        .map_err(|_| Failure::usage(format!("--listen {listen_text:?} is not HOST:PORT with a numeric IP")))?;
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./ringkv-data"));
+    let listen_text = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:7400".into());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        Failure::usage(format!(
+            "--listen {listen_text:?} is not HOST:PORT with a numeric IP"
+        ))
+    })?;
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./ringkv-data"));
     let mut cfg = NodeConfig::new(data_dir, listen);
     cfg.node_id = args.node_id.or(file.node_id);
     if let Some(id) = &cfg.node_id
         && (id.is_empty() || id.len() > 128 || id.chars().any(char::is_whitespace))
     {
-        return Err(Failure::usage("--node-id must be 1-128 characters without spaces"));
+        return Err(Failure::usage(
+            "--node-id must be 1-128 characters without spaces",
+        ));
     }
-    let interval_ms = args.sync_interval_ms.or(file.sync_interval_ms).unwrap_or(100);
+    let interval_ms = args
+        .sync_interval_ms
+        .or(file.sync_interval_ms)
+        .unwrap_or(100);
     if interval_ms == 0 || interval_ms > 60_000 {
-        return Err(Failure::usage("--sync-interval-ms must be between 1 and 60000"));
+        return Err(Failure::usage(
+            "--sync-interval-ms must be between 1 and 60000",
+        ));
     }
     cfg.sync = match args.sync.or(file.sync).unwrap_or(SyncArg::Interval) {
         SyncArg::Always => SyncPolicy::Always,
@@ -80,13 +97,19 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
         limits.warn_siblings = limits.warn_siblings.min(v);
     }
     if limits.max_key_bytes == 0 || limits.max_key_bytes > 64 * 1024 {
-        return Err(Failure::usage("--max-key-bytes must be between 1 and 65536"));
+        return Err(Failure::usage(
+            "--max-key-bytes must be between 1 and 65536",
+        ));
     }
     if limits.max_value_bytes == 0 || limits.max_value_bytes > 256 << 20 {
-        return Err(Failure::usage("--max-value-bytes must be between 1 and 268435456"));
+        return Err(Failure::usage(
+            "--max-value-bytes must be between 1 and 268435456",
+        ));
     }
     if limits.max_object_bytes < limits.max_value_bytes || limits.max_object_bytes > 1 << 30 {
-        return Err(Failure::usage("--max-object-bytes must be at least --max-value-bytes and at most 1 GiB"));
+        return Err(Failure::usage(
+            "--max-object-bytes must be at least --max-value-bytes and at most 1 GiB",
+        ));
     }
     if limits.max_siblings == 0 || limits.max_siblings > 10_000 {
         return Err(Failure::usage("--max-siblings must be between 1 and 10000"));
@@ -121,7 +144,10 @@ fn mint_actor(cfg: &NodeConfig) -> u64 {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };
@@ -135,7 +161,10 @@ async fn shutdown_signal() {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub fn run(args: ServeArgs) -> Result<i32, Failure> {
@@ -152,11 +181,17 @@ pub fn run(args: ServeArgs) -> Result<i32, Failure> {
         let node = Arc::new(node);
         let listener = ringkv::rpc::server::bind(&TokioNetwork, &node)
             .await
-            .map_err(|e| Failure { code: super::EXIT_UNAVAILABLE, message: e.to_string() })?;
-        let addr = listener.local_addr().map_err(|e| Failure::other(e.to_string()))?;
+            .map_err(|e| Failure {
+                code: super::EXIT_UNAVAILABLE,
+                message: e.to_string(),
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::other(e.to_string()))?;
         tracing::info!(node_id = node.node_id(), %addr, "ringkv listening");
         ringkv::rpc::server::serve(listener, node.clone(), shutdown_signal()).await;
-        node.sync().map_err(|e| Failure::other(format!("final sync failed: {e}")))?;
+        node.sync()
+            .map_err(|e| Failure::other(format!("final sync failed: {e}")))?;
         tracing::info!("stopped cleanly");
         Ok(EXIT_OK)
     })
@@ -170,15 +205,41 @@ mod tests {
     fn flags_override_the_file_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ringkv.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nsync = \"always\"\nmax_siblings = 7\n").expect("write");
-        let args = ServeArgs { config: Some(path.clone()), listen: Some("127.0.0.1:9001".into()), ..ServeArgs::default() };
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nsync = \"always\"\nmax_siblings = 7\n",
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:9001".into()),
+            ..ServeArgs::default()
+        };
         let cfg = node_config(args).expect("valid");
         assert_eq!(cfg.listen.port(), 9001);
         assert_eq!(cfg.sync, SyncPolicy::Always);
         assert_eq!(cfg.limits.max_siblings, 7);
         std::fs::write(&path, "lisen = \"x\"\n").expect("write");
-        assert!(node_config(ServeArgs { config: Some(path), ..ServeArgs::default() }).is_err());
-        assert!(node_config(ServeArgs { ring_size: Some(100), ..ServeArgs::default() }).is_err());
-        assert!(node_config(ServeArgs { listen: Some("nohost".into()), ..ServeArgs::default() }).is_err());
+        assert!(
+            node_config(ServeArgs {
+                config: Some(path),
+                ..ServeArgs::default()
+            })
+            .is_err()
+        );
+        assert!(
+            node_config(ServeArgs {
+                ring_size: Some(100),
+                ..ServeArgs::default()
+            })
+            .is_err()
+        );
+        assert!(
+            node_config(ServeArgs {
+                listen: Some("nohost".into()),
+                ..ServeArgs::default()
+            })
+            .is_err()
+        );
     }
 }

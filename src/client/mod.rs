@@ -100,7 +100,10 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Connect`] if nobody answers.
-    pub async fn connect_with<N: Network>(net: &N, addr: SocketAddr) -> Result<Client, ClientError> {
+    pub async fn connect_with<N: Network>(
+        net: &N,
+        addr: SocketAddr,
+    ) -> Result<Client, ClientError> {
         let err = |reason: String| ClientError::Connect {
             addr: addr.to_string(),
             reason,
@@ -111,7 +114,12 @@ impl Client {
             .map_err(|e| err(e.to_string()))?;
         // The client accepts frames as large as any object it may read back; the
         // server enforces its own (smaller or equal) limit on what it receives.
-        let transport = crate::rpc::framed(stream, crate::replica::Limits::default().frame_bytes().max(64 << 20));
+        let transport = crate::rpc::framed(
+            stream,
+            crate::replica::Limits::default()
+                .frame_bytes()
+                .max(64 << 20),
+        );
         let rpc = KvClient::new(tarpc::client::Config::default(), transport).spawn();
         let mut client = Client {
             rpc,
@@ -214,12 +222,23 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError`].
-    pub async fn put(&self, key: &[u8], value: &[u8], context: Option<&Context>) -> Result<Context, ClientError> {
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        context: Option<&Context>,
+    ) -> Result<Context, ClientError> {
         self.check_key(key)?;
         self.check_value(value, self.info.limits.max_value_bytes)?;
         Ok(self
             .rpc
-            .put(self.ctx(), key.to_vec(), value.to_vec(), context.cloned(), self.options)
+            .put(
+                self.ctx(),
+                key.to_vec(),
+                value.to_vec(),
+                context.cloned(),
+                self.options,
+            )
             .await
             .map_err(|e| self.rpc_error(e))??)
     }
@@ -228,7 +247,11 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError`].
-    pub async fn delete(&self, key: &[u8], context: Option<&Context>) -> Result<Context, ClientError> {
+    pub async fn delete(
+        &self,
+        key: &[u8],
+        context: Option<&Context>,
+    ) -> Result<Context, ClientError> {
         self.check_key(key)?;
         Ok(self
             .rpc
@@ -309,6 +332,9 @@ impl Client {
     /// # Errors
     /// [`ClientError::Unavailable`].
     pub async fn status(&self) -> Result<Status, ClientError> {
-        self.rpc.status(self.ctx()).await.map_err(|e| self.rpc_error(e))
+        self.rpc
+            .status(self.ctx())
+            .await
+            .map_err(|e| self.rpc_error(e))
     }
 }

@@ -32,7 +32,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn check(opts: &RequestOptions) -> Result<(), ApiError> {
-    for (name, v) in [("r", opts.r), ("w", opts.w), ("pr", opts.pr), ("pw", opts.pw)] {
+    for (name, v) in [
+        ("r", opts.r),
+        ("w", opts.w),
+        ("pr", opts.pr),
+        ("pw", opts.pw),
+    ] {
         match v {
             Some(0) if name == "r" || name == "w" => {
                 return Err(ApiError::InvalidOptions {
@@ -131,7 +136,12 @@ impl Coordinator {
     ///
     /// # Errors
     /// [`ApiError`] naming the refusal or failure.
-    pub async fn counter_add(&self, key: Vec<u8>, delta: i64, opts: RequestOptions) -> Result<i128, ApiError> {
+    pub async fn counter_add(
+        &self,
+        key: Vec<u8>,
+        delta: i64,
+        opts: RequestOptions,
+    ) -> Result<i128, ApiError> {
         check(&opts)?;
         let r = self.replica.clone();
         let c = blocking(move || r.counter_add(&key, delta)).await?;
@@ -142,7 +152,11 @@ impl Coordinator {
     ///
     /// # Errors
     /// [`ApiError`] naming the refusal or failure.
-    pub async fn counter_get(&self, key: Vec<u8>, opts: RequestOptions) -> Result<Option<i128>, ApiError> {
+    pub async fn counter_get(
+        &self,
+        key: Vec<u8>,
+        opts: RequestOptions,
+    ) -> Result<Option<i128>, ApiError> {
         check(&opts)?;
         let r = self.replica.clone();
         match blocking(move || r.get(&key)).await? {
@@ -156,7 +170,13 @@ impl Coordinator {
     ///
     /// # Errors
     /// [`ApiError`] naming the refusal or failure.
-    pub async fn set_update(&self, key: Vec<u8>, member: Vec<u8>, add: bool, opts: RequestOptions) -> Result<bool, ApiError> {
+    pub async fn set_update(
+        &self,
+        key: Vec<u8>,
+        member: Vec<u8>,
+        add: bool,
+        opts: RequestOptions,
+    ) -> Result<bool, ApiError> {
         check(&opts)?;
         let r = self.replica.clone();
         let (_, present) = blocking(move || r.set_update(&key, &member, add)).await?;
@@ -167,7 +187,11 @@ impl Coordinator {
     ///
     /// # Errors
     /// [`ApiError`] naming the refusal or failure.
-    pub async fn set_members(&self, key: Vec<u8>, opts: RequestOptions) -> Result<Option<Vec<Vec<u8>>>, ApiError> {
+    pub async fn set_members(
+        &self,
+        key: Vec<u8>,
+        opts: RequestOptions,
+    ) -> Result<Option<Vec<Vec<u8>>>, ApiError> {
         check(&opts)?;
         let r = self.replica.clone();
         match blocking(move || r.get(&key)).await? {

@@ -49,7 +49,10 @@ mod tests {
     #[tokio::test]
     async fn connect_and_accept_exchange_bytes() {
         let net = TokioNetwork;
-        let mut listener = net.bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let mut listener = net
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
         let addr = Listener::local_addr(&listener).expect("addr");
         let client = tokio::spawn(async move {
             let mut s = net.connect(addr).await.expect("connect");

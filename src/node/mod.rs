@@ -171,7 +171,9 @@ impl Node {
                 stored
             }
             (None, requested) => {
-                let id = requested.clone().unwrap_or_else(|| config.listen.to_string());
+                let id = requested
+                    .clone()
+                    .unwrap_or_else(|| config.listen.to_string());
                 store.set_meta("node_id", id.as_bytes())?;
                 id
             }

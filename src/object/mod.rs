@@ -55,7 +55,9 @@ pub enum ObjectError {
         requested: Kind,
     },
     /// A write would leave more siblings than allowed.
-    #[error("key has {count} siblings (limit {limit}): read it and write with its context to resolve them")]
+    #[error(
+        "key has {count} siblings (limit {limit}): read it and write with its context to resolve them"
+    )]
     TooManySiblings {
         /// Siblings the write would leave.
         count: usize,
@@ -224,7 +226,10 @@ impl Context {
             return Ok(VClock::new());
         }
         let invalid = |reason: String| ObjectError::InvalidContext { reason };
-        let (&version, body) = self.0.split_first().ok_or_else(|| invalid("empty".into()))?;
+        let (&version, body) = self
+            .0
+            .split_first()
+            .ok_or_else(|| invalid("empty".into()))?;
         if version != FORMAT_VERSION {
             return Err(invalid(format!("unknown context version {version}")));
         }
@@ -274,7 +279,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0..3u8, proptest::option::of(0..3u8), any::<bool>()).prop_map(|(a, c, d)| Op::Write(a, c, d)),
+            (0..3u8, proptest::option::of(0..3u8), any::<bool>())
+                .prop_map(|(a, c, d)| Op::Write(a, c, d)),
             (0..3u8, any::<i8>()).prop_map(|(a, d)| Op::Add(a, d)),
             (0..3u8, 0..5u8).prop_map(|(a, m)| Op::SetAdd(a, m)),
             (0..3u8, 0..5u8).prop_map(|(a, m)| Op::SetRemove(a, m)),
@@ -291,10 +297,14 @@ mod tests {
         for op in ops {
             match *op {
                 Op::Write(a, ctx, del) => {
-                    let ctx = ctx.map(|c| regs[c as usize].context().clone()).unwrap_or_default();
+                    let ctx = ctx
+                        .map(|c| regs[c as usize].context().clone())
+                        .unwrap_or_default();
                     n += 1;
                     let v = (!del).then(|| n.to_be_bytes().to_vec());
-                    regs[a as usize].write(u64::from(a), &ctx, v).expect("valid");
+                    regs[a as usize]
+                        .write(u64::from(a), &ctx, v)
+                        .expect("valid");
                 }
                 Op::Add(a, d) => ctrs[a as usize].add(u64::from(a), i64::from(d)),
                 Op::SetAdd(a, m) => sets[a as usize].add(u64::from(a), vec![m]),
@@ -363,7 +373,10 @@ mod tests {
         let b = Object::empty(Kind::Counter);
         assert_eq!(
             a.merge(&b),
-            Err(ObjectError::WrongKind { stored: Kind::Register, requested: Kind::Counter })
+            Err(ObjectError::WrongKind {
+                stored: Kind::Register,
+                requested: Kind::Counter
+            })
         );
     }
 
@@ -371,13 +384,17 @@ mod tests {
     fn unknown_versions_are_refused() {
         let mut raw = Object::empty(Kind::Set).encode().expect("encodes");
         raw[0] = 9;
-        assert_eq!(Object::decode(&raw), Err(ObjectError::UnsupportedVersion { found: 9 }));
+        assert_eq!(
+            Object::decode(&raw),
+            Err(ObjectError::UnsupportedVersion { found: 9 })
+        );
     }
 
     #[test]
     fn context_text_round_trips() {
         let mut r = Register::new();
-        r.write(42, &VClock::new(), Some(b"x".to_vec())).expect("write");
+        r.write(42, &VClock::new(), Some(b"x".to_vec()))
+            .expect("write");
         let ctx = Context::from_clock(r.context());
         let back = Context::from_text(&ctx.to_text()).expect("parses");
         assert_eq!(back.clock().expect("clock"), *r.context());

@@ -86,7 +86,11 @@ impl Register {
             match other.siblings.iter().find(|o| o.dot == s.dot) {
                 // Equal dots carry equal values; should corrupt input disagree, the
                 // larger value wins so the merge stays commutative.
-                Some(o) => out.push(if o.value > s.value { o.clone() } else { s.clone() }),
+                Some(o) => out.push(if o.value > s.value {
+                    o.clone()
+                } else {
+                    s.clone()
+                }),
                 None if !covers(&other.clock, &s.dot) => out.push(s.clone()),
                 None => {}
             }
@@ -212,14 +216,29 @@ mod tests {
     enum Op {
         /// Write at replica `at`; the context is the state read at replica `ctx_from`
         /// (None = blind).
-        Write { at: usize, ctx_from: Option<usize>, delete: bool },
-        Sync { from: usize, to: usize },
+        Write {
+            at: usize,
+            ctx_from: Option<usize>,
+            delete: bool,
+        },
+        Sync {
+            from: usize,
+            to: usize,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0..3usize, proptest::option::of(0..3usize), proptest::bool::weighted(0.2))
-                .prop_map(|(at, ctx_from, delete)| Op::Write { at, ctx_from, delete }),
+            (
+                0..3usize,
+                proptest::option::of(0..3usize),
+                proptest::bool::weighted(0.2)
+            )
+                .prop_map(|(at, ctx_from, delete)| Op::Write {
+                    at,
+                    ctx_from,
+                    delete
+                }),
             (0..3usize, 0..3usize).prop_map(|(from, to)| Op::Sync { from, to }),
         ]
     }

@@ -26,10 +26,13 @@ impl Eq for Set {}
 /// as its inner map, so these bytes decode directly as an `Orswot`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(super) struct SetRepr {
-    clock: BTreeMap<Actor, u64>,
-    entries: Vec<(Vec<u8>, BTreeMap<Actor, u64>)>,
-    deferred: Vec<(BTreeMap<Actor, u64>, Vec<Vec<u8>>)>,
+    clock: Clock,
+    entries: Vec<(Vec<u8>, Clock)>,
+    deferred: Vec<(Clock, Vec<Vec<u8>>)>,
 }
+
+/// A version vector as postcard sees it.
+type Clock = BTreeMap<Actor, u64>;
 
 impl Set {
     /// An empty set.

@@ -65,7 +65,9 @@ pub enum ReplicaError {
         limit: usize,
     },
     /// The object would grow past the limit.
-    #[error("object would grow to {size} bytes, over the limit of {limit} bytes; resolve siblings or remove members first")]
+    #[error(
+        "object would grow to {size} bytes, over the limit of {limit} bytes; resolve siblings or remove members first"
+    )]
     ObjectTooLarge {
         /// The size it would have.
         size: usize,
@@ -261,7 +263,12 @@ impl Replica {
     ///
     /// # Errors
     /// Limits, [`ObjectError::WrongKind`], or storage failures.
-    pub fn set_update(&self, key: &[u8], member: &[u8], add: bool) -> Result<(Set, bool), ReplicaError> {
+    pub fn set_update(
+        &self,
+        key: &[u8],
+        member: &[u8],
+        add: bool,
+    ) -> Result<(Set, bool), ReplicaError> {
         if member.len() > self.limits.max_key_bytes {
             return Err(ReplicaError::ValueTooLarge {
                 size: member.len(),
@@ -315,40 +322,83 @@ mod tests {
     #[test]
     fn sibling_limit_refuses_growth_but_allows_resolution() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let limits = Limits { max_siblings: 3, warn_siblings: 2, ..Limits::default() };
+        let limits = Limits {
+            max_siblings: 3,
+            warn_siblings: 2,
+            ..Limits::default()
+        };
         let r = replica(dir.path(), limits);
         for i in 0..3u8 {
-            r.write_register(b"k", Some(vec![i]), &VClock::new()).expect("write");
+            r.write_register(b"k", Some(vec![i]), &VClock::new())
+                .expect("write");
         }
-        let err = r.write_register(b"k", Some(vec![9]), &VClock::new()).expect_err("over limit");
-        assert!(matches!(err, ReplicaError::Object(ObjectError::TooManySiblings { count: 4, limit: 3 })));
-        let ctx = r.get(b"k").expect("get").map(|o| match o {
-            Object::Register(reg) => reg.context().clone(),
-            _ => unreachable!(),
-        }).expect("found");
-        let reg = r.write_register(b"k", Some(vec![9]), &ctx).expect("resolving write");
+        let err = r
+            .write_register(b"k", Some(vec![9]), &VClock::new())
+            .expect_err("over limit");
+        assert!(matches!(
+            err,
+            ReplicaError::Object(ObjectError::TooManySiblings { count: 4, limit: 3 })
+        ));
+        let ctx = r
+            .get(b"k")
+            .expect("get")
+            .map(|o| match o {
+                Object::Register(reg) => reg.context().clone(),
+                _ => unreachable!(),
+            })
+            .expect("found");
+        let reg = r
+            .write_register(b"k", Some(vec![9]), &ctx)
+            .expect("resolving write");
         assert_eq!(reg.values(), vec![&[9u8][..]]);
     }
 
     #[test]
     fn wrong_kind_and_limits_change_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let r = replica(dir.path(), Limits { max_value_bytes: 4, max_key_bytes: 4, ..Limits::default() });
-        r.write_register(b"k", Some(b"v".to_vec()), &VClock::new()).expect("write");
+        let r = replica(
+            dir.path(),
+            Limits {
+                max_value_bytes: 4,
+                max_key_bytes: 4,
+                ..Limits::default()
+            },
+        );
+        r.write_register(b"k", Some(b"v".to_vec()), &VClock::new())
+            .expect("write");
         let before = r.store().root(partition_of(b"k", 256)).expect("root");
-        assert!(matches!(r.counter_add(b"k", 1), Err(ReplicaError::Object(ObjectError::WrongKind { .. }))));
-        assert!(matches!(r.set_update(b"k", b"m", true), Err(ReplicaError::Object(ObjectError::WrongKind { .. }))));
-        assert!(matches!(r.write_register(b"k", Some(vec![0; 5]), &VClock::new()), Err(ReplicaError::ValueTooLarge { size: 5, limit: 4 })));
-        assert!(matches!(r.write_register(b"kkkkk", Some(vec![0]), &VClock::new()), Err(ReplicaError::KeyTooLarge { .. })));
-        assert!(matches!(r.write_register(b"", Some(vec![0]), &VClock::new()), Err(ReplicaError::EmptyKey)));
-        assert_eq!(r.store().root(partition_of(b"k", 256)).expect("root"), before);
+        assert!(matches!(
+            r.counter_add(b"k", 1),
+            Err(ReplicaError::Object(ObjectError::WrongKind { .. }))
+        ));
+        assert!(matches!(
+            r.set_update(b"k", b"m", true),
+            Err(ReplicaError::Object(ObjectError::WrongKind { .. }))
+        ));
+        assert!(matches!(
+            r.write_register(b"k", Some(vec![0; 5]), &VClock::new()),
+            Err(ReplicaError::ValueTooLarge { size: 5, limit: 4 })
+        ));
+        assert!(matches!(
+            r.write_register(b"kkkkk", Some(vec![0]), &VClock::new()),
+            Err(ReplicaError::KeyTooLarge { .. })
+        ));
+        assert!(matches!(
+            r.write_register(b"", Some(vec![0]), &VClock::new()),
+            Err(ReplicaError::EmptyKey)
+        ));
+        assert_eq!(
+            r.store().root(partition_of(b"k", 256)).expect("root"),
+            before
+        );
     }
 
     #[test]
     fn deleting_a_missing_key_stores_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = replica(dir.path(), Limits::default());
-        r.write_register(b"gone", None, &VClock::new()).expect("delete");
+        r.write_register(b"gone", None, &VClock::new())
+            .expect("delete");
         assert!(r.get(b"gone").expect("get").is_none());
     }
 

@@ -107,7 +107,9 @@ pub enum ApiError {
         limit: u64,
     },
     /// The object would grow past its limit.
-    #[error("object would grow to {size} bytes, over the limit of {limit}; resolve siblings or remove members first")]
+    #[error(
+        "object would grow to {size} bytes, over the limit of {limit}; resolve siblings or remove members first"
+    )]
     ObjectTooLarge {
         /// The size it would have.
         size: u64,
@@ -123,7 +125,9 @@ pub enum ApiError {
         requested: Kind,
     },
     /// Too many siblings: read and write back with the context.
-    #[error("key has {count} siblings (limit {limit}): read it and write with its context to resolve them")]
+    #[error(
+        "key has {count} siblings (limit {limit}): read it and write with its context to resolve them"
+    )]
     TooManySiblings {
         /// Siblings the write would leave.
         count: u64,
@@ -165,15 +169,19 @@ pub enum ApiError {
 impl From<ObjectError> for ApiError {
     fn from(e: ObjectError) -> Self {
         match e {
-            ObjectError::WrongKind { stored, requested } => ApiError::WrongKind { stored, requested },
+            ObjectError::WrongKind { stored, requested } => {
+                ApiError::WrongKind { stored, requested }
+            }
             ObjectError::TooManySiblings { count, limit } => ApiError::TooManySiblings {
                 count: count as u64,
                 limit: limit as u64,
             },
             ObjectError::InvalidContext { reason } => ApiError::InvalidContext { reason },
-            ObjectError::Corrupt { .. } | ObjectError::UnsupportedVersion { .. } | ObjectError::Overflow => {
-                ApiError::Corrupt { reason: e.to_string() }
-            }
+            ObjectError::Corrupt { .. }
+            | ObjectError::UnsupportedVersion { .. }
+            | ObjectError::Overflow => ApiError::Corrupt {
+                reason: e.to_string(),
+            },
         }
     }
 }
@@ -195,7 +203,9 @@ impl From<ReplicaError> for ApiError {
                 limit: limit as u64,
             },
             ReplicaError::Object(o) => o.into(),
-            ReplicaError::Storage(s) => ApiError::Storage { reason: s.to_string() },
+            ReplicaError::Storage(s) => ApiError::Storage {
+                reason: s.to_string(),
+            },
         }
     }
 }
@@ -208,9 +218,18 @@ pub trait Kv {
     /// Reads a register.
     async fn get(key: Vec<u8>, opts: RequestOptions) -> Result<GetReply, ApiError>;
     /// Writes a register value; returns the new context.
-    async fn put(key: Vec<u8>, value: Vec<u8>, context: Option<Context>, opts: RequestOptions) -> Result<Context, ApiError>;
+    async fn put(
+        key: Vec<u8>,
+        value: Vec<u8>,
+        context: Option<Context>,
+        opts: RequestOptions,
+    ) -> Result<Context, ApiError>;
     /// Deletes a register (with the given context, or everything visible now).
-    async fn delete(key: Vec<u8>, context: Option<Context>, opts: RequestOptions) -> Result<Context, ApiError>;
+    async fn delete(
+        key: Vec<u8>,
+        context: Option<Context>,
+        opts: RequestOptions,
+    ) -> Result<Context, ApiError>;
     /// Adds to a counter; returns the value after the add as this node sees it.
     async fn counter_add(key: Vec<u8>, delta: i64, opts: RequestOptions) -> Result<i128, ApiError>;
     /// Reads a counter (`None` if the key does not exist).
@@ -218,9 +237,16 @@ pub trait Kv {
     /// Adds a member to a set.
     async fn set_add(key: Vec<u8>, member: Vec<u8>, opts: RequestOptions) -> Result<(), ApiError>;
     /// Removes a member from a set; says whether it was present.
-    async fn set_remove(key: Vec<u8>, member: Vec<u8>, opts: RequestOptions) -> Result<bool, ApiError>;
+    async fn set_remove(
+        key: Vec<u8>,
+        member: Vec<u8>,
+        opts: RequestOptions,
+    ) -> Result<bool, ApiError>;
     /// Members of a set (`None` if the key does not exist).
-    async fn set_members(key: Vec<u8>, opts: RequestOptions) -> Result<Option<Vec<Vec<u8>>>, ApiError>;
+    async fn set_members(
+        key: Vec<u8>,
+        opts: RequestOptions,
+    ) -> Result<Option<Vec<Vec<u8>>>, ApiError>;
     /// The node's status.
     async fn status() -> Status;
 }

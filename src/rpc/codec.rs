@@ -27,7 +27,9 @@ impl<Item, SinkItem> Default for PostcardCodec<Item, SinkItem> {
     }
 }
 
-impl<Item, SinkItem: Serialize> tokio_serde::Serializer<SinkItem> for PostcardCodec<Item, SinkItem> {
+impl<Item, SinkItem: Serialize> tokio_serde::Serializer<SinkItem>
+    for PostcardCodec<Item, SinkItem>
+{
     type Error = io::Error;
 
     fn serialize(self: Pin<&mut Self>, item: &SinkItem) -> Result<Bytes, io::Error> {
@@ -53,9 +55,7 @@ impl<Item: for<'de> Deserialize<'de>, SinkItem> tokio_serde::Deserializer<Item>
 /// `InvalidData` for an unknown version, undecodable bytes or trailing bytes.
 pub fn decode_frame<Item: for<'de> Deserialize<'de>>(src: &[u8]) -> Result<Item, io::Error> {
     let bad = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
-    let (&version, body) = src
-        .split_first()
-        .ok_or_else(|| bad("empty frame".into()))?;
+    let (&version, body) = src.split_first().ok_or_else(|| bad("empty frame".into()))?;
     if version != WIRE_VERSION {
         return Err(bad(format!("unsupported wire version {version}")));
     }
@@ -74,15 +74,31 @@ mod tests {
     #[test]
     fn round_trip_and_refusals() {
         let mut codec = PostcardCodec::<(u32, String), (u32, String)>::default();
-        let bytes = Pin::new(&mut codec).serialize(&(7, "x".into())).expect("ser");
+        let bytes = Pin::new(&mut codec)
+            .serialize(&(7, "x".into()))
+            .expect("ser");
         assert_eq!(bytes[0], WIRE_VERSION);
-        let back = Pin::new(&mut codec).deserialize(&BytesMut::from(&bytes[..])).expect("de");
+        let back = Pin::new(&mut codec)
+            .deserialize(&BytesMut::from(&bytes[..]))
+            .expect("de");
         assert_eq!(back, (7, "x".to_string()));
-        for bad in [&[][..], &[9, 1, 0][..], &[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..]] {
-            assert!(Pin::new(&mut codec).deserialize(&BytesMut::from(bad)).is_err());
+        for bad in [
+            &[][..],
+            &[9, 1, 0][..],
+            &[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+        ] {
+            assert!(
+                Pin::new(&mut codec)
+                    .deserialize(&BytesMut::from(bad))
+                    .is_err()
+            );
         }
         let mut long = bytes.to_vec();
         long.push(0);
-        assert!(Pin::new(&mut codec).deserialize(&BytesMut::from(&long[..])).is_err());
+        assert!(
+            Pin::new(&mut codec)
+                .deserialize(&BytesMut::from(&long[..]))
+                .is_err()
+        );
     }
 }

@@ -24,7 +24,10 @@ impl KvServer {
     fn count<T>(&self, r: Result<T, ApiError>) -> Result<T, ApiError> {
         self.node.stats.requests.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = &r {
-            self.node.stats.request_errors.fetch_add(1, Ordering::Relaxed);
+            self.node
+                .stats
+                .request_errors
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%error, "request refused");
         }
         r
@@ -36,7 +39,12 @@ impl Kv for KvServer {
         self.node.info()
     }
 
-    async fn get(self, _: context::Context, key: Vec<u8>, opts: RequestOptions) -> Result<GetReply, ApiError> {
+    async fn get(
+        self,
+        _: context::Context,
+        key: Vec<u8>,
+        opts: RequestOptions,
+    ) -> Result<GetReply, ApiError> {
         let r = self.node.coordinator().get(key, opts).await;
         self.count(r)
     }
@@ -49,7 +57,11 @@ impl Kv for KvServer {
         context: Option<Context>,
         opts: RequestOptions,
     ) -> Result<Context, ApiError> {
-        let r = self.node.coordinator().put(key, Some(value), context, opts).await;
+        let r = self
+            .node
+            .coordinator()
+            .put(key, Some(value), context, opts)
+            .await;
         self.count(r)
     }
 
@@ -64,27 +76,64 @@ impl Kv for KvServer {
         self.count(r)
     }
 
-    async fn counter_add(self, _: context::Context, key: Vec<u8>, delta: i64, opts: RequestOptions) -> Result<i128, ApiError> {
+    async fn counter_add(
+        self,
+        _: context::Context,
+        key: Vec<u8>,
+        delta: i64,
+        opts: RequestOptions,
+    ) -> Result<i128, ApiError> {
         let r = self.node.coordinator().counter_add(key, delta, opts).await;
         self.count(r)
     }
 
-    async fn counter_get(self, _: context::Context, key: Vec<u8>, opts: RequestOptions) -> Result<Option<i128>, ApiError> {
+    async fn counter_get(
+        self,
+        _: context::Context,
+        key: Vec<u8>,
+        opts: RequestOptions,
+    ) -> Result<Option<i128>, ApiError> {
         let r = self.node.coordinator().counter_get(key, opts).await;
         self.count(r)
     }
 
-    async fn set_add(self, _: context::Context, key: Vec<u8>, member: Vec<u8>, opts: RequestOptions) -> Result<(), ApiError> {
-        let r = self.node.coordinator().set_update(key, member, true, opts).await.map(|_| ());
+    async fn set_add(
+        self,
+        _: context::Context,
+        key: Vec<u8>,
+        member: Vec<u8>,
+        opts: RequestOptions,
+    ) -> Result<(), ApiError> {
+        let r = self
+            .node
+            .coordinator()
+            .set_update(key, member, true, opts)
+            .await
+            .map(|_| ());
         self.count(r)
     }
 
-    async fn set_remove(self, _: context::Context, key: Vec<u8>, member: Vec<u8>, opts: RequestOptions) -> Result<bool, ApiError> {
-        let r = self.node.coordinator().set_update(key, member, false, opts).await;
+    async fn set_remove(
+        self,
+        _: context::Context,
+        key: Vec<u8>,
+        member: Vec<u8>,
+        opts: RequestOptions,
+    ) -> Result<bool, ApiError> {
+        let r = self
+            .node
+            .coordinator()
+            .set_update(key, member, false, opts)
+            .await;
         self.count(r)
     }
 
-    async fn set_members(self, _: context::Context, key: Vec<u8>, opts: RequestOptions) -> Result<Option<Vec<Vec<u8>>>, ApiError> {
+    async fn set_members(
+        self,
+        _: context::Context,
+        key: Vec<u8>,
+        opts: RequestOptions,
+    ) -> Result<Option<Vec<Vec<u8>>>, ApiError> {
         let r = self.node.coordinator().set_members(key, opts).await;
         self.count(r)
     }
@@ -100,7 +149,9 @@ impl Kv for KvServer {
 /// [`NodeError::Bind`] if the address is taken or not local.
 pub async fn bind<N: Network>(net: &N, node: &Node) -> Result<N::Listener, NodeError> {
     let addr = node.config().listen;
-    net.bind(addr).await.map_err(|source| NodeError::Bind { addr, source })
+    net.bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })
 }
 
 /// Serves clients on `listener` until `shutdown` completes.
@@ -108,7 +159,11 @@ pub async fn bind<N: Network>(net: &N, node: &Node) -> Result<N::Listener, NodeE
 /// Connections beyond `max_connections` are closed at once; each connection carries
 /// at most `max_in_flight_per_connection` requests; a malformed or oversized frame
 /// closes only its own connection.
-pub async fn serve<L: Listener>(mut listener: L, node: SharedNode, shutdown: impl Future<Output = ()>) {
+pub async fn serve<L: Listener>(
+    mut listener: L,
+    node: SharedNode,
+    shutdown: impl Future<Output = ()>,
+) {
     let slots = Arc::new(Semaphore::new(node.config().max_connections));
     let max_frame = node.config().limits.frame_bytes();
     let in_flight = node.config().max_in_flight_per_connection;
@@ -129,7 +184,9 @@ pub async fn serve<L: Listener>(mut listener: L, node: SharedNode, shutdown: imp
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            node.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            node.stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, "connection limit reached; closing new connection");
             drop(stream);
             continue;

@@ -20,13 +20,17 @@ pub enum StorageError {
         /// The directory that is locked.
         path: PathBuf,
     },
-    /// A persisted Merkle leaf did not have the expected shape.
-    #[error("corrupt Merkle leaf for partition {partition} segment {segment}: {len} bytes")]
-    CorruptLeaf {
-        /// Partition of the leaf.
+    /// A persisted Merkle node did not have the expected shape.
+    #[error(
+        "corrupt Merkle node for partition {partition} level {level} index {index}: {len} bytes"
+    )]
+    CorruptNode {
+        /// Partition of the node.
         partition: u32,
-        /// Segment of the leaf.
-        segment: u16,
+        /// Level of the node.
+        level: u8,
+        /// Index within the level.
+        index: u16,
         /// Length found on disk.
         len: usize,
     },

@@ -51,11 +51,6 @@ pub fn segment_prefix(partition: u32, segment: u16) -> [u8; PREFIX_LEN] {
     out
 }
 
-/// Key of a persisted Merkle leaf.
-pub fn leaf_key(partition: u32, segment: u16) -> [u8; PREFIX_LEN] {
-    segment_prefix(partition, segment)
-}
-
 /// Splits a stored object key into `(partition, segment, user key)`.
 pub fn split_object_key(raw: &[u8]) -> Option<(u32, u16, &[u8])> {
     if raw.len() < PREFIX_LEN {

@@ -11,9 +11,11 @@ pub mod keys;
 pub mod merkle;
 mod store;
 mod sync;
+mod tree;
 
 pub use error::{Result, StorageError};
 pub use keys::{object_digest, segment_of};
 pub use merkle::{EMPTY, Hash, LEAVES};
 pub use store::{Change, Store, StoreConfig, Updated};
 pub use sync::SyncPolicy;
+pub use tree::TreeStats;

@@ -1,15 +1,20 @@
 //! The per-partition hash tree used by anti-entropy.
 //!
 //! Shape: a fixed tree of [`FANOUT`]-way nodes, [`DEPTH`] levels below the root, so
-//! [`LEAVES`] leaves. A leaf is the XOR of the digests of the objects in its segment:
-//! order independent, and updated in O(1) by XOR-ing out the old digest and in the new
-//! one, in the same storage batch as the object. Interior nodes are recomputed from the
-//! leaves lazily (only when a query arrives after a change), so writes pay one leaf
-//! update and a restart reads only the persisted leaves, never the keys.
+//! [`LEAVES`] leaves (segments). Every node is the XOR of the digests of all objects
+//! below it: a leaf covers one segment, the root the whole partition. XOR makes the
+//! tree order independent and lets a write update its path in O(DEPTH) point writes
+//! (XOR out the old digest, XOR in the new one), in the same storage batch as the
+//! object, without reading sibling nodes. Every node is persisted, so a restart reads
+//! nothing until a query arrives, and a query reads only the nodes it names.
 //!
-//! With 4,096 leaves per partition, a replica of 1,000,000 keys over 256 partitions
-//! has about one key per leaf; finding one differing key costs `1 + 16 × 3` hashes
-//! plus the leaf's key digests.
+//! Two replicas' nodes differ exactly where the XOR of the digest differences below
+//! them is non-zero; with 256-bit blake3 digests an accidental cancellation has
+//! probability 2^-256 per node.
+//!
+//! With 4,096 leaves per partition, 1,000,000 keys over 256 partitions are about one
+//! key per leaf: finding one differing key costs `1 + 16 × 3` hashes plus that leaf's
+//! key digests.
 
 /// Children per interior node.
 pub const FANOUT: usize = 16;
@@ -40,89 +45,19 @@ pub fn nodes_at(level: u8) -> usize {
     FANOUT.pow(u32::from(level))
 }
 
-fn combine(children: &[Hash]) -> Hash {
-    if children.iter().all(|c| c == &EMPTY) {
-        return EMPTY;
+/// `(level, index)` of every node from the root down to the leaf of `segment`.
+pub fn path(segment: u16) -> [(u8, u16); DEPTH as usize + 1] {
+    let mut out = [(0u8, 0u16); DEPTH as usize + 1];
+    for level in 0..=DEPTH {
+        let span = nodes_at(DEPTH - level);
+        out[level as usize] = (level, (segment as usize / span) as u16);
     }
-    let mut hasher = blake3::Hasher::new();
-    for child in children {
-        hasher.update(child);
-    }
-    *hasher.finalize().as_bytes()
+    out
 }
 
-/// The hash tree of one partition.
-#[derive(Clone, Debug)]
-pub struct PartitionTree {
-    /// `levels[d]` holds the `FANOUT^d` hashes of level `d`; `levels[DEPTH]` are leaves.
-    levels: Vec<Vec<Hash>>,
-    dirty: bool,
-}
-
-impl Default for PartitionTree {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl PartitionTree {
-    /// An empty tree.
-    pub fn new() -> Self {
-        let levels = (0..=DEPTH).map(|d| vec![EMPTY; nodes_at(d)]).collect();
-        PartitionTree {
-            levels,
-            dirty: false,
-        }
-    }
-
-    /// The current value of one leaf.
-    pub fn leaf(&self, segment: u16) -> Hash {
-        self.levels[DEPTH as usize][segment as usize]
-    }
-
-    /// Replaces one leaf.
-    ///
-    /// # Panics
-    /// If `segment` is not below [`LEAVES`] (an invariant of the key layout).
-    pub fn set_leaf(&mut self, segment: u16, value: Hash) {
-        assert!((segment as usize) < LEAVES, "segment {segment} out of range");
-        self.levels[DEPTH as usize][segment as usize] = value;
-        self.dirty = true;
-    }
-
-    fn refresh(&mut self) {
-        if !self.dirty {
-            return;
-        }
-        for level in (0..DEPTH as usize).rev() {
-            let (upper, lower) = self.levels.split_at_mut(level + 1);
-            for (i, node) in upper[level].iter_mut().enumerate() {
-                *node = combine(&lower[0][i * FANOUT..(i + 1) * FANOUT]);
-            }
-        }
-        self.dirty = false;
-    }
-
-    /// The root hash ([`EMPTY`] for an empty partition).
-    pub fn root(&mut self) -> Hash {
-        self.refresh();
-        self.levels[0][0]
-    }
-
-    /// The hashes of the children of node `index` at `level` (`level < DEPTH`).
-    pub fn children(&mut self, level: u8, index: u32) -> Option<Vec<Hash>> {
-        if level >= DEPTH || index as usize >= nodes_at(level) {
-            return None;
-        }
-        self.refresh();
-        let start = index as usize * FANOUT;
-        Some(self.levels[level as usize + 1][start..start + FANOUT].to_vec())
-    }
-
-    /// Whether every leaf is empty.
-    pub fn is_empty(&mut self) -> bool {
-        self.root() == EMPTY
-    }
+/// Whether `(level, index)` names a node with children.
+pub fn is_interior(level: u8, index: u32) -> bool {
+    level < DEPTH && (index as usize) < nodes_at(level)
 }
 
 #[cfg(test)]
@@ -130,57 +65,31 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn h(i: u8) -> Hash {
-        *blake3::hash(&[i]).as_bytes()
-    }
-
     #[test]
-    fn empty_tree_has_empty_root() {
-        assert_eq!(PartitionTree::new().root(), EMPTY);
-    }
-
-    #[test]
-    fn xor_in_and_out_restores_the_root() {
-        let mut t = PartitionTree::new();
-        t.set_leaf(5, h(1));
-        let root = t.root();
-        let leaf = xor(&t.leaf(5), &h(2));
-        t.set_leaf(5, leaf);
-        assert_ne!(t.root(), root);
-        let back = xor(&t.leaf(5), &h(2));
-        t.set_leaf(5, back);
-        assert_eq!(t.root(), root);
-    }
-
-    #[test]
-    fn children_locate_the_difference() {
-        let mut a = PartitionTree::new();
-        let mut b = PartitionTree::new();
-        a.set_leaf(4095, h(9));
-        assert_ne!(a.root(), b.root());
-        let ca = a.children(0, 0).expect("root has children");
-        let cb = b.children(0, 0).expect("root has children");
-        let diff: Vec<usize> = (0..FANOUT).filter(|&i| ca[i] != cb[i]).collect();
-        assert_eq!(diff, vec![15]);
-        assert!(a.children(DEPTH, 0).is_none());
-        assert!(a.children(1, 16).is_none());
+    fn paths_run_from_root_to_leaf() {
+        assert_eq!(path(0), [(0, 0), (1, 0), (2, 0), (3, 0)]);
+        assert_eq!(path(4095), [(0, 0), (1, 15), (2, 255), (3, 4095)]);
+        assert_eq!(path(17), [(0, 0), (1, 0), (2, 1), (3, 17)]);
+        assert!(is_interior(2, 255));
+        assert!(!is_interior(3, 0));
+        assert!(!is_interior(1, 16));
     }
 
     proptest! {
-        /// The root depends only on the set of leaf contributions, not on their order.
+        /// A node's parent on the path contains it as one of its children.
         #[test]
-        fn root_is_order_independent(items in proptest::collection::vec((0u16..LEAVES as u16, any::<u8>()), 0..50)) {
-            let mut a = PartitionTree::new();
-            for (seg, v) in &items {
-                let leaf = xor(&a.leaf(*seg), &h(*v));
-                a.set_leaf(*seg, leaf);
+        fn parents_contain_children(segment in 0u16..LEAVES as u16) {
+            let p = path(segment);
+            for w in p.windows(2) {
+                let (_, parent) = w[0];
+                let (_, child) = w[1];
+                prop_assert_eq!(child as usize / FANOUT, parent as usize);
             }
-            let mut b = PartitionTree::new();
-            for (seg, v) in items.iter().rev() {
-                let leaf = xor(&b.leaf(*seg), &h(*v));
-                b.set_leaf(*seg, leaf);
-            }
-            prop_assert_eq!(a.root(), b.root());
+        }
+
+        #[test]
+        fn xor_is_its_own_inverse(a in any::<[u8; 32]>(), b in any::<[u8; 32]>()) {
+            prop_assert_eq!(xor(&xor(&a, &b), &b), a);
         }
     }
 }

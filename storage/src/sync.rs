@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use fjall::{Database, PersistMode};
 
+use crate::tree::{CHECKPOINT_INTERVAL, Trees};
+
 /// The durability a write has when [`crate::Store::update`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncPolicy {
@@ -26,46 +28,61 @@ impl SyncPolicy {
     pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 }
 
-/// Background thread that syncs the journal every interval (group commit).
-pub(crate) struct Syncer {
+/// Background thread of a store: syncs the journal every interval under
+/// [`SyncPolicy::Interval`] (group commit) and checkpoints hash trees.
+pub(crate) struct Background {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
-/// How often the syncer checks whether it should stop (bounds shutdown latency).
-const STOP_POLL: Duration = Duration::from_millis(20);
+/// How often the thread checks whether it should stop (bounds shutdown latency).
+const STOP_POLL: Duration = Duration::from_millis(10);
 
-impl Syncer {
-    pub(crate) fn start(db: Database, interval: Duration) -> std::io::Result<Self> {
+impl Background {
+    pub(crate) fn start(
+        db: Database,
+        sync_every: Option<Duration>,
+        trees: Arc<Trees>,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
-            .name("ringkv-sync".into())
+            .name("ringkv-storage".into())
             .spawn(move || {
-                let mut waited = Duration::ZERO;
+                let mut since_sync = Duration::ZERO;
+                let mut since_checkpoint = Duration::ZERO;
                 while !flag.load(Ordering::Acquire) {
-                    let step = STOP_POLL.min(interval);
-                    std::thread::sleep(step);
-                    waited += step;
-                    if waited >= interval {
-                        waited = Duration::ZERO;
+                    std::thread::sleep(STOP_POLL);
+                    since_sync += STOP_POLL;
+                    since_checkpoint += STOP_POLL;
+                    if sync_every.is_some_and(|every| since_sync >= every) {
+                        since_sync = Duration::ZERO;
                         if let Err(error) = db.persist(PersistMode::SyncData) {
                             tracing::error!(%error, "periodic journal sync failed");
                         }
                     }
+                    if since_checkpoint >= CHECKPOINT_INTERVAL {
+                        since_checkpoint = Duration::ZERO;
+                        if let Err(error) = trees.checkpoint() {
+                            tracing::error!(%error, "hash tree checkpoint failed");
+                        }
+                    }
+                }
+                if let Err(error) = trees.checkpoint() {
+                    tracing::error!(%error, "final hash tree checkpoint failed");
                 }
                 if let Err(error) = db.persist(PersistMode::SyncData) {
                     tracing::error!(%error, "final journal sync failed");
                 }
             })?;
-        Ok(Syncer {
+        Ok(Background {
             stop,
             handle: Some(handle),
         })
     }
 }
 
-impl Drop for Syncer {
+impl Drop for Background {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(handle) = self.handle.take() {

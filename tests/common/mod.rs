@@ -51,7 +51,11 @@ impl Server {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("server exited with {status}: {}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "server did not start: {}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -83,7 +87,9 @@ impl Server {
 
     /// SIGTERM and wait (bounded) for a clean exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -132,7 +138,11 @@ fn spawn(dir: &Path, addr: &str, extra: &[String]) -> Child {
 pub fn run_cli(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(bin())
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -152,7 +162,9 @@ pub fn run_cli(args: &[&str], stdin: Option<&[u8]>) -> Output {
     match rx.recv_timeout(Duration::from_secs(60)) {
         Ok(out) => out.expect("output"),
         Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
             panic!("ringkv {args:?} hung");
         }
     }

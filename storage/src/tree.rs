@@ -1,0 +1,279 @@
+//! Persistence of the per-partition hash trees (shape and XOR rule in [`crate::merkle`]).
+//!
+//! Leaves are written in the same batch as every object change, so on disk they are
+//! always exact. The upper nodes (root and the two levels below it) are rewritten by
+//! every write of their partition; writing them to the LSM each time would pile up
+//! versions of a few hot keys (measured: 4× slower puts). So they live in memory and
+//! are checkpointed, one value per partition, every [`CHECKPOINT_INTERVAL`] and on
+//! close. The first write after a checkpoint also writes a dirty marker in its batch;
+//! the checkpoint removes it atomically with the new snapshot. On first use after a
+//! restart a partition loads its snapshot, or, if the marker survived (a crash since
+//! the last checkpoint), recomputes the upper nodes from its ≤ 4,096 leaves. No object
+//! is ever rescanned.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fjall::{Database, Keyspace, OwnedWriteBatch};
+
+use crate::error::{Result, StorageError};
+use crate::merkle::{DEPTH, EMPTY, FANOUT, Hash, LEAVES, is_interior, nodes_at, path, xor};
+use crate::store::lock;
+
+/// How often dirty partitions' upper nodes are checkpointed.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Nodes above the leaves: `1 + 16 + 256`.
+const UPPER_NODES: usize = (LEAVES - 1) / (FANOUT - 1);
+const _: () = assert!(UPPER_NODES == 273);
+
+const MARKER: u8 = 0xfe;
+const SNAPSHOT: u8 = 0xff;
+const _: () = assert!(DEPTH < MARKER);
+
+fn upper_offset(level: u8, index: u16) -> usize {
+    debug_assert!(level < DEPTH);
+    (nodes_at(level) - 1) / (FANOUT - 1) + index as usize
+}
+
+/// Key of a tree leaf: `partition (u32 BE) ‖ DEPTH ‖ segment (u16 BE)`.
+fn leaf_key(partition: u32, segment: u16) -> [u8; 7] {
+    let mut out = [0u8; 7];
+    out[..4].copy_from_slice(&partition.to_be_bytes());
+    out[4] = DEPTH;
+    out[5..].copy_from_slice(&segment.to_be_bytes());
+    out
+}
+
+fn tag_key(partition: u32, tag: u8) -> [u8; 5] {
+    let mut out = [0u8; 5];
+    out[..4].copy_from_slice(&partition.to_be_bytes());
+    out[4] = tag;
+    out
+}
+
+struct Upper {
+    nodes: Vec<Hash>,
+    /// Changed since the last checkpoint (and the dirty marker is on disk).
+    dirty: bool,
+}
+
+/// Counters about tree loading, for tests and status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeStats {
+    /// Partitions whose upper nodes came from a checkpoint.
+    pub loaded_from_checkpoint: u64,
+    /// Partitions whose upper nodes were recomputed from leaves after a crash.
+    pub rebuilt_from_leaves: u64,
+}
+
+pub(crate) struct Trees {
+    db: Database,
+    merkle: Keyspace,
+    parts: Mutex<HashMap<u32, Arc<Mutex<Upper>>>>,
+    loaded: AtomicU64,
+    rebuilt: AtomicU64,
+}
+
+fn decode(partition: u32, level: u8, index: u16, raw: &[u8]) -> Result<Hash> {
+    raw.try_into().map_err(|_| StorageError::CorruptNode {
+        partition,
+        level,
+        index,
+        len: raw.len(),
+    })
+}
+
+impl Trees {
+    pub(crate) fn new(db: Database, merkle: Keyspace) -> Self {
+        Trees {
+            db,
+            merkle,
+            parts: Mutex::new(HashMap::new()),
+            loaded: AtomicU64::new(0),
+            rebuilt: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn keyspace(&self) -> &Keyspace {
+        &self.merkle
+    }
+
+    pub(crate) fn stats(&self) -> TreeStats {
+        TreeStats {
+            loaded_from_checkpoint: self.loaded.load(Ordering::Relaxed),
+            rebuilt_from_leaves: self.rebuilt.load(Ordering::Relaxed),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<fjall::Slice>> {
+        self.merkle
+            .get(key)
+            .map_err(StorageError::engine("reading the hash tree"))
+    }
+
+    fn leaf(&self, partition: u32, segment: u16) -> Result<Hash> {
+        match self.get(&leaf_key(partition, segment))? {
+            None => Ok(EMPTY),
+            Some(v) => decode(partition, DEPTH, segment, &v),
+        }
+    }
+
+    fn load(&self, partition: u32) -> Result<Upper> {
+        let marker = self.get(&tag_key(partition, MARKER))?;
+        let snapshot = self.get(&tag_key(partition, SNAPSHOT))?;
+        let mut nodes = vec![EMPTY; UPPER_NODES];
+        match (marker, snapshot) {
+            (None, None) => {}
+            (None, Some(raw)) => {
+                if raw.len() != UPPER_NODES * 32 {
+                    return Err(StorageError::CorruptNode {
+                        partition,
+                        level: 0,
+                        index: 0,
+                        len: raw.len(),
+                    });
+                }
+                for (node, chunk) in nodes.iter_mut().zip(raw.chunks_exact(32)) {
+                    node.copy_from_slice(chunk);
+                }
+                self.loaded.fetch_add(1, Ordering::Relaxed);
+            }
+            (Some(_), _) => {
+                let range = leaf_key(partition, 0)..=leaf_key(partition, u16::MAX);
+                for item in self.merkle.range(range) {
+                    let (k, v) = item
+                        .into_inner()
+                        .map_err(StorageError::engine("loading tree leaves"))?;
+                    let segment = match k.as_ref() {
+                        [_, _, _, _, _, hi, lo] => u16::from_be_bytes([*hi, *lo]),
+                        _ => return Err(StorageError::CorruptKey { len: k.len() }),
+                    };
+                    if segment as usize >= LEAVES {
+                        return Err(StorageError::CorruptKey { len: k.len() });
+                    }
+                    let leaf = decode(partition, DEPTH, segment, &v)?;
+                    for (level, index) in path(segment).into_iter().take(DEPTH as usize) {
+                        let o = upper_offset(level, index);
+                        nodes[o] = xor(&nodes[o], &leaf);
+                    }
+                }
+                self.rebuilt.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    partition,
+                    "hash tree upper nodes recomputed from leaves after an unclean stop"
+                );
+                // Still dirty: the marker stays until the next checkpoint.
+                return Ok(Upper { nodes, dirty: true });
+            }
+        }
+        Ok(Upper {
+            nodes,
+            dirty: false,
+        })
+    }
+
+    /// Loads a partition's upper nodes from disk, bypassing the cache: `(root, rebuilt)`.
+    #[cfg(test)]
+    pub(crate) fn load_for_test(&self, partition: u32) -> Result<(Hash, bool)> {
+        let before = self.rebuilt.load(Ordering::Relaxed);
+        let upper = self.load(partition)?;
+        Ok((
+            upper.nodes[0],
+            self.rebuilt.load(Ordering::Relaxed) > before,
+        ))
+    }
+
+    fn part(&self, partition: u32) -> Result<Arc<Mutex<Upper>>> {
+        let mut parts = lock(&self.parts);
+        if let Some(p) = parts.get(&partition) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(Mutex::new(self.load(partition)?));
+        parts.insert(partition, p.clone());
+        Ok(p)
+    }
+
+    /// Commits `batch` (which already holds an object change) together with XOR-ing
+    /// `delta` into the leaf of `segment` and, after the commit, into its cached upper
+    /// nodes. The partition's lock is held across the commit so paths never interleave.
+    pub(crate) fn commit(
+        &self,
+        mut batch: OwnedWriteBatch,
+        partition: u32,
+        segment: u16,
+        delta: &Hash,
+        during: &'static str,
+    ) -> Result<()> {
+        let part = self.part(partition)?;
+        let mut upper = lock(&part);
+        let leaf = xor(&self.leaf(partition, segment)?, delta);
+        if leaf == EMPTY {
+            batch.remove(&self.merkle, leaf_key(partition, segment));
+        } else {
+            batch.insert(&self.merkle, leaf_key(partition, segment), leaf.to_vec());
+        }
+        if !upper.dirty {
+            batch.insert(&self.merkle, tag_key(partition, MARKER), Vec::new());
+        }
+        batch.commit().map_err(StorageError::engine(during))?;
+        upper.dirty = true;
+        for (level, index) in path(segment).into_iter().take(DEPTH as usize) {
+            let o = upper_offset(level, index);
+            upper.nodes[o] = xor(&upper.nodes[o], delta);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn root(&self, partition: u32) -> Result<Hash> {
+        let part = self.part(partition)?;
+        let root = lock(&part).nodes[0];
+        Ok(root)
+    }
+
+    pub(crate) fn children(&self, partition: u32, level: u8, index: u32) -> Result<Vec<Hash>> {
+        if !is_interior(level, index) {
+            return Err(StorageError::NoSuchNode { level, index });
+        }
+        let first = index as usize * FANOUT;
+        if level + 1 < DEPTH {
+            let part = self.part(partition)?;
+            let upper = lock(&part);
+            let start = upper_offset(level + 1, first as u16);
+            return Ok(upper.nodes[start..start + FANOUT].to_vec());
+        }
+        (first..first + FANOUT)
+            .map(|segment| self.leaf(partition, segment as u16))
+            .collect()
+    }
+
+    /// Writes the upper nodes of every dirty partition; returns how many.
+    pub(crate) fn checkpoint(&self) -> Result<usize> {
+        let parts: Vec<(u32, Arc<Mutex<Upper>>)> = lock(&self.parts)
+            .iter()
+            .map(|(p, u)| (*p, u.clone()))
+            .collect();
+        let mut written = 0;
+        for (partition, part) in parts {
+            let mut upper = lock(&part);
+            if !upper.dirty {
+                continue;
+            }
+            let mut snapshot = Vec::with_capacity(UPPER_NODES * 32);
+            for node in &upper.nodes {
+                snapshot.extend_from_slice(node);
+            }
+            let mut batch = self.db.batch();
+            batch.insert(&self.merkle, tag_key(partition, SNAPSHOT), snapshot);
+            batch.remove(&self.merkle, tag_key(partition, MARKER));
+            batch
+                .commit()
+                .map_err(StorageError::engine("checkpointing a hash tree"))?;
+            upper.dirty = false;
+            written += 1;
+        }
+        Ok(written)
+    }
+}
