@@ -71,7 +71,13 @@ fn read_value(value: Option<String>, file: Option<std::path::PathBuf>) -> Result
 }
 
 pub fn run(command: Command) -> Result<i32, Failure> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // One request needs one thread; the benchmark drives many and needs them all.
+    let mut builder = if matches!(command, Command::Bench(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| Failure::other(format!("cannot start runtime: {e}")))?;
