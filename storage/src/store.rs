@@ -8,7 +8,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use crate::error::{Result, StorageError};
 use crate::keys::{PREFIX_LEN, object_digest, object_key, segment_of, segment_prefix};
 use crate::merkle::{Hash, xor};
-use crate::sync::{Background, SyncPolicy};
+use crate::sync::{Background, GroupSync, SyncPolicy};
 use crate::tree::{TreeStats, Trees};
 
 /// Number of lock stripes for read-merge-write. Keys of one Merkle segment share a
@@ -74,6 +74,7 @@ struct Inner {
     meta: Keyspace,
     stripes: Box<[Mutex<()>]>,
     trees: Arc<Trees>,
+    group: GroupSync,
     sync: SyncPolicy,
     path: PathBuf,
     // Dropped first (declared first would not matter: Drop runs before fields); it
@@ -168,6 +169,7 @@ impl Store {
                 meta,
                 stripes,
                 trees,
+                group: GroupSync::default(),
                 sync: config.sync,
                 path: config.path,
                 background: Some(background),
@@ -186,11 +188,21 @@ impl Store {
         self.inner.sync
     }
 
-    fn durability(&self) -> Option<PersistMode> {
-        match self.inner.sync {
-            SyncPolicy::Always => Some(PersistMode::SyncData),
-            SyncPolicy::Interval(_) | SyncPolicy::None => None,
+    /// Under [`SyncPolicy::Always`], waits until everything committed so far by this
+    /// caller is on disk. Call after releasing locks, so concurrent writers can group.
+    fn make_durable(&self, wrote: bool) -> Result<()> {
+        if self.inner.sync != SyncPolicy::Always {
+            return Ok(());
         }
+        let ticket = if wrote {
+            self.inner.group.ticket()
+        } else {
+            self.inner.group.committed()
+        };
+        self.inner
+            .group
+            .wait(&self.inner.db, ticket)
+            .map_err(StorageError::engine("syncing the journal"))
     }
 
     fn stripe(&self, partition: u32, segment: u16) -> &Mutex<()> {
@@ -228,7 +240,7 @@ impl Store {
         E: From<StorageError>,
     {
         let segment = segment_of(key);
-        let _guard = lock(self.stripe(partition, segment));
+        let guard = lock(self.stripe(partition, segment));
         let okey = object_key(partition, key);
         let current = self
             .inner
@@ -237,41 +249,33 @@ impl Store {
             .map_err(StorageError::engine("reading an object"))?;
         let before = current.as_ref().map(|v| object_digest(key, v));
         let (change, out) = merge(current.as_deref())?;
-        let Change::Put(bytes) = change else {
-            return Ok((
-                Updated {
-                    before,
-                    after: before,
-                },
-                out,
-            ));
+        let after = match change {
+            Change::Put(bytes) => {
+                let after = object_digest(key, &bytes);
+                if before != Some(after) {
+                    let delta = match &before {
+                        Some(b) => xor(b, &after),
+                        None => after,
+                    };
+                    let mut batch = self.inner.db.batch();
+                    batch.insert(&self.inner.objects, okey, bytes);
+                    self.inner.trees.commit(
+                        batch,
+                        partition,
+                        segment,
+                        &delta,
+                        "committing an object",
+                    )?;
+                }
+                Some(after)
+            }
+            Change::Keep => before,
         };
-        let after = object_digest(key, &bytes);
-        if before == Some(after) {
-            return Ok((
-                Updated {
-                    before,
-                    after: Some(after),
-                },
-                out,
-            ));
-        }
-        let delta = match &before {
-            Some(b) => xor(b, &after),
-            None => after,
-        };
-        let mut batch = self.inner.db.batch().durability(self.durability());
-        batch.insert(&self.inner.objects, okey, bytes);
-        self.inner
-            .trees
-            .commit(batch, partition, segment, &delta, "committing an object")?;
-        Ok((
-            Updated {
-                before,
-                after: Some(after),
-            },
-            out,
-        ))
+        drop(guard);
+        // Also when nothing changed: the state the caller saw may be another writer's,
+        // not yet synced, and the caller is about to acknowledge it.
+        self.make_durable(before != after)?;
+        Ok((Updated { before, after }, out))
     }
 
     /// Removes an object only if its digest is still `expected` (for tombstone reaping:
@@ -281,7 +285,7 @@ impl Store {
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn remove_if(&self, partition: u32, key: &[u8], expected: &Hash) -> Result<bool> {
         let segment = segment_of(key);
-        let _guard = lock(self.stripe(partition, segment));
+        let guard = lock(self.stripe(partition, segment));
         let okey = object_key(partition, key);
         let current = self
             .inner
@@ -294,11 +298,13 @@ impl Store {
         if &object_digest(key, &current) != expected {
             return Ok(false);
         }
-        let mut batch = self.inner.db.batch().durability(self.durability());
+        let mut batch = self.inner.db.batch();
         batch.remove(&self.inner.objects, okey);
         self.inner
             .trees
             .commit(batch, partition, segment, expected, "removing an object")?;
+        drop(guard);
+        self.make_durable(true)?;
         Ok(true)
     }
 
@@ -412,11 +418,12 @@ impl Store {
     /// # Errors
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn put_hint(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let mut batch = self.inner.db.batch().durability(self.durability());
+        let mut batch = self.inner.db.batch();
         batch.insert(&self.inner.hints, key, value);
         batch
             .commit()
-            .map_err(StorageError::engine("writing a hint"))
+            .map_err(StorageError::engine("writing a hint"))?;
+        self.make_durable(true)
     }
 
     /// Deletes a hint.
@@ -424,7 +431,7 @@ impl Store {
     /// # Errors
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn remove_hint(&self, key: &[u8]) -> Result<()> {
-        let mut batch = self.inner.db.batch().durability(self.durability());
+        let mut batch = self.inner.db.batch();
         batch.remove(&self.inner.hints, key);
         batch
             .commit()
