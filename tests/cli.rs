@@ -268,3 +268,46 @@ fn sigterm_stops_cleanly_and_unreachable_nodes_exit_3() {
     assert_eq!(code(&out), 4);
     assert!(stderr(&out).contains("in use"), "{}", stderr(&out));
 }
+
+/// Connections beyond `--max-connections` are closed at once and counted; the node
+/// serves again as soon as a slot frees.
+#[test]
+fn connection_limit_is_enforced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(dir.path(), &["--max-connections", "1"]);
+    let held = std::net::TcpStream::connect(&s.addr).expect("connect");
+    // Give the server a moment to accept the held connection (bounded wait).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let out = s.cli(&["get", "k"]);
+        if code(&out) == 3 {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second connection was never refused"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        stderr(&refused).contains("cannot connect"),
+        "{}",
+        stderr(&refused)
+    );
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = s.cli(&["status", "--json"]);
+        if code(&out) == 0 {
+            assert!(
+                json(&out)["stats"]["connections_refused"]
+                    .as_u64()
+                    .expect("counter")
+                    >= 1
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot never freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -210,17 +210,21 @@ impl Store {
         &self.inner.stripes[idx % STRIPES]
     }
 
+    fn read_raw(&self, okey: &[u8]) -> Result<Option<fjall::Slice>> {
+        self.inner
+            .objects
+            .get(okey)
+            .map_err(StorageError::engine("reading an object"))
+    }
+
     /// Reads one object.
     ///
     /// # Errors
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn get(&self, partition: u32, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let raw = self
-            .inner
-            .objects
-            .get(object_key(partition, key))
-            .map_err(StorageError::engine("reading an object"))?;
-        Ok(raw.map(|v| v.to_vec()))
+        Ok(self
+            .read_raw(&object_key(partition, key))?
+            .map(|v| v.to_vec()))
     }
 
     /// Atomic read-merge-write of one key: `merge` sees the stored bytes and decides.
@@ -239,14 +243,9 @@ impl Store {
     where
         E: From<StorageError>,
     {
-        let segment = segment_of(key);
+        let (segment, okey) = (segment_of(key), object_key(partition, key));
         let guard = lock(self.stripe(partition, segment));
-        let okey = object_key(partition, key);
-        let current = self
-            .inner
-            .objects
-            .get(&okey)
-            .map_err(StorageError::engine("reading an object"))?;
+        let current = self.read_raw(&okey)?;
         let before = current.as_ref().map(|v| object_digest(key, v));
         let (change, out) = merge(current.as_deref())?;
         let after = match change {
@@ -284,14 +283,9 @@ impl Store {
     /// # Errors
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn remove_if(&self, partition: u32, key: &[u8], expected: &Hash) -> Result<bool> {
-        let segment = segment_of(key);
+        let (segment, okey) = (segment_of(key), object_key(partition, key));
         let guard = lock(self.stripe(partition, segment));
-        let okey = object_key(partition, key);
-        let current = self
-            .inner
-            .objects
-            .get(&okey)
-            .map_err(StorageError::engine("reading an object"))?;
+        let current = self.read_raw(&okey)?;
         let Some(current) = current else {
             return Ok(false);
         };
