@@ -252,6 +252,10 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
                         "connections:  {} open, {} refused, {} closed for bad frames",
                         s.stats.connections_open, s.stats.connections_refused, s.stats.bad_frames
                     ),
+                    format!(
+                        "disk:         {} bytes, {} journal file(s)",
+                        s.storage.disk_bytes, s.storage.journal_files
+                    ),
                 ];
                 for l in lines {
                     out(l.as_bytes())?;

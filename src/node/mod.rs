@@ -12,7 +12,7 @@ use crate::coordinator::Coordinator;
 use crate::object::Actor;
 use crate::replica::{Limits, Replica};
 use crate::ring::DEFAULT_RING_SIZE;
-use crate::rpc::api::{ServerInfo, ServiceStats, Status};
+use crate::rpc::api::{ServerInfo, ServiceStats, Status, StorageStatus};
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -253,6 +253,18 @@ impl Node {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             limits: self.config.limits,
             stats: self.stats.snapshot(),
+            storage: {
+                let trees = store.tree_stats();
+                StorageStatus {
+                    disk_bytes: store.disk_bytes().unwrap_or_else(|error| {
+                        tracing::warn!(%error, "cannot measure disk space");
+                        0
+                    }),
+                    journal_files: store.journal_count() as u64,
+                    trees_from_checkpoint: trees.loaded_from_checkpoint,
+                    trees_rebuilt_from_leaves: trees.rebuilt_from_leaves,
+                }
+            },
         }
     }
 

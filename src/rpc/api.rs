@@ -82,6 +82,21 @@ pub struct Status {
     pub limits: Limits,
     /// Service counters.
     pub stats: ServiceStats,
+    /// Storage figures.
+    pub storage: StorageStatus,
+}
+
+/// What the node's store looks like.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageStatus {
+    /// Bytes on disk (tables and journals).
+    pub disk_bytes: u64,
+    /// Journal files (replayed on the next open).
+    pub journal_files: u64,
+    /// Partitions whose hash tree came from a checkpoint since start.
+    pub trees_from_checkpoint: u64,
+    /// Partitions whose hash tree was recomputed from leaves after an unclean stop.
+    pub trees_rebuilt_from_leaves: u64,
 }
 
 /// Errors a client can receive, with enough detail to act on.

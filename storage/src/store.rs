@@ -319,6 +319,22 @@ impl Store {
         self.inner.trees.children(partition, level, index)
     }
 
+    /// Bytes the database occupies on disk (tables and journals).
+    ///
+    /// # Errors
+    /// [`StorageError::Engine`] if the directory cannot be read.
+    pub fn disk_bytes(&self) -> Result<u64> {
+        self.inner
+            .db
+            .disk_space()
+            .map_err(StorageError::engine("measuring disk space"))
+    }
+
+    /// Journal files on disk (fjall replays these on open).
+    pub fn journal_count(&self) -> usize {
+        self.inner.db.journal_count()
+    }
+
     /// How trees were loaded since open (checkpoint or, after a crash, from leaves).
     pub fn tree_stats(&self) -> TreeStats {
         self.inner.trees.stats()
