@@ -1,5 +1,5 @@
-//! The transport seam: every TCP connect and accept of the node goes through
-//! [`Network`], so the same node code runs on tokio sockets in production and on a
+//! The transport seam: every TCP connect and accept, and every UDP socket, of the
+//! node goes through [`Network`], so the same node code runs on tokio sockets in production and on a
 //! simulated network (turmoil) in `ringkv-simulation` (DESIGN.md §9).
 
 mod tokio_net;
@@ -30,7 +30,28 @@ pub trait Listener: Send + 'static {
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }
 
-/// Connects and listens. Implementations must be cheap to clone.
+/// A bound UDP socket (gossip).
+pub trait Datagram: Send + Sync + 'static {
+    /// Sends one datagram.
+    fn send_to(
+        &self,
+        buf: &[u8],
+        target: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// Receives one datagram into `buf`; returns its length and sender.
+    ///
+    /// Cancel safe: dropping the future loses no datagram.
+    fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send;
+
+    /// The address actually bound.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// Connects, listens and binds datagram sockets. Implementations must be cheap to clone.
 pub trait Network: Clone + Send + Sync + 'static {
     /// Stream type of both sides.
     type Stream: Stream;
@@ -42,4 +63,10 @@ pub trait Network: Clone + Send + Sync + 'static {
 
     /// Opens a connection.
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+
+    /// Datagram socket type.
+    type Socket: Datagram;
+
+    /// Binds a UDP socket.
+    fn bind_udp(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Socket>> + Send;
 }

@@ -1,11 +1,11 @@
-//! The production [`Network`]: tokio TCP sockets.
+//! The production [`Network`]: tokio TCP and UDP sockets.
 
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use super::{Listener, Network};
+use super::{Datagram, Listener, Network};
 
 /// tokio's TCP.
 #[derive(Clone, Copy, Debug, Default)]
@@ -26,6 +26,20 @@ impl Listener for TcpListener {
     }
 }
 
+impl Datagram for UdpSocket {
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+        UdpSocket::send_to(self, buf, target).await
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        UdpSocket::recv_from(self, buf).await
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        UdpSocket::local_addr(self)
+    }
+}
+
 impl Network for TokioNetwork {
     type Stream = TcpStream;
     type Listener = TcpListener;
@@ -38,6 +52,12 @@ impl Network for TokioNetwork {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+
+    type Socket = UdpSocket;
+
+    async fn bind_udp(&self, addr: SocketAddr) -> io::Result<UdpSocket> {
+        UdpSocket::bind(addr).await
     }
 }
 
@@ -63,5 +83,19 @@ mod tests {
         s.read_exact(&mut buf).await.expect("read");
         assert_eq!(&buf, b"ping");
         client.await.expect("client");
+    }
+
+    #[tokio::test]
+    async fn datagrams_travel_between_sockets() {
+        let net = TokioNetwork;
+        let any = "127.0.0.1:0".parse().expect("addr");
+        let a = net.bind_udp(any).await.expect("bind");
+        let b = net.bind_udp(any).await.expect("bind");
+        let b_addr = Datagram::local_addr(&b).expect("addr");
+        Datagram::send_to(&a, b"hello", b_addr).await.expect("send");
+        let mut buf = [0u8; 16];
+        let (n, from) = Datagram::recv_from(&b, &mut buf).await.expect("recv");
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(from, Datagram::local_addr(&a).expect("addr"));
     }
 }
