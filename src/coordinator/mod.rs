@@ -7,6 +7,8 @@
 //! throughput inline on two cores). Writes that fsync (`--sync always`) run on the
 //! blocking pool so a slow disk never stalls a runtime worker.
 
+pub mod quorum;
+
 use crdts::VClock;
 
 use crate::object::{Actor, Context, Object};
