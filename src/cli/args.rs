@@ -180,6 +180,9 @@ pub struct ServeArgs {
     /// Most client connections at once [default: 1024].
     #[arg(long = "max-connections")]
     pub max_connections: Option<usize>,
+    /// Most requests in flight on one connection; more are refused at once [default: 256].
+    #[arg(long = "max-in-flight")]
+    pub max_in_flight: Option<usize>,
     /// Block cache in MiB [default: 64].
     #[arg(long = "cache-mb")]
     pub cache_mb: Option<u64>,

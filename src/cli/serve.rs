@@ -29,6 +29,7 @@ struct FileConfig {
     max_object_bytes: Option<usize>,
     max_siblings: Option<usize>,
     max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
     cache_mb: Option<u64>,
 }
 
@@ -119,6 +120,14 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
             return Err(Failure::usage("--max-connections must be at least 1"));
         }
         cfg.max_connections = v;
+    }
+    if let Some(v) = args.max_in_flight.or(file.max_in_flight) {
+        if v == 0 || v > 100_000 {
+            return Err(Failure::usage(
+                "--max-in-flight must be between 1 and 100000",
+            ));
+        }
+        cfg.max_in_flight_per_connection = v;
     }
     if let Some(mb) = args.cache_mb.or(file.cache_mb) {
         cfg.cache_bytes = mb.saturating_mul(1 << 20);
@@ -234,6 +243,21 @@ mod tests {
                 ..ServeArgs::default()
             })
             .is_err()
+        );
+        let no_slots = ServeArgs {
+            max_in_flight: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(node_config(no_slots).is_err());
+        let eight = ServeArgs {
+            max_in_flight: Some(8),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            node_config(eight)
+                .expect("valid")
+                .max_in_flight_per_connection,
+            8
         );
         assert!(
             node_config(ServeArgs {
