@@ -277,8 +277,19 @@ fn sigterm_stops_cleanly_and_unreachable_nodes_exit_3() {
 fn connection_limit_is_enforced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Server::start(dir.path(), &["--max-connections", "1"]);
-    let held = std::net::TcpStream::connect(&s.addr).expect("connect");
-    // Give the server a moment to accept the held connection (bounded wait).
+    // Hold the only slot with a client whose handshake succeeded (a raw socket could
+    // be the one refused while the readiness probe's connection is still closing).
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let held = rt.block_on(async {
+        loop {
+            if let Ok(c) = ringkv::Client::connect(&s.addr).await {
+                break c;
+            }
+            assert!(std::time::Instant::now() < deadline, "never got the slot");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let refused = loop {
         let out = s.cli(&["get", "k"]);
