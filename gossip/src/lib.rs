@@ -1,12 +1,14 @@
 //! ringkv membership: SWIM gossip over foca and UDP, node records merged as a CRDT,
 //! and datagram authentication with a keyed-blake3 MAC (DESIGN.md §5).
 //!
-//! Built so far: [`auth`] (sealing and checking datagrams) and [`record`] (node
-//! records and the member set). The foca driver arrives with the cluster issue. This
-//! crate knows nothing of the `ringkv` crate or of storage.
+//! [`auth`] seals and checks datagrams, [`record`] holds node records and the member
+//! set, [`membership`] drives foca without I/O. This crate knows nothing of the
+//! `ringkv` crate or of storage: the node's tokio shell owns the socket and the clock.
 
 pub mod auth;
+pub mod membership;
 pub mod record;
 
 pub use auth::{AuthError, ClusterKey};
+pub use membership::{Gossip, GossipConfig, GossipStats, GossipTimer, Identity, Liveness, Output};
 pub use record::{Members, NodeRecord, Status};

@@ -1,0 +1,795 @@
+//! The SWIM membership of one node, without I/O (DESIGN.md §5).
+//!
+//! [`Gossip`] wraps foca: the shell feeds it received datagrams and expired timers and
+//! performs what it hands back ([`Output::Send`], [`Output::Schedule`]). On top of
+//! foca's liveness it keeps the [`Members`] set, spread as foca custom broadcasts and,
+//! because broadcasts are best effort, by a periodic full exchange of records with one
+//! live member. Every datagram is sealed with the cluster key; anything that does not
+//! authenticate is dropped and counted before it is decoded.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use foca::{AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, OwnedNotification};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{AuthError, ClusterKey, MAX_PAYLOAD_BYTES};
+use crate::record::{Members, NodeRecord};
+
+/// Bytes of a foca packet: the sealed payload minus our one-byte message tag.
+pub const FOCA_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES - 1;
+/// Records sent in one exchange datagram at most (each is well under 100 bytes).
+const RECORDS_PER_DATAGRAM: usize = 8;
+/// Longest node id, address or zone accepted in a record.
+pub const MAX_RECORD_FIELD_BYTES: usize = 128;
+/// Most records a member set may hold; records beyond it are refused.
+pub const MAX_MEMBERS: usize = 1024;
+
+const TAG_FOCA: u8 = 0;
+const TAG_RECORDS: u8 = 1;
+
+/// A node's SWIM identity: its address and a generation that rises on every start,
+/// so a restarted node wins over its previous incarnation at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Identity {
+    /// UDP address (same port number as the node's RPC address).
+    pub addr: SocketAddr,
+    /// Start count of the node's data directory.
+    pub generation: u64,
+}
+
+impl foca::Identity for Identity {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Identity {
+            addr: self.addr,
+            generation: self.generation + 1,
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.generation > adversary.generation
+    }
+}
+
+/// What SWIM says about a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Liveness {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe; may be down.
+    Suspect,
+    /// Declared down (or left).
+    Down,
+    /// Never seen by SWIM.
+    Unknown,
+}
+
+impl std::fmt::Display for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Liveness::Alive => "alive",
+            Liveness::Suspect => "suspect",
+            Liveness::Down => "down",
+            Liveness::Unknown => "unknown",
+        })
+    }
+}
+
+/// Timers the shell must hand back through [`Gossip::handle_timer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GossipTimer {
+    /// One of foca's.
+    Foca(foca::Timer<Identity>),
+    /// Send the full record set to one live member.
+    Exchange,
+    /// Announce to the seeds if nobody else is known.
+    Announce,
+}
+
+/// An effect for the shell to perform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send a sealed datagram.
+    Send {
+        /// Destination.
+        to: SocketAddr,
+        /// The datagram.
+        bytes: Vec<u8>,
+    },
+    /// Hand `timer` back after `after`.
+    Schedule {
+        /// Delay.
+        after: Duration,
+        /// The timer.
+        timer: GossipTimer,
+    },
+}
+
+/// Counters of what arrived and what was refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipStats {
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Refused: wrong MAC, unknown version or too short (not from this cluster).
+    pub rejected_auth: u64,
+    /// Refused: over the size limit.
+    pub rejected_oversized: u64,
+    /// Authenticated but undecodable or refused by foca.
+    pub rejected_malformed: u64,
+}
+
+/// Settings of the membership protocol.
+#[derive(Clone, Debug)]
+pub struct GossipConfig {
+    /// Key every datagram is sealed with.
+    pub key: ClusterKey,
+    /// Addresses to announce to when joining or when alone.
+    pub seeds: Vec<SocketAddr>,
+    /// Expected cluster size (tunes foca's dissemination and suspicion).
+    pub cluster_size_hint: u32,
+    /// Period of the full record exchange.
+    pub exchange_interval: Duration,
+    /// Period of re-announcing to seeds while no other member is known.
+    pub announce_interval: Duration,
+    /// SWIM probe period.
+    pub probe_period: Duration,
+}
+
+impl GossipConfig {
+    /// Defaults for a LAN cluster.
+    pub fn new(key: ClusterKey, seeds: Vec<SocketAddr>) -> Self {
+        GossipConfig {
+            key,
+            seeds,
+            cluster_size_hint: 8,
+            exchange_interval: Duration::from_secs(2),
+            announce_interval: Duration::from_secs(1),
+            probe_period: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Key of a record broadcast: a newer record of a node replaces an older one in
+/// foca's dissemination backlog.
+#[derive(Clone, Debug)]
+pub struct RecordKey {
+    node_id: String,
+    record: NodeRecord,
+}
+
+impl Invalidates for RecordKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.node_id == other.node_id && self.record >= other.record
+    }
+}
+
+/// Why a record was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Bytes that do not decode as a record.
+    #[error("undecodable member record: {0}")]
+    Decode(#[from] postcard::Error),
+    /// A field over [`MAX_RECORD_FIELD_BYTES`] or an empty node id.
+    #[error("member record with an empty id or a field over {MAX_RECORD_FIELD_BYTES} bytes")]
+    BadField,
+    /// The member set is full.
+    #[error("member set full ({MAX_MEMBERS} records)")]
+    Full,
+}
+
+fn check_record(r: &NodeRecord) -> Result<(), RecordError> {
+    if r.node_id.is_empty()
+        || [&r.node_id, &r.address, &r.zone]
+            .iter()
+            .any(|f| f.len() > MAX_RECORD_FIELD_BYTES)
+    {
+        return Err(RecordError::BadField);
+    }
+    Ok(())
+}
+
+/// Merges one record into the shared set, within bounds.
+fn apply_record(members: &mut Members, r: NodeRecord) -> Result<bool, RecordError> {
+    check_record(&r)?;
+    if members.get(&r.node_id).is_none() && members.len() >= MAX_MEMBERS {
+        return Err(RecordError::Full);
+    }
+    Ok(members.apply(r))
+}
+
+/// foca's custom-broadcast handler: records merge into the shared member set.
+pub struct RecordHandler {
+    members: Arc<Mutex<Members>>,
+}
+
+impl BroadcastHandler<Identity> for RecordHandler {
+    type Key = RecordKey;
+    type Error = RecordError;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&Identity>,
+    ) -> Result<Option<RecordKey>, RecordError> {
+        let record: NodeRecord = postcard::from_bytes(data)?;
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        if apply_record(&mut members, record.clone())? {
+            Ok(Some(RecordKey {
+                node_id: record.node_id.clone(),
+                record,
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// A full-exchange message: some records, and whether the receiver should answer
+/// with its own.
+#[derive(Serialize, Deserialize)]
+struct Exchange {
+    reply: bool,
+    records: Vec<NodeRecord>,
+}
+
+type FocaInstance = Foca<Identity, foca::PostcardCodec, SmallRng, RecordHandler>;
+
+/// One node's membership state machine.
+pub struct Gossip {
+    foca: FocaInstance,
+    runtime: AccumulatingRuntime<Identity>,
+    members: Arc<Mutex<Members>>,
+    config: GossipConfig,
+    rng: SmallRng,
+    out: Vec<Output>,
+    stats: GossipStats,
+    own_id: String,
+    announcing: bool,
+    left: bool,
+}
+
+impl Gossip {
+    /// A fresh membership for `identity`, publishing `own` (this node's record).
+    /// Returns the machine and the first effects (announces, timers).
+    pub fn new(
+        identity: Identity,
+        own: NodeRecord,
+        config: GossipConfig,
+        seed: u64,
+    ) -> (Gossip, Vec<Output>) {
+        let members = Arc::new(Mutex::new(Members::new()));
+        let mut foca_config = foca::Config::new_lan(
+            NonZeroU32::new(config.cluster_size_hint.max(1)).unwrap_or(NonZeroU32::MIN),
+        );
+        foca_config.max_packet_size =
+            std::num::NonZeroUsize::new(FOCA_PACKET_BYTES).unwrap_or(std::num::NonZeroUsize::MIN);
+        foca_config.probe_period = config.probe_period;
+        foca_config.probe_rtt = config.probe_period / 2;
+        // A down identity may come back only with a higher generation; forget it after
+        // a while so the foca member list stays bounded.
+        foca_config.remove_down_after = Some(Duration::from_secs(600));
+        let foca = Foca::with_custom_broadcast(
+            identity,
+            foca_config,
+            SmallRng::seed_from_u64(seed),
+            foca::PostcardCodec,
+            RecordHandler {
+                members: members.clone(),
+            },
+        );
+        let mut g = Gossip {
+            foca,
+            runtime: AccumulatingRuntime::new(),
+            members,
+            rng: SmallRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
+            own_id: own.node_id.clone(),
+            config,
+            out: Vec::new(),
+            stats: GossipStats::default(),
+            announcing: false,
+            left: false,
+        };
+        g.publish(own);
+        g.announce_to_seeds();
+        g.out.push(Output::Schedule {
+            after: g.config.exchange_interval,
+            timer: GossipTimer::Exchange,
+        });
+        let first = g.take();
+        (g, first)
+    }
+
+    fn take(&mut self) -> Vec<Output> {
+        while let Some((to, data)) = self.runtime.to_send() {
+            let mut payload = Vec::with_capacity(data.len() + 1);
+            payload.push(TAG_FOCA);
+            payload.extend_from_slice(&data);
+            self.send(to.addr, &payload);
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            self.out.push(Output::Schedule {
+                after,
+                timer: GossipTimer::Foca(timer),
+            });
+        }
+        while let Some(n) = self.runtime.to_notify() {
+            match n {
+                OwnedNotification::Idle => {
+                    tracing::info!("no other member reachable; announcing to seeds");
+                    self.start_announcing();
+                }
+                OwnedNotification::Active => tracing::info!("joined the cluster"),
+                OwnedNotification::MemberUp(id) => {
+                    tracing::info!(addr = %id.addr, generation = id.generation, "member up")
+                }
+                OwnedNotification::MemberDown(id) => {
+                    tracing::info!(addr = %id.addr, generation = id.generation, "member down")
+                }
+                OwnedNotification::Rename(a, b) => {
+                    tracing::debug!(addr = %a.addr, from = a.generation, to = b.generation, "member restarted")
+                }
+                OwnedNotification::Rejoin(id) => tracing::info!(
+                    generation = id.generation,
+                    "declared down by peers; rejoined with a new generation"
+                ),
+                OwnedNotification::Defunct => {
+                    if !self.left {
+                        tracing::warn!("declared down; announcing again");
+                        let _ = self.foca.reuse_down_identity();
+                        self.start_announcing();
+                    }
+                }
+                // Other notifications (behind unstable features) carry nothing we use.
+                #[allow(unreachable_patterns)]
+                _ => {}
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn send(&mut self, to: SocketAddr, payload: &[u8]) {
+        match self.config.key.seal(payload) {
+            Ok(bytes) => {
+                self.stats.datagrams_out += 1;
+                self.out.push(Output::Send { to, bytes });
+            }
+            Err(error) => tracing::warn!(%error, "gossip datagram not sent"),
+        }
+    }
+
+    fn start_announcing(&mut self) {
+        if !self.announcing && !self.left {
+            self.announcing = true;
+            self.out.push(Output::Schedule {
+                after: self.config.announce_interval,
+                timer: GossipTimer::Announce,
+            });
+        }
+    }
+
+    fn announce_to_seeds(&mut self) {
+        let me = self.foca.identity().addr;
+        let seeds: Vec<SocketAddr> = self
+            .config
+            .seeds
+            .iter()
+            .copied()
+            .filter(|s| *s != me)
+            .collect();
+        for seed in seeds {
+            // A seed accepts an announce addressed to its address with any generation.
+            let _ = self.foca.announce(
+                Identity {
+                    addr: seed,
+                    generation: 0,
+                },
+                &mut self.runtime,
+            );
+            self.send_records(seed, true);
+        }
+    }
+
+    fn send_records(&mut self, to: SocketAddr, reply: bool) {
+        let records: Vec<NodeRecord> = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let chunks: Vec<Vec<NodeRecord>> = records
+            .chunks(RECORDS_PER_DATAGRAM)
+            .map(<[NodeRecord]>::to_vec)
+            .collect();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let msg = Exchange {
+                // One answer per exchange is enough: ask only with the first chunk.
+                reply: reply && i == 0,
+                records: chunk,
+            };
+            let mut payload = vec![TAG_RECORDS];
+            match postcard::to_extend(&msg, payload) {
+                Ok(p) => payload = p,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot encode member records");
+                    continue;
+                }
+            }
+            self.send(to, &payload);
+        }
+    }
+
+    /// Publishes (a new version of) this node's own record, or an operator's decision
+    /// about another node.
+    pub fn publish(&mut self, record: NodeRecord) -> Vec<Output> {
+        let changed = apply_record(
+            &mut self.members.lock().unwrap_or_else(|p| p.into_inner()),
+            record.clone(),
+        );
+        match changed {
+            Ok(true) => match postcard::to_stdvec(&record) {
+                Ok(bytes) => {
+                    if let Err(error) = self.foca.add_broadcast(&bytes) {
+                        tracing::warn!(%error, "cannot broadcast member record");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot encode member record"),
+            },
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "member record refused"),
+        }
+        self.take()
+    }
+
+    /// Handles one datagram received from `from`.
+    pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8]) -> Vec<Output> {
+        self.stats.datagrams_in += 1;
+        let payload = match self.config.key.open(bytes) {
+            Ok(p) => p,
+            Err(AuthError::TooLarge { .. }) => {
+                self.stats.rejected_oversized += 1;
+                return Vec::new();
+            }
+            Err(
+                AuthError::TooShort { .. } | AuthError::UnknownVersion { .. } | AuthError::BadMac,
+            ) => {
+                self.stats.rejected_auth += 1;
+                return Vec::new();
+            }
+        };
+        if self.left {
+            return Vec::new();
+        }
+        match payload.split_first() {
+            Some((&TAG_FOCA, packet)) => {
+                if let Err(error) = self.foca.handle_data(packet, &mut self.runtime) {
+                    self.stats.rejected_malformed += 1;
+                    tracing::debug!(%error, "gossip packet refused");
+                }
+            }
+            Some((&TAG_RECORDS, body)) => match postcard::from_bytes::<Exchange>(body) {
+                Ok(msg) if msg.records.len() <= RECORDS_PER_DATAGRAM => {
+                    let mut new = Vec::new();
+                    {
+                        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+                        for r in msg.records {
+                            match apply_record(&mut members, r.clone()) {
+                                Ok(true) => new.push(r),
+                                Ok(false) => {}
+                                Err(_) => self.stats.rejected_malformed += 1,
+                            }
+                        }
+                    }
+                    // Spread what was new to us through the broadcasts too.
+                    for r in new {
+                        if let Ok(bytes) = postcard::to_stdvec(&r) {
+                            let _ = self.foca.add_broadcast(&bytes);
+                        }
+                    }
+                    if msg.reply {
+                        self.send_records(from, false);
+                    }
+                }
+                Ok(_) | Err(_) => self.stats.rejected_malformed += 1,
+            },
+            Some(_) | None => self.stats.rejected_malformed += 1,
+        }
+        self.take()
+    }
+
+    /// Handles an expired timer.
+    pub fn handle_timer(&mut self, timer: GossipTimer) -> Vec<Output> {
+        if self.left {
+            return Vec::new();
+        }
+        match timer {
+            GossipTimer::Foca(t) => {
+                if let Err(error) = self.foca.handle_timer(t, &mut self.runtime) {
+                    tracing::debug!(%error, "foca timer");
+                }
+            }
+            GossipTimer::Exchange => {
+                let peers: Vec<SocketAddr> =
+                    self.foca.iter_members().map(|m| m.id().addr).collect();
+                if !peers.is_empty() {
+                    let i = rand::RngExt::random_range(&mut self.rng, 0..peers.len());
+                    self.send_records(peers[i], true);
+                }
+                self.out.push(Output::Schedule {
+                    after: self.config.exchange_interval,
+                    timer: GossipTimer::Exchange,
+                });
+            }
+            GossipTimer::Announce => {
+                self.announcing = false;
+                if self.foca.num_members() == 0 && !self.config.seeds.is_empty() {
+                    self.announce_to_seeds();
+                    self.start_announcing();
+                }
+            }
+        }
+        self.take()
+    }
+
+    /// Leaves the cluster gracefully: peers see this node down at once.
+    pub fn leave(&mut self) -> Vec<Output> {
+        if let Err(error) = self.foca.leave_cluster(&mut self.runtime) {
+            tracing::warn!(%error, "leaving the gossip cluster");
+        }
+        self.left = true;
+        self.take()
+    }
+
+    /// A snapshot of the member set.
+    pub fn members(&self) -> Members {
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// This node's id.
+    pub fn own_id(&self) -> &str {
+        &self.own_id
+    }
+
+    /// SWIM's view of every address it knows (this node is alive).
+    pub fn liveness(&self) -> BTreeMap<SocketAddr, Liveness> {
+        let mut out: BTreeMap<SocketAddr, Liveness> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| {
+                (
+                    m.id().addr,
+                    match m.state() {
+                        foca::State::Alive => Liveness::Alive,
+                        foca::State::Suspect => Liveness::Suspect,
+                        foca::State::Down => Liveness::Down,
+                    },
+                )
+            })
+            .collect();
+        out.insert(self.foca.identity().addr, Liveness::Alive);
+        out
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> GossipStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Status;
+    use std::collections::BTreeSet;
+
+    /// A deterministic little network: a virtual clock and a queue of deliveries and
+    /// timers, with links that can be cut.
+    struct Net {
+        nodes: Vec<Gossip>,
+        addrs: Vec<SocketAddr>,
+        queue: BTreeMap<(u64, u64), (usize, Event)>,
+        now_ms: u64,
+        seq: u64,
+        cut: BTreeSet<usize>,
+    }
+
+    enum Event {
+        Datagram(SocketAddr, Vec<u8>),
+        Timer(GossipTimer),
+    }
+
+    fn record(i: usize, addr: SocketAddr) -> NodeRecord {
+        NodeRecord {
+            version: 1,
+            status: Status::Active,
+            node_id: format!("n{i}"),
+            address: addr.to_string(),
+            zone: String::new(),
+        }
+    }
+
+    impl Net {
+        fn new(keys: &[&[u8]]) -> Net {
+            let addrs: Vec<SocketAddr> = (0..keys.len())
+                .map(|i| SocketAddr::from(([127, 0, 0, 1], 7000 + i as u16)))
+                .collect();
+            let mut net = Net {
+                nodes: Vec::new(),
+                addrs: addrs.clone(),
+                queue: BTreeMap::new(),
+                now_ms: 0,
+                seq: 0,
+                cut: BTreeSet::new(),
+            };
+            for (i, key) in keys.iter().enumerate() {
+                let mut cfg = GossipConfig::new(ClusterKey::derive(key), vec![addrs[0]]);
+                cfg.cluster_size_hint = keys.len() as u32;
+                let (g, out) = Gossip::new(
+                    Identity {
+                        addr: addrs[i],
+                        generation: 1,
+                    },
+                    record(i, addrs[i]),
+                    cfg,
+                    i as u64,
+                );
+                net.nodes.push(g);
+                net.perform(i, out);
+            }
+            net
+        }
+
+        fn perform(&mut self, from: usize, out: Vec<Output>) {
+            for o in out {
+                self.seq += 1;
+                match o {
+                    Output::Send { to, bytes } => {
+                        assert!(bytes.len() <= crate::auth::MAX_DATAGRAM_BYTES);
+                        if let Some(dst) = self.addrs.iter().position(|a| *a == to) {
+                            if self.cut.contains(&from) || self.cut.contains(&dst) {
+                                continue;
+                            }
+                            self.queue.insert(
+                                (self.now_ms + 1, self.seq),
+                                (dst, Event::Datagram(self.addrs[from], bytes)),
+                            );
+                        }
+                    }
+                    Output::Schedule { after, timer } => {
+                        self.queue.insert(
+                            (self.now_ms + after.as_millis() as u64, self.seq),
+                            (from, Event::Timer(timer)),
+                        );
+                    }
+                }
+            }
+        }
+
+        fn run_until(&mut self, until_ms: u64) {
+            let mut steps = 0;
+            while let Some((&(t, s), _)) = self.queue.iter().next() {
+                if t > until_ms {
+                    break;
+                }
+                steps += 1;
+                assert!(steps < 1_000_000, "runaway simulation");
+                let (node, ev) = self.queue.remove(&(t, s)).expect("present");
+                self.now_ms = t;
+                let out = match ev {
+                    Event::Datagram(from, bytes) => self.nodes[node].handle_datagram(from, &bytes),
+                    Event::Timer(timer) => self.nodes[node].handle_timer(timer),
+                };
+                self.perform(node, out);
+            }
+            self.now_ms = until_ms;
+        }
+
+        fn ids(&self, i: usize) -> Vec<String> {
+            self.nodes[i]
+                .members()
+                .iter()
+                .map(|r| r.node_id.clone())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn five_nodes_converge_on_members_and_liveness() {
+        let mut net = Net::new(&[b"s".as_slice(); 5]);
+        net.run_until(10_000);
+        let all: Vec<String> = (0..5).map(|i| format!("n{i}")).collect();
+        for i in 0..5 {
+            assert_eq!(net.ids(i), all, "node {i}");
+            let live = net.nodes[i].liveness();
+            assert_eq!(live.values().filter(|l| **l == Liveness::Alive).count(), 5);
+        }
+    }
+
+    #[test]
+    fn wrong_key_is_never_a_member_and_is_counted() {
+        let mut net = Net::new(&[b"s".as_slice(), b"s", b"s", b"other"]);
+        net.run_until(10_000);
+        for i in 0..3 {
+            assert_eq!(net.ids(i), vec!["n0", "n1", "n2"], "node {i}");
+        }
+        assert!(net.nodes[0].stats().rejected_auth > 0);
+        assert_eq!(net.ids(3), vec!["n3"]);
+    }
+
+    #[test]
+    fn a_cut_node_is_declared_down_and_comes_back_by_announcing() {
+        let mut net = Net::new(&[b"s".as_slice(); 4]);
+        net.run_until(5_000);
+        net.cut.insert(3);
+        net.run_until(30_000);
+        let addr3 = net.addrs[3];
+        assert_eq!(net.nodes[0].liveness().get(&addr3), Some(&Liveness::Down));
+        net.cut.clear();
+        net.run_until(60_000);
+        for i in 0..4 {
+            assert_eq!(
+                net.nodes[i]
+                    .liveness()
+                    .values()
+                    .filter(|l| **l == Liveness::Alive)
+                    .count(),
+                4,
+                "node {i} sees everyone again"
+            );
+        }
+    }
+
+    #[test]
+    fn newer_records_spread_and_leave_marks_down() {
+        let mut net = Net::new(&[b"s".as_slice(); 3]);
+        net.run_until(5_000);
+        let mut r = record(2, net.addrs[2]);
+        r.version = 2;
+        r.status = Status::Leaving;
+        let out = net.nodes[2].publish(r);
+        net.perform(2, out);
+        net.run_until(8_000);
+        assert_eq!(
+            net.nodes[0].members().get("n2").map(|r| r.status),
+            Some(Status::Leaving)
+        );
+        let out = net.nodes[2].leave();
+        net.perform(2, out);
+        net.run_until(12_000);
+        let addr2 = net.addrs[2];
+        assert_eq!(net.nodes[0].liveness().get(&addr2), Some(&Liveness::Down));
+    }
+
+    #[test]
+    fn garbage_datagrams_are_counted_not_fatal() {
+        let mut net = Net::new(&[b"s".as_slice(); 1]);
+        let from = SocketAddr::from(([127, 0, 0, 1], 1));
+        assert!(net.nodes[0].handle_datagram(from, &[]).is_empty());
+        assert!(net.nodes[0].handle_datagram(from, &[0u8; 2000]).is_empty());
+        let key = ClusterKey::derive(b"s");
+        let sealed = key.seal(&[TAG_RECORDS, 0xff, 0xff]).expect("seal");
+        net.nodes[0].handle_datagram(from, &sealed);
+        let sealed = key.seal(&[TAG_FOCA, 1, 2, 3]).expect("seal");
+        net.nodes[0].handle_datagram(from, &sealed);
+        let s = net.nodes[0].stats();
+        assert_eq!(s.rejected_auth, 1);
+        assert_eq!(s.rejected_oversized, 1);
+        assert_eq!(s.rejected_malformed, 2);
+    }
+}
