@@ -7,10 +7,13 @@
 
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod coordinator;
+pub mod hints;
 pub mod net;
 pub mod node;
 pub mod object;
+pub mod peer;
 pub mod replica;
 pub mod ring;
 pub mod rpc;

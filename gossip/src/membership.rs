@@ -304,6 +304,8 @@ impl Gossip {
         };
         g.publish(own);
         g.announce_to_seeds();
+        // Seeds may not be up yet: keep announcing until someone answers.
+        g.start_announcing();
         g.out.push(Output::Schedule {
             after: g.config.exchange_interval,
             timer: GossipTimer::Exchange,

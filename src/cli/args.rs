@@ -24,6 +24,18 @@ pub struct ClientOpts {
     /// Request deadline in milliseconds.
     #[arg(long = "timeout-ms", global = true)]
     pub timeout_ms: Option<u64>,
+    /// Replies a read needs [default: the node's --r].
+    #[arg(long, global = true)]
+    pub r: Option<u8>,
+    /// Acknowledgements a write needs [default: the node's --w].
+    #[arg(long, global = true)]
+    pub w: Option<u8>,
+    /// Of the read replies, how many must come from primaries [default: 0].
+    #[arg(long, global = true)]
+    pub pr: Option<u8>,
+    /// Of the write acknowledgements, how many must come from primaries [default: 0].
+    #[arg(long, global = true)]
+    pub pw: Option<u8>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -55,6 +67,9 @@ pub enum Command {
         /// Print values base64-encoded.
         #[arg(long)]
         base64: bool,
+        /// Read only the connected node's own replica (diagnostics).
+        #[arg(long)]
+        local: bool,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -87,8 +102,52 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Show the ring: partition owners and counts per node.
+    Ring {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Make the connected node leave the cluster.
+    Leave {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Remove a (dead) node from the cluster.
+    Remove {
+        /// Id of the node to remove.
+        node_id: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Run a local cluster of K nodes for development (stops them all on Ctrl-C).
+    Dev(DevArgs),
     /// Measure put and get throughput and latency against a node.
     Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Nodes to start.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Port of the first node; the others follow.
+    #[arg(long = "base-port", default_value_t = 7400)]
+    pub base_port: u16,
+    /// Directory holding one data directory per node.
+    #[arg(long = "data-dir", default_value = "./ringkv-dev")]
+    pub data_dir: PathBuf,
+    /// Replicas per key.
+    #[arg(long, default_value_t = 3)]
+    pub n: u8,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 #[derive(Subcommand, Debug)]
@@ -186,6 +245,36 @@ pub struct ServeArgs {
     /// Block cache in MiB [default: 64].
     #[arg(long = "cache-mb")]
     pub cache_mb: Option<u64>,
+    /// Address of a node to join through (repeatable).
+    #[arg(long = "seed")]
+    pub seeds: Vec<String>,
+    /// Failure zone of this node (replicas spread over zones).
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Replicas per key [default: 3].
+    #[arg(long)]
+    pub n: Option<u8>,
+    /// Default read quorum [default: 2].
+    #[arg(long)]
+    pub r: Option<u8>,
+    /// Default write quorum [default: 2].
+    #[arg(long)]
+    pub w: Option<u8>,
+    /// Default request deadline in milliseconds [default: 5000].
+    #[arg(long = "request-timeout-ms")]
+    pub request_timeout_ms: Option<u64>,
+    /// Whether fallbacks take writes for unreachable primaries [default: on].
+    #[arg(long = "hinted-handoff", value_enum)]
+    pub hinted_handoff: Option<OnOff>,
+    /// File holding the cluster secret (or set RINGKV_CLUSTER_SECRET).
+    #[arg(long = "cluster-secret-file")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Join without a cluster secret (local development only: anyone can join).
+    #[arg(long = "insecure-dev")]
+    pub insecure_dev: bool,
+    /// SWIM probe period in milliseconds [default: 500].
+    #[arg(long = "probe-ms")]
+    pub probe_ms: Option<u64>,
 }
 
 #[derive(Args, Debug)]

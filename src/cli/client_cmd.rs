@@ -6,6 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use ringkv::Client;
 use ringkv::object::Context;
+use ringkv::rpc::api::RequestOptions;
 use serde_json::json;
 
 use super::args::{BenchArgs, ClientOpts, Command, CounterOp, SetOp};
@@ -42,12 +43,23 @@ fn context_arg(raw: Option<&str>) -> Result<Option<Context>, Failure> {
 
 async fn connect(opts: &ClientOpts) -> Result<Client, Failure> {
     let mut client = Client::connect(&opts.connect).await?;
+    let mut options = RequestOptions {
+        r: opts.r,
+        w: opts.w,
+        pr: opts.pr,
+        pw: opts.pw,
+        timeout_ms: None,
+    };
     if let Some(ms) = opts.timeout_ms {
-        if ms == 0 {
-            return Err(Failure::usage("--timeout-ms must be at least 1"));
+        if ms == 0 || ms > 600_000 {
+            return Err(Failure::usage("--timeout-ms must be between 1 and 600000"));
         }
+        // The node gets a little less than the client waits, so its answer (say, a
+        // quorum failure naming the replicas) arrives before the client gives up.
+        options.timeout_ms = Some((ms - ms / 10) as u32);
         client.set_timeout(Duration::from_millis(ms));
     }
+    client.set_options(options);
     Ok(client)
 }
 
@@ -110,10 +122,15 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             key,
             show_context,
             base64,
+            local,
             opts,
         } => {
             let client = connect(&opts).await?;
-            let read = client.get(key.as_bytes()).await?;
+            let read = if local {
+                client.get_local(key.as_bytes()).await?
+            } else {
+                client.get(key.as_bytes()).await?
+            };
             if opts.json {
                 let values: Vec<String> = read.siblings.iter().map(|v| text(v, base64)).collect();
                 print_json(
@@ -227,11 +244,79 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
                 },
             }
         }
+        Command::Ring { opts } => {
+            let client = connect(&opts).await?;
+            let ring = client.ring().await?;
+            let mut counts: std::collections::BTreeMap<&str, usize> =
+                std::collections::BTreeMap::new();
+            for o in &ring.owners {
+                *counts.entry(o.as_str()).or_default() += 1;
+            }
+            if opts.json {
+                let partitions: Vec<serde_json::Value> = ring
+                    .owners
+                    .iter()
+                    .enumerate()
+                    .map(|(p, o)| json!({"partition": p, "owner": o}))
+                    .collect();
+                print_json(&json!({
+                    "epoch": ring.epoch,
+                    "ring_size": ring.ring_size,
+                    "n": ring.n,
+                    "partitions": partitions,
+                    "counts": counts,
+                }))?;
+            } else {
+                out(format!("epoch:     {}", ring.epoch).as_bytes())?;
+                out(format!("ring_size: {}  n: {}", ring.ring_size, ring.n).as_bytes())?;
+                for m in &ring.members {
+                    out(format!(
+                        "{:<24} {:<22} {:<8} {:<8} zone={:<10} partitions={}",
+                        m.node_id,
+                        m.address,
+                        m.status,
+                        m.liveness,
+                        if m.zone.is_empty() { "-" } else { &m.zone },
+                        counts.get(m.node_id.as_str()).copied().unwrap_or(0)
+                    )
+                    .as_bytes())?;
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Leave { opts } => {
+            let client = connect(&opts).await?;
+            client.leave().await?;
+            let id = client.server().node_id.clone();
+            if opts.json {
+                print_json(&json!({"ok": true, "node_id": id}))?;
+            } else {
+                out(format!("{id} is leaving: it no longer owns partitions").as_bytes())?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Remove { node_id, opts } => {
+            let client = connect(&opts).await?;
+            client.remove(&node_id).await?;
+            if opts.json {
+                print_json(&json!({"ok": true, "removed": node_id}))?;
+            } else {
+                out(format!("{node_id} removed from the cluster").as_bytes())?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Dev(_) => unreachable!("dev is dispatched before"),
         Command::Status { opts } => {
             let client = connect(&opts).await?;
             let s = client.status().await?;
             if opts.json {
-                let v = serde_json::to_value(&s).map_err(|e| Failure::other(e.to_string()))?;
+                let mut v = serde_json::to_value(&s).map_err(|e| Failure::other(e.to_string()))?;
+                // Cluster figures sit at the top level, where scripts look for them.
+                if let Some(obj) = v.as_object_mut()
+                    && let Some(serde_json::Value::Object(cluster)) = obj.remove("cluster")
+                {
+                    obj.extend(cluster);
+                }
                 print_json(&v)?;
             } else {
                 let lines = [
@@ -256,9 +341,31 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
                         "disk:         {} bytes, {} journal file(s)",
                         s.storage.disk_bytes, s.storage.journal_files
                     ),
+                    format!(
+                        "ring:         epoch {} (n={} r={} w={})",
+                        s.cluster.ring_epoch, s.cluster.n, s.cluster.r, s.cluster.w
+                    ),
+                    format!(
+                        "hints:        {} pending, {} stored, {} delivered",
+                        s.cluster.hints_pending, s.cluster.hints_stored, s.cluster.hints_delivered
+                    ),
+                    format!(
+                        "gossip:       {} datagrams in, {} rejected (auth), {} oversized, {} malformed",
+                        s.cluster.gossip_in,
+                        s.cluster.gossip_rejected_auth,
+                        s.cluster.gossip_rejected_oversized,
+                        s.cluster.gossip_rejected_malformed
+                    ),
                 ];
                 for l in lines {
                     out(l.as_bytes())?;
+                }
+                for m in &s.cluster.members {
+                    out(format!(
+                        "member:       {} {} {} {}",
+                        m.node_id, m.address, m.status, m.liveness
+                    )
+                    .as_bytes())?;
                 }
             }
             Ok(EXIT_OK)

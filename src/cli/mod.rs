@@ -5,6 +5,7 @@
 
 mod args;
 mod client_cmd;
+mod dev;
 mod serve;
 
 use clap::Parser;
@@ -59,7 +60,8 @@ impl From<ringkv::ClientError> for Failure {
                 | ApiError::TooManySiblings { .. }
                 | ApiError::InvalidContext { .. }
                 | ApiError::InvalidOptions { .. } => EXIT_USAGE,
-                ApiError::Unavailable { .. } => EXIT_UNAVAILABLE,
+                ApiError::Unavailable { .. } | ApiError::QuorumNotReached(_) => EXIT_UNAVAILABLE,
+                ApiError::Membership { .. } => EXIT_USAGE,
                 ApiError::Corrupt { .. } | ApiError::Storage { .. } => EXIT_OTHER,
             },
         };
@@ -82,6 +84,7 @@ pub fn main() -> i32 {
     };
     let outcome = match cli.command {
         args::Command::Serve(a) => serve::run(*a),
+        args::Command::Dev(a) => dev::run(a),
         other => client_cmd::run(other),
     };
     match outcome {

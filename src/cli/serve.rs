@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv::net::TokioNetwork;
@@ -11,7 +10,7 @@ use ringkv::ring::check_ring_size;
 use ringkv_storage::SyncPolicy;
 use serde::Deserialize;
 
-use super::args::{ServeArgs, SyncArg};
+use super::args::{OnOff, ServeArgs, SyncArg};
 use super::{EXIT_OK, Failure};
 
 /// The `--config` file: the same options as the flags.
@@ -31,6 +30,16 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_in_flight: Option<usize>,
     cache_mb: Option<u64>,
+    seeds: Option<Vec<String>>,
+    zone: Option<String>,
+    n: Option<u8>,
+    r: Option<u8>,
+    w: Option<u8>,
+    request_timeout_ms: Option<u64>,
+    hinted_handoff: Option<OnOff>,
+    cluster_secret_file: Option<PathBuf>,
+    insecure_dev: Option<bool>,
+    probe_ms: Option<u64>,
 }
 
 fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
@@ -132,6 +141,101 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
     if let Some(mb) = args.cache_mb.or(file.cache_mb) {
         cfg.cache_bytes = mb.saturating_mul(1 << 20);
     }
+    let listen = cfg.listen;
+    let lonely_key = mint_actor(&cfg).to_be_bytes();
+    let cluster = &mut cfg.cluster;
+    let seeds = if args.seeds.is_empty() {
+        file.seeds.unwrap_or_default()
+    } else {
+        args.seeds
+    };
+    for seed in &seeds {
+        let addr = seed.parse::<SocketAddr>().map_err(|_| {
+            Failure::usage(format!(
+                "--seed {seed:?} is not HOST:PORT with a numeric IP"
+            ))
+        })?;
+        cluster.seeds.push(addr);
+    }
+    if let Some(zone) = args.zone.or(file.zone) {
+        if zone.len() > 64 || zone.chars().any(char::is_whitespace) {
+            return Err(Failure::usage(
+                "--zone must be at most 64 characters without spaces",
+            ));
+        }
+        cluster.zone = zone;
+    }
+    let s = &mut cluster.settings;
+    s.n = args.n.or(file.n).unwrap_or(s.n);
+    s.r = args.r.or(file.r).unwrap_or(s.r.min(s.n));
+    s.w = args.w.or(file.w).unwrap_or(s.w.min(s.n));
+    if s.n == 0 || s.n > 16 {
+        return Err(Failure::usage("--n must be between 1 and 16"));
+    }
+    if s.r == 0 || s.r > s.n || s.w == 0 || s.w > s.n {
+        return Err(Failure::usage(format!(
+            "--r and --w must be between 1 and --n ({})",
+            s.n
+        )));
+    }
+    if let Some(ms) = args.request_timeout_ms.or(file.request_timeout_ms) {
+        if ms == 0 || ms > 600_000 {
+            return Err(Failure::usage(
+                "--request-timeout-ms must be between 1 and 600000",
+            ));
+        }
+        s.timeout = Duration::from_millis(ms);
+    }
+    s.hinted_handoff = args
+        .hinted_handoff
+        .or(file.hinted_handoff)
+        .unwrap_or(OnOff::On)
+        == OnOff::On;
+    if let Some(ms) = args.probe_ms.or(file.probe_ms) {
+        if !(50..=60_000).contains(&ms) {
+            return Err(Failure::usage("--probe-ms must be between 50 and 60000"));
+        }
+        cluster.probe_period = Duration::from_millis(ms);
+    }
+    let secret_file = args.cluster_secret_file.or(file.cluster_secret_file);
+    let secret = match secret_file {
+        Some(path) => {
+            let bytes = std::fs::read(&path).map_err(|e| {
+                Failure::usage(format!(
+                    "cannot read cluster secret {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Some(bytes.trim_ascii().to_vec())
+        }
+        None => std::env::var("RINGKV_CLUSTER_SECRET")
+            .ok()
+            .map(|s| s.trim().as_bytes().to_vec()),
+    };
+    let insecure = args.insecure_dev || file.insecure_dev.unwrap_or(false);
+    match secret {
+        Some(secret) if secret.len() < 16 => {
+            return Err(Failure::usage(
+                "the cluster secret must be at least 16 bytes",
+            ));
+        }
+        Some(secret) => cluster.key = ringkv_gossip::ClusterKey::derive(&secret),
+        None if insecure => {
+            tracing::warn!(
+                "--insecure-dev: no cluster secret; anyone who can reach this node can join"
+            );
+        }
+        None => {
+            let others = cluster.seeds.iter().any(|s| *s != listen);
+            if others {
+                return Err(Failure::usage(
+                    "refusing to join a cluster without a secret: give --cluster-secret-file FILE or RINGKV_CLUSTER_SECRET (or --insecure-dev for local development)",
+                ));
+            }
+            // Alone and without a secret: a key nobody else knows, so nobody joins.
+            cluster.key = ringkv_gossip::ClusterKey::derive(&lonely_key);
+        }
+    }
     Ok(cfg)
 }
 
@@ -174,6 +278,7 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -187,8 +292,10 @@ pub fn run(args: ServeArgs) -> Result<i32, Failure> {
         .map_err(|e| Failure::other(format!("cannot start runtime: {e}")))?;
     runtime.block_on(async move {
         let minted = mint_actor(&cfg);
-        let node = Node::open(cfg, || minted).map_err(|e| Failure::other(e.to_string()))?;
-        let node = Arc::new(node);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let node = Node::start(cfg, || minted, TokioNetwork, stop.clone())
+            .await
+            .map_err(|e| Failure::other(e.to_string()))?;
         let listener = ringkv::rpc::server::bind(&TokioNetwork, &node)
             .await
             .map_err(|e| Failure {
@@ -200,6 +307,7 @@ pub fn run(args: ServeArgs) -> Result<i32, Failure> {
             .map_err(|e| Failure::other(e.to_string()))?;
         tracing::info!(node_id = node.node_id(), %addr, "ringkv listening");
         ringkv::rpc::server::serve(listener, node.clone(), shutdown_signal()).await;
+        stop.cancel();
         node.sync()
             .map_err(|e| Failure::other(format!("final sync failed: {e}")))?;
         tracing::info!("stopped cleanly");

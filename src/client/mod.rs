@@ -1,5 +1,10 @@
-//! The Rust client: [`Client`] talks to a node over the client service and returns
+//! The Rust client: [`Client`] talks to a cluster over the client service and returns
 //! typed results.
+//!
+//! It learns the ring from the node it connects to (any member), computes each key's
+//! primaries itself (ownership is a pure function of the member set), sends every
+//! request straight to a primary, and fails over to the next one, then to the node it
+//! connected to. Writes are retried elsewhere only when they were never sent.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ringkv::client::ClientError> {
@@ -11,14 +16,19 @@
 //! # let _ = ctx; Ok(()) }
 //! ```
 
+mod routing;
+
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tarpc::client::RpcError;
 
 use crate::net::{Network, TokioNetwork};
 use crate::object::Context;
-use crate::rpc::api::{ApiError, KvClient, RequestOptions, ServerInfo, Status};
+use crate::rpc::api::{ApiError, KvClient, RequestOptions, RingInfo, ServerInfo, Status};
+use routing::Routing;
 
 /// Default deadline of one request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,18 +78,76 @@ impl GetResult {
     }
 }
 
-/// A connection to one ringkv node.
+/// A connection to one node.
+#[derive(Clone)]
+struct Conn {
+    rpc: KvClient,
+    addr: SocketAddr,
+}
+
+/// A client of a ringkv cluster.
 #[derive(Clone)]
 pub struct Client {
-    rpc: KvClient,
+    home: Conn,
     info: ServerInfo,
-    addr: SocketAddr,
+    routing: Arc<Routing>,
     timeout: Duration,
     options: RequestOptions,
 }
 
+fn rpc_error(addr: SocketAddr, e: RpcError) -> ClientError {
+    ClientError::Unavailable {
+        addr: addr.to_string(),
+        reason: match e {
+            RpcError::DeadlineExceeded => "request timed out".to_string(),
+            RpcError::Server(s) => format!("server refused the request: {}", s.detail),
+            other => other.to_string(),
+        },
+    }
+}
+
+/// Opens a client-service connection to `addr` and checks it answers.
+async fn open_conn(
+    connector: &routing::Connector,
+    addr: SocketAddr,
+) -> Result<(Conn, ServerInfo), ClientError> {
+    let err = |reason: String| ClientError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector(addr))
+        .await
+        .map_err(|_| err("timed out".into()))?
+        .map_err(|e| err(e.to_string()))?;
+    // The client accepts frames as large as any object it may read back; the
+    // server enforces its own (smaller or equal) limit on what it receives.
+    let transport = crate::rpc::framed(
+        stream,
+        crate::replica::Limits::default()
+            .frame_bytes()
+            .max(64 << 20),
+    );
+    let rpc = KvClient::new(tarpc::client::Config::default(), transport).spawn();
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+    let info = rpc
+        .hello(ctx)
+        .await
+        .map_err(|e| err(format!("handshake failed: {e}")))?;
+    Ok((Conn { rpc, addr }, info))
+}
+
+/// Whether a failed attempt may be retried on another node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads: any transport failure.
+    Always,
+    /// Writes: only when the request was never sent.
+    IfNotSent,
+}
+
 impl Client {
-    /// Connects to `addr` (`host:port`) over TCP.
+    /// Connects to `addr` (`host:port`), any member of the cluster, over TCP.
     ///
     /// # Errors
     /// [`ClientError::Connect`] if the address does not resolve or nobody answers.
@@ -104,44 +172,25 @@ impl Client {
         net: &N,
         addr: SocketAddr,
     ) -> Result<Client, ClientError> {
-        let err = |reason: String| ClientError::Connect {
-            addr: addr.to_string(),
-            reason,
-        };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, net.connect(addr))
-            .await
-            .map_err(|_| err("timed out".into()))?
-            .map_err(|e| err(e.to_string()))?;
-        // The client accepts frames as large as any object it may read back; the
-        // server enforces its own (smaller or equal) limit on what it receives.
-        let transport = crate::rpc::framed(
-            stream,
-            crate::replica::Limits::default()
-                .frame_bytes()
-                .max(64 << 20),
-        );
-        let rpc = KvClient::new(tarpc::client::Config::default(), transport).spawn();
-        let mut client = Client {
-            rpc,
-            info: ServerInfo {
-                node_id: String::new(),
-                version: String::new(),
-                limits: crate::replica::Limits::default(),
-            },
-            addr,
-            timeout: CONNECT_TIMEOUT,
+        let connector = routing::connector(net.clone());
+        let (home, info) = open_conn(&connector, addr).await?;
+        let routing = Arc::new(Routing::new(connector));
+        routing.add_conn(home.clone());
+        let client = Client {
+            home,
+            info,
+            routing,
+            timeout: DEFAULT_TIMEOUT,
             options: RequestOptions::default(),
         };
-        client.info = client
-            .rpc
-            .hello(client.ctx())
-            .await
-            .map_err(|e| err(format!("handshake failed: {e}")))?;
-        client.timeout = DEFAULT_TIMEOUT;
+        // A node that cannot describe its ring still serves requests itself.
+        if let Ok(ring) = client.ring().await {
+            client.routing.learn(&ring);
+        }
         Ok(client)
     }
 
-    /// What the node said about itself on connect.
+    /// What the connected node said about itself on connect.
     pub fn server(&self) -> &ServerInfo {
         &self.info
     }
@@ -156,21 +205,125 @@ impl Client {
         self.options = options;
     }
 
+    /// Sends every request to the connected node only (it forwards as needed).
+    pub fn disable_routing(&mut self) {
+        self.routing = Arc::new(Routing::new(self.routing.connector()));
+        self.routing.add_conn(self.home.clone());
+    }
+
     fn ctx(&self) -> tarpc::context::Context {
         let mut ctx = tarpc::context::current();
         ctx.deadline = std::time::Instant::now() + self.timeout;
         ctx
     }
 
-    fn rpc_error(&self, e: RpcError) -> ClientError {
-        ClientError::Unavailable {
-            addr: self.addr.to_string(),
-            reason: match e {
-                RpcError::DeadlineExceeded => "request timed out".to_string(),
-                RpcError::Server(s) => format!("server refused the request: {}", s.detail),
-                other => other.to_string(),
-            },
+    /// Runs `f` against the primaries of `key` in order, then the connected node.
+    async fn routed<T, F, Fut>(&self, key: &[u8], retry: Retry, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(KvClient, tarpc::context::Context) -> Fut,
+        Fut: Future<Output = Result<Result<T, ApiError>, RpcError>>,
+    {
+        self.refresh_if_stale();
+        let mut candidates = self.routing.route(key);
+        if !candidates.contains(&self.home.addr) {
+            candidates.push(self.home.addr);
         }
+        let mut last = None;
+        for addr in candidates {
+            let conn = match self.routing.conn(addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.routing.mark_failed(addr);
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match f(conn.rpc.clone(), self.ctx()).await {
+                Ok(r) => return Ok(r?),
+                Err(e) => {
+                    let sent = !matches!(e, RpcError::Shutdown);
+                    self.routing.drop_conn(addr);
+                    let err = rpc_error(addr, e);
+                    if retry == Retry::IfNotSent && sent {
+                        return Err(err);
+                    }
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Unavailable {
+            addr: self.home.addr.to_string(),
+            reason: "no node to send to".into(),
+        }))
+    }
+
+    fn refresh_if_stale(&self) {
+        if !self.routing.stale() {
+            return;
+        }
+        self.routing.refreshing();
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Ok(ring) = this.ring().await {
+                this.routing.learn(&ring);
+            }
+        });
+    }
+
+    /// The ring and members as the connected node sees them.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`].
+    pub async fn ring(&self) -> Result<RingInfo, ClientError> {
+        self.home
+            .rpc
+            .ring(self.ctx())
+            .await
+            .map_err(|e| rpc_error(self.home.addr, e))
+    }
+
+    /// Reads only the connected node's replica of a register (diagnostics).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn get_local(&self, key: &[u8]) -> Result<GetResult, ClientError> {
+        self.check_key(key)?;
+        let reply = self
+            .home
+            .rpc
+            .get_local(self.ctx(), key.to_vec())
+            .await
+            .map_err(|e| rpc_error(self.home.addr, e))??;
+        Ok(GetResult {
+            siblings: reply.values,
+            context: reply.context,
+        })
+    }
+
+    /// Makes the connected node leave the cluster.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn leave(&self) -> Result<(), ClientError> {
+        Ok(self
+            .home
+            .rpc
+            .leave(self.ctx())
+            .await
+            .map_err(|e| rpc_error(self.home.addr, e))??)
+    }
+
+    /// Removes a (dead) node from the cluster.
+    ///
+    /// # Errors
+    /// [`ClientError`]; unknown ids and the connected node itself are refused.
+    pub async fn remove(&self, node_id: &str) -> Result<(), ClientError> {
+        Ok(self
+            .home
+            .rpc
+            .remove(self.ctx(), node_id.to_string())
+            .await
+            .map_err(|e| rpc_error(self.home.addr, e))??)
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), ClientError> {
@@ -205,11 +358,14 @@ impl Client {
     /// [`ClientError`]; a missing key is not an error (see [`GetResult::is_found`]).
     pub async fn get(&self, key: &[u8]) -> Result<GetResult, ClientError> {
         self.check_key(key)?;
+        let (k, o) = (key.to_vec(), self.options);
+
+        let (k,) = (&k,);
         let reply = self
-            .rpc
-            .get(self.ctx(), key.to_vec(), self.options)
-            .await
-            .map_err(|e| self.rpc_error(e))??;
+            .routed(key, Retry::Always, |c, ctx| async move {
+                c.get(ctx, k.clone(), o).await
+            })
+            .await?;
         Ok(GetResult {
             siblings: reply.values,
             context: reply.context,
@@ -230,17 +386,13 @@ impl Client {
     ) -> Result<Context, ClientError> {
         self.check_key(key)?;
         self.check_value(value, self.info.limits.max_value_bytes)?;
-        Ok(self
-            .rpc
-            .put(
-                self.ctx(),
-                key.to_vec(),
-                value.to_vec(),
-                context.cloned(),
-                self.options,
-            )
-            .await
-            .map_err(|e| self.rpc_error(e))??)
+        let (k, v, c, o) = (key.to_vec(), value.to_vec(), context.cloned(), self.options);
+
+        let (k, v, c) = (&k, &v, &c);
+        self.routed(key, Retry::IfNotSent, |rpc, ctx| async move {
+            rpc.put(ctx, k.clone(), v.clone(), c.clone(), o).await
+        })
+        .await
     }
 
     /// Deletes a register: what `context` covers, or without one everything visible now.
@@ -253,11 +405,13 @@ impl Client {
         context: Option<&Context>,
     ) -> Result<Context, ClientError> {
         self.check_key(key)?;
-        Ok(self
-            .rpc
-            .delete(self.ctx(), key.to_vec(), context.cloned(), self.options)
-            .await
-            .map_err(|e| self.rpc_error(e))??)
+        let (k, c, o) = (key.to_vec(), context.cloned(), self.options);
+
+        let (k, c) = (&k, &c);
+        self.routed(key, Retry::IfNotSent, |rpc, ctx| async move {
+            rpc.delete(ctx, k.clone(), c.clone(), o).await
+        })
+        .await
     }
 
     /// Adds `delta` to a counter; returns the value the coordinating node sees after it.
@@ -266,11 +420,13 @@ impl Client {
     /// [`ClientError`].
     pub async fn counter_add(&self, key: &[u8], delta: i64) -> Result<i128, ClientError> {
         self.check_key(key)?;
-        Ok(self
-            .rpc
-            .counter_add(self.ctx(), key.to_vec(), delta, self.options)
-            .await
-            .map_err(|e| self.rpc_error(e))??)
+        let (k, o) = (key.to_vec(), self.options);
+
+        let (k,) = (&k,);
+        self.routed(key, Retry::IfNotSent, |rpc, ctx| async move {
+            rpc.counter_add(ctx, k.clone(), delta, o).await
+        })
+        .await
     }
 
     /// Reads a counter (`None` if the key does not exist).
@@ -279,11 +435,13 @@ impl Client {
     /// [`ClientError`].
     pub async fn counter_get(&self, key: &[u8]) -> Result<Option<i128>, ClientError> {
         self.check_key(key)?;
-        Ok(self
-            .rpc
-            .counter_get(self.ctx(), key.to_vec(), self.options)
-            .await
-            .map_err(|e| self.rpc_error(e))??)
+        let (k, o) = (key.to_vec(), self.options);
+
+        let (k,) = (&k,);
+        self.routed(key, Retry::Always, |rpc, ctx| async move {
+            rpc.counter_get(ctx, k.clone(), o).await
+        })
+        .await
     }
 
     /// Adds a member to a set.
@@ -293,11 +451,14 @@ impl Client {
     pub async fn set_add(&self, key: &[u8], member: &[u8]) -> Result<(), ClientError> {
         self.check_key(key)?;
         self.check_value(member, self.info.limits.max_key_bytes)?;
-        Ok(self
-            .rpc
-            .set_add(self.ctx(), key.to_vec(), member.to_vec(), self.options)
-            .await
-            .map_err(|e| self.rpc_error(e))??)
+        let (k, m, o) = (key.to_vec(), member.to_vec(), self.options);
+
+        let (k, m) = (&k, &m);
+        // Adds are idempotent: safe to retry anywhere.
+        self.routed(key, Retry::Always, |rpc, ctx| async move {
+            rpc.set_add(ctx, k.clone(), m.clone(), o).await
+        })
+        .await
     }
 
     /// Removes a member from a set; returns whether it was present.
@@ -307,11 +468,13 @@ impl Client {
     pub async fn set_remove(&self, key: &[u8], member: &[u8]) -> Result<bool, ClientError> {
         self.check_key(key)?;
         self.check_value(member, self.info.limits.max_key_bytes)?;
-        Ok(self
-            .rpc
-            .set_remove(self.ctx(), key.to_vec(), member.to_vec(), self.options)
-            .await
-            .map_err(|e| self.rpc_error(e))??)
+        let (k, m, o) = (key.to_vec(), member.to_vec(), self.options);
+
+        let (k, m) = (&k, &m);
+        self.routed(key, Retry::IfNotSent, |rpc, ctx| async move {
+            rpc.set_remove(ctx, k.clone(), m.clone(), o).await
+        })
+        .await
     }
 
     /// Members of a set, sorted (`None` if the key does not exist).
@@ -320,21 +483,24 @@ impl Client {
     /// [`ClientError`].
     pub async fn set_members(&self, key: &[u8]) -> Result<Option<Vec<Vec<u8>>>, ClientError> {
         self.check_key(key)?;
-        Ok(self
-            .rpc
-            .set_members(self.ctx(), key.to_vec(), self.options)
-            .await
-            .map_err(|e| self.rpc_error(e))??)
+        let (k, o) = (key.to_vec(), self.options);
+
+        let (k,) = (&k,);
+        self.routed(key, Retry::Always, |rpc, ctx| async move {
+            rpc.set_members(ctx, k.clone(), o).await
+        })
+        .await
     }
 
-    /// The node's status.
+    /// The connected node's status.
     ///
     /// # Errors
     /// [`ClientError::Unavailable`].
     pub async fn status(&self) -> Result<Status, ClientError> {
-        self.rpc
+        self.home
+            .rpc
             .status(self.ctx())
             .await
-            .map_err(|e| self.rpc_error(e))
+            .map_err(|e| rpc_error(self.home.addr, e))
     }
 }

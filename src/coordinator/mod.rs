@@ -1,28 +1,86 @@
-//! Coordination of client requests.
+//! Coordination of client requests across the replicas of a key (DESIGN.md §6).
 //!
-//! A single node is the only replica of every key, so today the coordinator applies
-//! each request to the local replica; quorums across replicas extend this seam.
-//! Reads and buffered writes take microseconds and run inline on the runtime; a hop
-//! to the blocking pool per request cost more than the work (measured: 2x the
-//! throughput inline on two cores). Writes that fsync (`--sync always`) run on the
-//! blocking pool so a slow disk never stalls a runtime worker.
+//! Writes are coordinated by a primary of the key (others forward to one, which
+//! keeps vector-clock actors bounded to replica nodes): it applies the write to its
+//! own replica, minting the dot, and sends the resulting state to the other
+//! replicas; unreachable primaries are replaced by fallbacks that keep a hint. Reads
+//! can be coordinated by any node: ask every primary, answer with the merge of `R`
+//! replies, then repair the replicas that differed. The decision of each request is
+//! the [`quorum`] state machine; this module is its tokio shell.
+//!
+//! Local reads and buffered writes take microseconds and run inline on the runtime;
+//! writes that fsync (`--sync always`) run on the blocking pool.
 
+mod delivery;
 pub mod quorum;
+mod read;
+mod write;
 
-use crdts::VClock;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use crate::object::{Actor, Context, Object};
+use crate::cluster::ClusterState;
+use crate::hints::Hints;
+use crate::object::{Context, Kind, Object};
+use crate::peer::{Peers, WriteReply, WriteRequest};
 use crate::replica::{Replica, ReplicaError};
 use crate::rpc::api::{ApiError, GetReply, RequestOptions};
 
-/// Replicas per key on a single node.
-const N: u8 = 1;
+pub use delivery::deliver_hints;
+
+/// Cluster-wide request defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Replicas per key.
+    pub n: u8,
+    /// Default read quorum.
+    pub r: u8,
+    /// Default write quorum.
+    pub w: u8,
+    /// Default request deadline.
+    pub timeout: Duration,
+    /// Whether fallbacks take writes for unreachable primaries.
+    pub hinted_handoff: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            n: 3,
+            r: 2,
+            w: 2,
+            timeout: Duration::from_secs(5),
+            hinted_handoff: true,
+        }
+    }
+}
+
+/// Counters of coordination work.
+#[derive(Debug, Default)]
+pub struct CoordinatorStats {
+    /// Writes forwarded to a primary.
+    pub forwarded: AtomicU64,
+    /// Replicas repaired after reads.
+    pub read_repairs: AtomicU64,
+    /// Requests that failed for want of a quorum.
+    pub quorum_failures: AtomicU64,
+}
 
 /// Answers client requests.
 #[derive(Clone)]
 pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     replica: Replica,
     fsync_writes: bool,
+    cluster: Arc<ClusterState>,
+    peers: Peers,
+    hints: Arc<Hints>,
+    settings: Settings,
+    stats: CoordinatorStats,
 }
 
 /// Whether a storage call may wait on the disk.
@@ -32,48 +90,56 @@ enum Io {
     Write,
 }
 
-fn check(opts: &RequestOptions) -> Result<(), ApiError> {
-    for (name, v) in [
-        ("r", opts.r),
-        ("w", opts.w),
-        ("pr", opts.pr),
-        ("pw", opts.pw),
-    ] {
-        match v {
-            Some(0) if name == "r" || name == "w" => {
-                return Err(ApiError::InvalidOptions {
-                    reason: format!("{name} must be at least 1"),
-                });
-            }
-            Some(v) if v > N => {
-                return Err(ApiError::InvalidOptions {
-                    reason: format!("{name}={v} is more than the {N} replica(s) of every key"),
-                });
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn context_of(ctx: Option<&Context>) -> Result<VClock<Actor>, ApiError> {
-    Ok(ctx.map(Context::clock).transpose()?.unwrap_or_default())
-}
-
-fn wrong_kind(found: &Object, wanted: crate::object::Kind) -> ApiError {
+fn wrong_kind(found: &Object, wanted: Kind) -> ApiError {
     ApiError::WrongKind {
         stored: found.kind(),
         requested: wanted,
     }
 }
 
+fn unavailable(reason: impl Into<String>) -> ApiError {
+    ApiError::Unavailable {
+        reason: reason.into(),
+    }
+}
+
+/// The client view of a register object.
+pub fn get_reply(obj: Option<Object>) -> Result<GetReply, ApiError> {
+    match obj {
+        None => Ok(GetReply {
+            found: false,
+            values: Vec::new(),
+            context: Context::empty(),
+        }),
+        Some(Object::Register(reg)) => Ok(GetReply {
+            found: !reg.is_deleted(),
+            values: reg.values().into_iter().map(<[u8]>::to_vec).collect(),
+            context: Context::from_clock(reg.context()),
+        }),
+        Some(other) => Err(wrong_kind(&other, Kind::Register)),
+    }
+}
+
 impl Coordinator {
-    /// A coordinator over the local replica.
-    pub fn new(replica: Replica) -> Self {
+    /// A coordinator over the local replica and the cluster.
+    pub fn new(
+        replica: Replica,
+        cluster: Arc<ClusterState>,
+        peers: Peers,
+        hints: Arc<Hints>,
+        settings: Settings,
+    ) -> Self {
         let fsync_writes = replica.store().sync_policy() == ringkv_storage::SyncPolicy::Always;
         Coordinator {
-            replica,
-            fsync_writes,
+            inner: Arc::new(Inner {
+                replica,
+                fsync_writes,
+                cluster,
+                peers,
+                hints,
+                settings,
+                stats: CoordinatorStats::default(),
+            }),
         }
     }
 
@@ -82,21 +148,95 @@ impl Coordinator {
         io: Io,
         f: impl FnOnce(&Replica) -> Result<T, ReplicaError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        if io == Io::Read || !self.fsync_writes {
-            return f(&self.replica).map_err(ApiError::from);
+        if io == Io::Read || !self.inner.fsync_writes {
+            return f(&self.inner.replica).map_err(ApiError::from);
         }
-        let r = self.replica.clone();
+        let r = self.inner.replica.clone();
         match tokio::task::spawn_blocking(move || f(&r)).await {
             Ok(r) => r.map_err(ApiError::from),
-            Err(join) => Err(ApiError::Unavailable {
-                reason: format!("request task failed: {join}"),
-            }),
+            Err(join) => Err(unavailable(format!("request task failed: {join}"))),
         }
     }
 
     /// The local replica.
     pub fn replica(&self) -> &Replica {
-        &self.replica
+        &self.inner.replica
+    }
+
+    /// The cluster view holder.
+    pub fn cluster(&self) -> &Arc<ClusterState> {
+        &self.inner.cluster
+    }
+
+    /// The hint store.
+    pub fn hints(&self) -> &Arc<Hints> {
+        &self.inner.hints
+    }
+
+    /// Request defaults.
+    pub fn settings(&self) -> Settings {
+        self.inner.settings
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &CoordinatorStats {
+        &self.inner.stats
+    }
+
+    fn quorum_failed(&self, e: quorum::QuorumNotReached) -> ApiError {
+        self.inner
+            .stats
+            .quorum_failures
+            .fetch_add(1, Ordering::Relaxed);
+        ApiError::QuorumNotReached(e)
+    }
+
+    /// Checks options against `n` and resolves defaults: `(needed, of which primaries,
+    /// deadline)`.
+    fn need(
+        &self,
+        opts: &RequestOptions,
+        write: bool,
+    ) -> Result<(usize, usize, Duration), ApiError> {
+        let n = self.inner.settings.n;
+        let (q, pq, qname, pname) = if write {
+            (opts.w, opts.pw, "w", "pw")
+        } else {
+            (opts.r, opts.pr, "r", "pr")
+        };
+        let q = q.unwrap_or(if write {
+            self.inner.settings.w
+        } else {
+            self.inner.settings.r
+        });
+        let pq = pq.unwrap_or(0);
+        if q == 0 {
+            return Err(ApiError::InvalidOptions {
+                reason: format!("{qname} must be at least 1"),
+            });
+        }
+        for (name, v) in [(qname, q), (pname, pq)] {
+            if v > n {
+                return Err(ApiError::InvalidOptions {
+                    reason: format!("{name}={v} is more than the {n} replica(s) of every key"),
+                });
+            }
+        }
+        if pq > q {
+            return Err(ApiError::InvalidOptions {
+                reason: format!("{pname}={pq} is more than {qname}={q}"),
+            });
+        }
+        let timeout = match opts.timeout_ms {
+            Some(0) => {
+                return Err(ApiError::InvalidOptions {
+                    reason: "timeout_ms must be at least 1".into(),
+                });
+            }
+            Some(ms) => Duration::from_millis(u64::from(ms)),
+            None => self.inner.settings.timeout,
+        };
+        Ok((usize::from(q), usize::from(pq), timeout))
     }
 
     /// Reads a register.
@@ -104,26 +244,20 @@ impl Coordinator {
     /// # Errors
     /// [`ApiError`] naming the refusal or failure.
     pub async fn get(&self, key: Vec<u8>, opts: RequestOptions) -> Result<GetReply, ApiError> {
-        check(&opts)?;
-        let obj = self.run(Io::Read, move |r| r.get(&key)).await?;
-        match obj {
-            None => Ok(GetReply {
-                found: false,
-                values: Vec::new(),
-                context: Context::empty(),
-            }),
-            Some(Object::Register(reg)) => Ok(GetReply {
-                found: !reg.is_deleted(),
-                values: reg.values().into_iter().map(<[u8]>::to_vec).collect(),
-                context: Context::from_clock(reg.context()),
-            }),
-            Some(other) => Err(wrong_kind(&other, crate::object::Kind::Register)),
-        }
+        get_reply(self.read(key, opts).await?)
+    }
+
+    /// Reads only this node's replica of a register (diagnostics).
+    ///
+    /// # Errors
+    /// [`ApiError`] naming the refusal or failure.
+    pub async fn get_local(&self, key: Vec<u8>) -> Result<GetReply, ApiError> {
+        get_reply(self.run(Io::Read, move |r| r.get(&key)).await?)
     }
 
     /// Writes a register value (`None` = delete).
     ///
-    /// A delete without a context deletes every value visible now.
+    /// A delete without a context deletes every value a read quorum sees now.
     ///
     /// # Errors
     /// [`ApiError`] naming the refusal or failure.
@@ -134,23 +268,21 @@ impl Coordinator {
         context: Option<Context>,
         opts: RequestOptions,
     ) -> Result<Context, ApiError> {
-        check(&opts)?;
-        let delete_visible = value.is_none() && context.is_none();
-        let ctx = context_of(context.as_ref())?;
-        let reg = self
-            .run(Io::Write, move |r| {
-                let ctx = if delete_visible {
-                    match r.get(&key)? {
-                        Some(Object::Register(reg)) => reg.context().clone(),
-                        Some(_) | None => ctx,
-                    }
-                } else {
-                    ctx
-                };
-                r.write_register(&key, value, &ctx)
-            })
-            .await?;
-        Ok(Context::from_clock(reg.context()))
+        match self
+            .write(
+                WriteRequest::Put {
+                    key,
+                    value,
+                    context,
+                },
+                opts,
+                false,
+            )
+            .await?
+        {
+            WriteReply::Put(c) => Ok(c),
+            other => Err(unavailable(format!("unexpected reply {other:?}"))),
+        }
     }
 
     /// Adds to a counter.
@@ -163,11 +295,13 @@ impl Coordinator {
         delta: i64,
         opts: RequestOptions,
     ) -> Result<i128, ApiError> {
-        check(&opts)?;
-        let c = self
-            .run(Io::Write, move |r| r.counter_add(&key, delta))
-            .await?;
-        Ok(c.value()?)
+        match self
+            .write(WriteRequest::CounterAdd { key, delta }, opts, false)
+            .await?
+        {
+            WriteReply::Counter(v) => Ok(v),
+            other => Err(unavailable(format!("unexpected reply {other:?}"))),
+        }
     }
 
     /// Reads a counter.
@@ -179,11 +313,10 @@ impl Coordinator {
         key: Vec<u8>,
         opts: RequestOptions,
     ) -> Result<Option<i128>, ApiError> {
-        check(&opts)?;
-        match self.run(Io::Read, move |r| r.get(&key)).await? {
+        match self.read(key, opts).await? {
             None => Ok(None),
             Some(Object::Counter(c)) => Ok(Some(c.value()?)),
-            Some(other) => Err(wrong_kind(&other, crate::object::Kind::Counter)),
+            Some(other) => Err(wrong_kind(&other, Kind::Counter)),
         }
     }
 
@@ -198,11 +331,13 @@ impl Coordinator {
         add: bool,
         opts: RequestOptions,
     ) -> Result<bool, ApiError> {
-        check(&opts)?;
-        let (_, present) = self
-            .run(Io::Write, move |r| r.set_update(&key, &member, add))
-            .await?;
-        Ok(present)
+        match self
+            .write(WriteRequest::SetUpdate { key, member, add }, opts, false)
+            .await?
+        {
+            WriteReply::Set(p) => Ok(p),
+            other => Err(unavailable(format!("unexpected reply {other:?}"))),
+        }
     }
 
     /// Members of a set.
@@ -214,11 +349,62 @@ impl Coordinator {
         key: Vec<u8>,
         opts: RequestOptions,
     ) -> Result<Option<Vec<Vec<u8>>>, ApiError> {
-        check(&opts)?;
-        match self.run(Io::Read, move |r| r.get(&key)).await? {
+        match self.read(key, opts).await? {
             None => Ok(None),
             Some(Object::Set(s)) => Ok(Some(s.members())),
-            Some(other) => Err(wrong_kind(&other, crate::object::Kind::Set)),
+            Some(other) => Err(wrong_kind(&other, Kind::Set)),
+        }
+    }
+
+    /// Merges a state another replica sent (replication, repair, hint delivery).
+    ///
+    /// # Errors
+    /// [`ApiError`] for undecodable states, wrong kinds or storage failures.
+    pub async fn replicate(&self, key: Vec<u8>, object: Vec<u8>) -> Result<(), ApiError> {
+        let obj = Object::decode(&object)?;
+        self.run(Io::Write, move |r| r.merge(&key, &obj).map(|_| ()))
+            .await
+    }
+
+    /// Keeps a state for an unreachable owner.
+    ///
+    /// # Errors
+    /// [`ApiError`] for undecodable states or storage failures.
+    pub async fn store_hint(
+        &self,
+        owner: String,
+        key: Vec<u8>,
+        object: Vec<u8>,
+    ) -> Result<(), ApiError> {
+        self.inner.replica.check_key(&key)?;
+        Object::decode(&object)?;
+        if owner.is_empty() || owner.len() > ringkv_gossip::membership::MAX_RECORD_FIELD_BYTES {
+            return Err(ApiError::InvalidOptions {
+                reason: "hint owner id must be 1-128 bytes".into(),
+            });
+        }
+        let hints = self.inner.hints.clone();
+        let put = move || hints.put(&owner, &key, &object);
+        let r = if self.inner.fsync_writes {
+            tokio::task::spawn_blocking(put)
+                .await
+                .map_err(|e| unavailable(format!("hint task failed: {e}")))?
+        } else {
+            put()
+        };
+        r.map_err(|e| ApiError::Storage {
+            reason: e.to_string(),
+        })
+    }
+
+    /// The local replica's encoded object.
+    ///
+    /// # Errors
+    /// [`ApiError`] for bad keys, corrupt bytes or storage failures.
+    pub async fn read_local_bytes(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, ApiError> {
+        match self.run(Io::Read, move |r| r.get(&key)).await? {
+            None => Ok(None),
+            Some(o) => Ok(Some(o.encode()?)),
         }
     }
 }

@@ -5,14 +5,52 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::Duration;
+
+use ringkv_gossip::ClusterKey;
 use ringkv_storage::{StorageError, Store, StoreConfig, SyncPolicy};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::coordinator::Coordinator;
+use crate::cluster::shell::{ShellConfig, ShellError};
+use crate::cluster::{ClusterState, ClusterView};
+use crate::coordinator::{Coordinator, Settings};
+use crate::hints::Hints;
+use crate::net::Network;
 use crate::object::Actor;
+use crate::peer::Peers;
 use crate::replica::{Limits, Replica};
 use crate::ring::DEFAULT_RING_SIZE;
-use crate::rpc::api::{ServerInfo, ServiceStats, Status, StorageStatus};
+use crate::rpc::api::{
+    ClusterStatus, MemberInfo, RingInfo, ServerInfo, ServiceStats, Status, StorageStatus,
+};
+
+/// How a node takes part in a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Addresses of nodes to join through.
+    pub seeds: Vec<SocketAddr>,
+    /// Failure zone of this node.
+    pub zone: String,
+    /// Request defaults (N, R, W, deadline, hinted handoff).
+    pub settings: Settings,
+    /// Key proving membership (datagram MACs, peer handshakes).
+    pub key: ClusterKey,
+    /// SWIM probe period.
+    pub probe_period: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            seeds: Vec::new(),
+            zone: String::new(),
+            settings: Settings::default(),
+            key: ClusterKey::derive(b"ringkv insecure development cluster"),
+            probe_period: Duration::from_millis(500),
+        }
+    }
+}
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -35,6 +73,8 @@ pub struct NodeConfig {
     pub max_in_flight_per_connection: usize,
     /// Block cache of the store, in bytes.
     pub cache_bytes: u64,
+    /// Cluster membership and request defaults.
+    pub cluster: ClusterConfig,
 }
 
 impl NodeConfig {
@@ -50,6 +90,7 @@ impl NodeConfig {
             max_connections: 1024,
             max_in_flight_per_connection: 256,
             cache_bytes: 64 << 20,
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -84,6 +125,9 @@ pub enum NodeError {
         /// Length found.
         len: usize,
     },
+    /// Membership could not start.
+    #[error(transparent)]
+    Membership(#[from] ShellError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -107,6 +151,8 @@ pub struct Stats {
     pub connections_refused: AtomicU64,
     /// Connections dropped for a bad frame.
     pub bad_frames: AtomicU64,
+    /// Peer connections refused at the handshake.
+    pub peer_handshakes_refused: AtomicU64,
 }
 
 impl Stats {
@@ -146,12 +192,19 @@ fn read_u64(store: &Store, name: &'static str) -> Result<Option<u64>, NodeError>
 }
 
 impl Node {
-    /// Opens the data directory and prepares the node; `mint_actor` is called once, when
-    /// the directory is new, for the random actor id of this replica.
+    /// Opens the data directory, joins the cluster and starts background work (hint
+    /// delivery) until `shutdown` is cancelled; `mint_actor` is called once, when the
+    /// directory is new, for the random actor id of this replica.
     ///
     /// # Errors
-    /// [`NodeError`] if the directory is locked, corrupt, or belongs to another node.
-    pub fn open(config: NodeConfig, mint_actor: impl FnOnce() -> Actor) -> Result<Node, NodeError> {
+    /// [`NodeError`] if the directory is locked, corrupt, belongs to another node, or
+    /// the gossip socket cannot be bound.
+    pub async fn start<N: Network>(
+        config: NodeConfig,
+        mint_actor: impl FnOnce() -> Actor,
+        net: N,
+        shutdown: CancellationToken,
+    ) -> Result<SharedNode, NodeError> {
         let store = Store::open(StoreConfig {
             path: config.data_dir.clone(),
             sync: config.sync,
@@ -198,16 +251,41 @@ impl Node {
         };
         let generation = read_u64(&store, "generation")?.unwrap_or(0) + 1;
         store.set_meta("generation", &generation.to_be_bytes())?;
+        let hints = Arc::new(Hints::open(store.clone(), generation)?);
+        let settings = config.cluster.settings;
+        let (cluster, _gossip) = crate::cluster::shell::start(
+            &net,
+            ShellConfig {
+                node_id: node_id.clone(),
+                address: config.listen,
+                zone: config.cluster.zone.clone(),
+                generation,
+                key: config.cluster.key.clone(),
+                seeds: config.cluster.seeds.clone(),
+                ring_size: config.ring_size,
+                n: usize::from(settings.n),
+                probe_period: config.cluster.probe_period,
+            },
+            store.clone(),
+            shutdown.clone().cancelled_owned(),
+        )
+        .await?;
         let replica = Replica::new(store, actor, config.limits, config.ring_size);
-        tracing::info!(node_id, generation, actor = format!("{actor:016x}"), data_dir = %config.data_dir.display(), "node opened");
-        Ok(Node {
-            coordinator: Coordinator::new(replica),
+        let peers = Peers::new(net, config.cluster.key.clone(), config.limits.frame_bytes());
+        let coordinator = Coordinator::new(replica, cluster, peers, hints, settings);
+        tokio::spawn(crate::coordinator::deliver_hints(
+            coordinator.clone(),
+            shutdown.cancelled_owned(),
+        ));
+        tracing::info!(node_id, generation, actor = format!("{actor:016x}"), data_dir = %config.data_dir.display(), n = settings.n, r = settings.r, w = settings.w, "node opened");
+        Ok(Arc::new(Node {
+            coordinator,
             config,
             node_id,
             generation,
             started: Instant::now(),
             stats: Stats::default(),
-        })
+        }))
     }
 
     /// The node's id.
@@ -253,6 +331,7 @@ impl Node {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             limits: self.config.limits,
             stats: self.stats.snapshot(),
+            cluster: self.cluster_status(),
             storage: {
                 let trees = store.tree_stats();
                 StorageStatus {
@@ -268,6 +347,54 @@ impl Node {
         }
     }
 
+    fn cluster_status(&self) -> ClusterStatus {
+        let c = &self.coordinator;
+        let view = c.cluster().view();
+        let g = c.cluster().gossip_stats();
+        let s = c.settings();
+        let hints = c.hints();
+        let stats = c.stats();
+        ClusterStatus {
+            members: member_infos(&view),
+            ring_epoch: view.epoch_hex(),
+            n: s.n,
+            r: s.r,
+            w: s.w,
+            hints_pending: hints.pending(),
+            hints_stored: hints.stored.load(Ordering::Relaxed),
+            hints_delivered: hints.delivered.load(Ordering::Relaxed),
+            forwarded: stats.forwarded.load(Ordering::Relaxed),
+            read_repairs: stats.read_repairs.load(Ordering::Relaxed),
+            quorum_failures: stats.quorum_failures.load(Ordering::Relaxed),
+            gossip_in: g.datagrams_in,
+            gossip_rejected_auth: g.rejected_auth,
+            gossip_rejected_oversized: g.rejected_oversized,
+            gossip_rejected_malformed: g.rejected_malformed,
+            peer_handshakes_refused: self.stats.peer_handshakes_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The ring as this node sees it.
+    pub fn ring(&self) -> RingInfo {
+        let view = self.coordinator.cluster().view();
+        RingInfo {
+            epoch: view.epoch_hex(),
+            ring_size: self.config.ring_size,
+            n: self.coordinator.settings().n,
+            members: member_infos(&view),
+            owners: view
+                .ring
+                .as_ref()
+                .map(|r| (0..r.ring_size()).map(|p| r.owner(p).id.clone()).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The shared cluster state.
+    pub fn cluster(&self) -> &Arc<ClusterState> {
+        self.coordinator.cluster()
+    }
+
     /// Syncs the store (used on shutdown whatever the policy).
     ///
     /// # Errors
@@ -275,6 +402,19 @@ impl Node {
     pub fn sync(&self) -> Result<(), StorageError> {
         self.coordinator.replica().store().sync()
     }
+}
+
+fn member_infos(view: &ClusterView) -> Vec<MemberInfo> {
+    view.members
+        .iter()
+        .map(|r| MemberInfo {
+            node_id: r.node_id.clone(),
+            address: r.address.clone(),
+            zone: r.zone.clone(),
+            status: r.status.to_string(),
+            liveness: view.liveness_of(&r.node_id).to_string(),
+        })
+        .collect()
 }
 
 /// Shared handle on a node.

@@ -84,6 +84,75 @@ pub struct Status {
     pub stats: ServiceStats,
     /// Storage figures.
     pub storage: StorageStatus,
+    /// Cluster figures.
+    pub cluster: ClusterStatus,
+}
+
+/// One member as a node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Node id.
+    pub node_id: String,
+    /// RPC address.
+    pub address: String,
+    /// Failure zone.
+    pub zone: String,
+    /// `joining`, `active`, `leaving` or `removed`.
+    pub status: String,
+    /// `alive`, `suspect`, `down` or `unknown`.
+    pub liveness: String,
+}
+
+/// The cluster as a node sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Members, by node id.
+    pub members: Vec<MemberInfo>,
+    /// Epoch of the current ring (hex; empty without a ring).
+    pub ring_epoch: String,
+    /// Replicas per key and default quorums.
+    pub n: u8,
+    /// Default read quorum.
+    pub r: u8,
+    /// Default write quorum.
+    pub w: u8,
+    /// Hints waiting for their owners.
+    pub hints_pending: u64,
+    /// Hints stored since start.
+    pub hints_stored: u64,
+    /// Hints delivered since start.
+    pub hints_delivered: u64,
+    /// Writes forwarded to a primary since start.
+    pub forwarded: u64,
+    /// Replicas repaired after reads since start.
+    pub read_repairs: u64,
+    /// Requests that failed for want of a quorum.
+    pub quorum_failures: u64,
+    /// Gossip datagrams received.
+    pub gossip_in: u64,
+    /// Gossip datagrams refused: not authenticated (wrong secret).
+    pub gossip_rejected_auth: u64,
+    /// Gossip datagrams refused: oversized.
+    pub gossip_rejected_oversized: u64,
+    /// Gossip datagrams refused: undecodable.
+    pub gossip_rejected_malformed: u64,
+    /// Peer connections refused at the handshake.
+    pub peer_handshakes_refused: u64,
+}
+
+/// The ring as a node sees it: enough for a client to route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingInfo {
+    /// Epoch (hex).
+    pub epoch: String,
+    /// Partitions.
+    pub ring_size: u32,
+    /// Replicas per key.
+    pub n: u8,
+    /// Members (all records, with liveness).
+    pub members: Vec<MemberInfo>,
+    /// Owner of each partition, by partition number (empty without a ring).
+    pub owners: Vec<String>,
 }
 
 /// What the node's store looks like.
@@ -171,6 +240,15 @@ pub enum ApiError {
     #[error("storage failure: {reason}")]
     Storage {
         /// What failed.
+        reason: String,
+    },
+    /// Too few replicas answered in time.
+    #[error("{0}")]
+    QuorumNotReached(crate::coordinator::quorum::QuorumNotReached),
+    /// A membership operation that makes no sense (unknown node, removing oneself).
+    #[error("membership: {reason}")]
+    Membership {
+        /// Why.
         reason: String,
     },
     /// The node is shutting down or overloaded.
@@ -264,4 +342,12 @@ pub trait Kv {
     ) -> Result<Option<Vec<Vec<u8>>>, ApiError>;
     /// The node's status.
     async fn status() -> Status;
+    /// Reads only this node's replica of a register (diagnostics and tests).
+    async fn get_local(key: Vec<u8>) -> Result<GetReply, ApiError>;
+    /// The ring and members as this node sees them.
+    async fn ring() -> RingInfo;
+    /// Makes this node leave the cluster (it stops owning partitions).
+    async fn leave() -> Result<(), ApiError>;
+    /// Removes a (dead) node from the cluster.
+    async fn remove(node_id: String) -> Result<(), ApiError>;
 }

@@ -9,10 +9,12 @@ use tarpc::context;
 use tarpc::server::{BaseChannel, Channel};
 use tokio::sync::Semaphore;
 
-use super::api::{ApiError, GetReply, Kv, RequestOptions, ServerInfo, Status};
-use crate::net::{Listener, Network};
+use super::api::{ApiError, GetReply, Kv, RequestOptions, RingInfo, ServerInfo, Status};
+use crate::cluster::shell::Command;
+use crate::net::{Listener, Network, Stream};
 use crate::node::{Node, NodeError, SharedNode};
 use crate::object::Context;
+use crate::peer::{Peer, WriteReply, WriteRequest, handshake};
 
 /// The tarpc service handle: one clone per request.
 #[derive(Clone)]
@@ -141,6 +143,86 @@ impl Kv for KvServer {
     async fn status(self, _: context::Context) -> Status {
         self.node.status()
     }
+
+    async fn get_local(self, _: context::Context, key: Vec<u8>) -> Result<GetReply, ApiError> {
+        let r = self.node.coordinator().get_local(key).await;
+        self.count(r)
+    }
+
+    async fn ring(self, _: context::Context) -> RingInfo {
+        self.node.ring()
+    }
+
+    async fn leave(self, _: context::Context) -> Result<(), ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        membership(self.node.cluster().command(Command::Leave(tx)).await, rx).await
+    }
+
+    async fn remove(self, _: context::Context, node_id: String) -> Result<(), ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        membership(
+            self.node
+                .cluster()
+                .command(Command::Remove(node_id, tx))
+                .await,
+            rx,
+        )
+        .await
+    }
+}
+
+async fn membership(
+    sent: Result<(), String>,
+    rx: tokio::sync::oneshot::Receiver<Result<(), String>>,
+) -> Result<(), ApiError> {
+    sent.map_err(|reason| ApiError::Unavailable { reason })?;
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(reason)) => Err(ApiError::Membership { reason }),
+        Err(_) => Err(ApiError::Unavailable {
+            reason: "membership has stopped".into(),
+        }),
+    }
+}
+
+/// The peer service handle: what other nodes may ask once the handshake passed.
+#[derive(Clone)]
+pub struct PeerServer {
+    node: SharedNode,
+}
+
+impl Peer for PeerServer {
+    async fn coordinate(
+        self,
+        _: context::Context,
+        request: WriteRequest,
+        opts: RequestOptions,
+    ) -> Result<WriteReply, ApiError> {
+        self.node.coordinator().write(request, opts, true).await
+    }
+
+    async fn replicate(
+        self,
+        _: context::Context,
+        key: Vec<u8>,
+        object: Vec<u8>,
+    ) -> Result<(), ApiError> {
+        self.node.coordinator().replicate(key, object).await
+    }
+
+    async fn hint(
+        self,
+        _: context::Context,
+        owner: String,
+        key: Vec<u8>,
+        object: Vec<u8>,
+    ) -> Result<(), ApiError> {
+        self.node.coordinator().store_hint(owner, key, object).await
+    }
+
+    async fn read(self, _: context::Context, key: Vec<u8>) -> Result<Option<Vec<u8>>, ApiError> {
+        self.node.coordinator().read_local_bytes(key).await
+    }
 }
 
 /// Binds the node's listen address.
@@ -195,20 +277,116 @@ pub async fn serve<L: Listener>(
         tokio::spawn(async move {
             let _permit = permit;
             node.stats.connections_open.fetch_add(1, Ordering::Relaxed);
-            let stats_node = node.clone();
-            let transport = super::framed(stream, max_frame).inspect_err(move |error| {
-                stats_node.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%peer, %error, "closing connection after a bad frame");
-            });
-            let server = KvServer { node: node.clone() };
-            BaseChannel::with_defaults(transport)
-                .max_concurrent_requests(in_flight)
-                .execute(server.serve())
-                .for_each(|request| async move {
-                    tokio::spawn(request);
-                })
-                .await;
+            connection(stream, peer, node.clone(), max_frame, in_flight).await;
             node.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// Longest a new connection may stay silent before its first bytes.
+const FIRST_BYTES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn connection<S: Stream>(
+    mut stream: S,
+    peer: std::net::SocketAddr,
+    node: SharedNode,
+    max_frame: usize,
+    in_flight: usize,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut first = [0u8; 4];
+    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.read_exact(&mut first)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) | Err(_) => return,
+    }
+    if first == handshake::MAGIC {
+        let key = node.config().cluster.key.clone();
+        if let Err(error) = handshake::accept(&mut stream, &key).await {
+            node.stats
+                .peer_handshakes_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, %error, "peer connection refused");
+            return;
+        }
+        let stats_node = node.clone();
+        let transport = super::framed(stream, max_frame).inspect_err(move |error| {
+            stats_node.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, %error, "closing peer connection after a bad frame");
+        });
+        let server = PeerServer { node };
+        BaseChannel::with_defaults(transport)
+            .max_concurrent_requests(in_flight)
+            .execute(server.serve())
+            .for_each(|request| async move {
+                tokio::spawn(request);
+            })
+            .await;
+        return;
+    }
+    let stream = Prefixed {
+        prefix: first,
+        read: 0,
+        inner: stream,
+    };
+    let stats_node = node.clone();
+    let transport = super::framed(stream, max_frame).inspect_err(move |error| {
+        stats_node.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%peer, %error, "closing connection after a bad frame");
+    });
+    let server = KvServer { node };
+    BaseChannel::with_defaults(transport)
+        .max_concurrent_requests(in_flight)
+        .execute(server.serve())
+        .for_each(|request| async move {
+            tokio::spawn(request);
+        })
+        .await;
+}
+
+/// A stream whose first bytes were already read: replays them, then reads on.
+struct Prefixed<S> {
+    prefix: [u8; 4],
+    read: usize,
+    inner: S,
+}
+
+impl<S: Stream> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.read < self.prefix.len() {
+            let n = (self.prefix.len() - self.read).min(buf.remaining());
+            let start = self.read;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.read += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: Stream> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,0 +1,366 @@
+//! The tokio shell around the membership state machine: it owns the UDP socket
+//! (through the transport seam), turns scheduled timers into sleeps, publishes
+//! [`ClusterView`]s, and moves this node's own record through its lifecycle.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ringkv_gossip::{
+    ClusterKey, Gossip, GossipConfig, GossipTimer, Identity, Liveness, NodeRecord, Output, Status,
+};
+use ringkv_storage::Store;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ClusterState, ClusterView};
+use crate::net::{Datagram, Network};
+
+/// Requests to the shell.
+#[derive(Debug)]
+pub enum Command {
+    /// Mark this node as leaving (it stops owning partitions).
+    Leave(oneshot::Sender<Result<(), String>>),
+    /// An operator removes a (dead) node from the cluster.
+    Remove(String, oneshot::Sender<Result<(), String>>),
+}
+
+/// What the shell needs to start.
+#[derive(Clone, Debug)]
+pub struct ShellConfig {
+    /// This node's id.
+    pub node_id: String,
+    /// RPC address; gossip binds UDP on the same address.
+    pub address: SocketAddr,
+    /// Failure zone.
+    pub zone: String,
+    /// Start count of the data directory.
+    pub generation: u64,
+    /// Datagram key.
+    pub key: ClusterKey,
+    /// Addresses to join through.
+    pub seeds: Vec<SocketAddr>,
+    /// Partitions on the ring.
+    pub ring_size: u32,
+    /// Replicas per key.
+    pub n: usize,
+    /// SWIM probe period.
+    pub probe_period: Duration,
+}
+
+/// Why membership could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind gossip socket on udp {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// This data directory belongs to a node an operator removed.
+    #[error(
+        "this node was removed from its cluster; wipe its data directory to join again as a new node"
+    )]
+    Removed,
+    /// Metadata could not be read or written.
+    #[error("membership metadata: {0}")]
+    Storage(#[from] ringkv_storage::StorageError),
+}
+
+const META_STATUS: &str = "member_status";
+const META_REMOVED: &str = "member_removed";
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Joining => "joining",
+        Status::Active => "active",
+        Status::Leaving => "leaving",
+        Status::Removed => "removed",
+    }
+}
+
+/// Starts membership: binds UDP, announces to the seeds, and runs until `shutdown`.
+///
+/// # Errors
+/// [`ShellError`] if the socket cannot be bound or the node was removed.
+pub async fn start<N: Network>(
+    net: &N,
+    cfg: ShellConfig,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(Arc<ClusterState>, tokio::task::JoinHandle<()>), ShellError> {
+    if store.meta(META_REMOVED)?.is_some() {
+        return Err(ShellError::Removed);
+    }
+    let socket = net
+        .bind_udp(cfg.address)
+        .await
+        .map_err(|source| ShellError::Bind {
+            addr: cfg.address,
+            source,
+        })?;
+    let others: Vec<SocketAddr> = cfg
+        .seeds
+        .iter()
+        .copied()
+        .filter(|s| *s != cfg.address)
+        .collect();
+    // A node that was active stays active across restarts; a new node with seeds is
+    // joining until it has heard from an active member; a node without seeds starts
+    // a cluster of its own.
+    let status = match store.meta(META_STATUS)?.as_deref() {
+        Some(b"active") => Status::Active,
+        Some(b"leaving") => Status::Leaving,
+        _ if others.is_empty() => Status::Active,
+        _ => Status::Joining,
+    };
+    store.set_meta(META_STATUS, status_name(status).as_bytes())?;
+    let own = NodeRecord {
+        // Versions of earlier starts are always lower.
+        version: cfg.generation << 20,
+        status,
+        node_id: cfg.node_id.clone(),
+        address: cfg.address.to_string(),
+        zone: cfg.zone.clone(),
+    };
+    let mut gcfg = GossipConfig::new(cfg.key.clone(), cfg.seeds.clone());
+    gcfg.probe_period = cfg.probe_period;
+    let seed = u64::from_be_bytes(
+        blake3::hash(format!("{}/{}", cfg.node_id, cfg.generation).as_bytes()).as_bytes()[..8]
+            .try_into()
+            .unwrap_or([0; 8]),
+    );
+    let (gossip, first) = Gossip::new(
+        Identity {
+            addr: cfg.address,
+            generation: cfg.generation,
+        },
+        own.clone(),
+        gcfg,
+        seed,
+    );
+    let view = ClusterView::new(
+        cfg.node_id.clone(),
+        gossip.members(),
+        &gossip.liveness(),
+        cfg.ring_size,
+        cfg.n,
+        None,
+    );
+    let (tx, rx) = mpsc::channel(64);
+    let state = Arc::new(ClusterState {
+        view: RwLock::new(Arc::new(view)),
+        gossip_stats: RwLock::new(gossip.stats()),
+        commands: tx,
+    });
+    let shell = Shell {
+        gossip,
+        cfg,
+        store,
+        state: state.clone(),
+        own,
+        liveness: BTreeMap::new(),
+        has_other_seeds: !others.is_empty(),
+    };
+    let handle = tokio::spawn(shell.run(socket, rx, first, shutdown));
+    Ok((state, handle))
+}
+
+struct Shell {
+    gossip: Gossip,
+    cfg: ShellConfig,
+    store: Store,
+    state: Arc<ClusterState>,
+    own: NodeRecord,
+    liveness: BTreeMap<SocketAddr, Liveness>,
+    has_other_seeds: bool,
+}
+
+impl Shell {
+    async fn run<S: Datagram>(
+        mut self,
+        socket: S,
+        mut commands: mpsc::Receiver<Command>,
+        first: Vec<Output>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let (timer_tx, mut timers) = mpsc::channel::<GossipTimer>(4096);
+        self.perform(&socket, &timer_tx, first).await;
+        self.refresh();
+        let mut buf = vec![0u8; 2048];
+        tokio::pin!(shutdown);
+        loop {
+            let out = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(c) = commands.recv() => self.command(c),
+                Some(t) = timers.recv() => self.gossip.handle_timer(t),
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok((len, from)) => self.gossip.handle_datagram(from, &buf[..len]),
+                    Err(error) => {
+                        // ICMP errors surface here on some systems; never spin on them.
+                        tracing::debug!(%error, "gossip receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        Vec::new()
+                    }
+                },
+            };
+            self.perform(&socket, &timer_tx, out).await;
+            let more = self.lifecycle();
+            self.perform(&socket, &timer_tx, more).await;
+            self.refresh();
+        }
+    }
+
+    async fn perform<S: Datagram>(
+        &mut self,
+        socket: &S,
+        timers: &mpsc::Sender<GossipTimer>,
+        out: Vec<Output>,
+    ) {
+        for o in out {
+            match o {
+                Output::Send { to, bytes } => {
+                    if let Err(error) = socket.send_to(&bytes, to).await {
+                        tracing::debug!(%to, %error, "gossip send failed");
+                    }
+                }
+                Output::Schedule { after, timer } => {
+                    let tx = timers.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = tx.send(timer).await;
+                    });
+                }
+            }
+        }
+    }
+
+    fn republish(&mut self, status: Status) -> Vec<Output> {
+        let current = self
+            .gossip
+            .members()
+            .get(&self.cfg.node_id)
+            .map(|r| r.version)
+            .unwrap_or(self.own.version);
+        self.own.version = current.max(self.own.version) + 1;
+        self.own.status = status;
+        if let Err(error) = self
+            .store
+            .set_meta(META_STATUS, status_name(status).as_bytes())
+        {
+            tracing::error!(%error, "cannot persist membership status");
+        }
+        tracing::info!(status = %status, version = self.own.version, "publishing own member record");
+        self.gossip.publish(self.own.clone())
+    }
+
+    fn command(&mut self, c: Command) -> Vec<Output> {
+        match c {
+            Command::Leave(reply) => {
+                let out = match self.own.status {
+                    Status::Leaving => Vec::new(),
+                    _ => self.republish(Status::Leaving),
+                };
+                let _ = reply.send(Ok(()));
+                out
+            }
+            Command::Remove(id, reply) => {
+                let members = self.gossip.members();
+                let result = match members.get(&id) {
+                    None => Err(format!("unknown node {id:?}")),
+                    Some(_) if id == self.cfg.node_id => {
+                        Err("a node cannot remove itself; use `ringkv leave`".to_string())
+                    }
+                    Some(r) if r.status == Status::Removed => Ok(None),
+                    Some(r) => Ok(Some(NodeRecord {
+                        version: r.version + 1,
+                        status: Status::Removed,
+                        ..r.clone()
+                    })),
+                };
+                match result {
+                    Ok(Some(record)) => {
+                        tracing::info!(node = %id, "removing node from the cluster");
+                        let out = self.gossip.publish(record);
+                        let _ = reply.send(Ok(()));
+                        out
+                    }
+                    Ok(None) => {
+                        let _ = reply.send(Ok(()));
+                        Vec::new()
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        Vec::new()
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves this node's record along: joining becomes active once an active member
+    /// is known; a record someone else superseded is re-asserted; removal is final.
+    fn lifecycle(&mut self) -> Vec<Output> {
+        let members = self.gossip.members();
+        let Some(mine) = members.get(&self.cfg.node_id).cloned() else {
+            return Vec::new();
+        };
+        if mine.status == Status::Removed && self.own.status != Status::Removed {
+            tracing::error!("an operator removed this node from the cluster; it stops gossiping");
+            self.own.status = Status::Removed;
+            if let Err(error) = self.store.set_meta(META_REMOVED, b"1") {
+                tracing::error!(%error, "cannot persist removal");
+            }
+            return self.gossip.leave();
+        }
+        if self.own.status == Status::Removed {
+            return Vec::new();
+        }
+        if self.own.status == Status::Joining {
+            let active_peer = members
+                .iter()
+                .any(|r| r.node_id != self.cfg.node_id && r.status == Status::Active);
+            if active_peer || !self.has_other_seeds {
+                return self.republish(Status::Active);
+            }
+        }
+        if mine != self.own {
+            // Someone published a record for us with a higher version (a restarted
+            // data directory, or an operator's mistake): assert ours above it.
+            let status = self.own.status;
+            return self.republish(status);
+        }
+        Vec::new()
+    }
+
+    fn refresh(&mut self) {
+        *self
+            .state
+            .gossip_stats
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = self.gossip.stats();
+        let liveness = self.gossip.liveness();
+        let members = self.gossip.members();
+        let current = self.state.view();
+        if liveness == self.liveness && members == current.members {
+            return;
+        }
+        self.liveness = liveness;
+        let view = ClusterView::new(
+            self.cfg.node_id.clone(),
+            members,
+            &self.liveness,
+            self.cfg.ring_size,
+            self.cfg.n,
+            Some(&current),
+        );
+        if view.epoch_hex() != current.epoch_hex() {
+            tracing::info!(epoch = %view.epoch_hex(), members = view.ring.as_ref().map(|r| r.members().len()).unwrap_or(0), "ring changed");
+        }
+        self.state.set_view(view);
+    }
+}

@@ -1,0 +1,265 @@
+//! The read path: ask every primary, answer with the merge of `R` replies, repair
+//! the replicas that differed.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::quorum::{Quorum, Requirement, Step, Target};
+use super::{Coordinator, Io, unavailable};
+use crate::object::Object;
+use crate::rpc::api::{ApiError, RequestOptions};
+
+type Reply = Option<Object>;
+type Report = (String, Result<Reply, String>);
+
+/// Longest a read that found nothing waits for slower replicas before answering
+/// not-found (one of them may hold the key).
+const NOT_FOUND_GRACE: Duration = Duration::from_millis(500);
+
+fn merge_all<'a>(replies: impl Iterator<Item = &'a Reply>) -> Result<Reply, ApiError> {
+    let mut out: Option<Object> = None;
+    for r in replies.flatten() {
+        match &mut out {
+            None => out = Some(r.clone()),
+            Some(o) => o.merge(r)?,
+        }
+    }
+    Ok(out)
+}
+
+impl Coordinator {
+    fn spawn_read(&self, node: String, key: Vec<u8>, timeout: Duration, tx: mpsc::Sender<Report>) {
+        let view = self.inner.cluster.view();
+        let addr = view.address(&node);
+        let peers = self.inner.peers.clone();
+        tokio::spawn(async move {
+            let result = match addr {
+                None => Err("no address known".to_string()),
+                Some(addr) => peers
+                    .call(
+                        addr,
+                        timeout,
+                        |c, ctx| async move { c.read(ctx, key).await },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| match bytes {
+                        None => Ok(None),
+                        Some(b) => Object::decode(&b)
+                            .map(Some)
+                            .map_err(|e| format!("unreadable reply: {e}")),
+                    }),
+            };
+            let _ = tx.send((node, result)).await;
+        });
+    }
+
+    /// Reads the merged object of `key` from a read quorum.
+    ///
+    /// # Errors
+    /// [`ApiError`]: refusals, or [`ApiError::QuorumNotReached`].
+    pub async fn read(
+        &self,
+        key: Vec<u8>,
+        opts: RequestOptions,
+    ) -> Result<Option<Object>, ApiError> {
+        self.inner.replica.check_key(&key)?;
+        let (r, pr, timeout) = self.need(&opts, false)?;
+        let deadline = Instant::now() + timeout;
+        let view = self.inner.cluster.view();
+        let (primaries, _) = view.walk(&key);
+        if primaries.is_empty() {
+            return Err(unavailable(
+                "this node has not joined a cluster yet (no active members known)",
+            ));
+        }
+        // Capped like writes: a smaller ring has fewer replicas.
+        let (r, pr) = (r.min(primaries.len()), pr.min(primaries.len()));
+        let me = view.self_id.clone();
+        let targets: Vec<Target> = primaries
+            .iter()
+            .map(|p| Target {
+                node: p.clone(),
+                primary: true,
+            })
+            .collect();
+        let (mut quorum, now) = Quorum::<()>::new(
+            Requirement {
+                total: r,
+                primaries: pr,
+            },
+            targets,
+            Vec::new(),
+            false,
+        );
+        let (tx, mut rx) = mpsc::channel::<Report>(64);
+        let mut replies: BTreeMap<String, Reply> = BTreeMap::new();
+        let mut outstanding = 0usize;
+        let mut steps = Vec::new();
+        for t in &now {
+            if t.node == me {
+                continue;
+            }
+            if view.reachable(&t.node) {
+                outstanding += 1;
+                self.spawn_read(t.node.clone(), key.clone(), timeout, tx.clone());
+            } else {
+                steps.push(quorum.failed(&t.node, "down (per gossip)"));
+            }
+        }
+        if primaries.contains(&me) {
+            let k = key.clone();
+            match self.run(Io::Read, move |r| r.get(&k)).await {
+                Ok(obj) => {
+                    replies.insert(me.clone(), obj);
+                    steps.push(quorum.ok(&me, ()));
+                }
+                Err(e) => steps.push(quorum.failed(&me, e.to_string())),
+            }
+        }
+        'wait: loop {
+            for step in steps.drain(..) {
+                match step {
+                    Step::Wait | Step::SendTo(_) => {}
+                    Step::Reached(_) => {
+                        break 'wait;
+                    }
+                    Step::Failed(e) => return Err(self.quorum_failed(e)),
+                }
+            }
+            tokio::select! {
+                Some((node, result)) = rx.recv() => {
+                    outstanding -= 1;
+                    match result {
+                        Ok(obj) => {
+                            replies.insert(node.clone(), obj);
+                            steps.push(quorum.ok(&node, ()));
+                        }
+                        Err(e) => steps.push(quorum.failed(&node, e)),
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => steps.push(quorum.deadline()),
+            }
+        }
+        let mut merged = merge_all(replies.values())?;
+        if merged.is_none() {
+            // Not found by the quorum: a slower primary may still have it.
+            let grace = (Instant::now() + NOT_FOUND_GRACE).min(deadline);
+            while outstanding > 0 {
+                tokio::select! {
+                    Some((node, result)) = rx.recv() => {
+                        outstanding -= 1;
+                        if let Ok(obj) = result {
+                            replies.insert(node, obj);
+                        }
+                    }
+                    () = tokio::time::sleep_until(grace) => break,
+                }
+            }
+            merged = merge_all(replies.values())?;
+        }
+        if merged.is_none() {
+            // A ring change may have moved the key away from where it is stored
+            // (until ownership handoff exists, earlier owners keep their copies).
+            let earlier: Vec<String> = view
+                .previous_primaries(&key)
+                .into_iter()
+                .filter(|p| view.reachable(p))
+                .collect();
+            let (etx, mut erx) = mpsc::channel::<Report>(64);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            for p in &earlier {
+                self.spawn_read(p.clone(), key.clone(), remaining, etx.clone());
+            }
+            drop(etx);
+            let mut found = Vec::new();
+            loop {
+                tokio::select! {
+                    report = erx.recv() => match report {
+                        Some((_, Ok(obj))) => found.push(obj),
+                        Some((_, Err(_))) => {}
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            merged = merge_all(found.iter())?;
+        }
+        self.spawn_repair(key, merged.clone(), replies, outstanding, rx, deadline);
+        Ok(merged)
+    }
+
+    /// After answering: collect the replies still on their way, then send the merged
+    /// state to every primary whose copy differed.
+    fn spawn_repair(
+        &self,
+        key: Vec<u8>,
+        answer: Reply,
+        mut replies: BTreeMap<String, Reply>,
+        mut outstanding: usize,
+        mut rx: mpsc::Receiver<Report>,
+        deadline: Instant,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            while outstanding > 0 {
+                tokio::select! {
+                    Some((node, result)) = rx.recv() => {
+                        outstanding -= 1;
+                        if let Ok(obj) = result {
+                            replies.insert(node, obj);
+                        }
+                    }
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            let Ok(Some(merged)) = merge_all(replies.values().chain(std::iter::once(&answer)))
+            else {
+                return;
+            };
+            let Ok(digest) = merged.digest(&key) else {
+                return;
+            };
+            let Ok(bytes) = merged.encode() else {
+                return;
+            };
+            let view = this.inner.cluster.view();
+            let me = view.self_id.clone();
+            let (primaries, _) = view.walk(&key);
+            for p in primaries {
+                let stale = match replies.get(&p) {
+                    Some(Some(o)) => o.digest(&key).map(|d| d != digest).unwrap_or(true),
+                    Some(None) => true,
+                    // No reply: it may be down; hints and anti-entropy cover it.
+                    None => false,
+                };
+                if !stale {
+                    continue;
+                }
+                this.inner
+                    .stats
+                    .read_repairs
+                    .fetch_add(1, Ordering::Relaxed);
+                if p == me {
+                    let _ = this.replicate(key.clone(), bytes.clone()).await;
+                } else if let Some(addr) = view.address(&p) {
+                    let (k, b) = (key.clone(), bytes.clone());
+                    let r = this
+                        .inner
+                        .peers
+                        .call(addr, Duration::from_secs(2), |c, ctx| async move {
+                            c.replicate(ctx, k, b).await
+                        })
+                        .await;
+                    if let Err(error) = r {
+                        tracing::debug!(node = %p, %error, "read repair failed");
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,337 @@
+//! The write path: forward to a primary, apply locally, replicate to `W`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ringkv_gossip::Liveness;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::quorum::{Quorum, QuorumNotReached, Requirement, Step, Target};
+use super::{Coordinator, Io, unavailable};
+use crate::cluster::ClusterView;
+use crate::object::{Context, Object};
+use crate::peer::pool::PeerError;
+use crate::peer::{WriteReply, WriteRequest};
+use crate::rpc::api::{ApiError, RequestOptions};
+
+/// A send's outcome, reported to the request's quorum loop.
+type Report = (String, Result<(), String>);
+
+impl Coordinator {
+    /// Coordinates a write; `forwarded` requests are never forwarded again (views
+    /// may disagree for a moment while a ring change spreads).
+    ///
+    /// # Errors
+    /// [`ApiError`]: refusals, or [`ApiError::QuorumNotReached`].
+    pub async fn write(
+        &self,
+        request: WriteRequest,
+        opts: RequestOptions,
+        forwarded: bool,
+    ) -> Result<WriteReply, ApiError> {
+        self.inner.replica.check_key(request.key())?;
+        let (w, pw, timeout) = self.need(&opts, true)?;
+        let deadline = Instant::now() + timeout;
+        let view = self.inner.cluster.view();
+        let (primaries, fallbacks) = view.walk(request.key());
+        if primaries.is_empty() {
+            return Err(unavailable(
+                "this node has not joined a cluster yet (no active members known)",
+            ));
+        }
+        // A ring with fewer members than N has fewer replicas per key: quorums are
+        // capped to what exists (a one-node cluster answers at W=2). Liveness never
+        // shrinks the ring, so a dead replica still counts as required.
+        let (w, pw) = (w.min(primaries.len()), pw.min(primaries.len()));
+        if !primaries.contains(&view.self_id) && !forwarded {
+            return self
+                .forward(&view, &primaries, request, opts, deadline)
+                .await;
+        }
+        let request = match request {
+            WriteRequest::Put {
+                key,
+                value: None,
+                context: None,
+            } => {
+                // "Delete what is visible": what a read quorum sees, not only this replica.
+                let seen = self.read(key.clone(), opts).await?;
+                let context = match seen {
+                    Some(Object::Register(reg)) => Some(Context::from_clock(reg.context())),
+                    Some(other) => {
+                        return Err(super::wrong_kind(&other, crate::object::Kind::Register));
+                    }
+                    None => Some(Context::empty()),
+                };
+                WriteRequest::Put {
+                    key,
+                    value: None,
+                    context,
+                }
+            }
+            other => other,
+        };
+        let key = request.key().to_vec();
+        let (object, reply) = self.apply_local(request).await?;
+        let bytes = object.encode()?;
+        self.replicate_to_quorum(&view, key, bytes, primaries, fallbacks, (w, pw), deadline)
+            .await?;
+        Ok(reply)
+    }
+
+    async fn apply_local(&self, request: WriteRequest) -> Result<(Object, WriteReply), ApiError> {
+        match request {
+            WriteRequest::Put {
+                key,
+                value,
+                context,
+            } => {
+                let clock = context
+                    .as_ref()
+                    .map(Context::clock)
+                    .transpose()?
+                    .unwrap_or_default();
+                let reg = self
+                    .run(Io::Write, move |r| r.write_register(&key, value, &clock))
+                    .await?;
+                let ctx = Context::from_clock(reg.context());
+                Ok((Object::Register(reg), WriteReply::Put(ctx)))
+            }
+            WriteRequest::CounterAdd { key, delta } => {
+                let c = self
+                    .run(Io::Write, move |r| r.counter_add(&key, delta))
+                    .await?;
+                let v = c.value()?;
+                Ok((Object::Counter(c), WriteReply::Counter(v)))
+            }
+            WriteRequest::SetUpdate { key, member, add } => {
+                let (s, present) = self
+                    .run(Io::Write, move |r| r.set_update(&key, &member, add))
+                    .await?;
+                Ok((Object::Set(s), WriteReply::Set(present)))
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        view: &ClusterView,
+        primaries: &[String],
+        request: WriteRequest,
+        opts: RequestOptions,
+        deadline: Instant,
+    ) -> Result<WriteReply, ApiError> {
+        self.inner.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        let mut maybe_applied = false;
+        // Alive primaries first, then the others in preference order.
+        let mut order: Vec<&String> = primaries.iter().collect();
+        order.sort_by_key(|p| match view.liveness_of(p) {
+            Liveness::Alive => 0,
+            Liveness::Suspect | Liveness::Unknown => 1,
+            Liveness::Down => 2,
+        });
+        for p in order.iter().copied() {
+            let Some(addr) = view.address(p) else {
+                errors.push((p.clone(), "no address known".to_string()));
+                continue;
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                errors.push((p.clone(), "no time left".to_string()));
+                continue;
+            }
+            let req = request.clone();
+            let r = self
+                .inner
+                .peers
+                .call(addr, remaining, |c, ctx| async move {
+                    c.coordinate(ctx, req, opts).await
+                })
+                .await;
+            match r {
+                Ok(reply) => return Ok(reply),
+                Err(PeerError::Api(api)) => return Err(api),
+                Err(e @ PeerError::Connect { .. }) => errors.push((p.clone(), e.to_string())),
+                Err(e @ PeerError::Lost { .. }) => {
+                    // It may be coordinating the write right now: retrying elsewhere
+                    // could apply a counter increment twice.
+                    maybe_applied = true;
+                    errors.push((p.clone(), e.to_string()));
+                    break;
+                }
+            }
+        }
+        let w = opts.w.unwrap_or(self.inner.settings.w);
+        Err(self.quorum_failed(QuorumNotReached {
+            required: u64::from(w),
+            succeeded: 0,
+            primaries_required: u64::from(opts.pw.unwrap_or(0)),
+            primaries_succeeded: 0,
+            attempted: errors.len() as u64,
+            errors,
+            indeterminate: maybe_applied,
+        }))
+    }
+
+    fn spawn_send(
+        &self,
+        node: String,
+        addr: Option<SocketAddr>,
+        hint_for: Option<String>,
+        key: Vec<u8>,
+        bytes: Vec<u8>,
+        timeout: Duration,
+        tx: mpsc::Sender<Report>,
+    ) {
+        let peers = self.inner.peers.clone();
+        // Spawned, not awaited: the send completes even after the quorum answered.
+        tokio::spawn(async move {
+            let result = match addr {
+                None => Err("no address known".to_string()),
+                Some(addr) => {
+                    let r = match hint_for {
+                        None => {
+                            peers
+                                .call(addr, timeout, |c, ctx| async move {
+                                    c.replicate(ctx, key, bytes).await
+                                })
+                                .await
+                        }
+                        Some(owner) => {
+                            peers
+                                .call(addr, timeout, |c, ctx| async move {
+                                    c.hint(ctx, owner, key, bytes).await
+                                })
+                                .await
+                        }
+                    };
+                    r.map_err(|e| e.to_string())
+                }
+            };
+            let _ = tx.send((node, result)).await;
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn replicate_to_quorum(
+        &self,
+        view: &ClusterView,
+        key: Vec<u8>,
+        bytes: Vec<u8>,
+        primaries: Vec<String>,
+        fallbacks: Vec<String>,
+        (w, pw): (usize, usize),
+        deadline: Instant,
+    ) -> Result<(), ApiError> {
+        let me = view.self_id.clone();
+        let fallbacks: Vec<Target> = if self.inner.settings.hinted_handoff {
+            fallbacks
+                .into_iter()
+                .filter(|f| *f != me && view.liveness_of(f) == Liveness::Alive)
+                .map(|node| Target {
+                    node,
+                    primary: false,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut targets: Vec<Target> = primaries
+            .iter()
+            .map(|p| Target {
+                node: p.clone(),
+                primary: true,
+            })
+            .collect();
+        if !primaries.contains(&me) {
+            // A forwarded write whose coordinator is no longer a primary in its view:
+            // its local state still counts, as a non-primary.
+            targets.push(Target {
+                node: me.clone(),
+                primary: false,
+            });
+        }
+        let (mut quorum, now) = Quorum::<()>::new(
+            Requirement {
+                total: w,
+                primaries: pw,
+            },
+            targets,
+            fallbacks,
+            true,
+        );
+        let (tx, mut rx) = mpsc::channel::<Report>(64);
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let mut down: Vec<String> = Vec::new();
+        for t in &now {
+            if t.node == me {
+                continue;
+            }
+            if !view.reachable(&t.node) {
+                down.push(t.node.clone());
+                continue;
+            }
+            self.spawn_send(
+                t.node.clone(),
+                view.address(&t.node),
+                None,
+                key.clone(),
+                bytes.clone(),
+                timeout,
+                tx.clone(),
+            );
+        }
+        // Owners still without a copy, and which owner each fallback holds a hint for.
+        let mut unserved: VecDeque<String> = VecDeque::new();
+        let mut hinted: BTreeMap<String, String> = BTreeMap::new();
+        let mut steps: VecDeque<Step<()>> = VecDeque::new();
+        steps.push_back(quorum.ok(&me, ()));
+        for d in down {
+            unserved.push_back(d.clone());
+            steps.push_back(quorum.failed(&d, "down (per gossip)"));
+        }
+        loop {
+            while let Some(step) = steps.pop_front() {
+                match step {
+                    Step::Wait => {}
+                    Step::Reached(_) => return Ok(()),
+                    Step::Failed(e) => return Err(self.quorum_failed(e)),
+                    Step::SendTo(t) => match unserved.pop_front() {
+                        Some(owner) => {
+                            hinted.insert(t.node.clone(), owner.clone());
+                            let timeout = deadline.saturating_duration_since(Instant::now());
+                            self.spawn_send(
+                                t.node.clone(),
+                                view.address(&t.node),
+                                Some(owner),
+                                key.clone(),
+                                bytes.clone(),
+                                timeout,
+                                tx.clone(),
+                            );
+                        }
+                        None => {
+                            steps.push_back(quorum.failed(&t.node, "no owner to hold a hint for"))
+                        }
+                    },
+                }
+            }
+            tokio::select! {
+                report = rx.recv() => match report {
+                    Some((node, Ok(()))) => steps.push_back(quorum.ok(&node, ())),
+                    Some((node, Err(e))) => {
+                        let owner = hinted.remove(&node).unwrap_or_else(|| node.clone());
+                        unserved.push_back(owner);
+                        steps.push_back(quorum.failed(&node, e));
+                    }
+                    None => steps.push_back(quorum.deadline()),
+                },
+                () = tokio::time::sleep_until(deadline) => steps.push_back(quorum.deadline()),
+            }
+        }
+    }
+}
