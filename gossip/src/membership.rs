@@ -347,12 +347,10 @@ impl Gossip {
                     generation = id.generation,
                     "declared down by peers; rejoined with a new generation"
                 ),
-                OwnedNotification::Defunct => {
-                    if !self.left {
-                        tracing::warn!("declared down; announcing again");
-                        let _ = self.foca.reuse_down_identity();
-                        self.start_announcing();
-                    }
+                OwnedNotification::Defunct if !self.left => {
+                    tracing::warn!("declared down; announcing again");
+                    let _ = self.foca.reuse_down_identity();
+                    self.start_announcing();
                 }
                 // Other notifications (behind unstable features) carry nothing we use.
                 #[allow(unreachable_patterns)]

@@ -265,6 +265,7 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
                     "n": ring.n,
                     "partitions": partitions,
                     "counts": counts,
+                    "members": ring.members,
                 }))?;
             } else {
                 out(format!("epoch:     {}", ring.epoch).as_bytes())?;

@@ -241,10 +241,11 @@ impl Client {
             match f(conn.rpc.clone(), self.ctx()).await {
                 Ok(r) => return Ok(r?),
                 Err(e) => {
-                    let sent = !matches!(e, RpcError::Shutdown);
+                    // Even `Shutdown` may come after the request left (the connection
+                    // broke mid-flight): a write is never retried once handed to tarpc.
                     self.routing.drop_conn(addr);
                     let err = rpc_error(addr, e);
-                    if retry == Retry::IfNotSent && sent {
+                    if retry == Retry::IfNotSent {
                         return Err(err);
                     }
                     last = Some(err);

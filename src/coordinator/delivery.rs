@@ -56,7 +56,7 @@ pub async fn deliver_hints(coordinator: Coordinator, shutdown: impl Future<Outpu
             }
         }
         // Now and then, sweep for hints whose owner left the cluster.
-        if rounds % 20 == 0 && budget > 0 {
+        if rounds.is_multiple_of(20) && budget > 0 {
             let Ok(batch) = coordinator.inner.hints.batch(budget) else {
                 continue;
             };

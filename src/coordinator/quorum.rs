@@ -196,6 +196,15 @@ impl<T: Clone> Quorum<T> {
         self.decide()
     }
 
+    /// Registers one more target the shell sent to on its own (a fallback standing
+    /// in for a failed primary, chosen outside the machine).
+    pub fn add(&mut self, target: Target) -> Step<T> {
+        if !self.sent.iter().any(|(t, _)| t.node == target.node) {
+            self.sent.push((target, State::Pending));
+        }
+        self.decide()
+    }
+
     /// A target replied successfully.
     pub fn ok(&mut self, node: &str, reply: T) -> Step<T> {
         self.set(node, State::Ok(reply))

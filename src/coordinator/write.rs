@@ -177,6 +177,7 @@ impl Coordinator {
         }))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn spawn_send(
         &self,
         node: String,
@@ -216,6 +217,11 @@ impl Coordinator {
         });
     }
 
+    /// Sends the written state to the other primaries and, for every primary that
+    /// is down or fails, to the next live fallback as a hint (sloppy quorum: the
+    /// state keeps N copies even when W was met without it). Answers as soon as the
+    /// quorum decides; the sends go on in the background until all are resolved or
+    /// the deadline passes.
     #[allow(clippy::too_many_arguments)]
     async fn replicate_to_quorum(
         &self,
@@ -228,17 +234,13 @@ impl Coordinator {
         deadline: Instant,
     ) -> Result<(), ApiError> {
         let me = view.self_id.clone();
-        let fallbacks: Vec<Target> = if self.inner.settings.hinted_handoff {
+        let mut spare: VecDeque<String> = if self.inner.settings.hinted_handoff {
             fallbacks
                 .into_iter()
                 .filter(|f| *f != me && view.liveness_of(f) == Liveness::Alive)
-                .map(|node| Target {
-                    node,
-                    primary: false,
-                })
                 .collect()
         } else {
-            Vec::new()
+            VecDeque::new()
         };
         let mut targets: Vec<Target> = primaries
             .iter()
@@ -261,11 +263,12 @@ impl Coordinator {
                 primaries: pw,
             },
             targets,
-            fallbacks,
+            Vec::new(),
             true,
         );
         let (tx, mut rx) = mpsc::channel::<Report>(64);
         let timeout = deadline.saturating_duration_since(Instant::now());
+        let mut outstanding = 0usize;
         let mut down: Vec<String> = Vec::new();
         for t in &now {
             if t.node == me {
@@ -275,6 +278,7 @@ impl Coordinator {
                 down.push(t.node.clone());
                 continue;
             }
+            outstanding += 1;
             self.spawn_send(
                 t.node.clone(),
                 view.address(&t.node),
@@ -285,53 +289,98 @@ impl Coordinator {
                 tx.clone(),
             );
         }
-        // Owners still without a copy, and which owner each fallback holds a hint for.
-        let mut unserved: VecDeque<String> = VecDeque::new();
+        // Which owner each fallback holds a hint for.
         let mut hinted: BTreeMap<String, String> = BTreeMap::new();
-        let mut steps: VecDeque<Step<()>> = VecDeque::new();
-        steps.push_back(quorum.ok(&me, ()));
-        for d in down {
-            unserved.push_back(d.clone());
-            steps.push_back(quorum.failed(&d, "down (per gossip)"));
-        }
-        loop {
-            while let Some(step) = steps.pop_front() {
+        let mut decided: Option<Result<(), QuorumNotReached>> = None;
+        let note = |step: Step<()>, decided: &mut Option<Result<(), QuorumNotReached>>| {
+            if decided.is_none() {
                 match step {
-                    Step::Wait => {}
-                    Step::Reached(_) => return Ok(()),
-                    Step::Failed(e) => return Err(self.quorum_failed(e)),
-                    Step::SendTo(t) => match unserved.pop_front() {
-                        Some(owner) => {
-                            hinted.insert(t.node.clone(), owner.clone());
-                            let timeout = deadline.saturating_duration_since(Instant::now());
-                            self.spawn_send(
-                                t.node.clone(),
-                                view.address(&t.node),
-                                Some(owner),
-                                key.clone(),
-                                bytes.clone(),
-                                timeout,
-                                tx.clone(),
-                            );
-                        }
-                        None => {
-                            steps.push_back(quorum.failed(&t.node, "no owner to hold a hint for"))
-                        }
-                    },
+                    Step::Reached(_) => *decided = Some(Ok(())),
+                    Step::Failed(e) => *decided = Some(Err(e)),
+                    Step::Wait | Step::SendTo(_) => {}
                 }
             }
-            tokio::select! {
-                report = rx.recv() => match report {
-                    Some((node, Ok(()))) => steps.push_back(quorum.ok(&node, ())),
-                    Some((node, Err(e))) => {
-                        let owner = hinted.remove(&node).unwrap_or_else(|| node.clone());
-                        unserved.push_back(owner);
-                        steps.push_back(quorum.failed(&node, e));
-                    }
-                    None => steps.push_back(quorum.deadline()),
-                },
-                () = tokio::time::sleep_until(deadline) => steps.push_back(quorum.deadline()),
+        };
+        let this = self.clone();
+        let spare_addrs: BTreeMap<String, Option<SocketAddr>> =
+            spare.iter().map(|f| (f.clone(), view.address(f))).collect();
+        // Stand a fallback in for `owner`, registering it before the failure so the
+        // machine counts it as possible.
+        let mut stand_in = move |owner: String,
+                                 quorum: &mut Quorum<()>,
+                                 hinted: &mut BTreeMap<String, String>,
+                                 outstanding: &mut usize| {
+            let Some(f) = spare.pop_front() else {
+                return;
+            };
+            hinted.insert(f.clone(), owner.clone());
+            let _ = quorum.add(Target {
+                node: f.clone(),
+                primary: false,
+            });
+            *outstanding += 1;
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            this.spawn_send(
+                f.clone(),
+                spare_addrs.get(&f).copied().flatten(),
+                Some(owner),
+                key.clone(),
+                bytes.clone(),
+                timeout,
+                tx.clone(),
+            );
+        };
+        note(quorum.ok(&me, ()), &mut decided);
+        for d in down {
+            stand_in(d.clone(), &mut quorum, &mut hinted, &mut outstanding);
+            note(quorum.failed(&d, "down (per gossip)"), &mut decided);
+        }
+        let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+        let mut answer_tx = Some(answer_tx);
+        if let Some(d) = decided.take()
+            && let Some(t) = answer_tx.take()
+        {
+            let _ = t.send(d);
+        }
+        // The rest runs detached so hints are placed even after the answer.
+        let driver = async move {
+            while outstanding > 0 {
+                let step = tokio::select! {
+                    report = rx.recv() => match report {
+                        Some((node, Ok(()))) => {
+                            outstanding -= 1;
+                            quorum.ok(&node, ())
+                        }
+                        Some((node, Err(e))) => {
+                            outstanding -= 1;
+                            let owner = hinted.remove(&node).unwrap_or_else(|| node.clone());
+                            stand_in(owner, &mut quorum, &mut hinted, &mut outstanding);
+                            quorum.failed(&node, e)
+                        }
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(deadline) => break,
+                };
+                note(step, &mut decided);
+                if let Some(d) = decided.take()
+                    && let Some(t) = answer_tx.take()
+                {
+                    let _ = t.send(d);
+                }
             }
+            if let Some(t) = answer_tx.take() {
+                let _ = t.send(match quorum.deadline() {
+                    Step::Reached(_) => Ok(()),
+                    Step::Failed(e) => Err(e),
+                    Step::Wait | Step::SendTo(_) => Ok(()),
+                });
+            }
+        };
+        tokio::spawn(driver);
+        match answer_rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.quorum_failed(e)),
+            Err(_) => Err(unavailable("write coordination stopped")),
         }
     }
 }

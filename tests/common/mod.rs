@@ -184,3 +184,147 @@ pub fn stderr(o: &Output) -> String {
 pub fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
+
+/// JSON from a successful `--json` command.
+pub fn json(o: &Output) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "command failed ({}): {}",
+        code(o),
+        stderr(o)
+    );
+    serde_json::from_slice(&o.stdout).expect("json output")
+}
+
+/// A cluster of real nodes sharing a secret, all seeded with the first.
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+    pub root: tempfile::TempDir,
+    pub secret_file: PathBuf,
+    pub extra: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `k` nodes (`n1`..`nk`) with `extra` flags each.
+    pub fn start(k: usize, extra: &[&str]) -> Cluster {
+        let root = tempfile::tempdir().expect("tempdir");
+        let secret_file = root.path().join("secret");
+        std::fs::write(&secret_file, "test cluster secret, 32 bytes!!\n").expect("secret");
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            root,
+            secret_file,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for _ in 0..k {
+            c.add();
+        }
+        c
+    }
+
+    /// Starts one more node, seeded with the first, and waits until it answers.
+    pub fn add(&mut self) -> usize {
+        let i = self.nodes.len() + 1;
+        let dir = self.root.path().join(format!("n{i}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let id = format!("n{i}");
+        let secret = self.secret_file.to_string_lossy().into_owned();
+        let mut args: Vec<String> = vec![
+            "--node-id".into(),
+            id,
+            "--cluster-secret-file".into(),
+            secret,
+            "--probe-ms".into(),
+            "200".into(),
+        ];
+        if let Some(first) = self.nodes.first() {
+            args.push("--seed".into());
+            args.push(first.addr.clone());
+        }
+        args.extend(self.extra.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.nodes.push(Server::start(&dir, &refs));
+        self.nodes.len() - 1
+    }
+
+    /// `status --json` of node `i`.
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        json(&self.nodes[i].cli(&["status", "--json"]))
+    }
+
+    /// Waits (bounded) until every running node in `up` sees `members` active
+    /// members, all alive, and one ring epoch; returns the epoch.
+    pub fn wait_converged(&self, up: &[usize], members: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut epochs = Vec::new();
+            let mut ok = true;
+            for &i in up {
+                let s = self.status(i);
+                let m = s["members"].as_array().cloned().unwrap_or_default();
+                let active = m
+                    .iter()
+                    .filter(|m| m["status"] == "active" && m["liveness"] == "alive")
+                    .count();
+                ok &= active == members;
+                epochs.push(s["ring_epoch"].as_str().unwrap_or("").to_string());
+            }
+            epochs.dedup();
+            if ok && epochs.len() == 1 && !epochs[0].is_empty() {
+                return epochs.remove(0);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not converge: epochs {epochs:?}; log of n1: {}",
+                self.nodes[0].log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits (bounded) until no node in `up` has hints pending.
+    pub fn wait_hints_drained(&self, up: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pending: Vec<u64> = up
+                .iter()
+                .map(|&i| self.status(i)["hints_pending"].as_u64().unwrap_or(u64::MAX))
+                .collect();
+            if pending.iter().all(|&p| p == 0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hints did not drain: {pending:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Ids of the primaries of `key`, computed from the ring node 0 reports.
+    pub fn primaries(&self, key: &[u8]) -> Vec<String> {
+        let ring = json(&self.nodes[0].cli(&["ring", "--json"]));
+        let members: Vec<ringkv::ring::Member> = ring["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter(|m| m["status"] == "active")
+            .map(|m| ringkv::ring::Member {
+                id: m["node_id"].as_str().expect("id").to_string(),
+                zone: m["zone"].as_str().unwrap_or("").to_string(),
+            })
+            .collect();
+        let size = ring["ring_size"].as_u64().expect("size") as u32;
+        let n = ring["n"].as_u64().expect("n") as usize;
+        let r = ringkv::ring::Ring::build(&members, size, n).expect("ring");
+        ringkv::cluster::walk_of(&r, ringkv::ring::partition_of(key, size), n).0
+    }
+
+    /// Index of node `id` (`n3` is 2).
+    pub fn index(id: &str) -> usize {
+        id.trim_start_matches('n')
+            .parse::<usize>()
+            .expect("node id")
+            - 1
+    }
+}

@@ -1,0 +1,336 @@
+//! Clusters of real `ringkv serve` processes on 127.0.0.1: membership, quorums,
+//! hinted handoff, siblings across nodes, counters through failures, secrets, joins.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, code, json, stderr};
+use ringkv::rpc::api::{ApiError, RequestOptions};
+use ringkv::{Client, ClientError};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn five_nodes_agree_on_members_and_one_ring() {
+    let c = Cluster::start(5, &[]);
+    let all: Vec<usize> = (0..5).collect();
+    let epoch = c.wait_converged(&all, 5);
+    let rings: Vec<serde_json::Value> = all
+        .iter()
+        .map(|&i| {
+            let mut r = json(&c.nodes[i].cli(&["ring", "--json"]));
+            // Liveness is a local observation; the ring itself must be identical.
+            r.as_object_mut().expect("object").remove("members");
+            r
+        })
+        .collect();
+    for r in &rings {
+        assert_eq!(r, &rings[0]);
+        assert_eq!(r["epoch"], epoch.as_str());
+    }
+    let counts = rings[0]["counts"].as_object().expect("counts");
+    assert_eq!(counts.len(), 5);
+    let total: u64 = counts.values().map(|v| v.as_u64().expect("count")).sum();
+    assert_eq!(total, 256);
+    for v in counts.values() {
+        let v = v.as_u64().expect("count");
+        assert!((51..=52).contains(&v), "balanced to within one: {counts:?}");
+    }
+    assert_eq!(
+        rings[0]["partitions"].as_array().expect("partitions").len(),
+        256
+    );
+}
+
+#[test]
+fn killed_primary_gets_its_writes_by_hinted_handoff() {
+    let mut c = Cluster::start(4, &["--n", "3", "--r", "2", "--w", "2"]);
+    c.wait_converged(&[0, 1, 2, 3], 4);
+    // A key whose primaries leave one node as a fallback; kill a primary that is
+    // not node 0 (node 0 is our entry point).
+    let (key, victim) = (0..1000)
+        .map(|i| format!("key-{i}"))
+        .find_map(|k| {
+            let p = c.primaries(k.as_bytes());
+            p.iter()
+                .find(|id| id.as_str() != "n1")
+                .map(|id| (k.clone(), Cluster::index(id)))
+        })
+        .expect("a key");
+    let entry = 0;
+    assert_eq!(code(&c.nodes[entry].cli(&["put", &key, "v1"])), 0);
+    c.nodes[victim].kill9();
+    let up: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
+    // Writes and reads keep working while the primary is dead.
+    let get = json(&c.nodes[entry].cli(&["get", &key, "--json"]));
+    assert_eq!(get["values"], serde_json::json!(["v1"]));
+    let ctx = get["context"].as_str().expect("context").to_string();
+    let put = c.nodes[entry].cli(&["put", &key, "v2", "--context", &ctx]);
+    assert_eq!(code(&put), 0, "{}", stderr(&put));
+    for i in 0..20 {
+        let k = format!("more-{i}");
+        let out = c.nodes[up[i % up.len()]].cli(&["put", &k, "x"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let get = json(&c.nodes[up[1]].cli(&["get", &key, "--json"]));
+    assert_eq!(get["values"], serde_json::json!(["v2"]));
+    let pending: u64 = up
+        .iter()
+        .map(|&i| c.status(i)["hints_pending"].as_u64().expect("hints"))
+        .sum();
+    assert!(pending > 0, "a fallback holds hints for the dead primary");
+    c.nodes[victim].restart();
+    c.wait_hints_drained(&[0, 1, 2, 3]);
+    let local = json(&c.nodes[victim].cli(&["get", &key, "--local", "--json"]));
+    assert_eq!(local["values"], serde_json::json!(["v2"]));
+}
+
+#[test]
+fn concurrent_blind_writes_through_two_nodes_make_siblings() {
+    let c = Cluster::start(3, &[]);
+    c.wait_converged(&[0, 1, 2], 3);
+    assert_eq!(code(&c.nodes[0].cli(&["put", "k", "from-n1"])), 0);
+    assert_eq!(code(&c.nodes[1].cli(&["put", "k", "from-n2"])), 0);
+    let get = json(&c.nodes[2].cli(&["get", "k", "--json"]));
+    let mut values: Vec<String> = get["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .map(|v| v.as_str().expect("text").to_string())
+        .collect();
+    values.sort();
+    assert_eq!(values, vec!["from-n1", "from-n2"]);
+    let ctx = get["context"].as_str().expect("context");
+    assert_eq!(
+        code(&c.nodes[2].cli(&["put", "k", "merged", "--context", ctx])),
+        0
+    );
+    for i in 0..3 {
+        let get = json(&c.nodes[i].cli(&["get", "k", "--json", "--r", "3"]));
+        assert_eq!(get["values"], serde_json::json!(["merged"]), "node {i}");
+    }
+}
+
+#[test]
+fn counter_through_a_node_failure_equals_the_acknowledged_sum() {
+    let mut c = Cluster::start(4, &[]);
+    c.wait_converged(&[0, 1, 2, 3], 4);
+    let victim = 3;
+    let addrs: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
+    let acked = Arc::new(AtomicU64::new(0));
+    let maybe = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let rt = runtime();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for client_no in 0..5usize {
+            let addr = addrs[client_no % addrs.len()].clone();
+            let (acked, maybe, done) = (acked.clone(), maybe.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut client = Client::connect(&addr).await.expect("connect");
+                client.set_timeout(Duration::from_secs(5));
+                for _ in 0..200 {
+                    match client.counter_add(b"hits", 1).await {
+                        Ok(_) => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(ClientError::Api(ApiError::QuorumNotReached(q)))
+                            if !q.indeterminate => {}
+                        Err(ClientError::Api(ApiError::Unavailable { .. })) => {}
+                        Err(ClientError::Connect { .. }) => {}
+                        Err(_) => {
+                            maybe.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        // Kill one node midway.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while done.load(Ordering::Relaxed) < 500 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::task::block_in_place(|| c.nodes[victim].kill9());
+        for t in tasks {
+            t.await.expect("client task");
+        }
+    });
+    let (acked, maybe) = (acked.load(Ordering::Relaxed), maybe.load(Ordering::Relaxed));
+    assert!(acked >= 500, "most increments succeed: {acked}");
+    c.nodes[victim].restart();
+    c.wait_converged(&[0, 1, 2, 3], 4);
+    c.wait_hints_drained(&[0, 1, 2, 3]);
+    let out = c.nodes[0].cli(&["counter", "get", "hits", "--r", "3", "--json"]);
+    let value = json(&out)["value"].as_u64().expect("value");
+    assert!(
+        value >= acked && value <= acked + maybe,
+        "final {value}, acknowledged {acked}, indeterminate {maybe}"
+    );
+}
+
+#[test]
+fn wrong_secret_never_joins_and_missing_secret_is_refused() {
+    let c = Cluster::start(3, &[]);
+    c.wait_converged(&[0, 1, 2], 3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad-secret");
+    std::fs::write(&bad, "not the cluster's secret at all").expect("write");
+    let intruder = common::Server::start(
+        dir.path(),
+        &[
+            "--node-id",
+            "intruder",
+            "--cluster-secret-file",
+            bad.to_str().expect("path"),
+            "--seed",
+            &c.nodes[0].addr,
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let mut rejected = 0;
+    for i in 0..3 {
+        let s = c.status(i);
+        let ids: Vec<&str> = s["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| m["node_id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(ids, vec!["n1", "n2", "n3"]);
+        rejected += s["gossip_rejected_auth"].as_u64().expect("counter");
+    }
+    assert!(rejected > 0, "the intruder's datagrams are counted");
+    let s = json(&intruder.cli(&["status", "--json"]));
+    assert_eq!(s["members"].as_array().expect("members").len(), 1);
+    // No secret at all: refused at start, with one line.
+    let out = common::run_cli(
+        &[
+            "serve",
+            "--data-dir",
+            dir.path().join("x").to_str().expect("path"),
+            "--listen",
+            "127.0.0.1:1",
+            "--seed",
+            &c.nodes[0].addr,
+        ],
+        None,
+    );
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("without a secret"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).trim().lines().count(), 1);
+}
+
+#[test]
+fn sixth_node_joins_under_write_load_without_losing_reads() {
+    let mut c = Cluster::start(5, &[]);
+    let all: Vec<usize> = (0..5).collect();
+    let before = c.wait_converged(&all, 5);
+    let addrs: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let misses = Arc::new(Mutex::new(Vec::<String>::new()));
+    let rt = runtime();
+    let (writer, reader) = {
+        let _guard = rt.enter();
+        let (stop_w, acked_w, addrs_w) = (stop.clone(), acked.clone(), addrs.clone());
+        let writer = rt.spawn(async move {
+            let mut clients = Vec::new();
+            for a in &addrs_w {
+                clients.push(Client::connect(a).await.expect("connect"));
+            }
+            let mut i = 0u64;
+            while !stop_w.load(Ordering::Relaxed) && i < 20_000 {
+                let key = format!("load-{i}");
+                let value = format!("v{i}");
+                let client = &clients[(i as usize) % clients.len()];
+                if client
+                    .put(key.as_bytes(), value.as_bytes(), None)
+                    .await
+                    .is_ok()
+                {
+                    acked_w.lock().expect("lock").insert(key, value);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let (stop_r, acked_r, misses_r) = (stop.clone(), acked.clone(), misses.clone());
+        let reader = rt.spawn(async move {
+            let client = Client::connect(&addrs[0]).await.expect("connect");
+            let mut round = 0;
+            while !stop_r.load(Ordering::Relaxed) && round < 10_000 {
+                round += 1;
+                let sample: Vec<(String, String)> = {
+                    let a = acked_r.lock().expect("lock");
+                    a.iter()
+                        .rev()
+                        .take(50)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                };
+                for (k, v) in sample {
+                    match client.get(k.as_bytes()).await {
+                        Ok(r) if r.siblings.contains(&v.into_bytes()) => {}
+                        Ok(r) => misses_r
+                            .lock()
+                            .expect("lock")
+                            .push(format!("{k}: {:?}", r.siblings)),
+                        // A timeout is not a lost key; not-found is.
+                        Err(_) => {}
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        (writer, reader)
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    c.add();
+    let all: Vec<usize> = (0..6).collect();
+    let after = c.wait_converged(&all, 6);
+    assert_ne!(before, after, "the epoch changes everywhere");
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        writer.await.expect("writer");
+        reader.await.expect("reader");
+    });
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() > 100, "writes kept succeeding: {}", acked.len());
+    // Every acknowledged write is readable from every node at R=2.
+    let misses_after: Vec<String> = rt.block_on(async {
+        let mut out = Vec::new();
+        for a in c.nodes.iter().map(|n| n.addr.clone()) {
+            let mut client = Client::connect(&a).await.expect("connect");
+            client.set_options(RequestOptions {
+                r: Some(2),
+                ..RequestOptions::default()
+            });
+            for (k, v) in acked.iter().step_by(7) {
+                match client.get(k.as_bytes()).await {
+                    Ok(r) if r.siblings.contains(&v.clone().into_bytes()) => {}
+                    other => out.push(format!("{a} {k}: {other:?}")),
+                }
+            }
+        }
+        out
+    });
+    assert!(misses_after.is_empty(), "{misses_after:?}");
+    let misses = misses.lock().expect("lock");
+    assert!(misses.is_empty(), "reads during the join: {misses:?}");
+}
