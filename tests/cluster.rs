@@ -334,3 +334,141 @@ fn sixth_node_joins_under_write_load_without_losing_reads() {
     let misses = misses.lock().expect("lock");
     assert!(misses.is_empty(), "reads during the join: {misses:?}");
 }
+
+#[test]
+fn read_repair_fixes_a_replica_that_missed_a_write() {
+    let mut c = Cluster::start(3, &["--hinted-handoff", "off"]);
+    c.wait_converged(&[0, 1, 2], 3);
+    c.nodes[2].kill9();
+    let put = c.nodes[0].cli(&["put", "rr", "value"]);
+    assert_eq!(code(&put), 0, "{}", stderr(&put));
+    c.nodes[2].restart();
+    c.wait_converged(&[0, 1, 2], 3);
+    let local = c.nodes[2].cli(&["get", "rr", "--local"]);
+    assert_eq!(code(&local), 1, "the restarted replica missed the write");
+    // A read that hears from all three repairs the one that differed.
+    let get = json(&c.nodes[0].cli(&["get", "rr", "--r", "3", "--json"]));
+    assert_eq!(get["values"], serde_json::json!(["value"]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let local = c.nodes[2].cli(&["get", "rr", "--local", "--json"]);
+        if code(&local) == 0 {
+            assert_eq!(json(&local)["values"], serde_json::json!(["value"]));
+            break;
+        }
+        assert!(Instant::now() < deadline, "read repair never reached n3");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let repairs: u64 = (0..3)
+        .map(|i| c.status(i)["read_repairs"].as_u64().expect("counter"))
+        .sum();
+    assert!(repairs >= 1);
+}
+
+#[test]
+fn leave_and_remove_change_the_ring_and_keep_data_readable() {
+    let mut c = Cluster::start(5, &[]);
+    let all: Vec<usize> = (0..5).collect();
+    let first = c.wait_converged(&all, 5);
+    for i in 0..50 {
+        let out = c.nodes[i % 5].cli(&["put", &format!("lr-{i}"), &format!("v{i}")]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    // n5 leaves: it stops owning partitions but stays up and readable.
+    let out = c.nodes[4].cli(&["leave", "--json"]);
+    assert_eq!(json(&out)["node_id"], "n5");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let rings: Vec<serde_json::Value> = (0..5)
+            .map(|i| json(&c.nodes[i].cli(&["ring", "--json"])))
+            .collect();
+        let left_everywhere = rings
+            .iter()
+            .all(|r| r["counts"].get("n5").is_none() && r["epoch"] == rings[0]["epoch"]);
+        if left_everywhere {
+            break rings[0]["epoch"].as_str().expect("epoch").to_string();
+        }
+        assert!(Instant::now() < deadline, "leave did not spread");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_ne!(first, second);
+    let s = c.status(0);
+    let n5 = s["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["node_id"] == "n5")
+        .cloned()
+        .expect("n5 listed");
+    assert_eq!(n5["status"], "leaving");
+    // n4 dies and an operator removes it.
+    c.nodes[3].kill9();
+    let refused = c.nodes[0].cli(&["remove", "nobody"]);
+    assert_eq!(code(&refused), 2, "unknown nodes are refused");
+    let refused = c.nodes[0].cli(&["remove", "n1"]);
+    assert_eq!(code(&refused), 2, "a node cannot remove itself");
+    assert_eq!(code(&c.nodes[0].cli(&["remove", "n4"])), 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = json(&c.nodes[1].cli(&["ring", "--json"]));
+        let counts = r["counts"].as_object().expect("counts").clone();
+        if counts.len() == 3 && counts.get("n4").is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "removal did not spread: {counts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every key is still readable at R=2 from the three remaining owners.
+    for i in 0..50 {
+        let out = c.nodes[i % 3].cli(&["get", &format!("lr-{i}"), "--json"]);
+        assert_eq!(
+            json(&out)["values"],
+            serde_json::json!([format!("v{i}")]),
+            "lr-{i}"
+        );
+    }
+}
+
+#[test]
+fn garbage_datagrams_and_failed_peer_handshakes_are_counted() {
+    use std::io::{Read, Write};
+    let c = Cluster::start(1, &[]);
+    let addr: std::net::SocketAddr = c.nodes[0].addr.parse().expect("addr");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    udp.send_to(b"hello", addr).expect("send");
+    udp.send_to(&[0u8; 1500], addr).expect("send");
+    udp.send_to(&[1u8; 64], addr).expect("send");
+    // A peer handshake with a proof made without the secret.
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut hello = b"RKVP\x01".to_vec();
+    hello.extend_from_slice(&[7u8; 32]);
+    tcp.write_all(&hello).expect("write");
+    let mut reply = [0u8; 64];
+    tcp.read_exact(&mut reply).expect("acceptor answers");
+    tcp.write_all(&[9u8; 32]).expect("write");
+    let mut verdict = [0u8; 1];
+    let _ = tcp.read(&mut verdict);
+    assert_ne!(verdict[0], 1, "a wrong proof is never accepted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.status(0);
+        let auth = s["gossip_rejected_auth"].as_u64().expect("counter");
+        let big = s["gossip_rejected_oversized"].as_u64().expect("counter");
+        let peers = s["peer_handshakes_refused"].as_u64().expect("counter");
+        if auth >= 2 && big >= 1 && peers >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters: auth {auth}, oversized {big}, handshakes {peers}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Still serving.
+    assert_eq!(code(&c.nodes[0].cli(&["put", "still", "here"])), 0);
+}
