@@ -32,6 +32,9 @@ pub struct BenchConfig {
     pub value_size: usize,
     /// Seed of the key chooser.
     pub seed: u64,
+    /// Send each request straight to a primary of its key (otherwise everything goes
+    /// to `connect`, which forwards writes it does not own).
+    pub routing: bool,
 }
 
 /// Figures of one phase.
@@ -152,6 +155,9 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, ClientError> {
     for _ in 0..config.connections.max(1) {
         let mut c = Client::connect(&config.connect).await?;
         c.set_timeout(Duration::from_secs(30));
+        if !config.routing {
+            c.disable_routing();
+        }
         clients.push(c);
     }
     let put = phase("put", &clients, &config, config.records, true).await?;

@@ -303,4 +303,7 @@ pub struct BenchArgs {
     /// Write the full report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Send everything to --connect instead of straight to each key's primary.
+    #[arg(long = "no-routing")]
+    pub no_routing: bool,
 }

@@ -392,6 +392,7 @@ async fn bench(args: BenchArgs) -> Result<i32, Failure> {
         connections: args.connections,
         value_size: args.value_size,
         seed: args.seed,
+        routing: !args.no_routing,
     };
     let report = ringkv::bench::run(config).await?;
     print!("{report}");
