@@ -68,6 +68,11 @@ fn killed_primary_gets_its_writes_by_hinted_handoff() {
         })
         .expect("a key");
     let entry = 0;
+    let victim_id = format!("n{}", victim + 1);
+    let key2 = (0..1000)
+        .map(|i| format!("other-{i}"))
+        .find(|k| c.primaries(k.as_bytes()).contains(&victim_id))
+        .expect("a second key on the victim");
     assert_eq!(code(&c.nodes[entry].cli(&["put", &key, "v1"])), 0);
     c.nodes[victim].kill9();
     let up: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
@@ -84,6 +89,15 @@ fn killed_primary_gets_its_writes_by_hinted_handoff() {
     }
     let get = json(&c.nodes[up[1]].cli(&["get", &key, "--json"]));
     assert_eq!(get["values"], serde_json::json!(["v2"]));
+    // Strict quorums cannot count the fallback: all three primaries are required.
+    // (Another key: the refused write is indeterminate, it may be applied.)
+    let strict = c.nodes[entry].cli(&["put", &key2, "v3", "--pw", "3", "--w", "3"]);
+    assert_eq!(code(&strict), 3, "{}", stderr(&strict));
+    assert!(stderr(&strict).contains("quorum not reached"), "{}", stderr(&strict));
+    let strict = c.nodes[entry].cli(&["get", &key2, "--pr", "3", "--r", "3"]);
+    assert_eq!(code(&strict), 3, "{}", stderr(&strict));
+    let nonsense = c.nodes[entry].cli(&["get", &key, "--r", "4"]);
+    assert_eq!(code(&nonsense), 2, "{}", stderr(&nonsense));
     let pending: u64 = up
         .iter()
         .map(|&i| c.status(i)["hints_pending"].as_u64().expect("hints"))
