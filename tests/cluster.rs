@@ -93,7 +93,11 @@ fn killed_primary_gets_its_writes_by_hinted_handoff() {
     // (Another key: the refused write is indeterminate, it may be applied.)
     let strict = c.nodes[entry].cli(&["put", &key2, "v3", "--pw", "3", "--w", "3"]);
     assert_eq!(code(&strict), 3, "{}", stderr(&strict));
-    assert!(stderr(&strict).contains("quorum not reached"), "{}", stderr(&strict));
+    assert!(
+        stderr(&strict).contains("quorum not reached"),
+        "{}",
+        stderr(&strict)
+    );
     let strict = c.nodes[entry].cli(&["get", &key2, "--pr", "3", "--r", "3"]);
     assert_eq!(code(&strict), 3, "{}", stderr(&strict));
     let nonsense = c.nodes[entry].cli(&["get", &key, "--r", "4"]);
@@ -388,8 +392,21 @@ fn leave_and_remove_change_the_ring_and_keep_data_readable() {
         let out = c.nodes[i % 5].cli(&["put", &format!("lr-{i}"), &format!("v{i}")]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
     }
+    // Membership commands need the cluster secret.
+    let secret = c.secret_file.to_string_lossy().into_owned();
+    let out = c.nodes[4].cli(&["leave"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let wrong = c.root.path().join("wrong");
+    std::fs::write(&wrong, "some other secret of 32 bytes...").expect("write");
+    let out = c.nodes[4].cli(&[
+        "leave",
+        "--cluster-secret-file",
+        wrong.to_str().expect("path"),
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("secret"), "{}", stderr(&out));
     // n5 leaves: it stops owning partitions but stays up and readable.
-    let out = c.nodes[4].cli(&["leave", "--json"]);
+    let out = c.nodes[4].cli(&["leave", "--json", "--cluster-secret-file", &secret]);
     assert_eq!(json(&out)["node_id"], "n5");
     let deadline = Instant::now() + Duration::from_secs(30);
     let second = loop {
@@ -417,11 +434,11 @@ fn leave_and_remove_change_the_ring_and_keep_data_readable() {
     assert_eq!(n5["status"], "leaving");
     // n4 dies and an operator removes it.
     c.nodes[3].kill9();
-    let refused = c.nodes[0].cli(&["remove", "nobody"]);
-    assert_eq!(code(&refused), 2, "unknown nodes are refused");
-    let refused = c.nodes[0].cli(&["remove", "n1"]);
-    assert_eq!(code(&refused), 2, "a node cannot remove itself");
-    assert_eq!(code(&c.nodes[0].cli(&["remove", "n4"])), 0);
+    let remove = |id: &str| c.nodes[0].cli(&["remove", id, "--cluster-secret-file", &secret]);
+    assert_eq!(code(&remove("nobody")), 2, "unknown nodes are refused");
+    assert_eq!(code(&remove("n1")), 2, "a node cannot remove itself");
+    let out = remove("n4");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let r = json(&c.nodes[1].cli(&["ring", "--json"]));
@@ -485,4 +502,43 @@ fn garbage_datagrams_and_failed_peer_handshakes_are_counted() {
     }
     // Still serving.
     assert_eq!(code(&c.nodes[0].cli(&["put", "still", "here"])), 0);
+}
+
+#[test]
+fn without_fallbacks_the_coordinator_keeps_the_hint_and_a_lone_restart_remembers_the_ring() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_converged(&[0, 1, 2], 3);
+    c.nodes[2].kill9();
+    let put = c.nodes[0].cli(&["put", "kept", "v"]);
+    assert_eq!(code(&put), 0, "{}", stderr(&put));
+    let pending: u64 = (0..2)
+        .map(|i| c.status(i)["hints_pending"].as_u64().expect("hints"))
+        .sum();
+    assert!(
+        pending >= 1,
+        "with no node to stand in, a replica keeps the hint"
+    );
+    c.nodes[2].restart();
+    c.wait_hints_drained(&[0, 1, 2]);
+    let local = json(&c.nodes[2].cli(&["get", "kept", "--local", "--json"]));
+    assert_eq!(local["values"], serde_json::json!(["v"]));
+    // Everyone stops; n1 comes back alone. It remembers a three-node ring, so it
+    // neither claims every key nor pretends one copy is a quorum.
+    for i in [1, 2, 0] {
+        c.nodes[i].kill9();
+    }
+    c.nodes[0].restart();
+    let ring = json(&c.nodes[0].cli(&["ring", "--json"]));
+    assert_eq!(ring["counts"].as_object().expect("counts").len(), 3);
+    let get = c.nodes[0].cli(&["get", "kept", "--timeout-ms", "3000"]);
+    assert_eq!(code(&get), 3, "{}", stderr(&get));
+    let put = c.nodes[0].cli(&["put", "kept", "w", "--timeout-ms", "3000"]);
+    assert_eq!(code(&put), 3, "{}", stderr(&put));
+    let local = json(&c.nodes[0].cli(&["get", "kept", "--local", "--json"]));
+    assert!(
+        local["values"]
+            .as_array()
+            .expect("values")
+            .contains(&serde_json::json!("v"))
+    );
 }

@@ -23,8 +23,12 @@ use crate::record::{Members, NodeRecord};
 
 /// Bytes of a foca packet: the sealed payload minus our one-byte message tag.
 pub const FOCA_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES - 1;
-/// Records sent in one exchange datagram at most (each is well under 100 bytes).
-const RECORDS_PER_DATAGRAM: usize = 8;
+/// Records accepted in one exchange datagram at most (the datagram size bounds it
+/// anyway; records are packed by encoded size).
+const RECORDS_PER_DATAGRAM: usize = 64;
+/// Distinct addresses answered with a full record set per exchange period: a replayed
+/// or spoofed request cannot make this node flood anyone.
+const REPLIES_PER_PERIOD: usize = 64;
 /// Longest node id, address or zone accepted in a record.
 pub const MAX_RECORD_FIELD_BYTES: usize = 128;
 /// Most records a member set may hold; records beyond it are refused.
@@ -259,18 +263,28 @@ pub struct Gossip {
     own_id: String,
     announcing: bool,
     left: bool,
+    replied: std::collections::BTreeSet<SocketAddr>,
 }
 
 impl Gossip {
-    /// A fresh membership for `identity`, publishing `own` (this node's record).
-    /// Returns the machine and the first effects (announces, timers).
+    /// A fresh membership for `identity`, publishing `own` (this node's record), and
+    /// starting from `known` records (the member set saved before a restart, so the
+    /// node never mistakes itself for a cluster of one). Returns the machine and the
+    /// first effects (announces, timers).
     pub fn new(
         identity: Identity,
         own: NodeRecord,
+        known: Vec<NodeRecord>,
         config: GossipConfig,
         seed: u64,
     ) -> (Gossip, Vec<Output>) {
-        let members = Arc::new(Mutex::new(Members::new()));
+        let mut start = Members::new();
+        for r in known {
+            if let Err(error) = apply_record(&mut start, r) {
+                tracing::warn!(%error, "ignoring a saved member record");
+            }
+        }
+        let members = Arc::new(Mutex::new(start));
         let mut foca_config = foca::Config::new_lan(
             NonZeroU32::new(config.cluster_size_hint.max(1)).unwrap_or(NonZeroU32::MIN),
         );
@@ -301,6 +315,7 @@ impl Gossip {
             stats: GossipStats::default(),
             announcing: false,
             left: false,
+            replied: std::collections::BTreeSet::new(),
         };
         g.publish(own);
         g.announce_to_seeds();
@@ -410,11 +425,26 @@ impl Gossip {
             .iter()
             .cloned()
             .collect();
-        let chunks: Vec<Vec<NodeRecord>> = records
-            .chunks(RECORDS_PER_DATAGRAM)
-            .map(<[NodeRecord]>::to_vec)
-            .collect();
+        // Pack by encoded size (ids, addresses and zones vary in length): an exchange
+        // is a bool, a length of at most two bytes, then the records.
+        let mut chunks: Vec<Vec<NodeRecord>> = vec![Vec::new()];
+        let mut size = 3;
+        for r in records {
+            let bytes = postcard::experimental::serialized_size(&r).unwrap_or(usize::MAX);
+            let last = chunks.last_mut().expect("never empty");
+            if !last.is_empty()
+                && (size + bytes + 1 > FOCA_PACKET_BYTES || last.len() >= RECORDS_PER_DATAGRAM)
+            {
+                chunks.push(Vec::new());
+                size = 3;
+            }
+            size += bytes;
+            chunks.last_mut().expect("never empty").push(r);
+        }
         for (i, chunk) in chunks.into_iter().enumerate() {
+            if chunk.is_empty() {
+                continue;
+            }
             let msg = Exchange {
                 // One answer per exchange is enough: ask only with the first chunk.
                 reply: reply && i == 0,
@@ -499,7 +529,10 @@ impl Gossip {
                             let _ = self.foca.add_broadcast(&bytes);
                         }
                     }
-                    if msg.reply {
+                    if msg.reply
+                        && (self.replied.contains(&from) || self.replied.len() < REPLIES_PER_PERIOD)
+                        && self.replied.insert(from)
+                    {
                         self.send_records(from, false);
                     }
                 }
@@ -646,6 +679,7 @@ mod tests {
                         generation: 1,
                     },
                     record(i, addrs[i]),
+                    Vec::new(),
                     cfg,
                     i as u64,
                 );
@@ -774,6 +808,25 @@ mod tests {
         net.run_until(12_000);
         let addr2 = net.addrs[2];
         assert_eq!(net.nodes[0].liveness().get(&addr2), Some(&Liveness::Down));
+    }
+
+    #[test]
+    fn long_records_are_packed_into_datagrams_that_fit() {
+        let mut net = Net::new(&[b"s".as_slice(); 2]);
+        for i in 0..40 {
+            let out = net.nodes[0].publish(NodeRecord {
+                version: 1,
+                status: Status::Active,
+                node_id: format!("{i:0>128}"),
+                address: format!("127.0.0.1:{}", 9000 + i),
+                zone: "z".repeat(128),
+            });
+            net.perform(0, out);
+        }
+        net.run_until(20_000);
+        // Every datagram stayed within the limit (asserted in `perform`) and the
+        // full exchange carried all records across.
+        assert_eq!(net.nodes[1].members().len(), 42);
     }
 
     #[test]

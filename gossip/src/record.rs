@@ -1,7 +1,8 @@
 //! Node records and the member set they form, merged as a CRDT (DESIGN.md §5).
 //!
 //! Each node publishes its own record with a rising version; operators' decisions
-//! about a node (`remove`) are published by any node at a higher version. Merging
+//! about a node (`remove`) are published by any node, and removal is final (a node id
+//! once removed cannot come back; a wiped node rejoins under a new id). Merging
 //! keeps, per node id, the record with the highest version; records with equal
 //! versions but different contents (which only a misbehaving node produces) are
 //! ordered by a total order on their contents, so every node still converges.
@@ -52,10 +53,13 @@ pub struct NodeRecord {
 impl NodeRecord {
     /// Whether `self` should replace `other` (same node id).
     ///
-    /// Field order makes the derived `Ord` compare version first, then status, then the
-    /// rest: a total order, so merges commute.
+    /// Removal is final: a removed record beats any record that is not removed,
+    /// whatever its version, so a removed node that restarts (with a higher version)
+    /// cannot undo its removal. Otherwise the derived `Ord` decides: version first,
+    /// then status, then the rest. That is a total order, so merges commute.
     pub fn supersedes(&self, other: &NodeRecord) -> bool {
-        self > other
+        let removed = |r: &NodeRecord| r.status == Status::Removed;
+        (removed(self), self) > (removed(other), other)
     }
 }
 
@@ -179,7 +183,7 @@ mod tests {
         assert!(!m.apply(base.clone()), "same record changes nothing");
         assert!(!m.apply(NodeRecord {
             version: 0,
-            status: Status::Removed,
+            status: Status::Leaving,
             ..base.clone()
         }));
         assert!(m.apply(NodeRecord {
@@ -194,5 +198,17 @@ mod tests {
         assert_eq!(m.get("a").map(|r| r.status), Some(Status::Joining));
         assert_eq!(m.ring_members().count(), 0);
         assert_eq!(m.len(), 1);
+        // Removal is final, even against a restart's higher version.
+        assert!(m.apply(NodeRecord {
+            version: 3,
+            status: Status::Removed,
+            ..base.clone()
+        }));
+        assert!(!m.apply(NodeRecord {
+            version: 1 << 40,
+            status: Status::Active,
+            ..base.clone()
+        }));
+        assert_eq!(m.get("a").map(|r| r.status), Some(Status::Removed));
     }
 }

@@ -107,15 +107,19 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Make the connected node leave the cluster.
+    /// Make the connected node leave the cluster (needs the cluster secret).
     Leave {
+        #[command(flatten)]
+        secret: SecretOpts,
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Remove a (dead) node from the cluster.
+    /// Remove a (dead) node from the cluster (needs the cluster secret).
     Remove {
         /// Id of the node to remove.
         node_id: String,
+        #[command(flatten)]
+        secret: SecretOpts,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -123,6 +127,17 @@ pub enum Command {
     Dev(DevArgs),
     /// Measure put and get throughput and latency against a node.
     Bench(BenchArgs),
+}
+
+/// The cluster secret, for operator commands.
+#[derive(Args, Debug, Clone)]
+pub struct SecretOpts {
+    /// File holding the cluster secret (or set RINGKV_CLUSTER_SECRET).
+    #[arg(long = "cluster-secret-file")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster runs without a secret (`ringkv dev`).
+    #[arg(long = "insecure-dev")]
+    pub insecure_dev: bool,
 }
 
 #[derive(Args, Debug)]

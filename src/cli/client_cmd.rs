@@ -9,7 +9,7 @@ use ringkv::object::Context;
 use ringkv::rpc::api::RequestOptions;
 use serde_json::json;
 
-use super::args::{BenchArgs, ClientOpts, Command, CounterOp, SetOp};
+use super::args::{BenchArgs, ClientOpts, Command, CounterOp, SecretOpts, SetOp};
 use super::{EXIT_NOT_FOUND, EXIT_OK, Failure};
 
 fn b64(bytes: &[u8]) -> String {
@@ -78,6 +78,17 @@ fn read_value(value: Option<String>, file: Option<std::path::PathBuf>) -> Result
         (None, None) => Err(Failure::usage("put needs a VALUE or --value-file")),
         (Some(_), Some(_)) => Err(Failure::usage(
             "give either VALUE or --value-file, not both",
+        )),
+    }
+}
+
+/// The key operator commands prove: the cluster secret, or the development key.
+fn admin_key(secret: &SecretOpts) -> Result<ringkv_gossip::ClusterKey, Failure> {
+    match super::read_secret(secret.cluster_secret_file.as_deref())? {
+        Some(s) => Ok(ringkv_gossip::ClusterKey::derive(&s)),
+        None if secret.insecure_dev => Ok(ringkv::node::ClusterConfig::default().key),
+        None => Err(Failure::usage(
+            "membership commands need the cluster secret: --cluster-secret-file FILE or RINGKV_CLUSTER_SECRET (or --insecure-dev)",
         )),
     }
 }
@@ -285,10 +296,9 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             }
             Ok(EXIT_OK)
         }
-        Command::Leave { opts } => {
-            let client = connect(&opts).await?;
-            client.leave().await?;
-            let id = client.server().node_id.clone();
+        Command::Leave { secret, opts } => {
+            let key = admin_key(&secret)?;
+            let id = ringkv::peer::admin_leave(&opts.connect, key).await?;
             if opts.json {
                 print_json(&json!({"ok": true, "node_id": id}))?;
             } else {
@@ -296,9 +306,13 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             }
             Ok(EXIT_OK)
         }
-        Command::Remove { node_id, opts } => {
-            let client = connect(&opts).await?;
-            client.remove(&node_id).await?;
+        Command::Remove {
+            node_id,
+            secret,
+            opts,
+        } => {
+            let key = admin_key(&secret)?;
+            ringkv::peer::admin_remove(&opts.connect, key, &node_id).await?;
             if opts.json {
                 print_json(&json!({"ok": true, "removed": node_id}))?;
             } else {

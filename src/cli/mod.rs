@@ -72,6 +72,31 @@ impl From<ringkv::ClientError> for Failure {
     }
 }
 
+/// The cluster secret from `file`, else from `RINGKV_CLUSTER_SECRET`; `None` if
+/// neither is given.
+fn read_secret(file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, Failure> {
+    let secret = match file {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| {
+                Failure::usage(format!(
+                    "cannot read cluster secret {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Some(bytes.trim_ascii().to_vec())
+        }
+        None => std::env::var("RINGKV_CLUSTER_SECRET")
+            .ok()
+            .map(|s| s.trim().as_bytes().to_vec()),
+    };
+    match secret {
+        Some(s) if s.len() < 16 => Err(Failure::usage(
+            "the cluster secret must be at least 16 bytes",
+        )),
+        other => Ok(other),
+    }
+}
+
 /// Parses arguments, runs the command, returns the exit code.
 pub fn main() -> i32 {
     let cli = match args::Cli::try_parse() {

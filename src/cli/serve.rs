@@ -198,27 +198,9 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
         cluster.probe_period = Duration::from_millis(ms);
     }
     let secret_file = args.cluster_secret_file.or(file.cluster_secret_file);
-    let secret = match secret_file {
-        Some(path) => {
-            let bytes = std::fs::read(&path).map_err(|e| {
-                Failure::usage(format!(
-                    "cannot read cluster secret {}: {e}",
-                    path.display()
-                ))
-            })?;
-            Some(bytes.trim_ascii().to_vec())
-        }
-        None => std::env::var("RINGKV_CLUSTER_SECRET")
-            .ok()
-            .map(|s| s.trim().as_bytes().to_vec()),
-    };
+    let secret = super::read_secret(secret_file.as_deref())?;
     let insecure = args.insecure_dev || file.insecure_dev.unwrap_or(false);
     match secret {
-        Some(secret) if secret.len() < 16 => {
-            return Err(Failure::usage(
-                "the cluster secret must be at least 16 bytes",
-            ));
-        }
         Some(secret) => cluster.key = ringkv_gossip::ClusterKey::derive(&secret),
         None if insecure => {
             tracing::warn!(

@@ -83,6 +83,8 @@ impl GetResult {
 struct Conn {
     rpc: KvClient,
     addr: SocketAddr,
+    /// Set when the connection ended: the next request dials again.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A client of a ringkv cluster.
@@ -127,14 +129,23 @@ async fn open_conn(
             .frame_bytes()
             .max(64 << 20),
     );
-    let rpc = KvClient::new(tarpc::client::Config::default(), transport).spawn();
+    let tarpc::client::NewClient {
+        client: rpc,
+        dispatch,
+    } = KvClient::new(tarpc::client::Config::default(), transport);
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = closed.clone();
+    tokio::spawn(async move {
+        let _ = dispatch.await;
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
     let mut ctx = tarpc::context::current();
     ctx.deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
     let info = rpc
         .hello(ctx)
         .await
         .map_err(|e| err(format!("handshake failed: {e}")))?;
-    Ok((Conn { rpc, addr }, info))
+    Ok((Conn { rpc, addr, closed }, info))
 }
 
 /// Whether a failed attempt may be retried on another node.
@@ -271,12 +282,19 @@ impl Client {
         });
     }
 
+    /// The connection to the node this client connected to, dialled again if it
+    /// closed (the node restarted).
+    async fn home(&self) -> Result<Conn, ClientError> {
+        self.routing.conn(self.home.addr).await
+    }
+
     /// The ring and members as the connected node sees them.
     ///
     /// # Errors
     /// [`ClientError::Unavailable`].
     pub async fn ring(&self) -> Result<RingInfo, ClientError> {
-        self.home
+        self.home()
+            .await?
             .rpc
             .ring(self.ctx())
             .await
@@ -290,7 +308,8 @@ impl Client {
     pub async fn get_local(&self, key: &[u8]) -> Result<GetResult, ClientError> {
         self.check_key(key)?;
         let reply = self
-            .home
+            .home()
+            .await?
             .rpc
             .get_local(self.ctx(), key.to_vec())
             .await
@@ -299,32 +318,6 @@ impl Client {
             siblings: reply.values,
             context: reply.context,
         })
-    }
-
-    /// Makes the connected node leave the cluster.
-    ///
-    /// # Errors
-    /// [`ClientError`].
-    pub async fn leave(&self) -> Result<(), ClientError> {
-        Ok(self
-            .home
-            .rpc
-            .leave(self.ctx())
-            .await
-            .map_err(|e| rpc_error(self.home.addr, e))??)
-    }
-
-    /// Removes a (dead) node from the cluster.
-    ///
-    /// # Errors
-    /// [`ClientError`]; unknown ids and the connected node itself are refused.
-    pub async fn remove(&self, node_id: &str) -> Result<(), ClientError> {
-        Ok(self
-            .home
-            .rpc
-            .remove(self.ctx(), node_id.to_string())
-            .await
-            .map_err(|e| rpc_error(self.home.addr, e))??)
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), ClientError> {
@@ -498,7 +491,8 @@ impl Client {
     /// # Errors
     /// [`ClientError::Unavailable`].
     pub async fn status(&self) -> Result<Status, ClientError> {
-        self.home
+        self.home()
+            .await?
             .rpc
             .status(self.ctx())
             .await

@@ -93,7 +93,9 @@ impl Routing {
             .unwrap_or_else(|p| p.into_inner())
             .get(&addr)
             .cloned();
-        if let Some(c) = cached {
+        if let Some(c) = cached
+            && !c.closed.load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Ok(c);
         }
         let (c, _) = open_conn(&self.connector, addr).await?;

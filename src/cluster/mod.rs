@@ -150,7 +150,7 @@ impl ClusterView {
         for ring in &self.previous {
             let (p, _) = walk_of(ring, partition_of(key, ring.ring_size()), self.n);
             for id in p {
-                if !now.contains(&id) && !out.contains(&id) && id != self.self_id {
+                if !now.contains(&id) && !out.contains(&id) {
                     out.push(id);
                 }
             }

@@ -71,6 +71,7 @@ pub enum ShellError {
 }
 
 const META_STATUS: &str = "member_status";
+const META_MEMBERS: &str = "members";
 const META_REMOVED: &str = "member_removed";
 
 fn status_name(s: Status) -> &'static str {
@@ -133,12 +134,30 @@ pub async fn start<N: Network>(
             .try_into()
             .unwrap_or([0; 8]),
     );
+    let known: Vec<NodeRecord> = match store.meta(META_MEMBERS)? {
+        None => Vec::new(),
+        Some(bytes) => match postcard::from_bytes::<(u8, Vec<NodeRecord>)>(&bytes) {
+            Ok((1, records)) => records,
+            Ok((version, _)) => {
+                tracing::warn!(
+                    version,
+                    "saved member set has an unknown format; starting without it"
+                );
+                Vec::new()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "saved member set is unreadable; starting without it");
+                Vec::new()
+            }
+        },
+    };
     let (gossip, first) = Gossip::new(
         Identity {
             addr: cfg.address,
             generation: cfg.generation,
         },
         own.clone(),
+        known,
         gcfg,
         seed,
     );
@@ -348,6 +367,18 @@ impl Shell {
         let current = self.state.view();
         if liveness == self.liveness && members == current.members {
             return;
+        }
+        if members != current.members {
+            // Saved so a restart starts from the last ring it knew, not a ring of one.
+            let records: Vec<NodeRecord> = members.iter().cloned().collect();
+            match postcard::to_stdvec(&(1u8, records)) {
+                Ok(bytes) => {
+                    if let Err(error) = self.store.set_meta(META_MEMBERS, &bytes) {
+                        tracing::warn!(%error, "cannot save the member set");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot encode the member set"),
+            }
         }
         self.liveness = liveness;
         let view = ClusterView::new(

@@ -8,6 +8,7 @@ use ringkv_gossip::{Liveness, Status};
 
 use super::Coordinator;
 use crate::hints::{DELIVERY_INTERVAL, DELIVERY_RATE, Hint};
+use crate::peer::pool::PeerError;
 
 /// Hints handed to one owner per round at most.
 const PER_ROUND: usize = DELIVERY_RATE * DELIVERY_INTERVAL.as_millis() as usize / 1000;
@@ -55,25 +56,30 @@ pub async fn deliver_hints(coordinator: Coordinator, shutdown: impl Future<Outpu
                 }
             }
         }
-        // Now and then, sweep for hints whose owner left the cluster.
+        // Now and then, sweep for hints whose owner was removed from the cluster: they
+        // go to the key's current primaries instead. (Owners merely unknown here are
+        // kept waiting: this node may not have heard of them yet.)
         if rounds.is_multiple_of(20) && budget > 0 {
             let Ok(batch) = coordinator.inner.hints.batch(budget) else {
                 continue;
             };
             for (owner, hints) in batch {
-                let gone = view
+                let removed = view
                     .record(&owner)
-                    .is_none_or(|r| r.status == Status::Removed);
-                if !gone {
+                    .is_some_and(|r| r.status == Status::Removed);
+                if !removed {
                     continue;
                 }
                 for hint in hints {
                     let (primaries, _) = view.walk(&hint.key);
-                    let mut ok = !primaries.is_empty();
+                    let mut delivered = !primaries.is_empty();
                     for p in primaries {
-                        ok &= coordinator.hand_over(&view, &p, &hint).await;
+                        match coordinator.send_hint(&view, &p, &hint).await {
+                            Ok(()) | Err(Delivery::Refused) => {}
+                            Err(Delivery::Later) => delivered = false,
+                        }
                     }
-                    if !ok {
+                    if !delivered || !coordinator.drop_hint(&hint) {
                         break;
                     }
                 }
@@ -82,38 +88,78 @@ pub async fn deliver_hints(coordinator: Coordinator, shutdown: impl Future<Outpu
     }
 }
 
+/// Why a hint was not delivered.
+enum Delivery {
+    /// Try again later (unreachable, storage trouble).
+    Later,
+    /// The owner refuses this state for good (for example another object kind was
+    /// written meanwhile): keeping the hint would block every later one.
+    Refused,
+}
+
 impl Coordinator {
-    /// Sends one hint's state to `node`; on success removes the hint.
-    async fn hand_over(&self, view: &crate::cluster::ClusterView, node: &str, hint: &Hint) -> bool {
+    /// Sends one hint's state to `node`.
+    async fn send_hint(
+        &self,
+        view: &crate::cluster::ClusterView,
+        node: &str,
+        hint: &Hint,
+    ) -> Result<(), Delivery> {
         let sent = if node == view.self_id {
-            self.replicate(hint.key.clone(), hint.object.clone())
-                .await
-                .map_err(|e| e.to_string())
+            self.replicate(hint.key.clone(), hint.object.clone()).await
         } else if let Some(addr) = view.address(node) {
             let (k, o) = (hint.key.clone(), hint.object.clone());
-            self.inner
+            match self
+                .inner
                 .peers
-                .call(addr, Duration::from_secs(2), |c, ctx| async move {
-                    c.replicate(ctx, k, o).await
+                .call(addr, Duration::from_secs(2), |c, ctx| {
+                    let (k, o) = (k.clone(), o.clone());
+                    async move { c.replicate(ctx, k, o).await }
                 })
                 .await
-                .map_err(|e| e.to_string())
+            {
+                Ok(()) => Ok(()),
+                Err(PeerError::Api(api)) => Err(api),
+                Err(error) => {
+                    tracing::debug!(%node, %error, "hint delivery failed; will retry");
+                    return Err(Delivery::Later);
+                }
+            }
         } else {
-            Err("no address".to_string())
+            return Err(Delivery::Later);
         };
         match sent {
+            Ok(()) => Ok(()),
+            Err(api) if super::write::permanent(&api) => {
+                tracing::warn!(%node, error = %api, key = ?String::from_utf8_lossy(&hint.key), "owner refuses a hint; dropping it");
+                Err(Delivery::Refused)
+            }
+            Err(api) => {
+                tracing::debug!(%node, error = %api, "hint delivery failed; will retry");
+                Err(Delivery::Later)
+            }
+        }
+    }
+
+    /// Removes a hint that needs no more delivery; false if the store failed.
+    fn drop_hint(&self, hint: &Hint) -> bool {
+        match self.inner.hints.remove(&hint.id) {
             Ok(()) => {
-                if let Err(error) = self.inner.hints.remove(&hint.id) {
-                    tracing::warn!(%error, "cannot drop a delivered hint");
-                    return false;
-                }
                 self.inner.hints.delivered.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(error) => {
-                tracing::debug!(%node, %error, "hint delivery failed; will retry");
+                tracing::warn!(%error, "cannot drop a delivered hint");
                 false
             }
+        }
+    }
+
+    /// Hands one hint to its owner; removes it once delivered (or refused for good).
+    async fn hand_over(&self, view: &crate::cluster::ClusterView, node: &str, hint: &Hint) -> bool {
+        match self.send_hint(view, node, hint).await {
+            Ok(()) | Err(Delivery::Refused) => self.drop_hint(hint),
+            Err(Delivery::Later) => false,
         }
     }
 }

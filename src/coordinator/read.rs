@@ -40,11 +40,10 @@ impl Coordinator {
             let result = match addr {
                 None => Err("no address known".to_string()),
                 Some(addr) => peers
-                    .call(
-                        addr,
-                        timeout,
-                        |c, ctx| async move { c.read(ctx, key).await },
-                    )
+                    .call(addr, timeout, |c, ctx| {
+                        let key = key.clone();
+                        async move { c.read(ctx, key).await }
+                    })
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|bytes| match bytes {
@@ -111,7 +110,23 @@ impl Coordinator {
                 steps.push(quorum.failed(&t.node, "down (per gossip)"));
             }
         }
-        if primaries.contains(&me) {
+        // A ring change moves keys to owners that may not hold them yet (until
+        // ownership handoff exists, earlier owners keep their copies): ask the earlier
+        // primaries too. They never count toward R; what they hold is merged in.
+        let earlier: Vec<String> = view
+            .previous_primaries(&key)
+            .into_iter()
+            .filter(|p| view.reachable(p))
+            .collect();
+        let mut earlier_outstanding = 0usize;
+        for p in &earlier {
+            if *p == me {
+                continue;
+            }
+            earlier_outstanding += 1;
+            self.spawn_read(p.clone(), key.clone(), timeout, tx.clone());
+        }
+        if primaries.contains(&me) || earlier.contains(&me) {
             let k = key.clone();
             match self.run(Io::Read, move |r| r.get(&k)).await {
                 Ok(obj) => {
@@ -121,6 +136,13 @@ impl Coordinator {
                 Err(e) => steps.push(quorum.failed(&me, e.to_string())),
             }
         }
+        let account = |node: &str, outstanding: &mut usize, earlier_outstanding: &mut usize| {
+            if earlier.iter().any(|e| e == node) {
+                *earlier_outstanding -= 1;
+            } else {
+                *outstanding -= 1;
+            }
+        };
         'wait: loop {
             for step in steps.drain(..) {
                 match step {
@@ -133,7 +155,8 @@ impl Coordinator {
             }
             tokio::select! {
                 Some((node, result)) = rx.recv() => {
-                    outstanding -= 1;
+                    account(&node, &mut outstanding, &mut earlier_outstanding);
+                    // Replies of earlier owners are not targets: the machine ignores them.
                     match result {
                         Ok(obj) => {
                             replies.insert(node.clone(), obj);
@@ -145,51 +168,33 @@ impl Coordinator {
                 () = tokio::time::sleep_until(deadline) => steps.push(quorum.deadline()),
             }
         }
-        let mut merged = merge_all(replies.values())?;
-        if merged.is_none() {
-            // Not found by the quorum: a slower primary may still have it.
-            let grace = (Instant::now() + NOT_FOUND_GRACE).min(deadline);
-            while outstanding > 0 {
-                tokio::select! {
-                    Some((node, result)) = rx.recv() => {
-                        outstanding -= 1;
-                        if let Ok(obj) = result {
-                            replies.insert(node, obj);
-                        }
+        // Wait a little longer for earlier owners, and, when nothing was found, for
+        // slower primaries: one of them may hold the key.
+        let grace = (Instant::now() + NOT_FOUND_GRACE).min(deadline);
+        loop {
+            let found = replies.values().any(Option::is_some);
+            if earlier_outstanding == 0 && (found || outstanding == 0) {
+                break;
+            }
+            tokio::select! {
+                Some((node, result)) = rx.recv() => {
+                    account(&node, &mut outstanding, &mut earlier_outstanding);
+                    if let Ok(obj) = result {
+                        replies.insert(node, obj);
                     }
-                    () = tokio::time::sleep_until(grace) => break,
                 }
+                () = tokio::time::sleep_until(grace) => break,
             }
-            merged = merge_all(replies.values())?;
         }
-        if merged.is_none() {
-            // A ring change may have moved the key away from where it is stored
-            // (until ownership handoff exists, earlier owners keep their copies).
-            let earlier: Vec<String> = view
-                .previous_primaries(&key)
-                .into_iter()
-                .filter(|p| view.reachable(p))
-                .collect();
-            let (etx, mut erx) = mpsc::channel::<Report>(64);
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            for p in &earlier {
-                self.spawn_read(p.clone(), key.clone(), remaining, etx.clone());
-            }
-            drop(etx);
-            let mut found = Vec::new();
-            loop {
-                tokio::select! {
-                    report = erx.recv() => match report {
-                        Some((_, Ok(obj))) => found.push(obj),
-                        Some((_, Err(_))) => {}
-                        None => break,
-                    },
-                    () = tokio::time::sleep_until(deadline) => break,
-                }
-            }
-            merged = merge_all(found.iter())?;
-        }
-        self.spawn_repair(key, merged.clone(), replies, outstanding, rx, deadline);
+        let merged = merge_all(replies.values())?;
+        self.spawn_repair(
+            key,
+            merged.clone(),
+            replies,
+            outstanding + earlier_outstanding,
+            rx,
+            deadline,
+        );
         Ok(merged)
     }
 
@@ -251,8 +256,9 @@ impl Coordinator {
                     let r = this
                         .inner
                         .peers
-                        .call(addr, Duration::from_secs(2), |c, ctx| async move {
-                            c.replicate(ctx, k, b).await
+                        .call(addr, Duration::from_secs(2), |c, ctx| {
+                            let (k, b) = (k.clone(), b.clone());
+                            async move { c.replicate(ctx, k, b).await }
                         })
                         .await;
                     if let Err(error) = r {

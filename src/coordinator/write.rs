@@ -17,8 +17,43 @@ use crate::peer::pool::PeerError;
 use crate::peer::{WriteReply, WriteRequest};
 use crate::rpc::api::{ApiError, RequestOptions};
 
+/// Why a send to a replica failed.
+#[derive(Debug)]
+struct SendFailure {
+    /// What happened, for the client's error.
+    reason: String,
+    /// The replica refused the state for a reason that will not change (wrong kind,
+    /// object too large): a hint would be refused too.
+    refused: bool,
+}
+
 /// A send's outcome, reported to the request's quorum loop.
-type Report = (String, Result<(), String>);
+type Report = (String, Result<(), SendFailure>);
+
+/// How long after the request's deadline the write keeps placing hints for replicas
+/// that failed late (the answer has gone; durability has not).
+const HINT_GRACE: Duration = Duration::from_secs(5);
+/// Shortest timeout given to a hint send, even at the deadline.
+const MIN_HINT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a refusal by a replica is permanent (retrying or hinting cannot help).
+pub(super) fn permanent(e: &ApiError) -> bool {
+    match e {
+        ApiError::Storage { .. } | ApiError::Unavailable { .. } | ApiError::QuorumNotReached(_) => {
+            false
+        }
+        ApiError::EmptyKey
+        | ApiError::KeyTooLarge { .. }
+        | ApiError::ValueTooLarge { .. }
+        | ApiError::ObjectTooLarge { .. }
+        | ApiError::WrongKind { .. }
+        | ApiError::TooManySiblings { .. }
+        | ApiError::InvalidContext { .. }
+        | ApiError::InvalidOptions { .. }
+        | ApiError::Corrupt { .. }
+        | ApiError::Membership { .. } => true,
+    }
+}
 
 impl Coordinator {
     /// Coordinates a write; `forwarded` requests are never forwarded again (views
@@ -148,7 +183,7 @@ impl Coordinator {
             let r = self
                 .inner
                 .peers
-                .call(addr, remaining, |c, ctx| async move {
+                .call_no_retry(addr, remaining, |c, ctx| async move {
                     c.coordinate(ctx, req, opts).await
                 })
                 .await;
@@ -192,25 +227,34 @@ impl Coordinator {
         // Spawned, not awaited: the send completes even after the quorum answered.
         tokio::spawn(async move {
             let result = match addr {
-                None => Err("no address known".to_string()),
+                None => Err(SendFailure {
+                    reason: "no address known".to_string(),
+                    refused: false,
+                }),
                 Some(addr) => {
                     let r = match hint_for {
                         None => {
                             peers
-                                .call(addr, timeout, |c, ctx| async move {
-                                    c.replicate(ctx, key, bytes).await
+                                .call(addr, timeout, |c, ctx| {
+                                    let (key, bytes) = (key.clone(), bytes.clone());
+                                    async move { c.replicate(ctx, key, bytes).await }
                                 })
                                 .await
                         }
                         Some(owner) => {
                             peers
-                                .call(addr, timeout, |c, ctx| async move {
-                                    c.hint(ctx, owner, key, bytes).await
+                                .call(addr, timeout, |c, ctx| {
+                                    let (owner, key, bytes) =
+                                        (owner.clone(), key.clone(), bytes.clone());
+                                    async move { c.hint(ctx, owner, key, bytes).await }
                                 })
                                 .await
                         }
                     };
-                    r.map_err(|e| e.to_string())
+                    r.map_err(|e| SendFailure {
+                        refused: matches!(&e, PeerError::Api(api) if permanent(api)),
+                        reason: e.to_string(),
+                    })
                 }
             };
             let _ = tx.send((node, result)).await;
@@ -302,6 +346,7 @@ impl Coordinator {
             }
         };
         let this = self.clone();
+        let hinted_handoff = self.inner.settings.hinted_handoff;
         let spare_addrs: BTreeMap<String, Option<SocketAddr>> =
             spare.iter().map(|f| (f.clone(), view.address(f))).collect();
         // Stand a fallback in for `owner`, registering it before the failure so the
@@ -310,7 +355,18 @@ impl Coordinator {
                                  quorum: &mut Quorum<()>,
                                  hinted: &mut BTreeMap<String, String>,
                                  outstanding: &mut usize| {
+            if !hinted_handoff {
+                return;
+            }
             let Some(f) = spare.pop_front() else {
+                // No live node left to stand in: the coordinator keeps the hint itself
+                // (it does not count toward W; it only keeps the copy).
+                let (this, key, bytes) = (this.clone(), key.clone(), bytes.clone());
+                tokio::spawn(async move {
+                    if let Err(error) = this.store_hint(owner.clone(), key, bytes).await {
+                        tracing::warn!(%owner, %error, "cannot keep a hint");
+                    }
+                });
                 return;
             };
             hinted.insert(f.clone(), owner.clone());
@@ -319,7 +375,9 @@ impl Coordinator {
                 primary: false,
             });
             *outstanding += 1;
-            let timeout = deadline.saturating_duration_since(Instant::now());
+            let timeout = deadline
+                .saturating_duration_since(Instant::now())
+                .max(MIN_HINT_TIMEOUT);
             this.spawn_send(
                 f.clone(),
                 spare_addrs.get(&f).copied().flatten(),
@@ -342,8 +400,10 @@ impl Coordinator {
         {
             let _ = t.send(d);
         }
-        // The rest runs detached so hints are placed even after the answer.
+        // The rest runs detached so hints are placed even after the answer, for a
+        // bounded grace period past the deadline.
         let driver = async move {
+            let mut answered_deadline = false;
             while outstanding > 0 {
                 let step = tokio::select! {
                     report = rx.recv() => match report {
@@ -354,12 +414,18 @@ impl Coordinator {
                         Some((node, Err(e))) => {
                             outstanding -= 1;
                             let owner = hinted.remove(&node).unwrap_or_else(|| node.clone());
-                            stand_in(owner, &mut quorum, &mut hinted, &mut outstanding);
-                            quorum.failed(&node, e)
+                            if !e.refused {
+                                stand_in(owner, &mut quorum, &mut hinted, &mut outstanding);
+                            }
+                            quorum.failed(&node, e.reason)
                         }
                         None => break,
                     },
-                    () = tokio::time::sleep_until(deadline) => break,
+                    () = tokio::time::sleep_until(deadline), if !answered_deadline => {
+                        answered_deadline = true;
+                        quorum.deadline()
+                    }
+                    () = tokio::time::sleep_until(deadline + HINT_GRACE) => break,
                 };
                 note(step, &mut decided);
                 if let Some(d) = decided.take()

@@ -1,5 +1,6 @@
 //! The peer service: what nodes ask each other (forwarded writes, replica writes,
-//! hints, replica reads), reachable only after the cluster-secret [`handshake`].
+//! hints, replica reads) and what operators ask of the cluster (leave, remove),
+//! reachable only after the cluster-secret [`handshake`].
 
 pub mod handshake;
 pub mod pool;
@@ -10,6 +11,71 @@ use crate::object::Context;
 use crate::rpc::api::{ApiError, RequestOptions};
 
 pub use pool::Peers;
+
+use ringkv_gossip::ClusterKey;
+
+use crate::client::ClientError;
+use crate::net::TokioNetwork;
+use pool::PeerError;
+
+fn admin_error(e: PeerError) -> ClientError {
+    match e {
+        PeerError::Connect { addr, reason } => ClientError::Connect {
+            addr: addr.to_string(),
+            reason,
+        },
+        PeerError::Lost { addr, reason } => ClientError::Unavailable {
+            addr: addr.to_string(),
+            reason,
+        },
+        PeerError::Api(api) => ClientError::Api(api),
+    }
+}
+
+async fn admin_addr(addr: &str) -> Result<std::net::SocketAddr, ClientError> {
+    let err = |reason: String| ClientError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("address resolves to nothing".into()))
+}
+
+/// Operator command: the node at `addr` leaves the cluster. Needs the cluster key:
+/// membership changes are not for anyone who can reach the client port.
+///
+/// # Errors
+/// [`ClientError::Connect`] also when the node refuses the key.
+pub async fn admin_leave(addr: &str, key: ClusterKey) -> Result<String, ClientError> {
+    let a = admin_addr(addr).await?;
+    let peers = Peers::new(TokioNetwork, key, 1 << 20);
+    peers
+        .call_no_retry(a, crate::client::DEFAULT_TIMEOUT, |c, ctx| async move {
+            c.leave(ctx).await
+        })
+        .await
+        .map_err(admin_error)
+}
+
+/// Operator command: remove `node_id` from the cluster, through the node at `addr`.
+///
+/// # Errors
+/// [`ClientError::Connect`] also when the node refuses the key; unknown ids and the
+/// node itself are refused with [`crate::rpc::api::ApiError::Membership`].
+pub async fn admin_remove(addr: &str, key: ClusterKey, node_id: &str) -> Result<(), ClientError> {
+    let a = admin_addr(addr).await?;
+    let peers = Peers::new(TokioNetwork, key, 1 << 20);
+    let id = node_id.to_string();
+    peers
+        .call_no_retry(a, crate::client::DEFAULT_TIMEOUT, |c, ctx| async move {
+            c.remove(ctx, id).await
+        })
+        .await
+        .map_err(admin_error)
+}
 
 /// A client write forwarded to a primary of its key, which coordinates it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,4 +143,8 @@ pub trait Peer {
     async fn hint(owner: String, key: Vec<u8>, object: Vec<u8>) -> Result<(), ApiError>;
     /// The local replica's encoded object of `key`.
     async fn read(key: Vec<u8>) -> Result<Option<Vec<u8>>, ApiError>;
+    /// Operator: this node leaves the cluster; returns its id.
+    async fn leave() -> Result<String, ApiError>;
+    /// Operator: remove a (dead) node from the cluster.
+    async fn remove(node_id: String) -> Result<(), ApiError>;
 }

@@ -16,6 +16,9 @@ use super::{PeerClient, handshake};
 use crate::net::Network;
 use crate::rpc::api::ApiError;
 
+/// Reason of a call that met a closed connection.
+const CLOSED: &str = "connection closed";
+
 /// Longest wait for a TCP connection to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -56,7 +59,8 @@ pub struct Peers {
     connector: Connector,
     key: ClusterKey,
     max_frame: usize,
-    conns: Arc<Mutex<HashMap<SocketAddr, PeerClient>>>,
+    conns: Arc<Mutex<HashMap<SocketAddr, (u64, PeerClient)>>>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Peers {
@@ -74,6 +78,7 @@ impl Peers {
             key,
             max_frame,
             conns: Arc::new(Mutex::new(HashMap::new())),
+            next_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
 
@@ -82,7 +87,7 @@ impl Peers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&addr)
-            .cloned()
+            .map(|(_, c)| c.clone())
     }
 
     fn forget(&self, addr: SocketAddr) {
@@ -105,19 +110,72 @@ impl Peers {
             .await
             .map_err(|e| err(e.to_string()))?;
         let transport = crate::rpc::framed(stream, self.max_frame);
-        let client = PeerClient::new(tarpc::client::Config::default(), transport).spawn();
+        let tarpc::client::NewClient { client, dispatch } =
+            PeerClient::new(tarpc::client::Config::default(), transport);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, client.clone());
+            .insert(addr, (id, client.clone()));
+        // When the connection ends, forget it at once, so the next call dials again
+        // instead of failing on a dead channel (which would look like a lost request).
+        let conns = self.conns.clone();
+        tokio::spawn(async move {
+            if let Err(error) = dispatch.await {
+                tracing::debug!(%addr, %error, "peer connection closed");
+            }
+            let mut conns = conns.lock().unwrap_or_else(|p| p.into_inner());
+            if conns.get(&addr).is_some_and(|(i, _)| *i == id) {
+                conns.remove(&addr);
+            }
+        });
         Ok(client)
     }
 
-    /// Calls `f` on the peer at `addr` with a deadline of `timeout`.
+    /// Calls `f` on the peer at `addr` with a deadline of `timeout`. Idempotent
+    /// calls (state merges, reads, hints) are retried once on a fresh connection when
+    /// the cached one turns out to be closed; forwarded writes never are.
     ///
     /// # Errors
     /// [`PeerError`] saying whether the request was sent.
     pub async fn call<T, F, Fut>(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, PeerError>
+    where
+        F: Fn(PeerClient, tarpc::context::Context) -> Fut,
+        Fut: Future<Output = Result<Result<T, ApiError>, RpcError>>,
+    {
+        match self.call_once(addr, timeout, &f).await {
+            Err(PeerError::Lost { reason, .. }) if reason == CLOSED => {
+                self.call_once(addr, timeout, &f).await
+            }
+            other => other,
+        }
+    }
+
+    /// Like [`Peers::call`], never retried (for requests that must not apply twice).
+    ///
+    /// # Errors
+    /// [`PeerError`] saying whether the request was sent.
+    pub async fn call_no_retry<T, F, Fut>(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, PeerError>
+    where
+        F: FnOnce(PeerClient, tarpc::context::Context) -> Fut,
+        Fut: Future<Output = Result<Result<T, ApiError>, RpcError>>,
+    {
+        self.call_once(addr, timeout, f).await
+    }
+
+    async fn call_once<T, F, Fut>(
         &self,
         addr: SocketAddr,
         timeout: Duration,
@@ -136,6 +194,10 @@ impl Peers {
             Err(e) => {
                 let reason = match &e {
                     RpcError::DeadlineExceeded => "deadline passed".to_string(),
+                    RpcError::Shutdown => {
+                        self.forget(addr);
+                        CLOSED.to_string()
+                    }
                     other => {
                         // The connection is gone: reconnect next time.
                         self.forget(addr);

@@ -346,8 +346,4 @@ pub trait Kv {
     async fn get_local(key: Vec<u8>) -> Result<GetReply, ApiError>;
     /// The ring and members as this node sees them.
     async fn ring() -> RingInfo;
-    /// Makes this node leave the cluster (it stops owning partitions).
-    async fn leave() -> Result<(), ApiError>;
-    /// Removes a (dead) node from the cluster.
-    async fn remove(node_id: String) -> Result<(), ApiError>;
 }

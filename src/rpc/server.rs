@@ -152,23 +152,6 @@ impl Kv for KvServer {
     async fn ring(self, _: context::Context) -> RingInfo {
         self.node.ring()
     }
-
-    async fn leave(self, _: context::Context) -> Result<(), ApiError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        membership(self.node.cluster().command(Command::Leave(tx)).await, rx).await
-    }
-
-    async fn remove(self, _: context::Context, node_id: String) -> Result<(), ApiError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        membership(
-            self.node
-                .cluster()
-                .command(Command::Remove(node_id, tx))
-                .await,
-            rx,
-        )
-        .await
-    }
 }
 
 async fn membership(
@@ -222,6 +205,24 @@ impl Peer for PeerServer {
 
     async fn read(self, _: context::Context, key: Vec<u8>) -> Result<Option<Vec<u8>>, ApiError> {
         self.node.coordinator().read_local_bytes(key).await
+    }
+
+    async fn leave(self, _: context::Context) -> Result<String, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        membership(self.node.cluster().command(Command::Leave(tx)).await, rx).await?;
+        Ok(self.node.node_id().to_string())
+    }
+
+    async fn remove(self, _: context::Context, node_id: String) -> Result<(), ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        membership(
+            self.node
+                .cluster()
+                .command(Command::Remove(node_id, tx))
+                .await,
+            rx,
+        )
+        .await
     }
 }
 
