@@ -542,3 +542,103 @@ fn without_fallbacks_the_coordinator_keeps_the_hint_and_a_lone_restart_remembers
             .contains(&serde_json::json!("v"))
     );
 }
+
+/// A base port with `k` consecutive free TCP and UDP ports after it.
+fn free_run(k: u16) -> u16 {
+    for _ in 0..200 {
+        let base = common::free_port();
+        if base > u16::MAX - k {
+            continue;
+        }
+        let ok = (0..k).all(|i| {
+            let a = format!("127.0.0.1:{}", base + i);
+            std::net::TcpListener::bind(&a).is_ok() && std::net::UdpSocket::bind(&a).is_ok()
+        });
+        if ok {
+            return base;
+        }
+    }
+    panic!("no run of {k} free ports");
+}
+
+#[test]
+fn dev_starts_a_local_cluster_and_stops_it_on_ctrl_c() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_run(3);
+    let mut dev = std::process::Command::new(common::bin())
+        .args([
+            "dev",
+            "--nodes",
+            "3",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn dev");
+    let addr = |i: u16| format!("127.0.0.1:{}", base + i);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = common::run_cli(&["ring", "--json", "--connect", &addr(2)], None);
+        if code(&out) == 0
+            && json(&out)["counts"]
+                .as_object()
+                .is_some_and(|c| c.len() == 3)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dev cluster did not form");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        code(&common::run_cli(
+            &["put", "k", "v", "--connect", &addr(0)],
+            None
+        )),
+        0
+    );
+    let got = common::run_cli(&["get", "k", "--connect", &addr(2)], None);
+    assert_eq!(common::stdout(&got).trim(), "v");
+    // The Rust client finds the cluster through any live seed.
+    let rt = runtime();
+    let read = rt.block_on(async {
+        let c = Client::connect_any(&["127.0.0.1:1", &addr(1)])
+            .await
+            .expect("connect");
+        c.get(b"k").await.expect("get")
+    });
+    assert_eq!(read.siblings, vec![b"v".to_vec()]);
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = dev.try_wait() {
+            assert!(status.success(), "dev exits cleanly: {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = dev.kill();
+            panic!("dev did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut text = String::new();
+    use std::io::Read;
+    dev.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut text)
+        .expect("read");
+    assert!(text.contains("--connect"), "prints how to connect: {text}");
+    for i in 0..3 {
+        assert!(
+            std::net::TcpStream::connect(addr(i)).is_err(),
+            "node {i} stopped with dev"
+        );
+    }
+}

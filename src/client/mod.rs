@@ -175,6 +175,28 @@ impl Client {
         Self::connect_with(&TokioNetwork, resolved).await
     }
 
+    /// Connects to the first of `seeds` that answers (any members of the cluster).
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] naming every seed tried, if none answers.
+    pub async fn connect_any(seeds: &[&str]) -> Result<Client, ClientError> {
+        let mut reasons = Vec::new();
+        for seed in seeds {
+            match Self::connect(seed).await {
+                Ok(c) => return Ok(c),
+                Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        Err(ClientError::Connect {
+            addr: seeds.join(","),
+            reason: if reasons.is_empty() {
+                "no seed given".to_string()
+            } else {
+                reasons.join("; ")
+            },
+        })
+    }
+
     /// Connects through any [`Network`] (the simulation uses its own).
     ///
     /// # Errors

@@ -383,6 +383,12 @@ impl Coordinator {
                 reason: "hint owner id must be 1-128 bytes".into(),
             });
         }
+        if !self.inner.hints.has_room() {
+            return Err(unavailable(format!(
+                "hint store full ({} hints); not keeping more",
+                crate::hints::MAX_PENDING
+            )));
+        }
         let hints = self.inner.hints.clone();
         let put = move || hints.put(&owner, &key, &object);
         let r = if self.inner.fsync_writes {

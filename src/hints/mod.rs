@@ -13,6 +13,9 @@ use ringkv_storage::{StorageError, Store};
 
 /// Hints delivered per second at most.
 pub const DELIVERY_RATE: usize = 500;
+/// Most hints a node keeps; beyond it, new hints are refused (the write then counts
+/// one replica fewer) rather than filling the disk while an owner stays dead.
+pub const MAX_PENDING: u64 = 1_000_000;
 /// Interval between delivery rounds.
 pub const DELIVERY_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -78,6 +81,11 @@ impl Hints {
     /// Hints waiting for delivery.
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Whether another hint may be stored.
+    pub fn has_room(&self) -> bool {
+        self.pending() < MAX_PENDING
     }
 
     /// Keeps `object` of `key` for `owner` (durable before returning).
