@@ -176,7 +176,8 @@ pub struct RecordKey {
 
 impl Invalidates for RecordKey {
     fn invalidates(&self, other: &Self) -> bool {
-        self.node_id == other.node_id && self.record >= other.record
+        self.node_id == other.node_id
+            && (self.record == other.record || self.record.supersedes(&other.record))
     }
 }
 
@@ -555,12 +556,14 @@ impl Gossip {
                 }
             }
             GossipTimer::Exchange => {
+                self.replied.clear();
                 let peers: Vec<SocketAddr> =
                     self.foca.iter_members().map(|m| m.id().addr).collect();
                 if !peers.is_empty() {
                     let i = rand::RngExt::random_range(&mut self.rng, 0..peers.len());
                     self.send_records(peers[i], true);
                 }
+                self.announce_to_forgotten();
                 self.out.push(Output::Schedule {
                     after: self.config.exchange_interval,
                     timer: GossipTimer::Exchange,
@@ -575,6 +578,37 @@ impl Gossip {
             }
         }
         self.take()
+    }
+
+    /// Announces to one member foca does not know (down for long and forgotten, or
+    /// on the other side of a healed partition while each side still has peers), so
+    /// split clusters merge again.
+    fn announce_to_forgotten(&mut self) {
+        let known: std::collections::BTreeSet<SocketAddr> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| m.id().addr)
+            .collect();
+        let me = self.foca.identity().addr;
+        let forgotten: Vec<SocketAddr> = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|r| r.status != crate::record::Status::Removed)
+            .filter_map(|r| r.address.parse::<SocketAddr>().ok())
+            .filter(|a| *a != me && !known.contains(a))
+            .collect();
+        if !forgotten.is_empty() {
+            let i = rand::RngExt::random_range(&mut self.rng, 0..forgotten.len());
+            let _ = self.foca.announce(
+                Identity {
+                    addr: forgotten[i],
+                    generation: 0,
+                },
+                &mut self.runtime,
+            );
+        }
     }
 
     /// Leaves the cluster gracefully: peers see this node down at once.
@@ -640,6 +674,8 @@ mod tests {
         now_ms: u64,
         seq: u64,
         cut: BTreeSet<usize>,
+        /// Side of a partition per node; datagrams between sides are lost.
+        side: Vec<u8>,
     }
 
     enum Event {
@@ -669,6 +705,7 @@ mod tests {
                 now_ms: 0,
                 seq: 0,
                 cut: BTreeSet::new(),
+                side: vec![0; keys.len()],
             };
             for (i, key) in keys.iter().enumerate() {
                 let mut cfg = GossipConfig::new(ClusterKey::derive(key), vec![addrs[0]]);
@@ -696,7 +733,10 @@ mod tests {
                     Output::Send { to, bytes } => {
                         assert!(bytes.len() <= crate::auth::MAX_DATAGRAM_BYTES);
                         if let Some(dst) = self.addrs.iter().position(|a| *a == to) {
-                            if self.cut.contains(&from) || self.cut.contains(&dst) {
+                            if self.cut.contains(&from)
+                                || self.cut.contains(&dst)
+                                || self.side[from] != self.side[dst]
+                            {
                                 continue;
                             }
                             self.queue.insert(
@@ -808,6 +848,69 @@ mod tests {
         net.run_until(12_000);
         let addr2 = net.addrs[2];
         assert_eq!(net.nodes[0].liveness().get(&addr2), Some(&Liveness::Down));
+    }
+
+    #[test]
+    fn a_long_partition_with_peers_on_both_sides_heals() {
+        let mut net = Net::new(&[b"s".as_slice(); 4]);
+        net.run_until(5_000);
+        net.side = vec![0, 0, 1, 1];
+        // Longer than foca keeps down members (600 s): both sides forget the other.
+        net.run_until(700_000);
+        let far = net.addrs[3];
+        assert!(
+            !net.nodes[0].liveness().contains_key(&far),
+            "foca forgot the other side"
+        );
+        net.side = vec![0; 4];
+        net.run_until(760_000);
+        for i in 0..4 {
+            let alive = net.nodes[i]
+                .liveness()
+                .values()
+                .filter(|l| **l == Liveness::Alive)
+                .count();
+            assert_eq!(alive, 4, "node {i} sees everyone again");
+        }
+    }
+
+    #[test]
+    fn a_node_restarted_empty_gets_the_member_set_back() {
+        let mut net = Net::new(&[b"s".as_slice(); 3]);
+        net.run_until(5_000);
+        // Node 2 restarts at the same address with a higher generation and no memory.
+        let mut cfg = GossipConfig::new(ClusterKey::derive(b"s"), vec![net.addrs[0]]);
+        cfg.cluster_size_hint = 3;
+        let (g, out) = Gossip::new(
+            Identity {
+                addr: net.addrs[2],
+                generation: 2,
+            },
+            record(2, net.addrs[2]),
+            Vec::new(),
+            cfg,
+            99,
+        );
+        net.nodes[2] = g;
+        net.perform(2, out);
+        net.run_until(10_000);
+        assert_eq!(net.ids(2), vec!["n0", "n1", "n2"]);
+        // And again, later: replies are limited per period, not forever.
+        net.run_until(20_000);
+        let (g, out) = Gossip::new(
+            Identity {
+                addr: net.addrs[2],
+                generation: 3,
+            },
+            record(2, net.addrs[2]),
+            Vec::new(),
+            GossipConfig::new(ClusterKey::derive(b"s"), vec![net.addrs[0]]),
+            100,
+        );
+        net.nodes[2] = g;
+        net.perform(2, out);
+        net.run_until(25_000);
+        assert_eq!(net.ids(2), vec!["n0", "n1", "n2"]);
     }
 
     #[test]

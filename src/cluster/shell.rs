@@ -62,7 +62,7 @@ pub enum ShellError {
     },
     /// This data directory belongs to a node an operator removed.
     #[error(
-        "this node was removed from its cluster; wipe its data directory to join again as a new node"
+        "this node id was removed from its cluster, for good; start a new data directory (with another --node-id, if you set one) to join as a new node"
     )]
     Removed,
     /// Metadata could not be read or written.

@@ -60,17 +60,21 @@ pub async fn deliver_hints(coordinator: Coordinator, shutdown: impl Future<Outpu
         // go to the key's current primaries instead. (Owners merely unknown here are
         // kept waiting: this node may not have heard of them yet.)
         if rounds.is_multiple_of(20) && budget > 0 {
-            let Ok(batch) = coordinator.inner.hints.batch(budget) else {
-                continue;
-            };
-            for (owner, hints) in batch {
-                let removed = view
-                    .record(&owner)
-                    .is_some_and(|r| r.status == Status::Removed);
-                if !removed {
-                    continue;
+            let removed: Vec<String> = view
+                .members
+                .iter()
+                .filter(|r| r.status == Status::Removed && r.node_id != view.self_id)
+                .map(|r| r.node_id.clone())
+                .collect();
+            for owner in removed {
+                if budget == 0 {
+                    break;
                 }
+                let Ok(hints) = coordinator.inner.hints.for_owner(&owner, budget) else {
+                    break;
+                };
                 for hint in hints {
+                    budget = budget.saturating_sub(1);
                     let (primaries, _) = view.walk(&hint.key);
                     let mut delivered = !primaries.is_empty();
                     for p in primaries {

@@ -113,10 +113,17 @@ impl Coordinator {
         // A ring change moves keys to owners that may not hold them yet (until
         // ownership handoff exists, earlier owners keep their copies): ask the earlier
         // primaries too. They never count toward R; what they hold is merged in.
+        // Only live ones: a dead or forgotten earlier owner would hold every such read
+        // for the whole grace period.
         let earlier: Vec<String> = view
             .previous_primaries(&key)
             .into_iter()
-            .filter(|p| view.reachable(p))
+            .filter(|p| {
+                view.liveness_of(p) == ringkv_gossip::Liveness::Alive
+                    && view
+                        .record(p)
+                        .is_some_and(|r| r.status != ringkv_gossip::Status::Removed)
+            })
             .collect();
         let mut earlier_outstanding = 0usize;
         for p in &earlier {

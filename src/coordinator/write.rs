@@ -93,7 +93,13 @@ impl Coordinator {
                 context: None,
             } => {
                 // "Delete what is visible": what a read quorum sees, not only this replica.
-                let seen = self.read(key.clone(), opts).await?;
+                // The read gets half the time left; replication needs the rest.
+                let half = deadline.saturating_duration_since(Instant::now()) / 2;
+                let read_opts = RequestOptions {
+                    timeout_ms: Some(half.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
+                    ..opts
+                };
+                let seen = self.read(key.clone(), read_opts).await?;
                 let context = match seen {
                     Some(Object::Register(reg)) => Some(Context::from_clock(reg.context())),
                     Some(other) => {
@@ -180,6 +186,14 @@ impl Coordinator {
                 continue;
             }
             let req = request.clone();
+            // The primary gets what is left of this request's time, not a fresh one,
+            // so its quorum failure arrives before our deadline.
+            let opts = RequestOptions {
+                timeout_ms: Some(
+                    (remaining.as_millis() * 9 / 10).clamp(1, u128::from(u32::MAX)) as u32,
+                ),
+                ..opts
+            };
             let r = self
                 .inner
                 .peers

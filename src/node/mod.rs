@@ -59,7 +59,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// RPC listen address.
     pub listen: SocketAddr,
-    /// Node id; defaults to the one stored in the data directory, else the listen address.
+    /// Node id; defaults to the one stored in the data directory, else the listen
+    /// address with a suffix unique to the directory.
     pub node_id: Option<String>,
     /// Sync policy of the store.
     pub sync: SyncPolicy,
@@ -210,6 +211,14 @@ impl Node {
             sync: config.sync,
             cache_bytes: config.cache_bytes,
         })?;
+        let actor = match read_u64(&store, "actor")? {
+            Some(a) => a,
+            None => {
+                let a = mint_actor();
+                store.set_meta("actor", &a.to_be_bytes())?;
+                a
+            }
+        };
         let node_id = match (store.meta("node_id")?, &config.node_id) {
             (Some(stored), requested) => {
                 let stored = String::from_utf8_lossy(&stored).into_owned();
@@ -224,9 +233,11 @@ impl Node {
                 stored
             }
             (None, requested) => {
+                // The default id is unique to this data directory: removal from a
+                // cluster is final for an id, and a wiped node must come back as new.
                 let id = requested
                     .clone()
-                    .unwrap_or_else(|| config.listen.to_string());
+                    .unwrap_or_else(|| format!("{}-{:04x}", config.listen, actor >> 48));
                 store.set_meta("node_id", id.as_bytes())?;
                 id
             }
@@ -241,14 +252,6 @@ impl Node {
             Some(_) => {}
             None => store.set_meta("ring_size", &u64::from(config.ring_size).to_be_bytes())?,
         }
-        let actor = match read_u64(&store, "actor")? {
-            Some(a) => a,
-            None => {
-                let a = mint_actor();
-                store.set_meta("actor", &a.to_be_bytes())?;
-                a
-            }
-        };
         let generation = read_u64(&store, "generation")?.unwrap_or(0) + 1;
         store.set_meta("generation", &generation.to_be_bytes())?;
         let hints = Arc::new(Hints::open(store.clone(), generation)?);

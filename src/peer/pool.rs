@@ -97,18 +97,25 @@ impl Peers {
             .remove(&addr);
     }
 
-    async fn client(&self, addr: SocketAddr) -> Result<PeerClient, PeerError> {
+    /// The connection to `addr`, dialled (and proven) within `budget` if needed.
+    async fn client(&self, addr: SocketAddr, budget: Duration) -> Result<PeerClient, PeerError> {
         if let Some(c) = self.cached(addr) {
             return Ok(c);
         }
         let err = |reason: String| PeerError::Connect { addr, reason };
-        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, (self.connector)(addr))
+        let dial = async {
+            let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, (self.connector)(addr))
+                .await
+                .map_err(|_| err("connect timed out".into()))?
+                .map_err(|e| err(e.to_string()))?;
+            handshake::initiate(&mut stream, &self.key)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            Ok::<_, PeerError>(stream)
+        };
+        let stream = tokio::time::timeout(budget, dial)
             .await
-            .map_err(|_| err("connect timed out".into()))?
-            .map_err(|e| err(e.to_string()))?;
-        handshake::initiate(&mut stream, &self.key)
-            .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|_| err("no time left to connect".into()))??;
         let transport = crate::rpc::framed(stream, self.max_frame);
         let tarpc::client::NewClient { client, dispatch } =
             PeerClient::new(tarpc::client::Config::default(), transport);
@@ -185,9 +192,11 @@ impl Peers {
         F: FnOnce(PeerClient, tarpc::context::Context) -> Fut,
         Fut: Future<Output = Result<Result<T, ApiError>, RpcError>>,
     {
-        let client = self.client(addr).await?;
+        // The deadline covers dialling too: a request never outlives its caller's.
+        let deadline = std::time::Instant::now() + timeout;
+        let client = self.client(addr, timeout).await?;
         let mut ctx = tarpc::context::current();
-        ctx.deadline = std::time::Instant::now() + timeout;
+        ctx.deadline = deadline;
         match f(client, ctx).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(api)) => Err(PeerError::Api(api)),
