@@ -14,6 +14,7 @@ pub mod net;
 pub mod node;
 pub mod object;
 pub mod peer;
+pub mod repair;
 pub mod replica;
 pub mod ring;
 pub mod rpc;

@@ -123,6 +123,14 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Run an anti-entropy round on the connected node now and report it.
+    Repair {
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<u32>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Run a local cluster of K nodes for development (stops them all on Ctrl-C).
     Dev(DevArgs),
     /// Measure put and get throughput and latency against a node.
@@ -290,6 +298,15 @@ pub struct ServeArgs {
     /// SWIM probe period in milliseconds [default: 500].
     #[arg(long = "probe-ms")]
     pub probe_ms: Option<u64>,
+    /// Time between anti-entropy rounds in milliseconds [default: 10000].
+    #[arg(long = "anti-entropy-interval-ms")]
+    pub anti_entropy_interval_ms: Option<u64>,
+    /// Anti-entropy exchanges running at once [default: 2].
+    #[arg(long = "anti-entropy-concurrency")]
+    pub anti_entropy_concurrency: Option<usize>,
+    /// Repair bandwidth in MiB/s (objects moved by anti-entropy and handoff) [default: 16].
+    #[arg(long = "anti-entropy-mb-per-sec")]
+    pub anti_entropy_mb_per_sec: Option<u64>,
 }
 
 #[derive(Args, Debug)]

@@ -321,6 +321,21 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             Ok(EXIT_OK)
         }
         Command::Dev(_) => unreachable!("dev is dispatched before"),
+        Command::Repair { partition, opts } => {
+            let client = connect(&opts).await?;
+            let r = client.repair(partition).await?;
+            if opts.json {
+                let v = serde_json::to_value(&r).map_err(|e| Failure::other(e.to_string()))?;
+                print_json(&v)?;
+            } else {
+                out(format!(
+                    "compared {} partition(s), {} differed, {} key(s) repaired, {} handed off, {} tombstone(s) reaped",
+                    r.compared, r.exchanges, r.keys_repaired, r.handed_off, r.reaped
+                )
+                .as_bytes())?;
+            }
+            Ok(EXIT_OK)
+        }
         Command::Status { opts } => {
             let client = connect(&opts).await?;
             let s = client.status().await?;
@@ -363,6 +378,15 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
                     format!(
                         "hints:        {} pending, {} stored, {} delivered",
                         s.cluster.hints_pending, s.cluster.hints_stored, s.cluster.hints_delivered
+                    ),
+                    format!(
+                        "repair:       {} exchanges, {} keys repaired, {} B sent, {} B received, {} handoffs in flight, {} tombstones reaped",
+                        s.repair.exchanges,
+                        s.repair.keys_repaired,
+                        s.repair.bytes_sent,
+                        s.repair.bytes_received,
+                        s.repair.handoffs_in_flight,
+                        s.repair.tombstones_reaped
                     ),
                     format!(
                         "gossip:       {} datagrams in, {} rejected (auth), {} oversized, {} malformed",

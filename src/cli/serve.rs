@@ -40,6 +40,9 @@ struct FileConfig {
     cluster_secret_file: Option<PathBuf>,
     insecure_dev: Option<bool>,
     probe_ms: Option<u64>,
+    anti_entropy_interval_ms: Option<u64>,
+    anti_entropy_concurrency: Option<usize>,
+    anti_entropy_mb_per_sec: Option<u64>,
 }
 
 fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
@@ -197,6 +200,41 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
         }
         cluster.probe_period = Duration::from_millis(ms);
     }
+    let repair = &mut cfg.repair;
+    if let Some(ms) = args
+        .anti_entropy_interval_ms
+        .or(file.anti_entropy_interval_ms)
+    {
+        if !(100..=86_400_000).contains(&ms) {
+            return Err(Failure::usage(
+                "--anti-entropy-interval-ms must be between 100 and 86400000",
+            ));
+        }
+        repair.interval = Duration::from_millis(ms);
+    }
+    if let Some(c) = args
+        .anti_entropy_concurrency
+        .or(file.anti_entropy_concurrency)
+    {
+        if c == 0 || c > 64 {
+            return Err(Failure::usage(
+                "--anti-entropy-concurrency must be between 1 and 64",
+            ));
+        }
+        repair.concurrency = c;
+    }
+    if let Some(mb) = args
+        .anti_entropy_mb_per_sec
+        .or(file.anti_entropy_mb_per_sec)
+    {
+        if mb == 0 || mb > 10_000 {
+            return Err(Failure::usage(
+                "--anti-entropy-mb-per-sec must be between 1 and 10000",
+            ));
+        }
+        repair.bytes_per_sec = mb << 20;
+    }
+    let cluster = &mut cfg.cluster;
     let secret_file = args.cluster_secret_file.or(file.cluster_secret_file);
     let secret = super::read_secret(secret_file.as_deref())?;
     let insecure = args.insecure_dev || file.insecure_dev.unwrap_or(false);

@@ -323,6 +323,40 @@ impl Client {
             .map_err(|e| rpc_error(self.home.addr, e))
     }
 
+    /// Root hashes of every partition's tree on the connected node (diagnostics).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn partition_roots(&self) -> Result<Vec<[u8; 32]>, ClientError> {
+        Ok(self
+            .home()
+            .await?
+            .rpc
+            .partition_roots(self.ctx())
+            .await
+            .map_err(|e| rpc_error(self.home.addr, e))??)
+    }
+
+    /// Runs an anti-entropy round on the connected node now (all partitions, or one).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn repair(
+        &self,
+        partition: Option<u32>,
+    ) -> Result<crate::repair::RoundReport, ClientError> {
+        let mut ctx = self.ctx();
+        // A round over every partition may move a lot of data.
+        ctx.deadline = std::time::Instant::now() + self.timeout.max(Duration::from_secs(300));
+        Ok(self
+            .home()
+            .await?
+            .rpc
+            .repair(ctx, partition)
+            .await
+            .map_err(|e| rpc_error(self.home.addr, e))??)
+    }
+
     /// Reads only the connected node's replica of a register (diagnostics).
     ///
     /// # Errors

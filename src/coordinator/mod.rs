@@ -73,7 +73,11 @@ pub struct Coordinator {
     inner: Arc<Inner>,
 }
 
+/// Tombstones remembered for reaping at most (beyond, they stay until seen again).
+const MAX_TOMBSTONES: usize = 100_000;
+
 struct Inner {
+    tombstones: std::sync::Mutex<std::collections::BTreeSet<Vec<u8>>>,
     replica: Replica,
     fsync_writes: bool,
     cluster: Arc<ClusterState>,
@@ -132,6 +136,7 @@ impl Coordinator {
         let fsync_writes = replica.store().sync_policy() == ringkv_storage::SyncPolicy::Always;
         Coordinator {
             inner: Arc::new(Inner {
+                tombstones: std::sync::Mutex::new(std::collections::BTreeSet::new()),
                 replica,
                 fsync_writes,
                 cluster,
@@ -161,6 +166,46 @@ impl Coordinator {
     /// The local replica.
     pub fn replica(&self) -> &Replica {
         &self.inner.replica
+    }
+
+    /// Connections to peers.
+    pub fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
+
+    /// Remembers a key whose object is (or may be) a tombstone, for reaping.
+    pub fn note_tombstone(&self, key: &[u8]) {
+        let mut t = self
+            .inner
+            .tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if t.len() < MAX_TOMBSTONES {
+            t.insert(key.to_vec());
+        }
+    }
+
+    /// Takes up to `n` remembered tombstone keys.
+    pub fn take_tombstones(&self, n: usize) -> Vec<Vec<u8>> {
+        let mut t = self
+            .inner
+            .tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<Vec<u8>> = t.iter().take(n).cloned().collect();
+        for k in &keys {
+            t.remove(k);
+        }
+        keys
+    }
+
+    /// Tombstones remembered for reaping.
+    pub fn tombstones_pending(&self) -> usize {
+        self.inner
+            .tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// The cluster view holder.
@@ -362,8 +407,20 @@ impl Coordinator {
     /// [`ApiError`] for undecodable states, wrong kinds or storage failures.
     pub async fn replicate(&self, key: Vec<u8>, object: Vec<u8>) -> Result<(), ApiError> {
         let obj = Object::decode(&object)?;
-        self.run(Io::Write, move |r| r.merge(&key, &obj).map(|_| ()))
-            .await
+        self.replicate_object(key, obj).await
+    }
+
+    /// Merges a decoded state into the local replica; remembers tombstones.
+    ///
+    /// # Errors
+    /// [`ApiError`] for wrong kinds or storage failures.
+    pub async fn replicate_object(&self, key: Vec<u8>, obj: Object) -> Result<(), ApiError> {
+        let k = key.clone();
+        let merged = self.run(Io::Write, move |r| r.merge(&k, &obj)).await?;
+        if merged.is_tombstone() {
+            self.note_tombstone(&key);
+        }
+        Ok(())
     }
 
     /// Keeps a state for an unreachable owner.

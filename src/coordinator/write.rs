@@ -117,6 +117,9 @@ impl Coordinator {
         };
         let key = request.key().to_vec();
         let (object, reply) = self.apply_local(request).await?;
+        if object.is_tombstone() {
+            self.note_tombstone(&key);
+        }
         let bytes = object.encode()?;
         self.replicate_to_quorum(&view, key, bytes, primaries, fallbacks, (w, pw), deadline)
             .await?;

@@ -76,6 +76,8 @@ pub struct NodeConfig {
     pub cache_bytes: u64,
     /// Cluster membership and request defaults.
     pub cluster: ClusterConfig,
+    /// Anti-entropy, handoff and reaping.
+    pub repair: crate::repair::RepairSettings,
 }
 
 impl NodeConfig {
@@ -92,6 +94,7 @@ impl NodeConfig {
             max_in_flight_per_connection: 256,
             cache_bytes: 64 << 20,
             cluster: ClusterConfig::default(),
+            repair: crate::repair::RepairSettings::default(),
         }
     }
 }
@@ -174,6 +177,7 @@ pub struct Node {
     node_id: String,
     generation: u64,
     coordinator: Coordinator,
+    repair: Arc<crate::repair::Repair>,
     started: Instant,
     /// Service counters.
     pub stats: Stats,
@@ -278,11 +282,17 @@ impl Node {
         let coordinator = Coordinator::new(replica, cluster, peers, hints, settings);
         tokio::spawn(crate::coordinator::deliver_hints(
             coordinator.clone(),
-            shutdown.cancelled_owned(),
+            shutdown.clone().cancelled_owned(),
         ));
+        let repair = crate::repair::Repair::start(
+            coordinator.clone(),
+            config.repair,
+            shutdown.cancelled_owned(),
+        );
         tracing::info!(node_id, generation, actor = format!("{actor:016x}"), data_dir = %config.data_dir.display(), n = settings.n, r = settings.r, w = settings.w, "node opened");
         Ok(Arc::new(Node {
             coordinator,
+            repair,
             config,
             node_id,
             generation,
@@ -335,6 +345,7 @@ impl Node {
             limits: self.config.limits,
             stats: self.stats.snapshot(),
             cluster: self.cluster_status(),
+            repair: self.repair.status(),
             storage: {
                 let trees = store.tree_stats();
                 StorageStatus {
@@ -391,6 +402,11 @@ impl Node {
                 .map(|r| (0..r.ring_size()).map(|p| r.owner(p).id.clone()).collect())
                 .unwrap_or_default(),
         }
+    }
+
+    /// The repair service.
+    pub fn repair(&self) -> &Arc<crate::repair::Repair> {
+        &self.repair
     }
 
     /// The shared cluster state.

@@ -115,6 +115,12 @@ impl Object {
         }
     }
 
+    /// Whether this is a register with no live value (only tombstones): what
+    /// acknowledged reaping may remove.
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self, Object::Register(r) if r.is_deleted())
+    }
+
     /// The kind of this object.
     pub fn kind(&self) -> Kind {
         match self {

@@ -129,6 +129,13 @@ pub enum WriteReply {
     Set(bool),
 }
 
+/// `(key, digest)` of every object of one segment.
+pub type KeyDigests = Vec<(Vec<u8>, [u8; 32])>;
+/// Keys with their encoded objects (`None`: absent).
+pub type Fetched = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+/// Digests of keys (`None`: absent) and the number of hints the node holds.
+pub type HeldDigests = (Vec<Option<[u8; 32]>>, u64);
+
 /// What nodes ask each other.
 #[tarpc::service]
 pub trait Peer {
@@ -143,6 +150,24 @@ pub trait Peer {
     async fn hint(owner: String, key: Vec<u8>, object: Vec<u8>) -> Result<(), ApiError>;
     /// The local replica's encoded object of `key`.
     async fn read(key: Vec<u8>) -> Result<Option<Vec<u8>>, ApiError>;
+    /// Anti-entropy: this node's ring epoch and the roots of `partitions`.
+    async fn ae_roots(partitions: Vec<u32>) -> Result<(String, Vec<[u8; 32]>), ApiError>;
+    /// Anti-entropy: the 16 child hashes of each `(level, index)` node of a partition.
+    async fn ae_children(
+        partition: u32,
+        nodes: Vec<(u8, u32)>,
+    ) -> Result<Vec<Vec<[u8; 32]>>, ApiError>;
+    /// Anti-entropy: `(key, digest)` of every object in each segment of a partition.
+    async fn ae_segments(partition: u32, segments: Vec<u16>) -> Result<Vec<KeyDigests>, ApiError>;
+    /// Encoded objects of `keys`, in order, for a prefix of the keys that fits the
+    /// reply size budget (the caller asks again for the rest).
+    async fn fetch(keys: Vec<Vec<u8>>) -> Result<Fetched, ApiError>;
+    /// Merges many object states into the local replica.
+    async fn replicate_many(items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), ApiError>;
+    /// Reaping: digests of `keys` here (None = absent), and the hints this node holds.
+    async fn digests(keys: Vec<Vec<u8>>) -> Result<HeldDigests, ApiError>;
+    /// Reaping: removes each key whose object still has exactly this digest.
+    async fn reap(items: Vec<(Vec<u8>, [u8; 32])>) -> Result<u64, ApiError>;
     /// Operator: this node leaves the cluster; returns its id.
     async fn leave() -> Result<String, ApiError>;
     /// Operator: remove a (dead) node from the cluster.

@@ -102,6 +102,11 @@ impl Replica {
         }
     }
 
+    /// Partitions on the ring.
+    pub fn ring_size(&self) -> u32 {
+        self.ring_size
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits

@@ -86,6 +86,8 @@ pub struct Status {
     pub storage: StorageStatus,
     /// Cluster figures.
     pub cluster: ClusterStatus,
+    /// Anti-entropy, handoff and reaping figures.
+    pub repair: crate::repair::RepairStatus,
 }
 
 /// One member as a node sees it.
@@ -346,4 +348,8 @@ pub trait Kv {
     async fn get_local(key: Vec<u8>) -> Result<GetReply, ApiError>;
     /// The ring and members as this node sees them.
     async fn ring() -> RingInfo;
+    /// Root hashes of every partition's tree on this node, by partition (diagnostics).
+    async fn partition_roots() -> Result<Vec<[u8; 32]>, ApiError>;
+    /// Runs an anti-entropy round now (all partitions, or one) and reports it.
+    async fn repair(partition: Option<u32>) -> Result<crate::repair::RoundReport, ApiError>;
 }

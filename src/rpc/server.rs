@@ -152,6 +152,24 @@ impl Kv for KvServer {
     async fn ring(self, _: context::Context) -> RingInfo {
         self.node.ring()
     }
+
+    async fn partition_roots(self, _: context::Context) -> Result<Vec<[u8; 32]>, ApiError> {
+        let c = self.node.coordinator();
+        let all: Vec<u32> = (0..c.replica().ring_size()).collect();
+        crate::repair::local::roots(c, &all).map(|(_, roots)| roots)
+    }
+
+    async fn repair(
+        self,
+        _: context::Context,
+        partition: Option<u32>,
+    ) -> Result<crate::repair::RoundReport, ApiError> {
+        self.node
+            .repair()
+            .run_now(partition)
+            .await
+            .map_err(|reason| ApiError::Unavailable { reason })
+    }
 }
 
 async fn membership(
@@ -205,6 +223,74 @@ impl Peer for PeerServer {
 
     async fn read(self, _: context::Context, key: Vec<u8>) -> Result<Option<Vec<u8>>, ApiError> {
         self.node.coordinator().read_local_bytes(key).await
+    }
+
+    async fn ae_roots(
+        self,
+        _: context::Context,
+        partitions: Vec<u32>,
+    ) -> Result<(String, Vec<[u8; 32]>), ApiError> {
+        crate::repair::local::roots(self.node.coordinator(), &partitions)
+    }
+
+    async fn ae_children(
+        self,
+        _: context::Context,
+        partition: u32,
+        nodes: Vec<(u8, u32)>,
+    ) -> Result<Vec<Vec<[u8; 32]>>, ApiError> {
+        crate::repair::local::children(self.node.coordinator(), partition, &nodes)
+    }
+
+    async fn ae_segments(
+        self,
+        _: context::Context,
+        partition: u32,
+        segments: Vec<u16>,
+    ) -> Result<Vec<crate::peer::KeyDigests>, ApiError> {
+        crate::repair::local::segments(self.node.coordinator(), partition, &segments)
+    }
+
+    async fn fetch(
+        self,
+        _: context::Context,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<crate::peer::Fetched, ApiError> {
+        crate::repair::local::fetch(self.node.coordinator(), keys)
+    }
+
+    async fn replicate_many(
+        self,
+        _: context::Context,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), ApiError> {
+        if items.len() > crate::repair::local::MAX_KEYS {
+            return Err(ApiError::InvalidOptions {
+                reason: "too many objects in one request".into(),
+            });
+        }
+        for (key, object) in items {
+            self.node.coordinator().replicate(key, object).await?;
+        }
+        Ok(())
+    }
+
+    async fn digests(
+        self,
+        _: context::Context,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<crate::peer::HeldDigests, ApiError> {
+        crate::repair::local::digests(self.node.coordinator(), &keys)
+    }
+
+    async fn reap(
+        self,
+        _: context::Context,
+        items: Vec<(Vec<u8>, [u8; 32])>,
+    ) -> Result<u64, ApiError> {
+        let n = crate::repair::local::reap(self.node.coordinator(), &items)?;
+        self.node.repair().count_reaped(n);
+        Ok(n)
     }
 
     async fn leave(self, _: context::Context) -> Result<String, ApiError> {

@@ -1,0 +1,779 @@
+//! Repair (DESIGN.md §7): Merkle anti-entropy between the replicas of a partition,
+//! ownership handoff when the ring changes, and acknowledged tombstone reaping.
+//!
+//! Every round (each `--anti-entropy-interval-ms`, or at once on `ringkv repair`):
+//! - for each partition this node is a primary of, one batched root comparison with
+//!   another primary (rotating); differing partitions run an [`exchange`] that
+//!   descends only into differing branches, then the differing objects are merged
+//!   both ways;
+//! - for each partition this node holds data of but no longer owns (the ring
+//!   changed, or it is leaving), the data is pushed into every current primary and,
+//!   once all of them took it, dropped here, key by key, only where it did not change
+//!   since (handoff; resumable, since it is driven by what is stored);
+//! - tombstones are reaped once every ring member answers, holds no hints, every
+//!   primary holds the same tombstone and no other node holds anything else.
+//!
+//! Work is bounded: exchanges run `concurrency` at a time, object bytes move at most
+//! `bytes_per_sec`, every request is batched and capped.
+
+pub mod exchange;
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use ringkv_gossip::Liveness;
+use ringkv_storage::{EMPTY, Hash, object_digest};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::cluster::{ClusterView, walk_of};
+use crate::coordinator::Coordinator;
+use crate::object::Object;
+use crate::peer::pool::PeerError;
+use exchange::{Exchange, Need};
+
+/// Keys moved per fetch or merge request at most.
+const KEYS_PER_BATCH: usize = 256;
+/// Object bytes per merge request at most.
+const PUSH_BYTES: usize = 4 << 20;
+/// Deadline of one repair request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tombstones considered for reaping per round at most.
+const REAP_PER_ROUND: usize = 256;
+
+/// How repair runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepairSettings {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Exchanges running at once.
+    pub concurrency: usize,
+    /// Object bytes moved per second at most (both directions together).
+    pub bytes_per_sec: u64,
+}
+
+impl Default for RepairSettings {
+    fn default() -> Self {
+        RepairSettings {
+            interval: Duration::from_secs(10),
+            concurrency: 2,
+            bytes_per_sec: 16 << 20,
+        }
+    }
+}
+
+/// Repair counters since start, as `status` shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairStatus {
+    /// Exchanges run (partitions whose roots differed).
+    pub exchanges: u64,
+    /// Keys whose state was moved to or from a peer.
+    pub keys_repaired: u64,
+    /// State bytes sent (objects, hashes, digests).
+    pub bytes_sent: u64,
+    /// State bytes received (objects, hashes, digests).
+    pub bytes_received: u64,
+    /// Milliseconds since the last completed round (`None` before the first).
+    pub last_exchange_ms_ago: Option<u64>,
+    /// Root comparison requests sent (one per peer per round).
+    pub root_requests: u64,
+    /// Partition roots compared.
+    pub roots_compared: u64,
+    /// Partitions this node holds but no longer owns (handoffs in flight).
+    pub handoffs_in_flight: u64,
+    /// Partitions handed off and dropped here.
+    pub handoffs_done: u64,
+    /// Tombstones reaped (on this node).
+    pub tombstones_reaped: u64,
+    /// Tombstones waiting to be reaped.
+    pub tombstones_pending: u64,
+}
+
+/// What one round did (answer to `ringkv repair`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundReport {
+    /// Partitions whose roots were compared.
+    pub compared: u64,
+    /// Partitions whose roots differed.
+    pub exchanges: u64,
+    /// Keys repaired.
+    pub keys_repaired: u64,
+    /// Partitions handed off.
+    pub handed_off: u64,
+    /// Tombstones reaped.
+    pub reaped: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    exchanges: AtomicU64,
+    keys_repaired: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    root_requests: AtomicU64,
+    roots_compared: AtomicU64,
+    handoffs_in_flight: AtomicU64,
+    handoffs_done: AtomicU64,
+    tombstones_reaped: AtomicU64,
+}
+
+/// A request to run a round now.
+pub type Trigger = (Option<u32>, oneshot::Sender<RoundReport>);
+
+/// The repair service of one node.
+pub struct Repair {
+    coordinator: Coordinator,
+    settings: RepairSettings,
+    counters: Counters,
+    last_round: Mutex<Option<Instant>>,
+    /// When the current ring epoch was first seen (handoffs wait for it to settle).
+    epoch_since: Mutex<(String, Instant)>,
+    throttle: tokio::sync::Mutex<Instant>,
+    rounds: AtomicU64,
+    trigger: mpsc::Sender<Trigger>,
+}
+
+/// Whether to store what the peer has (both ways) or only give ours (handoff).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Both,
+    Give,
+}
+
+fn peer_err(e: PeerError) -> String {
+    e.to_string()
+}
+
+impl Repair {
+    /// Starts the repair loop; returns its handle.
+    pub fn start(
+        coordinator: Coordinator,
+        settings: RepairSettings,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Arc<Repair> {
+        let (tx, rx) = mpsc::channel(16);
+        let r = Arc::new(Repair {
+            coordinator,
+            settings,
+            counters: Counters::default(),
+            last_round: Mutex::new(None),
+            epoch_since: Mutex::new((String::new(), Instant::now())),
+            throttle: tokio::sync::Mutex::new(Instant::now()),
+            rounds: AtomicU64::new(0),
+            trigger: tx,
+        });
+        tokio::spawn(r.clone().run(rx, shutdown));
+        r
+    }
+
+    /// Runs a round now (all partitions, or one) and reports what it did.
+    ///
+    /// # Errors
+    /// If the repair loop has stopped.
+    pub async fn run_now(&self, partition: Option<u32>) -> Result<RoundReport, String> {
+        let (tx, rx) = oneshot::channel();
+        self.trigger
+            .send((partition, tx))
+            .await
+            .map_err(|_| "repair has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "repair round was abandoned".to_string())
+    }
+
+    /// Counts tombstones a peer asked this node to reap.
+    pub fn count_reaped(&self, n: u64) {
+        self.counters
+            .tombstones_reaped
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counters for `status`.
+    pub fn status(&self) -> RepairStatus {
+        let c = &self.counters;
+        RepairStatus {
+            exchanges: c.exchanges.load(Ordering::Relaxed),
+            keys_repaired: c.keys_repaired.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            last_exchange_ms_ago: self
+                .last_round
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|t| t.elapsed().as_millis() as u64),
+            root_requests: c.root_requests.load(Ordering::Relaxed),
+            roots_compared: c.roots_compared.load(Ordering::Relaxed),
+            handoffs_in_flight: c.handoffs_in_flight.load(Ordering::Relaxed),
+            handoffs_done: c.handoffs_done.load(Ordering::Relaxed),
+            tombstones_reaped: c.tombstones_reaped.load(Ordering::Relaxed),
+            tombstones_pending: self.coordinator.tombstones_pending() as u64,
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Trigger>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let trigger = tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                t = rx.recv() => match t {
+                    Some(t) => Some(t),
+                    None => return,
+                },
+                () = tokio::time::sleep(self.settings.interval) => None,
+            };
+            let (only, reply) = match trigger {
+                Some((p, reply)) => (p, Some(reply)),
+                None => (None, None),
+            };
+            let report = self.round(only).await;
+            *self.last_round.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            if let Some(reply) = reply {
+                let _ = reply.send(report);
+            }
+        }
+    }
+
+    /// Waits until moving `bytes` keeps within the bandwidth limit.
+    async fn throttle(&self, bytes: usize) {
+        let rate = self.settings.bytes_per_sec.max(1) as f64;
+        let cost = Duration::from_secs_f64(bytes as f64 / rate);
+        let wait_until = {
+            let mut next = self.throttle.lock().await;
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + cost;
+            start
+        };
+        tokio::time::sleep_until(wait_until).await;
+    }
+
+    fn settled(&self, view: &ClusterView) -> bool {
+        let epoch = view.epoch_hex();
+        let mut since = self.epoch_since.lock().unwrap_or_else(|p| p.into_inner());
+        if since.0 != epoch {
+            *since = (epoch, Instant::now());
+            return false;
+        }
+        // Handoffs wait until the ring has been stable for a few rounds, so a node
+        // with a passing view never gives its data away.
+        since.1.elapsed() >= (self.settings.interval * 2).max(Duration::from_secs(3))
+    }
+
+    async fn round(&self, only: Option<u32>) -> RoundReport {
+        let mut report = RoundReport::default();
+        let view = self.coordinator.cluster().view();
+        let Some(ring) = view.ring.clone() else {
+            return report;
+        };
+        let settled = self.settled(&view);
+        let round = self.rounds.fetch_add(1, Ordering::Relaxed);
+        let me = view.self_id.clone();
+        let n = view.n;
+        let store = self.coordinator.replica().store().clone();
+        let mut by_peer: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        let mut handoff: Vec<(u32, Vec<String>)> = Vec::new();
+        let partitions: Vec<u32> = match only {
+            Some(p) if p < ring.ring_size() => vec![p],
+            Some(_) => Vec::new(),
+            None => (0..ring.ring_size()).collect(),
+        };
+        for p in partitions {
+            let (primaries, _) = walk_of(&ring, p, n);
+            if primaries.contains(&me) {
+                let others: Vec<&String> = primaries
+                    .iter()
+                    .filter(|o| **o != me && view.reachable(o))
+                    .collect();
+                if others.is_empty() {
+                    continue;
+                }
+                let peer = others[(round as usize + p as usize) % others.len()].clone();
+                by_peer.entry(peer).or_default().push(p);
+            } else if store.root(p).map(|r| r != EMPTY).unwrap_or(false) {
+                handoff.push((p, primaries));
+            }
+        }
+        self.counters
+            .handoffs_in_flight
+            .store(handoff.len() as u64, Ordering::Relaxed);
+        // 1. Root comparisons, one request per peer, then exchanges where they differ.
+        let mut work: Vec<(SocketAddr, u32, Hash, Hash)> = Vec::new();
+        for (peer, parts) in by_peer {
+            let Some(addr) = view.address(&peer) else {
+                continue;
+            };
+            let local: Vec<Hash> = match parts.iter().map(|&p| store.root(p)).collect() {
+                Ok(l) => l,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read partition roots");
+                    return report;
+                }
+            };
+            let ps = parts.clone();
+            self.counters.root_requests.fetch_add(1, Ordering::Relaxed);
+            let remote = self
+                .coordinator
+                .peers()
+                .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                    let ps = ps.clone();
+                    async move { c.ae_roots(ctx, ps).await }
+                })
+                .await;
+            let (_, remote) = match remote {
+                Ok(r) if r.1.len() == parts.len() => r,
+                Ok(_) => continue,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "root comparison failed");
+                    continue;
+                }
+            };
+            self.counters
+                .bytes_received
+                .fetch_add(32 * remote.len() as u64, Ordering::Relaxed);
+            self.counters
+                .bytes_sent
+                .fetch_add(4 * parts.len() as u64, Ordering::Relaxed);
+            self.counters
+                .roots_compared
+                .fetch_add(parts.len() as u64, Ordering::Relaxed);
+            report.compared += parts.len() as u64;
+            for ((p, l), r) in parts.into_iter().zip(local).zip(remote) {
+                if l != r {
+                    work.push((addr, p, l, r));
+                }
+            }
+        }
+        report.exchanges = work.len() as u64;
+        self.counters
+            .exchanges
+            .fetch_add(work.len() as u64, Ordering::Relaxed);
+        let repaired: Vec<u64> = futures::stream::iter(work)
+            .map(|(addr, p, l, r)| async move {
+                match self.exchange(addr, p, l, r, Mode::Both).await {
+                    Ok(n) => n,
+                    Err(error) => {
+                        tracing::debug!(partition = p, %error, "exchange failed");
+                        0
+                    }
+                }
+            })
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        report.keys_repaired = repaired.iter().sum();
+        // 2. Handoffs of partitions given away, once the ring has settled.
+        if settled {
+            for (p, primaries) in handoff {
+                match self.hand_off(&view, p, &primaries).await {
+                    Ok(true) => {
+                        report.handed_off += 1;
+                        self.counters.handoffs_done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => {}
+                    Err(error) => tracing::debug!(partition = p, %error, "handoff not done yet"),
+                }
+            }
+        }
+        // 3. Tombstones.
+        if settled {
+            report.reaped = self.reap(&view).await;
+        }
+        report
+    }
+
+    /// Runs one exchange of partition `p` with the peer at `addr`; returns the keys
+    /// whose state moved.
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        p: u32,
+        local_root: Hash,
+        remote_root: Hash,
+        mode: Mode,
+    ) -> Result<u64, String> {
+        let store = self.coordinator.replica().store().clone();
+        let peers = self.coordinator.peers();
+        let mut x = Exchange::new(p, local_root, remote_root);
+        // Bounded: at most DEPTH + 1 levels, each in batches of at most 256 nodes
+        // out of 4,096 leaves.
+        for _ in 0..64 {
+            match x.next_need() {
+                Need::Done => break,
+                Need::Children(nodes) => {
+                    let local: Vec<Vec<Hash>> = nodes
+                        .iter()
+                        .map(|&(level, index)| store.children(p, level, index))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| e.to_string())?;
+                    let ns = nodes.clone();
+                    let remote = peers
+                        .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                            let ns = ns.clone();
+                            async move { c.ae_children(ctx, p, ns).await }
+                        })
+                        .await
+                        .map_err(peer_err)?;
+                    let hashes: usize = remote.iter().map(Vec::len).sum();
+                    self.counters
+                        .bytes_received
+                        .fetch_add(32 * hashes as u64, Ordering::Relaxed);
+                    x.children(&local, &remote).map_err(|e| e.to_string())?;
+                }
+                Need::Segments(segs) => {
+                    let local: Vec<Vec<(Vec<u8>, Hash)>> = segs
+                        .iter()
+                        .map(|&s| store.segment_digests(p, s))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| e.to_string())?;
+                    let ss = segs.clone();
+                    let remote = peers
+                        .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                            let ss = ss.clone();
+                            async move { c.ae_segments(ctx, p, ss).await }
+                        })
+                        .await
+                        .map_err(peer_err)?;
+                    let bytes: usize = remote
+                        .iter()
+                        .flat_map(|v| v.iter().map(|(k, _)| k.len() + 32))
+                        .sum();
+                    self.counters
+                        .bytes_received
+                        .fetch_add(bytes as u64, Ordering::Relaxed);
+                    x.segments(&local, &remote).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        let keys = x.take_keys();
+        let mut moved = 0;
+        for chunk in keys.chunks(KEYS_PER_BATCH) {
+            moved += self.sync_keys(addr, chunk.to_vec(), mode).await?;
+        }
+        self.counters
+            .keys_repaired
+            .fetch_add(moved, Ordering::Relaxed);
+        Ok(moved)
+    }
+
+    /// Brings `keys` to the merge of both sides: on the peer always, here too unless
+    /// handing off.
+    async fn sync_keys(
+        &self,
+        addr: SocketAddr,
+        keys: Vec<Vec<u8>>,
+        mode: Mode,
+    ) -> Result<u64, String> {
+        let peers = self.coordinator.peers();
+        let mut remote: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(keys.len());
+        let mut rest = keys;
+        while !rest.is_empty() {
+            let ask = rest.clone();
+            let got = peers
+                .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                    let ask = ask.clone();
+                    async move { c.fetch(ctx, ask).await }
+                })
+                .await
+                .map_err(peer_err)?;
+            if got.is_empty() || got.len() > rest.len() {
+                return Err("peer sent a malformed fetch reply".into());
+            }
+            let bytes: usize = got
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum();
+            self.throttle(bytes).await;
+            self.counters
+                .bytes_received
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+            rest.drain(..got.len());
+            remote.extend(got);
+        }
+        let mut push: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut moved = 0;
+        for (key, theirs) in remote {
+            let theirs_obj = match theirs.as_deref().map(Object::decode).transpose() {
+                Ok(o) => o,
+                Err(error) => {
+                    tracing::warn!(%error, "peer sent an unreadable object; skipping it");
+                    continue;
+                }
+            };
+            let ours = self
+                .coordinator
+                .replica()
+                .get(&key)
+                .map_err(|e| e.to_string())?;
+            let merged = match (&ours, &theirs_obj) {
+                (None, None) => continue,
+                (Some(o), None) | (None, Some(o)) => o.clone(),
+                (Some(a), Some(b)) => {
+                    let mut m = a.clone();
+                    if let Err(error) = m.merge(b) {
+                        tracing::warn!(%error, key = ?String::from_utf8_lossy(&key), "replicas hold different kinds; left as is");
+                        continue;
+                    }
+                    m
+                }
+            };
+            if mode == Mode::Both
+                && let Some(t) = &theirs_obj
+                && ours.as_ref() != Some(&merged)
+            {
+                self.coordinator
+                    .replicate_object(key.clone(), t.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                moved += 1;
+            }
+            let merged_digest = merged.digest(&key).map_err(|e| e.to_string())?;
+            let theirs_digest = theirs.as_ref().map(|b| object_digest(&key, b));
+            if theirs_digest != Some(merged_digest) {
+                push.push((key, merged.encode().map_err(|e| e.to_string())?));
+                moved += 1;
+            }
+        }
+        // Merges go out in batches within the request size budget.
+        let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut size = 0;
+        for item in push {
+            size += item.0.len() + item.1.len();
+            batch.push(item);
+            if size >= PUSH_BYTES || batch.len() >= KEYS_PER_BATCH {
+                self.push(addr, std::mem::take(&mut batch), size).await?;
+                size = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.push(addr, batch, size).await?;
+        }
+        Ok(moved)
+    }
+
+    async fn push(
+        &self,
+        addr: SocketAddr,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        bytes: usize,
+    ) -> Result<(), String> {
+        self.throttle(bytes).await;
+        self.coordinator
+            .peers()
+            .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                let items = items.clone();
+                async move { c.replicate_many(ctx, items).await }
+            })
+            .await
+            .map_err(peer_err)?;
+        self.counters
+            .bytes_sent
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives partition `p` to its current primaries; drops it here once all of them
+    /// took it. Returns whether the partition is now empty here.
+    async fn hand_off(
+        &self,
+        view: &ClusterView,
+        p: u32,
+        primaries: &[String],
+    ) -> Result<bool, String> {
+        let store = self.coordinator.replica().store().clone();
+        // What we hold now, before giving it: only these exact states are dropped
+        // afterwards, so a write landing here meanwhile is handed off next round.
+        let mut snapshot: Vec<(Vec<u8>, Hash)> = Vec::new();
+        for item in store.scan_partition(p) {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            let d = object_digest(&k, &v);
+            snapshot.push((k, d));
+            if snapshot.len() >= 100_000 {
+                break;
+            }
+        }
+        if snapshot.is_empty() {
+            return Ok(true);
+        }
+        let epoch = view.epoch_hex();
+        for q in primaries {
+            let addr = view
+                .address(q)
+                .ok_or_else(|| format!("no address for {q}"))?;
+            let (their_epoch, roots) = self
+                .coordinator
+                .peers()
+                .call(addr, REQUEST_TIMEOUT, |c, ctx| async move {
+                    c.ae_roots(ctx, vec![p]).await
+                })
+                .await
+                .map_err(peer_err)?;
+            self.counters.root_requests.fetch_add(1, Ordering::Relaxed);
+            if their_epoch != epoch {
+                return Err(format!("{q} sees another ring ({their_epoch}); waiting"));
+            }
+            let Some(&remote_root) = roots.first() else {
+                return Err(format!("{q} sent no root"));
+            };
+            let local_root = store.root(p).map_err(|e| e.to_string())?;
+            if local_root != remote_root {
+                self.exchange(addr, p, local_root, remote_root, Mode::Give)
+                    .await?;
+            }
+        }
+        // Every primary now holds at least what the snapshot held.
+        for (k, d) in &snapshot {
+            store.remove_if(p, k, d).map_err(|e| e.to_string())?;
+        }
+        let empty = store.root(p).map_err(|e| e.to_string())? == EMPTY;
+        if empty {
+            tracing::info!(partition = p, keys = snapshot.len(), "partition handed off");
+        }
+        Ok(empty)
+    }
+
+    /// Reaps tombstones this node is the first primary of, when every ring member
+    /// answers, holds no hints, every primary holds the same tombstone and nobody
+    /// holds anything else for the key (DESIGN.md §3: acknowledged, never on a timer).
+    async fn reap(&self, view: &ClusterView) -> u64 {
+        let Some(ring) = &view.ring else {
+            return 0;
+        };
+        let me = view.self_id.clone();
+        let candidates = self.coordinator.take_tombstones(REAP_PER_ROUND);
+        let mut keys: Vec<(Vec<u8>, Hash, Vec<String>)> = Vec::new();
+        for key in candidates {
+            let (primaries, _) = walk_of(
+                ring,
+                crate::ring::partition_of(&key, ring.ring_size()),
+                view.n,
+            );
+            if primaries.first() != Some(&me) {
+                continue;
+            }
+            match self.coordinator.replica().get(&key) {
+                Ok(Some(obj @ Object::Register(_))) if obj.is_tombstone() => {
+                    if let Ok(d) = obj.digest(&key) {
+                        keys.push((key, d, primaries));
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "cannot read a tombstone"),
+            }
+        }
+        if keys.is_empty() {
+            return 0;
+        }
+        let retry = |keys: &[(Vec<u8>, Hash, Vec<String>)]| {
+            for (k, _, _) in keys {
+                self.coordinator.note_tombstone(k);
+            }
+        };
+        // Every member that is not removed must answer: any of them may hold a hint
+        // or an older copy (earlier owner, fallback) that would bring the key back.
+        let members: Vec<String> = view
+            .members
+            .iter()
+            .filter(|r| r.status != ringkv_gossip::Status::Removed)
+            .map(|r| r.node_id.clone())
+            .collect();
+        if members
+            .iter()
+            .any(|m| view.liveness_of(m) != Liveness::Alive)
+        {
+            retry(&keys);
+            return 0;
+        }
+        let ks: Vec<Vec<u8>> = keys.iter().map(|(k, _, _)| k.clone()).collect();
+        let mut held: BTreeMap<String, Vec<Option<Hash>>> = BTreeMap::new();
+        for m in &members {
+            let answer = if *m == me {
+                local::digests(&self.coordinator, &ks).map_err(|e| e.to_string())
+            } else if let Some(addr) = view.address(m) {
+                let ks = ks.clone();
+                self.coordinator
+                    .peers()
+                    .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                        let ks = ks.clone();
+                        async move { c.digests(ctx, ks).await }
+                    })
+                    .await
+                    .map_err(peer_err)
+            } else {
+                Err("no address".to_string())
+            };
+            match answer {
+                Ok((digests, 0)) if digests.len() == ks.len() => {
+                    held.insert(m.clone(), digests);
+                }
+                Ok(_) | Err(_) => {
+                    retry(&keys);
+                    return 0;
+                }
+            }
+        }
+        let mut reaped = 0;
+        let mut per_member: BTreeMap<String, Vec<(Vec<u8>, Hash)>> = BTreeMap::new();
+        for (i, (key, d, primaries)) in keys.iter().enumerate() {
+            let everyone_agrees = held.iter().all(|(m, digests)| {
+                if primaries.contains(m) {
+                    digests[i] == Some(*d)
+                } else {
+                    digests[i].is_none() || digests[i] == Some(*d)
+                }
+            });
+            if !everyone_agrees {
+                self.coordinator.note_tombstone(key);
+                continue;
+            }
+            for (m, digests) in &held {
+                if digests[i] == Some(*d) {
+                    per_member
+                        .entry(m.clone())
+                        .or_default()
+                        .push((key.clone(), *d));
+                }
+            }
+        }
+        for (m, items) in per_member {
+            let r = if m == me {
+                local::reap(&self.coordinator, &items).map_err(|e| e.to_string())
+            } else if let Some(addr) = view.address(&m) {
+                self.coordinator
+                    .peers()
+                    .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                        let items = items.clone();
+                        async move { c.reap(ctx, items).await }
+                    })
+                    .await
+                    .map_err(peer_err)
+            } else {
+                Err("no address".to_string())
+            };
+            match r {
+                Ok(n) => {
+                    if m == me {
+                        reaped += n;
+                        self.counters
+                            .tombstones_reaped
+                            .fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(node = %m, %error, "reap failed; the tombstone stays")
+                }
+            }
+        }
+        reaped
+    }
+}
