@@ -56,6 +56,15 @@ impl Default for Settings {
     }
 }
 
+/// Ends a repair in flight when dropped.
+pub struct RepairGuard(Arc<AtomicU64>);
+
+impl Drop for RepairGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Counters of coordination work.
 #[derive(Debug, Default)]
 pub struct CoordinatorStats {
@@ -73,11 +82,20 @@ pub struct Coordinator {
     inner: Arc<Inner>,
 }
 
+/// Keys in turn, and the same keys as a set.
+type TombstoneQueue = (
+    std::collections::VecDeque<Vec<u8>>,
+    std::collections::HashSet<Vec<u8>>,
+);
+
 /// Tombstones remembered for reaping at most (beyond, they stay until seen again).
 const MAX_TOMBSTONES: usize = 100_000;
 
 struct Inner {
-    tombstones: std::sync::Mutex<std::collections::BTreeSet<Vec<u8>>>,
+    repairs_in_flight: Arc<AtomicU64>,
+    /// Keys to consider for reaping, in turn (a queue, so keys that cannot be reaped
+    /// yet never starve the others), with a set to keep them unique.
+    tombstones: std::sync::Mutex<TombstoneQueue>,
     replica: Replica,
     fsync_writes: bool,
     cluster: Arc<ClusterState>,
@@ -136,7 +154,8 @@ impl Coordinator {
         let fsync_writes = replica.store().sync_policy() == ringkv_storage::SyncPolicy::Always;
         Coordinator {
             inner: Arc::new(Inner {
-                tombstones: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+                repairs_in_flight: Arc::new(AtomicU64::new(0)),
+                tombstones: std::sync::Mutex::new(Default::default()),
                 replica,
                 fsync_writes,
                 cluster,
@@ -173,6 +192,18 @@ impl Coordinator {
         &self.inner.peers
     }
 
+    /// Marks a repair (read repair, anti-entropy batch) in flight until the guard
+    /// drops: a state it fetched may still be written back, so reaping waits.
+    pub fn repair_started(&self) -> RepairGuard {
+        self.inner.repairs_in_flight.fetch_add(1, Ordering::SeqCst);
+        RepairGuard(self.inner.repairs_in_flight.clone())
+    }
+
+    /// Repairs in flight now.
+    pub fn repairs_in_flight(&self) -> u64 {
+        self.inner.repairs_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Remembers a key whose object is (or may be) a tombstone, for reaping.
     pub fn note_tombstone(&self, key: &[u8]) {
         let mut t = self
@@ -180,8 +211,8 @@ impl Coordinator {
             .tombstones
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if t.len() < MAX_TOMBSTONES {
-            t.insert(key.to_vec());
+        if t.1.len() < MAX_TOMBSTONES && t.1.insert(key.to_vec()) {
+            t.0.push_back(key.to_vec());
         }
     }
 
@@ -192,9 +223,10 @@ impl Coordinator {
             .tombstones
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let keys: Vec<Vec<u8>> = t.iter().take(n).cloned().collect();
+        let take = n.min(t.0.len());
+        let keys: Vec<Vec<u8>> = t.0.drain(..take).collect();
         for k in &keys {
-            t.remove(k);
+            t.1.remove(k);
         }
         keys
     }
@@ -205,6 +237,7 @@ impl Coordinator {
             .tombstones
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .len()
     }
 

@@ -217,7 +217,9 @@ impl Coordinator {
         deadline: Instant,
     ) {
         let this = self.clone();
+        let busy = self.repair_started();
         tokio::spawn(async move {
+            let _busy = busy;
             while outstanding > 0 {
                 tokio::select! {
                     Some((node, result)) = rx.recv() => {

@@ -117,18 +117,21 @@ pub fn fetch(c: &Coordinator, keys: Vec<Vec<u8>>) -> Result<crate::peer::Fetched
     let mut out = Vec::with_capacity(keys.len());
     let mut bytes = 0usize;
     for key in keys {
-        if bytes >= FETCH_BYTES && !out.is_empty() {
-            break;
-        }
         let obj = c.replica().get(&key)?;
         let encoded = obj.map(|o| o.encode()).transpose()?;
-        bytes += encoded.as_ref().map_or(0, Vec::len) + key.len();
+        let size = encoded.as_ref().map_or(0, Vec::len) + key.len();
+        // Always at least one object; never past the budget otherwise.
+        if !out.is_empty() && bytes + size > FETCH_BYTES {
+            break;
+        }
+        bytes += size;
         out.push((key, encoded));
     }
     Ok(out)
 }
 
-/// Digests of `keys` here, and the number of hints this node holds.
+/// Digests of `keys` here (synced to disk first), and how many hints and repairs in
+/// flight this node has (reaping needs zero everywhere).
 ///
 /// # Errors
 /// [`ApiError`] for bad keys or storage failures.
@@ -147,7 +150,9 @@ pub fn digests(c: &Coordinator, keys: &[Vec<u8>]) -> Result<crate::peer::HeldDig
             .map_err(storage)?;
         out.push(raw.map(|b| object_digest(key, &b)));
     }
-    Ok((out, c.hints().pending()))
+    // Reaping relies on this answer: it must survive a crash of this node.
+    c.replica().store().sync().map_err(storage)?;
+    Ok((out, c.hints().pending() + c.repairs_in_flight()))
 }
 
 /// Removes each key whose stored object still has the given digest and is a

@@ -45,6 +45,8 @@ const KEYS_PER_BATCH: usize = 256;
 const PUSH_BYTES: usize = 4 << 20;
 /// Deadline of one repair request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Segments listed per request at most.
+const SEGMENTS_PER_REQUEST: usize = 32;
 /// Tombstones considered for reaping per round at most.
 const REAP_PER_ROUND: usize = 256;
 
@@ -304,9 +306,11 @@ impl Repair {
                 handoff.push((p, primaries));
             }
         }
-        self.counters
-            .handoffs_in_flight
-            .store(handoff.len() as u64, Ordering::Relaxed);
+        if only.is_none() {
+            self.counters
+                .handoffs_in_flight
+                .store(handoff.len() as u64, Ordering::Relaxed);
+        }
         // 1. Root comparisons, one request per peer, then exchanges where they differ.
         let mut work: Vec<(SocketAddr, u32, Hash, Hash)> = Vec::new();
         for (peer, parts) in by_peer {
@@ -385,7 +389,20 @@ impl Repair {
                 }
             }
         }
-        // 3. Tombstones.
+        // 3. Tombstones. One owned partition per round is scanned for them, so
+        // tombstones forgotten by a restart are found again (a full cycle takes Q
+        // rounds).
+        if only.is_none() {
+            let p = (round % u64::from(ring.ring_size())) as u32;
+            if walk_of(&ring, p, n).0.contains(&me) {
+                for item in store.scan_partition(p).take(1_000_000) {
+                    let Ok((k, v)) = item else { break };
+                    if Object::decode(&v).is_ok_and(|o| o.is_tombstone()) {
+                        self.coordinator.note_tombstone(&k);
+                    }
+                }
+            }
+        }
         if settled {
             report.reaped = self.reap(&view).await;
         }
@@ -428,6 +445,7 @@ impl Repair {
                     self.counters
                         .bytes_received
                         .fetch_add(32 * hashes as u64, Ordering::Relaxed);
+                    self.throttle(32 * hashes).await;
                     x.children(&local, &remote).map_err(|e| e.to_string())?;
                 }
                 Need::Segments(segs) => {
@@ -436,14 +454,23 @@ impl Repair {
                         .map(|&s| store.segment_digests(p, s))
                         .collect::<Result<_, _>>()
                         .map_err(|e| e.to_string())?;
-                    let ss = segs.clone();
-                    let remote = peers
-                        .call(addr, REQUEST_TIMEOUT, |c, ctx| {
-                            let ss = ss.clone();
-                            async move { c.ae_segments(ctx, p, ss).await }
-                        })
-                        .await
-                        .map_err(peer_err)?;
+                    // Segments are asked for a few at a time: each lists every key of
+                    // its leaf, so a large partition makes large replies.
+                    let mut remote: Vec<Vec<(Vec<u8>, Hash)>> = Vec::with_capacity(segs.len());
+                    for chunk in segs.chunks(SEGMENTS_PER_REQUEST) {
+                        let ss = chunk.to_vec();
+                        let part = peers
+                            .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                                let ss = ss.clone();
+                                async move { c.ae_segments(ctx, p, ss).await }
+                            })
+                            .await
+                            .map_err(peer_err)?;
+                        if part.len() != chunk.len() {
+                            return Err("peer sent a malformed segment reply".into());
+                        }
+                        remote.extend(part);
+                    }
                     let bytes: usize = remote
                         .iter()
                         .flat_map(|v| v.iter().map(|(k, _)| k.len() + 32))
@@ -451,6 +478,7 @@ impl Repair {
                     self.counters
                         .bytes_received
                         .fetch_add(bytes as u64, Ordering::Relaxed);
+                    self.throttle(bytes).await;
                     x.segments(&local, &remote).map_err(|e| e.to_string())?;
                 }
             }
@@ -474,8 +502,11 @@ impl Repair {
         keys: Vec<Vec<u8>>,
         mode: Mode,
     ) -> Result<u64, String> {
+        // Counted as a repair in flight: reaping waits while a state fetched here could
+        // still be written back somewhere.
+        let _busy = self.coordinator.repair_started();
         let peers = self.coordinator.peers();
-        let mut remote: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(keys.len());
+        let mut moved = 0;
         let mut rest = keys;
         while !rest.is_empty() {
             let ask = rest.clone();
@@ -486,79 +517,111 @@ impl Repair {
                 })
                 .await
                 .map_err(peer_err)?;
-            if got.is_empty() || got.len() > rest.len() {
+            if got.is_empty()
+                || got.len() > rest.len()
+                || got.iter().zip(&rest).any(|((k, _), asked)| k != asked)
+            {
                 return Err("peer sent a malformed fetch reply".into());
             }
             let bytes: usize = got
                 .iter()
                 .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
                 .sum();
-            self.throttle(bytes).await;
             self.counters
                 .bytes_received
                 .fetch_add(bytes as u64, Ordering::Relaxed);
             rest.drain(..got.len());
-            remote.extend(got);
-        }
-        let mut push: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut moved = 0;
-        for (key, theirs) in remote {
-            let theirs_obj = match theirs.as_deref().map(Object::decode).transpose() {
-                Ok(o) => o,
-                Err(error) => {
-                    tracing::warn!(%error, "peer sent an unreadable object; skipping it");
-                    continue;
-                }
-            };
-            let ours = self
-                .coordinator
-                .replica()
-                .get(&key)
-                .map_err(|e| e.to_string())?;
-            let merged = match (&ours, &theirs_obj) {
-                (None, None) => continue,
-                (Some(o), None) | (None, Some(o)) => o.clone(),
-                (Some(a), Some(b)) => {
-                    let mut m = a.clone();
-                    if let Err(error) = m.merge(b) {
-                        tracing::warn!(%error, key = ?String::from_utf8_lossy(&key), "replicas hold different kinds; left as is");
-                        continue;
+            // Applied and pushed at once (the local state re-read now), so no state
+            // fetched here waits long before it is written anywhere.
+            let mut push: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            for (key, theirs) in got {
+                match self.merge_key(&key, theirs, mode).await {
+                    Ok(Some(merged)) => {
+                        moved += 1;
+                        if let Some(m) = merged {
+                            push.push((key, m));
+                        }
                     }
-                    m
+                    Ok(None) => {}
+                    Err(error) if mode == Mode::Give => {
+                        // Never drop what could not be given.
+                        return Err(format!("cannot hand off a key: {error}"));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, key = ?String::from_utf8_lossy(&key), "key left out of repair");
+                    }
                 }
-            };
-            if mode == Mode::Both
-                && let Some(t) = &theirs_obj
-                && ours.as_ref() != Some(&merged)
-            {
-                self.coordinator
-                    .replicate_object(key.clone(), t.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                moved += 1;
             }
-            let merged_digest = merged.digest(&key).map_err(|e| e.to_string())?;
-            let theirs_digest = theirs.as_ref().map(|b| object_digest(&key, b));
-            if theirs_digest != Some(merged_digest) {
-                push.push((key, merged.encode().map_err(|e| e.to_string())?));
-                moved += 1;
+            let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            let mut size = 0;
+            for item in push {
+                let item_size = item.0.len() + item.1.len();
+                if !batch.is_empty()
+                    && (size + item_size > PUSH_BYTES || batch.len() >= KEYS_PER_BATCH)
+                {
+                    self.push(addr, std::mem::take(&mut batch), size).await?;
+                    size = 0;
+                }
+                size += item_size;
+                batch.push(item);
             }
-        }
-        // Merges go out in batches within the request size budget.
-        let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut size = 0;
-        for item in push {
-            size += item.0.len() + item.1.len();
-            batch.push(item);
-            if size >= PUSH_BYTES || batch.len() >= KEYS_PER_BATCH {
-                self.push(addr, std::mem::take(&mut batch), size).await?;
-                size = 0;
+            if !batch.is_empty() {
+                self.push(addr, batch, size).await?;
             }
-        }
-        if !batch.is_empty() {
-            self.push(addr, batch, size).await?;
+            // Bandwidth is accounted after the fact: the next request waits.
+            self.throttle(bytes).await;
         }
         Ok(moved)
+    }
+
+    /// Merges the peer's state of one key with ours. Returns `None` if nothing
+    /// moves, `Some(None)` if only this side changed, `Some(Some(bytes))` if the peer
+    /// must get the merged state.
+    async fn merge_key(
+        &self,
+        key: &[u8],
+        theirs: Option<Vec<u8>>,
+        mode: Mode,
+    ) -> Result<Option<Option<Vec<u8>>>, String> {
+        let theirs_obj = theirs
+            .as_deref()
+            .map(Object::decode)
+            .transpose()
+            .map_err(|e| format!("peer sent an unreadable object: {e}"))?;
+        let ours = self
+            .coordinator
+            .replica()
+            .get(key)
+            .map_err(|e| e.to_string())?;
+        let merged = match (&ours, &theirs_obj) {
+            (None, None) => return Ok(None),
+            (Some(o), None) | (None, Some(o)) => o.clone(),
+            (Some(a), Some(b)) => {
+                let mut m = a.clone();
+                m.merge(b)
+                    .map_err(|e| format!("replicas hold different kinds: {e}"))?;
+                m
+            }
+        };
+        let mut changed = false;
+        if mode == Mode::Both
+            && let Some(t) = theirs_obj
+            && ours.as_ref() != Some(&merged)
+        {
+            self.coordinator
+                .replicate_object(key.to_vec(), t)
+                .await
+                .map_err(|e| e.to_string())?;
+            changed = true;
+        }
+        if merged.is_tombstone() {
+            self.coordinator.note_tombstone(key);
+        }
+        let merged_digest = merged.digest(key).map_err(|e| e.to_string())?;
+        if theirs.as_ref().map(|b| object_digest(key, b)) != Some(merged_digest) {
+            return Ok(Some(Some(merged.encode().map_err(|e| e.to_string())?)));
+        }
+        Ok(changed.then_some(None))
     }
 
     async fn push(
@@ -659,6 +722,11 @@ impl Repair {
                 view.n,
             );
             if primaries.first() != Some(&me) {
+                // Another primary drives this one; keep it in case that changes
+                // (it leaves the queue once the tombstone is gone here).
+                if matches!(self.coordinator.replica().get(&key), Ok(Some(o)) if o.is_tombstone()) {
+                    self.coordinator.note_tombstone(&key);
+                }
                 continue;
             }
             match self.coordinator.replica().get(&key) {

@@ -272,7 +272,15 @@ impl Peer for PeerServer {
         for (key, object) in items {
             self.node.coordinator().replicate(key, object).await?;
         }
-        Ok(())
+        // Handoff drops the giver's copy once this answer arrives: make it durable.
+        self.node
+            .coordinator()
+            .replica()
+            .store()
+            .sync()
+            .map_err(|e| ApiError::Storage {
+                reason: e.to_string(),
+            })
     }
 
     async fn digests(
