@@ -56,12 +56,26 @@ impl Default for Settings {
     }
 }
 
-/// Ends a repair in flight when dropped.
-pub struct RepairGuard(Arc<AtomicU64>);
+/// Keys with states in flight (writes replicating, repairs), with their counts.
+type BusyKeys = Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, u32>>>;
+
+/// Marks keys as having states in flight until dropped.
+pub struct RepairGuard {
+    busy: BusyKeys,
+    keys: Vec<Vec<u8>>,
+}
 
 impl Drop for RepairGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            if let Some(n) = busy.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    busy.remove(k);
+                }
+            }
+        }
     }
 }
 
@@ -92,7 +106,7 @@ type TombstoneQueue = (
 const MAX_TOMBSTONES: usize = 100_000;
 
 struct Inner {
-    repairs_in_flight: Arc<AtomicU64>,
+    busy: BusyKeys,
     /// Keys to consider for reaping, in turn (a queue, so keys that cannot be reaped
     /// yet never starve the others), with a set to keep them unique.
     tombstones: std::sync::Mutex<TombstoneQueue>,
@@ -154,7 +168,7 @@ impl Coordinator {
         let fsync_writes = replica.store().sync_policy() == ringkv_storage::SyncPolicy::Always;
         Coordinator {
             inner: Arc::new(Inner {
-                repairs_in_flight: Arc::new(AtomicU64::new(0)),
+                busy: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
                 tombstones: std::sync::Mutex::new(Default::default()),
                 replica,
                 fsync_writes,
@@ -192,16 +206,24 @@ impl Coordinator {
         &self.inner.peers
     }
 
-    /// Marks a repair (read repair, anti-entropy batch) in flight until the guard
-    /// drops: a state it fetched may still be written back, so reaping waits.
-    pub fn repair_started(&self) -> RepairGuard {
-        self.inner.repairs_in_flight.fetch_add(1, Ordering::SeqCst);
-        RepairGuard(self.inner.repairs_in_flight.clone())
+    /// Marks `keys` as having states in flight (a write replicating, a read repair, an
+    /// anti-entropy batch) until the guard drops: such a state may still be written
+    /// somewhere, so these keys are not reaped meanwhile.
+    pub fn repair_started(&self, keys: &[Vec<u8>]) -> RepairGuard {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        for k in keys {
+            *busy.entry(k.clone()).or_insert(0) += 1;
+        }
+        RepairGuard {
+            busy: self.inner.busy.clone(),
+            keys: keys.to_vec(),
+        }
     }
 
-    /// Repairs in flight now.
-    pub fn repairs_in_flight(&self) -> u64 {
-        self.inner.repairs_in_flight.load(Ordering::SeqCst)
+    /// How many of `keys` have states in flight here now.
+    pub fn keys_in_flight(&self, keys: &[Vec<u8>]) -> u64 {
+        let busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter().filter(|k| busy.contains_key(*k)).count() as u64
     }
 
     /// Remembers a key whose object is (or may be) a tombstone, for reaping.

@@ -217,7 +217,7 @@ impl Coordinator {
         deadline: Instant,
     ) {
         let this = self.clone();
-        let busy = self.repair_started();
+        let busy = self.repair_started(std::slice::from_ref(&key));
         tokio::spawn(async move {
             let _busy = busy;
             while outstanding > 0 {

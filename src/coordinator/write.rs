@@ -363,6 +363,7 @@ impl Coordinator {
             }
         };
         let this = self.clone();
+        let busy = self.repair_started(std::slice::from_ref(&key));
         let hinted_handoff = self.inner.settings.hinted_handoff;
         let spare_addrs: BTreeMap<String, Option<SocketAddr>> =
             spare.iter().map(|f| (f.clone(), view.address(f))).collect();
@@ -418,8 +419,11 @@ impl Coordinator {
             let _ = t.send(d);
         }
         // The rest runs detached so hints are placed even after the answer, for a
-        // bounded grace period past the deadline.
+        // bounded grace period past the deadline. While states of this write are on
+        // their way, tombstones are not reaped (an old state arriving after a reap
+        // would bring a deleted key back).
         let driver = async move {
+            let _busy = busy;
             let mut answered_deadline = false;
             while outstanding > 0 {
                 let step = tokio::select! {

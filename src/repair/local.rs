@@ -152,7 +152,7 @@ pub fn digests(c: &Coordinator, keys: &[Vec<u8>]) -> Result<crate::peer::HeldDig
     }
     // Reaping relies on this answer: it must survive a crash of this node.
     c.replica().store().sync().map_err(storage)?;
-    Ok((out, c.hints().pending() + c.repairs_in_flight()))
+    Ok((out, c.hints().pending() + c.keys_in_flight(keys)))
 }
 
 /// Removes each key whose stored object still has the given digest and is a

@@ -504,7 +504,7 @@ impl Repair {
     ) -> Result<u64, String> {
         // Counted as a repair in flight: reaping waits while a state fetched here could
         // still be written back somewhere.
-        let _busy = self.coordinator.repair_started();
+        let _busy = self.coordinator.repair_started(&keys);
         let peers = self.coordinator.peers();
         let mut moved = 0;
         let mut rest = keys;
