@@ -20,7 +20,7 @@ const Q: u32 = 256;
 fn open(path: &std::path::Path, actor: u64) -> Replica {
     let mut cfg = StoreConfig::new(path);
     cfg.sync = SyncPolicy::None;
-    Replica::new(Store::open(cfg).expect("open"), actor, Limits::default(), Q)
+    Replica::new(Store::open(cfg).expect("open"), actor, Limits::default(), Q).expect("replica")
 }
 
 fn key(i: u64) -> Vec<u8> {

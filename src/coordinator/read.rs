@@ -69,6 +69,9 @@ impl Coordinator {
         self.inner.replica.check_key(&key)?;
         let (r, pr, timeout) = self.need(&opts, false)?;
         let deadline = Instant::now() + timeout;
+        // From the first reply on, this read holds states it may write back (read
+        // repair): the key is not reaped meanwhile.
+        let busy = self.repair_started(std::slice::from_ref(&key));
         let view = self.inner.cluster.view();
         let (primaries, _) = view.walk(&key);
         if primaries.is_empty() {
@@ -201,12 +204,14 @@ impl Coordinator {
             outstanding + earlier_outstanding,
             rx,
             deadline,
+            busy,
         );
         Ok(merged)
     }
 
     /// After answering: collect the replies still on their way, then send the merged
     /// state to every primary whose copy differed.
+    #[allow(clippy::too_many_arguments)]
     fn spawn_repair(
         &self,
         key: Vec<u8>,
@@ -215,9 +220,9 @@ impl Coordinator {
         mut outstanding: usize,
         mut rx: mpsc::Receiver<Report>,
         deadline: Instant,
+        busy: super::RepairGuard,
     ) {
         let this = self.clone();
-        let busy = self.repair_started(std::slice::from_ref(&key));
         tokio::spawn(async move {
             let _busy = busy;
             while outstanding > 0 {

@@ -129,6 +129,9 @@ pub enum NodeError {
         /// Length found.
         len: usize,
     },
+    /// The replica could not be prepared.
+    #[error("replica: {0}")]
+    Replica(String),
     /// Membership could not start.
     #[error(transparent)]
     Membership(#[from] ShellError),
@@ -277,7 +280,8 @@ impl Node {
             shutdown.clone().cancelled_owned(),
         )
         .await?;
-        let replica = Replica::new(store, actor, config.limits, config.ring_size);
+        let replica = Replica::new(store, actor, config.limits, config.ring_size)
+            .map_err(|e| NodeError::Replica(e.to_string()))?;
         let peers = Peers::new(net, config.cluster.key.clone(), config.limits.frame_bytes());
         let coordinator = Coordinator::new(replica, cluster, peers, hints, settings);
         tokio::spawn(crate::coordinator::deliver_hints(

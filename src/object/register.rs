@@ -46,10 +46,8 @@ impl Register {
         Self::default()
     }
 
-    /// Applies a client write coordinated by `actor`.
-    ///
-    /// Siblings covered by `context` are replaced; the others stay as concurrent
-    /// siblings. `value = None` writes a tombstone. Returns the new write's dot.
+    /// Applies a client write coordinated by `actor`, with the next dot counter of
+    /// this key (`own + 1`). See [`Register::write_at`].
     ///
     /// # Errors
     /// [`ObjectError::InvalidContext`] if `context` claims writes by `actor` that this
@@ -60,17 +58,41 @@ impl Register {
         context: &VClock<Actor>,
         value: Option<Vec<u8>>,
     ) -> Result<Dot<Actor>, ObjectError> {
+        let next = self.clock.get(&actor) + 1;
+        self.write_at(actor, next, context, value)
+    }
+
+    /// Applies a client write coordinated by `actor`, numbering its dot at least
+    /// `floor`: a node-wide counter that never goes back, so a dot is never reused even
+    /// after the key's tombstone was reaped here and the per-key count restarted
+    /// (another replica still holding the old clock would otherwise take the new
+    /// write for one it had already seen).
+    ///
+    /// Siblings covered by `context` are replaced; the others stay as concurrent
+    /// siblings. `value = None` writes a tombstone. Returns the new write's dot.
+    ///
+    /// # Errors
+    /// [`ObjectError::InvalidContext`] if `context` claims writes by `actor` that this
+    /// replica never made (beyond both this key's count and the node-wide counter).
+    pub fn write_at(
+        &mut self,
+        actor: Actor,
+        floor: u64,
+        context: &VClock<Actor>,
+        value: Option<Vec<u8>>,
+    ) -> Result<Dot<Actor>, ObjectError> {
         let own = self.clock.get(&actor);
-        if context.get(&actor) > own {
+        let claimed = context.get(&actor);
+        if claimed > own && claimed >= floor {
             return Err(ObjectError::InvalidContext {
                 reason: format!(
-                    "context claims {} writes by this replica, which has made {own}",
-                    context.get(&actor)
+                    "context claims {claimed} writes by this replica, which has made {}",
+                    own.max(floor.saturating_sub(1))
                 ),
             });
         }
         self.siblings.retain(|s| !covers(context, &s.dot));
-        let dot = Dot::new(actor, own + 1);
+        let dot = Dot::new(actor, (own + 1).max(floor).max(claimed + 1));
         self.clock.merge(context.clone());
         self.clock.apply(dot);
         self.siblings.push(Sibling { dot, value });

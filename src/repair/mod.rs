@@ -383,6 +383,11 @@ impl Repair {
                     Ok(true) => {
                         report.handed_off += 1;
                         self.counters.handoffs_done.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.counters.handoffs_in_flight.fetch_update(
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                            |n| n.checked_sub(1),
+                        );
                     }
                     Ok(false) => {}
                     Err(error) => tracing::debug!(partition = p, %error, "handoff not done yet"),
@@ -673,6 +678,7 @@ impl Repair {
             let addr = view
                 .address(q)
                 .ok_or_else(|| format!("no address for {q}"))?;
+            self.counters.root_requests.fetch_add(1, Ordering::Relaxed);
             let (their_epoch, roots) = self
                 .coordinator
                 .peers()
@@ -681,7 +687,6 @@ impl Repair {
                 })
                 .await
                 .map_err(peer_err)?;
-            self.counters.root_requests.fetch_add(1, Ordering::Relaxed);
             if their_epoch != epoch {
                 return Err(format!("{q} sees another ring ({their_epoch}); waiting"));
             }
@@ -722,11 +727,7 @@ impl Repair {
                 view.n,
             );
             if primaries.first() != Some(&me) {
-                // Another primary drives this one; keep it in case that changes
-                // (it leaves the queue once the tombstone is gone here).
-                if matches!(self.coordinator.replica().get(&key), Ok(Some(o)) if o.is_tombstone()) {
-                    self.coordinator.note_tombstone(&key);
-                }
+                // The first primary drives it (its per-round scan finds it too).
                 continue;
             }
             match self.coordinator.replica().get(&key) {
@@ -763,30 +764,38 @@ impl Repair {
             return 0;
         }
         let ks: Vec<Vec<u8>> = keys.iter().map(|(k, _, _)| k.clone()).collect();
+        // Asked twice: members answer one after another, so a state fetched from one
+        // member before another took the tombstone could still be on its way after
+        // the first pass. Anything fetched before the first pass ended is, during the
+        // second, either marked in flight or merged under the tombstone.
         let mut held: BTreeMap<String, Vec<Option<Hash>>> = BTreeMap::new();
-        for m in &members {
-            let answer = if *m == me {
-                local::digests(&self.coordinator, &ks).map_err(|e| e.to_string())
-            } else if let Some(addr) = view.address(m) {
-                let ks = ks.clone();
-                self.coordinator
-                    .peers()
-                    .call(addr, REQUEST_TIMEOUT, |c, ctx| {
-                        let ks = ks.clone();
-                        async move { c.digests(ctx, ks).await }
-                    })
-                    .await
-                    .map_err(peer_err)
-            } else {
-                Err("no address".to_string())
-            };
-            match answer {
-                Ok((digests, 0)) if digests.len() == ks.len() => {
-                    held.insert(m.clone(), digests);
-                }
-                Ok(_) | Err(_) => {
-                    retry(&keys);
-                    return 0;
+        for pass in 0..2 {
+            for m in &members {
+                let answer = if *m == me {
+                    local::digests(&self.coordinator, &ks).map_err(|e| e.to_string())
+                } else if let Some(addr) = view.address(m) {
+                    self.coordinator
+                        .peers()
+                        .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                            let ks = ks.clone();
+                            async move { c.digests(ctx, ks).await }
+                        })
+                        .await
+                        .map_err(peer_err)
+                } else {
+                    Err("no address".to_string())
+                };
+                match answer {
+                    Ok((digests, 0))
+                        if digests.len() == ks.len()
+                            && (pass == 0 || held.get(m) == Some(&digests)) =>
+                    {
+                        held.insert(m.clone(), digests);
+                    }
+                    Ok(_) | Err(_) => {
+                        retry(&keys);
+                        return 0;
+                    }
                 }
             }
         }

@@ -82,6 +82,16 @@ pub enum ReplicaError {
     Storage(#[from] StorageError),
 }
 
+/// Dot counters reserved on disk at a time: a restart skips what is left of the
+/// block, so a counter is never handed out twice.
+const DOT_BLOCK: u64 = 1 << 20;
+
+/// The node-wide dot counter of this replica's actor (see [`Register::write_at`]).
+struct Dots {
+    next: std::sync::atomic::AtomicU64,
+    reserved: std::sync::Mutex<u64>,
+}
+
 /// The local replica of a node.
 #[derive(Clone)]
 pub struct Replica {
@@ -89,17 +99,58 @@ pub struct Replica {
     actor: Actor,
     limits: Limits,
     ring_size: u32,
+    dots: std::sync::Arc<Dots>,
 }
 
 impl Replica {
-    /// A replica over `store`, writing as `actor`.
-    pub fn new(store: Store, actor: Actor, limits: Limits, ring_size: u32) -> Self {
-        Replica {
+    /// A replica over `store`, writing as `actor`; reserves a block of dot counters.
+    ///
+    /// # Errors
+    /// [`ReplicaError::Storage`] if the reservation cannot be read or written.
+    pub fn new(
+        store: Store,
+        actor: Actor,
+        limits: Limits,
+        ring_size: u32,
+    ) -> Result<Self, ReplicaError> {
+        let reserved = match store.meta("dot_reserved")? {
+            None => 0,
+            Some(v) => <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| {
+                    ReplicaError::Object(ObjectError::Corrupt {
+                        reason: format!("dot reservation of {} bytes", v.len()),
+                    })
+                })?,
+        };
+        let next = reserved + 1;
+        let block = next + DOT_BLOCK;
+        store.set_meta("dot_reserved", &block.to_be_bytes())?;
+        Ok(Replica {
             store,
             actor,
             limits,
             ring_size,
+            dots: std::sync::Arc::new(Dots {
+                next: std::sync::atomic::AtomicU64::new(next),
+                reserved: std::sync::Mutex::new(block),
+            }),
+        })
+    }
+
+    /// The next node-wide dot counter, reserving a new block on disk when needed.
+    fn next_dot(&self) -> Result<u64, ReplicaError> {
+        let n = self
+            .dots
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut reserved = self.dots.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if n >= *reserved {
+            let block = n + DOT_BLOCK;
+            self.store.set_meta("dot_reserved", &block.to_be_bytes())?;
+            *reserved = block;
         }
+        Ok(n)
     }
 
     /// Partitions on the ring.
@@ -215,6 +266,7 @@ impl Replica {
         let actor = self.actor;
         let limits = self.limits;
         let deleting = value.is_none();
+        let floor = self.next_dot()?;
         let (obj, ()) = self.modify(key, Kind::Register, |obj| {
             let Object::Register(reg) = obj else {
                 unreachable!("modify checked the kind")
@@ -224,7 +276,7 @@ impl Replica {
                 return Ok((false, ()));
             }
             let mut next = reg.clone();
-            next.write(actor, context, value)?;
+            next.write_at(actor, floor, context, value)?;
             let count = next.siblings().len();
             if count > limits.max_siblings && count > reg.siblings().len() {
                 return Err(ObjectError::TooManySiblings {
@@ -321,7 +373,7 @@ mod tests {
     fn replica(dir: &std::path::Path, limits: Limits) -> Replica {
         let mut cfg = StoreConfig::new(dir);
         cfg.sync = SyncPolicy::None;
-        Replica::new(Store::open(cfg).expect("open"), 7, limits, 256)
+        Replica::new(Store::open(cfg).expect("open"), 7, limits, 256).expect("replica")
     }
 
     #[test]
@@ -408,6 +460,50 @@ mod tests {
     }
 
     #[test]
+    fn a_write_after_a_partial_reap_is_not_shadowed_by_the_old_tombstone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = replica(dir.path(), Limits::default());
+        let empty = VClock::new();
+        for _ in 0..3 {
+            r.write_register(b"k", Some(b"v".to_vec()), &empty)
+                .expect("put");
+        }
+        let reg = match r.get(b"k").expect("get") {
+            Some(Object::Register(reg)) => reg,
+            other => panic!("{other:?}"),
+        };
+        let tomb = r.write_register(b"k", None, reg.context()).expect("delete");
+        // Another replica still holds the tombstone; this one reaps it.
+        let held = Object::Register(tomb.clone());
+        let digest = held.digest(b"k").expect("digest");
+        let p = partition_of(b"k", 256);
+        assert!(r.store().remove_if(p, b"k", &digest).expect("reap"));
+        let fresh = r
+            .write_register(b"k", Some(b"new".to_vec()), &empty)
+            .expect("put after reap");
+        let mut other = held;
+        other.merge(&Object::Register(fresh)).expect("merge");
+        match other {
+            Object::Register(m) => assert_eq!(m.values(), vec![b"new".as_slice()]),
+            other => panic!("{other:?}"),
+        }
+        // A context from before the reap is still accepted.
+        r.write_register(b"k", Some(b"newer".to_vec()), tomb.context())
+            .expect("old context");
+    }
+
+    #[test]
+    fn dot_counters_never_repeat_across_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = {
+            let r = replica(dir.path(), Limits::default());
+            r.next_dot().expect("dot")
+        };
+        let r = replica(dir.path(), Limits::default());
+        assert!(r.next_dot().expect("dot") > first + DOT_BLOCK - 1);
+    }
+
+    #[test]
     fn merge_of_remote_state_converges() {
         let a_dir = tempfile::tempdir().expect("tempdir");
         let b_dir = tempfile::tempdir().expect("tempdir");
@@ -417,7 +513,8 @@ mod tests {
             8,
             Limits::default(),
             256,
-        );
+        )
+        .expect("replica");
         a.counter_add(b"c", 5).expect("add");
         b.counter_add(b"c", -2).expect("add");
         let sa = a.get(b"c").expect("get").expect("found");
