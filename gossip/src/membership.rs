@@ -466,23 +466,32 @@ impl Gossip {
     /// Publishes (a new version of) this node's own record, or an operator's decision
     /// about another node.
     pub fn publish(&mut self, record: NodeRecord) -> Vec<Output> {
-        let changed = apply_record(
-            &mut self.members.lock().unwrap_or_else(|p| p.into_inner()),
-            record.clone(),
-        );
-        match changed {
-            Ok(true) => match postcard::to_stdvec(&record) {
-                Ok(bytes) => {
-                    if let Err(error) = self.foca.add_broadcast(&bytes) {
-                        tracing::warn!(%error, "cannot broadcast member record");
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "cannot encode member record"),
-            },
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "member record refused"),
-        }
+        self.spread(record);
         self.take()
+    }
+
+    /// Merges a record and, if it was new, disseminates it. The record goes in
+    /// through foca's broadcast handler, which merges it: merging first would make
+    /// the handler call it stale, and foca would then never send it.
+    fn spread(&mut self, record: NodeRecord) {
+        let fallback = |g: &mut Gossip, r: NodeRecord| {
+            let mut members = g.members.lock().unwrap_or_else(|p| p.into_inner());
+            if apply_record(&mut members, r).is_err() {
+                g.stats.rejected_malformed += 1;
+            }
+        };
+        match postcard::to_stdvec(&record) {
+            Ok(bytes) => {
+                if let Err(error) = self.foca.add_broadcast(&bytes) {
+                    tracing::debug!(%error, "member record not broadcast; merged only");
+                    fallback(self, record);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode member record");
+                fallback(self, record);
+            }
+        }
     }
 
     /// Handles one datagram received from `from`.
@@ -513,22 +522,9 @@ impl Gossip {
             }
             Some((&TAG_RECORDS, body)) => match postcard::from_bytes::<Exchange>(body) {
                 Ok(msg) if msg.records.len() <= RECORDS_PER_DATAGRAM => {
-                    let mut new = Vec::new();
-                    {
-                        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
-                        for r in msg.records {
-                            match apply_record(&mut members, r.clone()) {
-                                Ok(true) => new.push(r),
-                                Ok(false) => {}
-                                Err(_) => self.stats.rejected_malformed += 1,
-                            }
-                        }
-                    }
-                    // Spread what was new to us through the broadcasts too.
-                    for r in new {
-                        if let Ok(bytes) = postcard::to_stdvec(&r) {
-                            let _ = self.foca.add_broadcast(&bytes);
-                        }
+                    // New records also go on through the broadcasts.
+                    for r in msg.records {
+                        self.spread(r);
                     }
                     if msg.reply
                         && (self.replied.contains(&from) || self.replied.len() < REPLIES_PER_PERIOD)
@@ -651,6 +647,42 @@ impl Gossip {
             .collect();
         out.insert(self.foca.identity().addr, Liveness::Alive);
         out
+    }
+
+    /// SWIM's view of one address (cheaper than [`Gossip::liveness`] at scale).
+    pub fn liveness_of(&self, addr: SocketAddr) -> Liveness {
+        if addr == self.foca.identity().addr {
+            return Liveness::Alive;
+        }
+        self.foca
+            .iter_membership_state()
+            .find(|m| m.id().addr == addr)
+            .map(|m| match m.state() {
+                foca::State::Alive => Liveness::Alive,
+                foca::State::Suspect => Liveness::Suspect,
+                foca::State::Down => Liveness::Down,
+            })
+            .unwrap_or(Liveness::Unknown)
+    }
+
+    /// The record this node holds for `node_id`, if any (cheaper than cloning the
+    /// whole member set).
+    pub fn record(&self, node_id: &str) -> Option<NodeRecord> {
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node_id)
+            .cloned()
+    }
+
+    /// Members with a record here.
+    pub fn member_count(&self) -> usize {
+        self.members.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Members SWIM considers active (alive or suspect), this node excluded.
+    pub fn active_count(&self) -> usize {
+        self.foca.num_members()
     }
 
     /// Counters.
@@ -930,6 +962,26 @@ mod tests {
         // Every datagram stayed within the limit (asserted in `perform`) and the
         // full exchange carried all records across.
         assert_eq!(net.nodes[1].members().len(), 42);
+    }
+
+    #[test]
+    fn a_new_record_spreads_by_broadcast_within_a_second() {
+        // A full exchange happens every 2 s; broadcasts must be much faster.
+        let mut net = Net::new(&[b"s".as_slice(); 8]);
+        net.run_until(10_000);
+        let mut r = record(3, net.addrs[3]);
+        r.version = 2;
+        r.zone = "moved".into();
+        let out = net.nodes[3].publish(r);
+        net.perform(3, out);
+        net.run_until(11_000);
+        for i in 0..8 {
+            assert_eq!(
+                net.nodes[i].record("n3").map(|r| r.version),
+                Some(2),
+                "node {i}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,11 @@
-//! ringkv-simulation: seeded, replayable chaos simulation of whole ringkv clusters on
-//! turmoil (DESIGN.md §9).
+//! ringkv-simulation: seeded, replayable simulation of ringkv (DESIGN.md §9).
 //!
-//! Not built yet: the simulation issue fills this crate. The node code it will drive
-//! already reaches the network only through `ringkv::net::Network`, so a turmoil
-//! implementation of that seam is all the node needs.
+//! Built so far: [`net`], the transport seam on turmoil, so real ringkv nodes and
+//! clients run on a simulated network; and [`gossip_scale`], the membership state
+//! machine of `ringkv-gossip` with up to thousands of members on a deterministic
+//! event queue (no sockets, no clock), measuring detection and dissemination.
+
+pub mod gossip_scale;
+pub mod net;
+
+pub use net::SimNetwork;
