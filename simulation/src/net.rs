@@ -11,6 +11,15 @@ use ringkv::net::{Datagram, Listener, Network};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SimNetwork;
 
+/// turmoil binds only the unspecified address of a host (each host has one IP):
+/// nodes configured with their host's IP bind the same port on it that way.
+fn any(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        addr.port(),
+    )
+}
+
 /// A simulated listening socket.
 pub struct SimListener(turmoil::net::TcpListener);
 
@@ -49,7 +58,9 @@ impl Network for SimNetwork {
     type Socket = SimSocket;
 
     async fn bind(&self, addr: SocketAddr) -> io::Result<SimListener> {
-        turmoil::net::TcpListener::bind(addr).await.map(SimListener)
+        turmoil::net::TcpListener::bind(any(addr))
+            .await
+            .map(SimListener)
     }
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<turmoil::net::TcpStream> {
@@ -57,6 +68,8 @@ impl Network for SimNetwork {
     }
 
     async fn bind_udp(&self, addr: SocketAddr) -> io::Result<SimSocket> {
-        turmoil::net::UdpSocket::bind(addr).await.map(SimSocket)
+        turmoil::net::UdpSocket::bind(any(addr))
+            .await
+            .map(SimSocket)
     }
 }

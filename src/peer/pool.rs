@@ -202,7 +202,12 @@ impl Peers {
             Ok(Err(api)) => Err(PeerError::Api(api)),
             Err(e) => {
                 let reason = match &e {
-                    RpcError::DeadlineExceeded => "deadline passed".to_string(),
+                    RpcError::DeadlineExceeded => {
+                        // A partition can leave a TCP stream hanging for good (lost
+                        // segments are never resent once it heals): dial again.
+                        self.forget(addr);
+                        "deadline passed".to_string()
+                    }
                     RpcError::Shutdown => {
                         self.forget(addr);
                         CLOSED.to_string()
