@@ -296,6 +296,14 @@ impl Gossip {
         // A down identity may come back only with a higher generation; forget it after
         // a while so the foca member list stays bounded.
         foca_config.remove_down_after = Some(Duration::from_secs(600));
+        // After a partition heals, a side that declared the other down must reach it
+        // again (the other side renews its identity when it learns it was declared
+        // down). foca's default waits 65 s between such announces; the simulation
+        // showed clusters staying split for over a minute.
+        foca_config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: Duration::from_secs(3),
+            num_members: std::num::NonZeroUsize::new(2).unwrap_or(std::num::NonZeroUsize::MIN),
+        });
         let foca = Foca::with_custom_broadcast(
             identity,
             foca_config,
@@ -576,13 +584,17 @@ impl Gossip {
         self.take()
     }
 
-    /// Announces to one member foca does not know (down for long and forgotten, or
-    /// on the other side of a healed partition while each side still has peers), so
-    /// split clusters merge again.
+    /// Announces to one member foca does not know or holds as down (a dead node, or
+    /// one on the other side of a healed partition while each side still has peers),
+    /// so split clusters merge again.
     fn announce_to_forgotten(&mut self) {
+        // Known and not down: everyone else is worth an announce. To a member that
+        // declared us down, the announce draws a TurnUndead, after which we renew our
+        // identity and the next announce is accepted; that is how a split heals.
         let known: std::collections::BTreeSet<SocketAddr> = self
             .foca
             .iter_membership_state()
+            .filter(|m| m.state() != foca::State::Down)
             .map(|m| m.id().addr)
             .collect();
         let me = self.foca.identity().addr;
@@ -903,6 +915,29 @@ mod tests {
                 .filter(|l| **l == Liveness::Alive)
                 .count();
             assert_eq!(alive, 4, "node {i} sees everyone again");
+        }
+    }
+
+    #[test]
+    fn a_split_into_halves_heals_within_seconds() {
+        let mut net = Net::new(&[b"s".as_slice(); 4]);
+        net.run_until(5_000);
+        net.side = vec![0, 0, 1, 1];
+        net.run_until(60_000);
+        assert_eq!(
+            net.nodes[0].liveness_of(net.addrs[3]),
+            Liveness::Down,
+            "declared down across the split"
+        );
+        net.side = vec![0; 4];
+        net.run_until(80_000);
+        for i in 0..4 {
+            let alive = net.nodes[i]
+                .liveness()
+                .values()
+                .filter(|l| **l == Liveness::Alive)
+                .count();
+            assert_eq!(alive, 4, "node {i} sees everyone within 20 s of the heal");
         }
     }
 

@@ -5,6 +5,7 @@
 //! machine of `ringkv-gossip` with up to thousands of members on a deterministic
 //! event queue (no sockets, no clock), measuring detection and dissemination.
 
+pub mod chaos;
 pub mod gossip_scale;
 pub mod net;
 

@@ -271,7 +271,14 @@ impl Client {
                     continue;
                 }
             };
-            match f(conn.rpc.clone(), self.ctx()).await {
+            // tarpc's deadline is on the wall clock; tokio's timer also bounds the
+            // call, so virtual time (the simulation) governs it as well.
+            let answer =
+                match tokio::time::timeout(self.timeout, f(conn.rpc.clone(), self.ctx())).await {
+                    Ok(a) => a,
+                    Err(_) => Err(RpcError::DeadlineExceeded),
+                };
+            match answer {
                 Ok(r) => return Ok(r?),
                 Err(e) => {
                     // Even `Shutdown` may come after the request left (the connection

@@ -19,6 +19,10 @@ use crate::rpc::api::ApiError;
 /// Reason of a call that met a closed connection.
 const CLOSED: &str = "connection closed";
 
+/// Pause before dialling an address again after a failed dial or a dropped
+/// connection.
+pub const REDIAL_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Longest wait for a TCP connection to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -61,6 +65,9 @@ pub struct Peers {
     max_frame: usize,
     conns: Arc<Mutex<HashMap<SocketAddr, (u64, PeerClient)>>>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
+    /// When each address may be dialled again after a failure (bounded redials:
+    /// a peer that is partitioned away is not flooded with connection attempts).
+    backoff: Arc<Mutex<HashMap<SocketAddr, tokio::time::Instant>>>,
 }
 
 impl Peers {
@@ -79,6 +86,7 @@ impl Peers {
             max_frame,
             conns: Arc::new(Mutex::new(HashMap::new())),
             next_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            backoff: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -95,6 +103,14 @@ impl Peers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&addr);
+        self.back_off(addr);
+    }
+
+    fn back_off(&self, addr: SocketAddr) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr, tokio::time::Instant::now() + REDIAL_AFTER);
     }
 
     /// The connection to `addr`, dialled (and proven) within `budget` if needed.
@@ -103,6 +119,17 @@ impl Peers {
             return Ok(c);
         }
         let err = |reason: String| PeerError::Connect { addr, reason };
+        let wait = self
+            .backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .copied();
+        if let Some(at) = wait
+            && tokio::time::Instant::now() < at
+        {
+            return Err(err("recently unreachable; not dialling again yet".into()));
+        }
         let dial = async {
             let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, (self.connector)(addr))
                 .await
@@ -113,9 +140,17 @@ impl Peers {
                 .map_err(|e| err(e.to_string()))?;
             Ok::<_, PeerError>(stream)
         };
-        let stream = tokio::time::timeout(budget, dial)
-            .await
-            .map_err(|_| err("no time left to connect".into()))??;
+        let stream = match tokio::time::timeout(budget, dial).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.back_off(addr);
+                return Err(e);
+            }
+            Err(_) => {
+                self.back_off(addr);
+                return Err(err("no time left to connect".into()));
+            }
+        };
         let transport = crate::rpc::framed(stream, self.max_frame);
         let tarpc::client::NewClient { client, dispatch } =
             PeerClient::new(tarpc::client::Config::default(), transport);
@@ -197,7 +232,14 @@ impl Peers {
         let client = self.client(addr, timeout).await?;
         let mut ctx = tarpc::context::current();
         ctx.deadline = deadline;
-        match f(client, ctx).await {
+        // The deadline is enforced on tokio's clock too (tarpc's is the wall clock),
+        // so the simulation's virtual time governs it there.
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        let answer = match tokio::time::timeout(remaining, f(client, ctx)).await {
+            Ok(a) => a,
+            Err(_) => Err(RpcError::DeadlineExceeded),
+        };
+        match answer {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(api)) => Err(PeerError::Api(api)),
             Err(e) => {
@@ -209,7 +251,11 @@ impl Peers {
                         "deadline passed".to_string()
                     }
                     RpcError::Shutdown => {
-                        self.forget(addr);
+                        // Closed (a restart, say): dial again at once, no back-off.
+                        self.conns
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&addr);
                         CLOSED.to_string()
                     }
                     other => {
