@@ -248,6 +248,11 @@ impl BroadcastHandler<Identity> for RecordHandler {
 struct Exchange {
     reply: bool,
     records: Vec<NodeRecord>,
+    /// How the sender holds the receiver, when not alive: `(incarnation, down)`.
+    /// SWIM refutes a suspicion only if the suspected member hears of it; when the
+    /// updates carrying it were lost (a partition, a held link), the suspicion would
+    /// last forever, so the exchange tells the receiver directly.
+    suspected: Option<(u16, bool)>,
 }
 
 type FocaInstance = Foca<Identity, foca::PostcardCodec, SmallRng, RecordHandler>;
@@ -437,7 +442,16 @@ impl Gossip {
         // Pack by encoded size (ids, addresses and zones vary in length): an exchange
         // is a bool, a length of at most two bytes, then the records.
         let mut chunks: Vec<Vec<NodeRecord>> = vec![Vec::new()];
-        let mut size = 3;
+        let suspected = self
+            .foca
+            .iter_membership_state()
+            .find(|m| m.id().addr == to)
+            .and_then(|m| match m.state() {
+                foca::State::Alive => None,
+                foca::State::Suspect => Some((m.incarnation(), false)),
+                foca::State::Down => Some((m.incarnation(), true)),
+            });
+        let mut size = 3 + 4;
         for r in records {
             let bytes = postcard::experimental::serialized_size(&r).unwrap_or(usize::MAX);
             let last = chunks.last_mut().expect("never empty");
@@ -445,7 +459,7 @@ impl Gossip {
                 && (size + bytes + 1 > FOCA_PACKET_BYTES || last.len() >= RECORDS_PER_DATAGRAM)
             {
                 chunks.push(Vec::new());
-                size = 3;
+                size = 3 + 4;
             }
             size += bytes;
             chunks.last_mut().expect("never empty").push(r);
@@ -458,6 +472,7 @@ impl Gossip {
                 // One answer per exchange is enough: ask only with the first chunk.
                 reply: reply && i == 0,
                 records: chunk,
+                suspected: if i == 0 { suspected } else { None },
             };
             let mut payload = vec![TAG_RECORDS];
             match postcard::to_extend(&msg, payload) {
@@ -530,6 +545,23 @@ impl Gossip {
             }
             Some((&TAG_RECORDS, body)) => match postcard::from_bytes::<Exchange>(body) {
                 Ok(msg) if msg.records.len() <= RECORDS_PER_DATAGRAM => {
+                    if let Some((incarnation, down)) = msg.suspected {
+                        // Told directly that we are suspected (or down): feed foca that
+                        // update about ourselves, so it refutes (or rejoins).
+                        let me = *self.foca.identity();
+                        let state = if down {
+                            foca::State::Down
+                        } else {
+                            foca::State::Suspect
+                        };
+                        let update = foca::Member::new(me, incarnation, state);
+                        if let Err(error) =
+                            self.foca
+                                .apply_many(std::iter::once(update), true, &mut self.runtime)
+                        {
+                            tracing::debug!(%error, "cannot refute a suspicion");
+                        }
+                    }
                     // New records also go on through the broadcasts.
                     for r in msg.records {
                         self.spread(r);

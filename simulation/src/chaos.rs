@@ -276,7 +276,13 @@ pub fn run(cfg: &ChaosConfig) -> Result<Outcome, String> {
                                     .iter()
                                     .filter(|m| m.liveness == "alive")
                                     .count();
-                                seen.push(format!("n{i} sees {alive} alive"));
+                                let view: Vec<String> = s
+                                    .cluster
+                                    .members
+                                    .iter()
+                                    .map(|m| format!("{}={}/{}", m.node_id, m.status, m.liveness))
+                                    .collect();
+                                seen.push(format!("n{i} sees {alive} alive [{}]", view.join(" ")));
                                 alive == nodes
                             }
                             Err(e) => {

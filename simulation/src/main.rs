@@ -50,6 +50,14 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Ok(filter) = std::env::var("RINGKV_SIM_LOG") {
+        // Logs of all hosts, each line in its turmoil `node` span.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    }
     if let Some(Command::GossipScale { members, seed }) = cli.command {
         for m in members {
             if !(3..=100_000).contains(&m) {

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use ringkv_simulation::chaos::{self, ChaosConfig};
 
+/// Seeds 16, 32, 44 and 54 found the lost-suspicion bug (SIMULATION.md): they are
+/// part of this run, so it stays fixed.
 #[test]
-#[ignore = "open bug: after some fault mixes a member stays split from the others for more than 60 s (SIMULATION.md); run with --ignored"]
 fn sixty_four_seeds_of_chaos_pass() {
     let seeds: Vec<u64> = (1..=64).collect();
     let halves: Vec<Vec<u64>> = seeds.chunks(32).map(<[u64]>::to_vec).collect();
