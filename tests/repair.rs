@@ -30,20 +30,8 @@ async fn roots(c: &Cluster, up: &[usize]) -> BTreeMap<usize, Vec<[u8; 32]>> {
 /// Whether every partition's primaries (per node 0's ring) hold equal roots and
 /// every other node holds nothing of it.
 fn settled(c: &Cluster, roots: &BTreeMap<usize, Vec<[u8; 32]>>) -> bool {
-    let ring = json(&c.nodes[0].cli(&["ring", "--json"]));
-    let members: Vec<ringkv::ring::Member> = ring["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .filter(|m| m["status"] == "active")
-        .map(|m| ringkv::ring::Member {
-            id: m["node_id"].as_str().expect("id").to_string(),
-            zone: m["zone"].as_str().unwrap_or("").to_string(),
-        })
-        .collect();
-    let q = ring["ring_size"].as_u64().expect("size") as u32;
-    let n = ring["n"].as_u64().expect("n") as usize;
-    let r = ringkv::ring::Ring::build(&members, q, n).expect("ring");
+    let (r, n) = c.ring();
+    let (q, replicas) = (r.ring_size(), n.min(r.members().len()));
     (0..q).all(|p| {
         let (primaries, _) = ringkv::cluster::walk_of(&r, p, n);
         let mut owner_roots = Vec::new();
@@ -55,7 +43,7 @@ fn settled(c: &Cluster, roots: &BTreeMap<usize, Vec<[u8; 32]>>) -> bool {
                 return false;
             }
         }
-        owner_roots.len() == n.min(members.len()) && owner_roots.windows(2).all(|w| w[0] == w[1])
+        owner_roots.len() == replicas && owner_roots.windows(2).all(|w| w[0] == w[1])
     })
 }
 

@@ -759,6 +759,14 @@ mod tests {
         Timer(GossipTimer),
     }
 
+    /// Members a node sees alive (itself included).
+    fn alive(g: &Gossip) -> usize {
+        g.liveness()
+            .values()
+            .filter(|l| **l == Liveness::Alive)
+            .count()
+    }
+
     fn record(i: usize, addr: SocketAddr) -> NodeRecord {
         NodeRecord {
             version: 1,
@@ -893,15 +901,7 @@ mod tests {
         net.cut.clear();
         net.run_until(60_000);
         for i in 0..4 {
-            assert_eq!(
-                net.nodes[i]
-                    .liveness()
-                    .values()
-                    .filter(|l| **l == Liveness::Alive)
-                    .count(),
-                4,
-                "node {i} sees everyone again"
-            );
+            assert_eq!(alive(&net.nodes[i]), 4, "node {i} sees everyone again");
         }
     }
 
@@ -941,11 +941,7 @@ mod tests {
         net.side = vec![0; 4];
         net.run_until(760_000);
         for i in 0..4 {
-            let alive = net.nodes[i]
-                .liveness()
-                .values()
-                .filter(|l| **l == Liveness::Alive)
-                .count();
+            let alive = alive(&net.nodes[i]);
             assert_eq!(alive, 4, "node {i} sees everyone again");
         }
     }
@@ -964,11 +960,7 @@ mod tests {
         net.side = vec![0; 4];
         net.run_until(80_000);
         for i in 0..4 {
-            let alive = net.nodes[i]
-                .liveness()
-                .values()
-                .filter(|l| **l == Liveness::Alive)
-                .count();
+            let alive = alive(&net.nodes[i]);
             assert_eq!(alive, 4, "node {i} sees everyone within 20 s of the heal");
         }
     }

@@ -8,17 +8,15 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
-use ringkv::node::{Node, NodeConfig};
 use ringkv::rpc::api::ApiError;
 use ringkv::{Client, ClientError};
-use ringkv_storage::SyncPolicy;
 
 use crate::SimNetwork;
+use crate::host::addr_of;
 
 /// What one run does.
 #[derive(Clone, Debug)]
@@ -117,8 +115,14 @@ struct History {
     check_errors: Vec<String>,
 }
 
-fn addr_of(i: usize) -> SocketAddr {
-    SocketAddr::new(turmoil::lookup(format!("n{i}")), 7400)
+/// How an operation ended, for the history: acknowledged, certainly not applied, or
+/// perhaps applied.
+fn outcome<T>(r: &Result<T, ClientError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) if determinate(e) => "fail",
+        Err(_) => "maybe",
+    }
 }
 
 /// Whether a failed write certainly did not apply anywhere.
@@ -152,27 +156,9 @@ pub fn run(cfg: &ChaosConfig) -> Result<Outcome, String> {
     for i in 1..=cfg.nodes {
         let data = dir.join(format!("n{i}"));
         let seed = cfg.seed;
+        let actor = seed.wrapping_mul(31).wrapping_add(i as u64);
         sim.host(format!("n{i}"), move || {
-            let data = data.clone();
-            async move {
-                let mut c = NodeConfig::new(data, addr_of(i));
-                c.node_id = Some(format!("n{i}"));
-                c.sync = SyncPolicy::None;
-                c.cluster.seeds = vec![addr_of(1)];
-                c.cluster.settings.timeout = Duration::from_secs(2);
-                c.repair.interval = Duration::from_secs(2);
-                let actor = seed.wrapping_mul(31).wrapping_add(i as u64);
-                let node = Node::start(
-                    c,
-                    move || actor,
-                    SimNetwork,
-                    tokio_util::sync::CancellationToken::new(),
-                )
-                .await?;
-                let listener = ringkv::rpc::server::bind(&SimNetwork, &node).await?;
-                ringkv::rpc::server::serve(listener, node, std::future::pending()).await;
-                Ok(())
-            }
+            crate::host::run(i, data.clone(), actor)
         });
     }
     let history = Rc::new(RefCell::new(History::default()));
@@ -201,11 +187,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Outcome, String> {
                     let r = client.put(key.as_bytes(), value.as_bytes(), None).await;
                     let mut h = h.borrow_mut();
                     h.attempted += 1;
-                    let kind = match &r {
-                        Ok(_) => "ok",
-                        Err(e) if determinate(e) => "fail",
-                        Err(_) => "maybe",
-                    };
+                    let kind = outcome(&r);
                     h.trace
                         .update(format!("{c} put {key} {value} {kind}\n").as_bytes());
                     if kind == "ok" {
@@ -220,11 +202,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Outcome, String> {
                     let r = client.counter_add(key.as_bytes(), delta).await;
                     let mut h = h.borrow_mut();
                     h.attempted += 1;
-                    let kind = match &r {
-                        Ok(_) => "ok",
-                        Err(e) if determinate(e) => "fail",
-                        Err(_) => "maybe",
-                    };
+                    let kind = outcome(&r);
                     h.trace
                         .update(format!("{c} add {key} {delta} {kind}\n").as_bytes());
                     let entry = h.counters.entry(key).or_default();
@@ -513,16 +491,7 @@ fn check(h: &History) -> Vec<String> {
         }
     }
     if let Some(ring) = &h.ring {
-        let members: Vec<ringkv::ring::Member> = ring
-            .members
-            .iter()
-            .filter(|m| m.status == "active")
-            .map(|m| ringkv::ring::Member {
-                id: m.node_id.clone(),
-                zone: m.zone.clone(),
-            })
-            .collect();
-        if let Ok(r) = ringkv::ring::Ring::build(&members, ring.ring_size, usize::from(ring.n)) {
+        if let Some(r) = ring.rebuild() {
             for p in 0..ring.ring_size {
                 let (primaries, _) = ringkv::cluster::walk_of(&r, p, usize::from(ring.n));
                 let roots: BTreeSet<[u8; 32]> = primaries

@@ -7,6 +7,7 @@
 
 pub mod chaos;
 pub mod gossip_scale;
+pub mod host;
 pub mod net;
 
 pub use net::SimNetwork;

@@ -1,51 +1,33 @@
 //! Real ringkv nodes on turmoil's simulated network: a three-node cluster forms, a
 //! client writes and reads through it, and a partitioned-away node catches up.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use ringkv::node::{Node, NodeConfig};
 use ringkv_simulation::SimNetwork;
-use ringkv_storage::SyncPolicy;
+use ringkv_simulation::host::{self, addr_of};
 
-fn addr_of(host: &str) -> SocketAddr {
-    SocketAddr::new(turmoil::lookup(host), 7400)
+/// A simulation of three nodes `n1`..`n3` in `dir`, seeded with `seed`.
+fn three_nodes(dir: &std::path::Path, seed: u64, length: Duration) -> turmoil::Sim<'static> {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(length)
+        .build();
+    for i in 1..=3usize {
+        let data = dir.join(format!("n{i}"));
+        sim.host(format!("n{i}"), move || {
+            host::run(i, data.clone(), seed * 1000 + i as u64)
+        });
+    }
+    sim
 }
 
 #[test]
 fn three_nodes_serve_a_client_through_the_simulated_network() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(7)
-        .simulation_duration(Duration::from_secs(120))
-        .build();
-    for i in 1..=3u64 {
-        let name = format!("n{i}");
-        let data = dir.path().join(&name);
-        sim.host(name.clone(), move || {
-            let (name, data) = (name.clone(), data.clone());
-            async move {
-                let mut cfg = NodeConfig::new(data, addr_of(&name));
-                cfg.node_id = Some(name.clone());
-                cfg.sync = SyncPolicy::None;
-                cfg.cluster.seeds = vec![addr_of("n1")];
-                cfg.repair.interval = Duration::from_secs(2);
-                let node = Node::start(
-                    cfg,
-                    move || 1000 + i,
-                    SimNetwork,
-                    tokio_util::sync::CancellationToken::new(),
-                )
-                .await?;
-                let listener = ringkv::rpc::server::bind(&SimNetwork, &node).await?;
-                ringkv::rpc::server::serve(listener, node, std::future::pending()).await;
-                Ok(())
-            }
-        });
-    }
+    let mut sim = three_nodes(dir.path(), 7, Duration::from_secs(120));
     sim.client("client", async {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let client = ringkv::Client::connect_with(&SimNetwork, addr_of("n2")).await?;
+        let client = ringkv::Client::connect_with(&SimNetwork, addr_of(2)).await?;
         let ring = client.ring().await?;
         assert_eq!(ring.members.len(), 3, "{ring:?}");
         client.put(b"k", b"v1", None).await?;
@@ -66,42 +48,14 @@ fn three_nodes_serve_a_client_through_the_simulated_network() {
 #[test]
 fn a_partitioned_node_catches_up_after_the_partition_heals() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(11)
-        .simulation_duration(Duration::from_secs(300))
-        .build();
-    for i in 1..=3u64 {
-        let name = format!("n{i}");
-        let data = dir.path().join(&name);
-        sim.host(name.clone(), move || {
-            let (name, data) = (name.clone(), data.clone());
-            async move {
-                let mut cfg = NodeConfig::new(data, addr_of(&name));
-                cfg.node_id = Some(name.clone());
-                cfg.sync = SyncPolicy::None;
-                cfg.cluster.seeds = vec![addr_of("n1")];
-                cfg.cluster.settings.timeout = Duration::from_secs(2);
-                cfg.repair.interval = Duration::from_secs(2);
-                let node = Node::start(
-                    cfg,
-                    move || 2000 + i,
-                    SimNetwork,
-                    tokio_util::sync::CancellationToken::new(),
-                )
-                .await?;
-                let listener = ringkv::rpc::server::bind(&SimNetwork, &node).await?;
-                ringkv::rpc::server::serve(listener, node, std::future::pending()).await;
-                Ok(())
-            }
-        });
-    }
+    let mut sim = three_nodes(dir.path(), 11, Duration::from_secs(300));
     sim.client("client", async {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let mut client = ringkv::Client::connect_with(&SimNetwork, addr_of("n1")).await?;
+        let mut client = ringkv::Client::connect_with(&SimNetwork, addr_of(1)).await?;
         client.set_timeout(Duration::from_secs(3));
-        turmoil::partition("n3", "n1");
-        turmoil::partition("n3", "n2");
-        turmoil::partition("n3", "client");
+        for other in ["n1", "n2", "client"] {
+            turmoil::partition("n3", other);
+        }
         let mut acked = Vec::new();
         for i in 0..40u32 {
             let k = format!("p-{i}");
@@ -110,12 +64,12 @@ fn a_partitioned_node_catches_up_after_the_partition_heals() {
             }
         }
         assert!(acked.len() >= 30, "writes go on at W=2: {}", acked.len());
-        turmoil::repair("n3", "n1");
-        turmoil::repair("n3", "n2");
-        turmoil::repair("n3", "client");
+        for other in ["n1", "n2", "client"] {
+            turmoil::repair("n3", other);
+        }
         // Hints and anti-entropy bring n3 up to date.
         tokio::time::sleep(Duration::from_secs(60)).await;
-        let n3 = ringkv::Client::connect_with(&SimNetwork, addr_of("n3")).await?;
+        let n3 = ringkv::Client::connect_with(&SimNetwork, addr_of(3)).await?;
         for k in &acked {
             let got = n3.get_local(k.as_bytes()).await?;
             assert_eq!(got.siblings, vec![b"during".to_vec()], "{k} on n3");

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::{ClientError, Conn, open_conn};
 use crate::net::Network;
 use crate::peer::pool::IoStream;
-use crate::ring::{Member, Ring, partition_of};
+use crate::ring::{Ring, partition_of};
 use crate::rpc::api::RingInfo;
 
 /// How often the ring is fetched again.
@@ -119,19 +119,7 @@ impl Routing {
     /// be reproduced here (a different ringkv version would compute another).
     pub(super) fn learn(&self, info: &RingInfo) {
         self.refreshing();
-        let members: Vec<Member> = info
-            .members
-            .iter()
-            .filter(|m| m.status == "active")
-            .map(|m| Member {
-                id: m.node_id.clone(),
-                zone: m.zone.clone(),
-            })
-            .collect();
-        if members.is_empty() {
-            return;
-        }
-        let Ok(ring) = Ring::build(&members, info.ring_size, usize::from(info.n)) else {
+        let Some(ring) = info.rebuild() else {
             return;
         };
         if crate::cluster::hex(&ring.epoch()[..8]) != info.epoch {

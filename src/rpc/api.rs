@@ -142,6 +142,26 @@ pub struct ClusterStatus {
     pub peer_handshakes_refused: u64,
 }
 
+impl RingInfo {
+    /// The ring rebuilt from the active members (ownership is a pure function of
+    /// them); `None` without active members or if it cannot be built.
+    pub fn rebuild(&self) -> Option<crate::ring::Ring> {
+        let members: Vec<crate::ring::Member> = self
+            .members
+            .iter()
+            .filter(|m| m.status == "active")
+            .map(|m| crate::ring::Member {
+                id: m.node_id.clone(),
+                zone: m.zone.clone(),
+            })
+            .collect();
+        if members.is_empty() {
+            return None;
+        }
+        crate::ring::Ring::build(&members, self.ring_size, usize::from(self.n)).ok()
+    }
+}
+
 /// The ring as a node sees it: enough for a client to route.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingInfo {

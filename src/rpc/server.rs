@@ -403,11 +403,7 @@ async fn connection<S: Stream>(
             tracing::warn!(%peer, %error, "peer connection refused");
             return;
         }
-        let stats_node = node.clone();
-        let transport = super::framed(stream, max_frame).inspect_err(move |error| {
-            stats_node.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%peer, %error, "closing peer connection after a bad frame");
-        });
+        let transport = counted(stream, max_frame, node.clone(), peer);
         let server = PeerServer { node };
         BaseChannel::with_defaults(transport)
             .max_concurrent_requests(in_flight)
@@ -423,11 +419,7 @@ async fn connection<S: Stream>(
         read: 0,
         inner: stream,
     };
-    let stats_node = node.clone();
-    let transport = super::framed(stream, max_frame).inspect_err(move |error| {
-        stats_node.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(%peer, %error, "closing connection after a bad frame");
-    });
+    let transport = counted(stream, max_frame, node.clone(), peer);
     let server = KvServer { node };
     BaseChannel::with_defaults(transport)
         .max_concurrent_requests(in_flight)
@@ -436,6 +428,24 @@ async fn connection<S: Stream>(
             tokio::spawn(request);
         })
         .await;
+}
+
+/// The framed transport of one connection; a malformed or oversized frame closes it
+/// and is counted.
+fn counted<S: Stream, In, Out>(
+    stream: S,
+    max_frame: usize,
+    node: SharedNode,
+    peer: std::net::SocketAddr,
+) -> impl tarpc::Transport<Out, In>
+where
+    In: for<'de> serde::Deserialize<'de>,
+    Out: serde::Serialize,
+{
+    super::framed(stream, max_frame).inspect_err(move |error| {
+        node.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%peer, %error, "closing connection after a bad frame");
+    })
 }
 
 /// A stream whose first bytes were already read: replays them, then reads on.

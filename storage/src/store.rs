@@ -448,6 +448,17 @@ impl Store {
             .map_err(StorageError::engine("removing a hint"))
     }
 
+    /// How many hints are stored (a scan, without copying them out).
+    ///
+    /// # Errors
+    /// [`StorageError::Engine`] on an I/O failure.
+    pub fn hint_count(&self) -> Result<usize> {
+        self.inner
+            .hints
+            .len()
+            .map_err(StorageError::engine("counting hints"))
+    }
+
     /// Up to `limit` hints whose keys start with `prefix`, in key order.
     ///
     /// # Errors

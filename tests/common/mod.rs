@@ -301,8 +301,9 @@ impl Cluster {
         }
     }
 
-    /// Ids of the primaries of `key`, computed from the ring node 0 reports.
-    pub fn primaries(&self, key: &[u8]) -> Vec<String> {
+    /// The ring node 0 reports, rebuilt locally (ownership is a pure function of the
+    /// active members), with its replica count.
+    pub fn ring(&self) -> (ringkv::ring::Ring, usize) {
         let ring = json(&self.nodes[0].cli(&["ring", "--json"]));
         let members: Vec<ringkv::ring::Member> = ring["members"]
             .as_array()
@@ -316,8 +317,16 @@ impl Cluster {
             .collect();
         let size = ring["ring_size"].as_u64().expect("size") as u32;
         let n = ring["n"].as_u64().expect("n") as usize;
-        let r = ringkv::ring::Ring::build(&members, size, n).expect("ring");
-        ringkv::cluster::walk_of(&r, ringkv::ring::partition_of(key, size), n).0
+        (
+            ringkv::ring::Ring::build(&members, size, n).expect("ring"),
+            n,
+        )
+    }
+
+    /// Ids of the primaries of `key`, computed from the ring node 0 reports.
+    pub fn primaries(&self, key: &[u8]) -> Vec<String> {
+        let (r, n) = self.ring();
+        ringkv::cluster::walk_of(&r, ringkv::ring::partition_of(key, r.ring_size()), n).0
     }
 
     /// Index of node `id` (`n3` is 2).
