@@ -108,6 +108,20 @@ fn rpc_error(addr: SocketAddr, e: RpcError) -> ClientError {
     }
 }
 
+/// The error of a request refused by a node after an earlier attempt at another
+/// (`earlier`) ended with an unknown outcome: a refusal that says nothing was
+/// applied would be wrong, since the earlier attempt may have been.
+fn unknown_outcome(refusal: ApiError, earlier: Option<ClientError>) -> ClientError {
+    match (refusal, earlier) {
+        (refusal, None) => refusal.into(),
+        (ApiError::QuorumNotReached(mut q), Some(_)) => {
+            q.indeterminate = true;
+            ApiError::QuorumNotReached(q).into()
+        }
+        (_, Some(earlier)) => earlier,
+    }
+}
+
 /// Opens a client-service connection to `addr` and checks it answers.
 async fn open_conn(
     connector: &routing::Connector,
@@ -139,12 +153,13 @@ async fn open_conn(
         let _ = dispatch.await;
         flag.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    let mut ctx = tarpc::context::current();
-    ctx.deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
-    let info = rpc
-        .hello(ctx)
-        .await
-        .map_err(|e| err(format!("handshake failed: {e}")))?;
+    let info = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        rpc.hello(crate::rpc::context(CONNECT_TIMEOUT)),
+    )
+    .await
+    .map_err(|_| err("handshake timed out".into()))?
+    .map_err(|e| err(format!("handshake failed: {e}")))?;
     Ok((Conn { rpc, addr, closed }, info))
 }
 
@@ -244,10 +259,20 @@ impl Client {
         self.routing.add_conn(self.home.clone());
     }
 
-    fn ctx(&self) -> tarpc::context::Context {
-        let mut ctx = tarpc::context::current();
-        ctx.deadline = std::time::Instant::now() + self.timeout;
-        ctx
+    /// Calls the connected node, bounded by `timeout` on tokio's clock.
+    async fn on_home<T, F, Fut>(&self, timeout: Duration, f: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(KvClient, tarpc::context::Context) -> Fut,
+        Fut: Future<Output = Result<T, RpcError>>,
+    {
+        let conn = self.home().await?;
+        let answer = tokio::time::timeout(timeout, f(conn.rpc, crate::rpc::context(timeout)))
+            .await
+            .unwrap_or(Err(RpcError::DeadlineExceeded));
+        answer.map_err(|e| {
+            self.routing.drop_conn(self.home.addr);
+            rpc_error(self.home.addr, e)
+        })
     }
 
     /// Runs `f` against the primaries of `key` in order, then the connected node.
@@ -262,6 +287,10 @@ impl Client {
             candidates.push(self.home.addr);
         }
         let mut last = None;
+        // An attempt that was sent and then failed may have been applied: if a later
+        // attempt fails for certain (cannot connect), the caller must still hear
+        // that the outcome is unknown.
+        let mut unknown = None;
         for addr in candidates {
             let conn = match self.routing.conn(addr).await {
                 Ok(c) => c,
@@ -273,13 +302,18 @@ impl Client {
             };
             // tarpc's deadline is on the wall clock; tokio's timer also bounds the
             // call, so virtual time (the simulation) governs it as well.
-            let answer =
-                match tokio::time::timeout(self.timeout, f(conn.rpc.clone(), self.ctx())).await {
-                    Ok(a) => a,
-                    Err(_) => Err(RpcError::DeadlineExceeded),
-                };
+            let answer = match tokio::time::timeout(
+                self.timeout,
+                f(conn.rpc.clone(), crate::rpc::context(self.timeout)),
+            )
+            .await
+            {
+                Ok(a) => a,
+                Err(_) => Err(RpcError::DeadlineExceeded),
+            };
             match answer {
-                Ok(r) => return Ok(r?),
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => return Err(unknown_outcome(e, unknown)),
                 Err(e) => {
                     // Even `Shutdown` may come after the request left (the connection
                     // broke mid-flight): a write is never retried once handed to tarpc.
@@ -288,14 +322,16 @@ impl Client {
                     if retry == Retry::IfNotSent {
                         return Err(err);
                     }
-                    last = Some(err);
+                    unknown = Some(err);
                 }
             }
         }
-        Err(last.unwrap_or_else(|| ClientError::Unavailable {
-            addr: self.home.addr.to_string(),
-            reason: "no node to send to".into(),
-        }))
+        Err(unknown
+            .or(last)
+            .unwrap_or_else(|| ClientError::Unavailable {
+                addr: self.home.addr.to_string(),
+                reason: "no node to send to".into(),
+            }))
     }
 
     fn refresh_if_stale(&self) {
@@ -322,12 +358,8 @@ impl Client {
     /// # Errors
     /// [`ClientError::Unavailable`].
     pub async fn ring(&self) -> Result<RingInfo, ClientError> {
-        self.home()
-            .await?
-            .rpc
-            .ring(self.ctx())
+        self.on_home(self.timeout, |rpc, ctx| async move { rpc.ring(ctx).await })
             .await
-            .map_err(|e| rpc_error(self.home.addr, e))
     }
 
     /// Root hashes of every partition's tree on the connected node (diagnostics).
@@ -336,12 +368,10 @@ impl Client {
     /// [`ClientError`].
     pub async fn partition_roots(&self) -> Result<Vec<[u8; 32]>, ClientError> {
         Ok(self
-            .home()
-            .await?
-            .rpc
-            .partition_roots(self.ctx())
-            .await
-            .map_err(|e| rpc_error(self.home.addr, e))??)
+            .on_home(self.timeout, |rpc, ctx| async move {
+                rpc.partition_roots(ctx).await
+            })
+            .await??)
     }
 
     /// Runs an anti-entropy round on the connected node now (all partitions, or one).
@@ -352,16 +382,13 @@ impl Client {
         &self,
         partition: Option<u32>,
     ) -> Result<crate::repair::RoundReport, ClientError> {
-        let mut ctx = self.ctx();
         // A round over every partition may move a lot of data.
-        ctx.deadline = std::time::Instant::now() + self.timeout.max(Duration::from_secs(300));
+        let timeout = self.timeout.max(Duration::from_secs(300));
         Ok(self
-            .home()
-            .await?
-            .rpc
-            .repair(ctx, partition)
-            .await
-            .map_err(|e| rpc_error(self.home.addr, e))??)
+            .on_home(timeout, |rpc, ctx| async move {
+                rpc.repair(ctx, partition).await
+            })
+            .await??)
     }
 
     /// Reads only the connected node's replica of a register (diagnostics).
@@ -370,13 +397,12 @@ impl Client {
     /// [`ClientError`].
     pub async fn get_local(&self, key: &[u8]) -> Result<GetResult, ClientError> {
         self.check_key(key)?;
+        let key = key.to_vec();
         let reply = self
-            .home()
-            .await?
-            .rpc
-            .get_local(self.ctx(), key.to_vec())
-            .await
-            .map_err(|e| rpc_error(self.home.addr, e))??;
+            .on_home(self.timeout, |rpc, ctx| async move {
+                rpc.get_local(ctx, key).await
+            })
+            .await??;
         Ok(GetResult {
             siblings: reply.values,
             context: reply.context,
@@ -554,11 +580,10 @@ impl Client {
     /// # Errors
     /// [`ClientError::Unavailable`].
     pub async fn status(&self) -> Result<Status, ClientError> {
-        self.home()
-            .await?
-            .rpc
-            .status(self.ctx())
-            .await
-            .map_err(|e| rpc_error(self.home.addr, e))
+        self.on_home(
+            self.timeout,
+            |rpc, ctx| async move { rpc.status(ctx).await },
+        )
+        .await
     }
 }
