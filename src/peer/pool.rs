@@ -228,13 +228,12 @@ impl Peers {
         Fut: Future<Output = Result<Result<T, ApiError>, RpcError>>,
     {
         // The deadline covers dialling too: a request never outlives its caller's.
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let client = self.client(addr, timeout).await?;
-        let mut ctx = tarpc::context::current();
-        ctx.deadline = deadline;
-        // The deadline is enforced on tokio's clock too (tarpc's is the wall clock),
-        // so the simulation's virtual time governs it there.
-        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        // tokio's clock decides (see `rpc::DEADLINE_SLACK`), so the simulation's
+        // virtual time governs it.
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let ctx = crate::rpc::context(remaining);
         let answer = match tokio::time::timeout(remaining, f(client, ctx)).await {
             Ok(a) => a,
             Err(_) => Err(RpcError::DeadlineExceeded),
