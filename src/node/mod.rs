@@ -78,6 +78,9 @@ pub struct NodeConfig {
     pub cluster: ClusterConfig,
     /// Anti-entropy, handoff and reaping.
     pub repair: crate::repair::RepairSettings,
+    /// Registers resolve by last writer wins, losing concurrent writes. Never set
+    /// this outside the simulation (see [`Replica::with_unsafe_lww`]).
+    pub unsafe_lww: bool,
 }
 
 impl NodeConfig {
@@ -95,6 +98,7 @@ impl NodeConfig {
             cache_bytes: 64 << 20,
             cluster: ClusterConfig::default(),
             repair: crate::repair::RepairSettings::default(),
+            unsafe_lww: false,
         }
     }
 }
@@ -281,7 +285,11 @@ impl Node {
         )
         .await?;
         let replica = Replica::new(store, actor, config.limits, config.ring_size)
-            .map_err(|e| NodeError::Replica(e.to_string()))?;
+            .map_err(|e| NodeError::Replica(e.to_string()))?
+            .with_unsafe_lww(config.unsafe_lww);
+        if config.unsafe_lww {
+            tracing::warn!("registers resolve by last writer wins: concurrent writes WILL be lost");
+        }
         let peers = Peers::new(net, config.cluster.key.clone(), config.limits.frame_bytes());
         let coordinator = Coordinator::new(replica, cluster, peers, hints, settings);
         tokio::spawn(crate::coordinator::deliver_hints(

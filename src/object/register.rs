@@ -128,6 +128,20 @@ impl Register {
         self.clock.merge(other.clock.clone());
     }
 
+    /// Keeps only the sibling with the highest dot (counter, then actor), as a
+    /// last-writer-wins store would. This loses concurrent writes by design: it exists
+    /// only so the simulation can show that its checker notices lost writes.
+    pub fn keep_last_writer(&mut self) {
+        if let Some(last) = self
+            .siblings
+            .iter()
+            .max_by_key(|s| (s.dot.counter, s.dot.actor))
+            .cloned()
+        {
+            self.siblings = vec![last];
+        }
+    }
+
     /// The causal context of everything this state has seen.
     pub fn context(&self) -> &VClock<Actor> {
         &self.clock
@@ -191,6 +205,22 @@ mod tests {
         let ctx = r.context().clone();
         r.write(1, &ctx, v("c")).expect("write");
         assert_eq!(r.values(), vec![&b"c"[..]]);
+    }
+
+    #[test]
+    fn keep_last_writer_drops_concurrent_siblings() {
+        let mut a = Register::new();
+        let mut b = Register::new();
+        a.write(1, &VClock::new(), v("a")).expect("write");
+        b.write(2, &VClock::new(), v("b")).expect("write");
+        b.write(2, &VClock::new(), v("c")).expect("write");
+        a.merge(&b);
+        assert_eq!(a.values().len(), 3, "a causal register keeps all three");
+        a.keep_last_writer();
+        assert_eq!(a.values(), vec![&b"c"[..]], "highest dot wins");
+        let mut empty = Register::new();
+        empty.keep_last_writer();
+        assert_eq!(empty, Register::new());
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct Replica {
     limits: Limits,
     ring_size: u32,
     dots: std::sync::Arc<Dots>,
+    /// Registers resolve by last writer wins (unsafe, simulation only).
+    unsafe_lww: bool,
 }
 
 impl Replica {
@@ -135,7 +137,17 @@ impl Replica {
                 next: std::sync::atomic::AtomicU64::new(next),
                 reserved: std::sync::Mutex::new(block),
             }),
+            unsafe_lww: false,
         })
+    }
+
+    /// Makes registers resolve by last writer wins, dropping concurrent siblings
+    /// after every write and merge. **Loses acknowledged writes**: it exists so the
+    /// simulation can prove its checker sees lost writes (`ringkv-sim --unsafe-lww`).
+    #[must_use]
+    pub fn with_unsafe_lww(mut self, on: bool) -> Self {
+        self.unsafe_lww = on;
+        self
     }
 
     /// The next node-wide dot counter, reserving a new block on disk when needed.
@@ -219,6 +231,7 @@ impl Replica {
     ) -> Result<(Object, R), ReplicaError> {
         self.check_key(key)?;
         let limit = self.limits.max_object_bytes;
+        let lww = self.unsafe_lww;
         let (_, out) = self
             .store
             .update(partition_of(key, self.ring_size), key, |cur| {
@@ -233,6 +246,9 @@ impl Replica {
                     }));
                 }
                 let (write, r) = f(&mut obj)?;
+                if lww && let Object::Register(reg) = &mut obj {
+                    reg.keep_last_writer();
+                }
                 if !write {
                     return Ok((Change::Keep, (obj, r)));
                 }
@@ -501,6 +517,45 @@ mod tests {
         };
         let r = replica(dir.path(), Limits::default());
         assert!(r.next_dot().expect("dot") > first + DOT_BLOCK - 1);
+    }
+
+    #[test]
+    fn unsafe_lww_loses_concurrent_writes_on_write_and_merge() {
+        let a_dir = tempfile::tempdir().expect("tempdir");
+        let b_dir = tempfile::tempdir().expect("tempdir");
+        let a = replica(a_dir.path(), Limits::default()).with_unsafe_lww(true);
+        let b = Replica::new(
+            Store::open(StoreConfig::new(b_dir.path())).expect("open"),
+            8,
+            Limits::default(),
+            256,
+        )
+        .expect("replica");
+        a.write_register(b"k", Some(b"1".to_vec()), &VClock::new())
+            .expect("write");
+        let reg = a
+            .write_register(b"k", Some(b"2".to_vec()), &VClock::new())
+            .expect("write");
+        assert_eq!(
+            reg.values(),
+            vec![&b"2"[..]],
+            "a blind write replaced the first"
+        );
+        b.write_register(b"k", Some(b"3".to_vec()), &VClock::new())
+            .expect("write");
+        let theirs = b.get(b"k").expect("get").expect("found");
+        match a.merge(b"k", &theirs).expect("merge") {
+            Object::Register(r) => assert_eq!(r.values().len(), 1, "one writer kept"),
+            other => panic!("not a register: {other:?}"),
+        }
+        // The causal replica keeps both.
+        let ours = a.get(b"k").expect("get").expect("found");
+        b.write_register(b"k", Some(b"4".to_vec()), &VClock::new())
+            .expect("write");
+        match b.merge(b"k", &ours).expect("merge") {
+            Object::Register(r) => assert!(r.values().len() >= 2),
+            other => panic!("not a register: {other:?}"),
+        }
     }
 
     #[test]
