@@ -32,8 +32,23 @@ pub fn config(i: usize, data: PathBuf) -> NodeConfig {
 /// # Errors
 /// If the node cannot open its directory or bind its address.
 pub async fn run(i: usize, data: PathBuf, actor: u64) -> Result<(), Box<dyn std::error::Error>> {
+    run_with(i, data, actor, false).await
+}
+
+/// As [`run`]; with `unsafe_lww` the node resolves registers by last writer wins.
+///
+/// # Errors
+/// If the node cannot open its directory or bind its address.
+pub async fn run_with(
+    i: usize,
+    data: PathBuf,
+    actor: u64,
+    unsafe_lww: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = config(i, data);
+    config.unsafe_lww = unsafe_lww;
     let node = Node::start(
-        config(i, data),
+        config,
         move || actor,
         SimNetwork,
         tokio_util::sync::CancellationToken::new(),

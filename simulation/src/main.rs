@@ -1,6 +1,7 @@
 //! `ringkv-sim`: seeded simulations of ringkv.
 //!
-//! `ringkv-sim --seeds N | --seed S [--nodes K] [--duration SECS] [--check-determinism]`
+//! `ringkv-sim --seeds N | --seed S [--nodes K] [--duration 120s] [--quiet 30s]
+//! [--check-determinism] [--unsafe-lww]`
 //! runs chaos simulations of whole clusters (one summary line per seed; a failure
 //! prints the command that replays it). `ringkv-sim gossip-scale [--members N]...`
 //! measures membership at scale. See SIMULATION.md.
@@ -8,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use ringkv_simulation::chaos::{self, ChaosConfig};
+use ringkv_simulation::chaos::{self, ChaosConfig, isolated};
 
 #[derive(Parser, Debug)]
 #[command(name = "ringkv-sim", about = "Seeded simulations of ringkv")]
@@ -24,15 +25,46 @@ struct Cli {
     /// Nodes per cluster (3 to 9).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Simulated seconds of faults.
-    #[arg(long, default_value_t = 60)]
-    duration: u64,
-    /// Simulated seconds of quiet after healing.
-    #[arg(long, default_value_t = 30)]
-    quiet: u64,
+    /// Simulated time of faults (`120s`, `2m`, or seconds).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Simulated quiet time after healing, before the final reads.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    quiet: Duration,
     /// Run every seed twice and compare trace hashes.
     #[arg(long = "check-determinism")]
     check_determinism: bool,
+    /// Nodes resolve registers by last writer wins, which loses concurrent writes:
+    /// shows that the checker notices. A seed "passes" here when lost writes are
+    /// reported; the run succeeds when at least 90% of the seeds report them.
+    #[arg(long = "unsafe-lww")]
+    unsafe_lww: bool,
+    /// Seeds run at once, each in its own process (default: the number of CPUs).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Run one seed in this process and print its outcome as JSON (used by the
+    /// runner, which gives every seed a fresh process).
+    #[arg(long, hide = true, requires = "seed")]
+    child: bool,
+}
+
+/// `90`, `90s`, `2m` or `500ms`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 2m or 500ms"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long")),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err(format!("unknown unit {unit:?} in {s:?} (use s, m or ms)")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,21 +107,49 @@ fn main() -> anyhow::Result<()> {
         (None, Some(s)) => vec![s],
         _ => anyhow::bail!("give --seeds N or --seed S"),
     };
+    if cli.duration < Duration::from_secs(1) || cli.duration > Duration::from_secs(24 * 3600) {
+        anyhow::bail!("--duration must be between 1s and 24h");
+    }
+    if cli.quiet > Duration::from_secs(3600) {
+        anyhow::bail!("--quiet must be at most 1h");
+    }
+    let config = |seed| ChaosConfig {
+        seed,
+        nodes: cli.nodes,
+        duration: cli.duration,
+        quiet: cli.quiet,
+        unsafe_lww: cli.unsafe_lww,
+    };
+    if cli.child {
+        let out = chaos::run(&config(seeds[0])).map_err(anyhow::Error::msg)?;
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let jobs = cli
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let wall = Instant::now();
+    let runs = if cli.check_determinism { 2 } else { 1 };
+    let cfgs: Vec<ChaosConfig> = seeds
+        .iter()
+        .flat_map(|&s| std::iter::repeat_n(config(s), runs))
+        .collect();
+    println!(
+        "running {} seed(s){}, {jobs} at a time, each in its own process",
+        seeds.len(),
+        if runs == 2 { " twice" } else { "" }
+    );
+    let results = isolated::run_many(&exe, cfgs, jobs, &|_| {});
     let mut failed = 0;
+    let mut flagged = 0;
     let mut simulated = 0.0;
-    for seed in seeds {
-        let cfg = ChaosConfig {
-            seed,
-            nodes: cli.nodes,
-            duration: Duration::from_secs(cli.duration),
-            quiet: Duration::from_secs(cli.quiet),
-        };
-        let replay = format!(
-            "cargo run --release -p ringkv-simulation --bin ringkv-sim -- --seed {seed} --nodes {} --duration {} --quiet {}",
-            cli.nodes, cli.duration, cli.quiet
-        );
-        let out = match chaos::run(&cfg) {
+    let count = seeds.len();
+    for pair in results.chunks(runs) {
+        let (cfg, first) = &pair[0];
+        let seed = cfg.seed;
+        let replay = cfg.replay_command();
+        let out = match first {
             Ok(o) => o,
             Err(e) => {
                 failed += 1;
@@ -98,14 +158,18 @@ fn main() -> anyhow::Result<()> {
             }
         };
         simulated += out.simulated_s;
-        let mut verdict = if out.violations.is_empty() {
-            "ok"
-        } else {
-            "FAILED"
-        }
-        .to_string();
-        if cli.check_determinism {
-            match chaos::run(&cfg) {
+        let lost = out.lost_writes();
+        let mut verdict = match (cli.unsafe_lww, out.passed()) {
+            (false, true) => "ok".to_string(),
+            (false, false) => "FAILED".to_string(),
+            (true, _) if lost > 0 => {
+                flagged += 1;
+                format!("flagged {lost} lost writes")
+            }
+            (true, _) => "NOT flagged".to_string(),
+        };
+        if let Some((_, again)) = pair.get(1) {
+            match again {
                 Ok(again) if again.trace_hash == out.trace_hash => {
                     verdict.push_str(" deterministic")
                 }
@@ -130,11 +194,18 @@ fn main() -> anyhow::Result<()> {
             println!("  replay: {replay}");
         }
     }
+    let wall_s = wall.elapsed().as_secs_f64();
     println!(
-        "{} simulated seconds in {:.1} wall seconds",
+        "{} simulated seconds in {wall_s:.1} wall seconds, {jobs} at a time ({:.0} simulated seconds per wall second)",
         simulated.round(),
-        wall.elapsed().as_secs_f64()
+        simulated * runs as f64 / wall_s.max(1e-9)
     );
+    if cli.unsafe_lww {
+        println!("--unsafe-lww: lost writes reported in {flagged} of {count} seeds");
+        if flagged * 10 < count * 9 {
+            anyhow::bail!("the checker missed lost writes in more than 10% of the seeds");
+        }
+    }
     if failed > 0 {
         anyhow::bail!("{failed} seed(s) failed");
     }

@@ -1,0 +1,153 @@
+//! What the workload did and saw: every operation with its outcome, in the order it
+//! happened, and what the final reads found. The checker judges this record alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ringkv::ClientError;
+use ringkv::rpc::api::{ApiError, RingInfo};
+
+/// The causal context clients hand back with writes.
+pub type Clock = crdts::VClock<u64>;
+
+/// How an operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Acknowledged.
+    Ok,
+    /// Certainly applied nowhere.
+    Fail,
+    /// Perhaps applied (timed out, connection broke, quorum missed after applying).
+    Maybe,
+}
+
+impl Status {
+    /// The status of a client call's result.
+    pub fn of<T>(r: &Result<T, ClientError>) -> Status {
+        match r {
+            Ok(_) => Status::Ok,
+            Err(e) if determinate(e) => Status::Fail,
+            Err(_) => Status::Maybe,
+        }
+    }
+
+    /// For the trace.
+    pub fn word(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Fail => "fail",
+            Status::Maybe => "maybe",
+        }
+    }
+}
+
+/// Whether a failed write certainly did not apply anywhere.
+fn determinate(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. } => true,
+        ClientError::Api(ApiError::QuorumNotReached(q)) => !q.indeterminate,
+        // Refused by the replica before storing anything.
+        ClientError::Api(ApiError::TooManySiblings { .. }) => true,
+        // `Api(Unavailable)` can come after the coordinator applied the write (its
+        // coordination stopped, or a forwarded primary's answer): unknown.
+        ClientError::Unavailable { .. } | ClientError::Api(_) => false,
+    }
+}
+
+/// One register write: a put (`value`) or a delete (`None`), blind or with the
+/// context of an earlier read.
+#[derive(Clone, Debug)]
+pub struct RegisterWrite {
+    /// Key.
+    pub key: String,
+    /// Value written; `None` for a delete.
+    pub value: Option<String>,
+    /// Context the write carried (`None` = blind).
+    pub context: Option<Clock>,
+    /// Context the node returned (acknowledged writes only): every state holding
+    /// this write's dot has seen all of it.
+    pub returned: Option<Clock>,
+    /// Outcome.
+    pub status: Status,
+}
+
+/// One set update.
+#[derive(Clone, Debug)]
+pub struct SetUpdate {
+    /// Key.
+    pub key: String,
+    /// Member added or removed.
+    pub member: String,
+    /// Add (`true`) or remove.
+    pub add: bool,
+    /// Position in the history when it was sent.
+    pub invoked: u64,
+    /// Position when it returned.
+    pub completed: u64,
+    /// Outcome.
+    pub status: Status,
+}
+
+/// The record of one run.
+#[derive(Default)]
+pub struct History {
+    /// Logical clock of the history: each invocation and completion takes the next
+    /// number (all simulated hosts run on one thread, so this is real order).
+    pub seq: u64,
+    /// Register writes in the order they returned.
+    pub register_writes: Vec<RegisterWrite>,
+    /// Set updates in the order they returned.
+    pub set_updates: Vec<SetUpdate>,
+    /// Counter key -> (acknowledged sum, attempted sum) of deltas.
+    pub counters: BTreeMap<String, (i64, i64)>,
+    /// (key, value) pairs register reads returned.
+    pub read_values: Vec<(String, String)>,
+    /// (key, member) pairs set reads returned.
+    pub read_members: Vec<(String, String)>,
+    /// Digest of every operation and its outcome.
+    pub trace: blake3::Hasher,
+    /// Operations acknowledged.
+    pub acked: u64,
+    /// Operations attempted.
+    pub attempted: u64,
+    /// Node index -> register key -> the values that node holds at the end.
+    pub final_registers: BTreeMap<usize, BTreeMap<String, BTreeSet<String>>>,
+    /// Set key -> members at the end (read from all replicas).
+    pub final_sets: BTreeMap<String, BTreeSet<String>>,
+    /// Counter key -> value at the end (read from all replicas).
+    pub final_counters: BTreeMap<String, Option<i128>>,
+    /// Node index -> Merkle root of every partition.
+    pub roots: BTreeMap<usize, Vec<[u8; 32]>>,
+    /// The ring at the end.
+    pub ring: Option<RingInfo>,
+    /// Problems the final reads ran into.
+    pub check_errors: Vec<String>,
+    /// Print every trace line to stderr.
+    pub print: bool,
+    /// Client tasks that have finished their last operation.
+    pub clients_done: usize,
+}
+
+impl History {
+    /// The next position in the history.
+    pub fn tick(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Adds a line to the trace (also printed when `RINGKV_SIM_HISTORY` is set).
+    pub fn trace(&mut self, line: &str) {
+        if self.print {
+            eprintln!("history: {line}");
+        }
+        self.trace.update(line.as_bytes());
+        self.trace.update(b"\n");
+    }
+
+    /// Counts an attempted write and whether it was acknowledged.
+    pub fn count(&mut self, status: Status) {
+        self.attempted += 1;
+        if status == Status::Ok {
+            self.acked += 1;
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The nemesis: faults injected between simulation steps, each kind weighted by a
+//! knob drawn from the seed (swarm testing: every seed its own mix of faults).
+//!
+//! Faults apply only among the nodes; clients always reach the nodes, except during
+//! a pause, which stops all traffic to and from one node. Faults overlap freely, as
+//! turmoil's link states allow: ending a pause or a latency spike releases its links,
+//! which also ends any partition on them, and a link that loses a packet is repaired
+//! both ways by its next send, which can end a one-way partition early.
+//!
+//! turmoil's TCP never retransmits: a lost segment stalls its stream until the
+//! sender's deadline drops the connection. Loss is therefore harsher on TCP than a
+//! real network is (a black hole rather than a delay); ringkv must survive both.
+
+use std::time::Duration;
+
+use rand::{RngExt, rngs::SmallRng};
+
+/// Fault weights and rates of one seed.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Knobs {
+    /// Mean simulated time between nemesis actions, in ms.
+    pub fault_every_ms: u64,
+    /// Partition the nodes into two random halves.
+    pub halves: u32,
+    /// Partition off a minority (⌊(n−1)/2⌋ nodes) from the majority.
+    pub majority: u32,
+    /// Cut one node off from all others.
+    pub isolate: u32,
+    /// Two sides that cannot see each other, and one node that sees both.
+    pub bridge: u32,
+    /// One node stops hearing from (or reaching) some others, one way only.
+    pub oneway: u32,
+    /// Packet loss on every link between nodes until the next heal.
+    pub loss: u32,
+    /// Probability that a send breaks its link (dropping what is in flight on it)
+    /// while loss is on; the next send repairs it.
+    pub loss_rate: f64,
+    /// Latency spike: hold one link (messages queue) for 0.2–5 s.
+    pub spike: u32,
+    /// Long pause: hold every link of one node (clients too) for 2–20 s.
+    pub pause: u32,
+    /// Crash one node; restart it 1–10 s later.
+    pub crash: u32,
+    /// Heal everything.
+    pub heal: u32,
+}
+
+impl Knobs {
+    /// Draws a mix from `rng`.
+    pub fn draw(rng: &mut SmallRng) -> Knobs {
+        Knobs {
+            fault_every_ms: rng.random_range(1_000..6_000),
+            halves: rng.random_range(0..4),
+            majority: rng.random_range(0..3),
+            isolate: rng.random_range(0..4),
+            bridge: rng.random_range(0..3),
+            oneway: rng.random_range(0..3),
+            loss: rng.random_range(0..3),
+            loss_rate: f64::from(rng.random_range(1..50u32)) / 1000.0,
+            spike: rng.random_range(0..3),
+            pause: rng.random_range(0..3),
+            crash: rng.random_range(0..3),
+            heal: rng.random_range(1..4),
+        }
+    }
+
+    fn weights(&self) -> [(Fault, u32); 10] {
+        [
+            (Fault::Halves, self.halves),
+            (Fault::Majority, self.majority),
+            (Fault::Isolate, self.isolate),
+            (Fault::Bridge, self.bridge),
+            (Fault::OneWay, self.oneway),
+            (Fault::Loss, self.loss),
+            (Fault::Spike, self.spike),
+            (Fault::Pause, self.pause),
+            (Fault::Crash, self.crash),
+            (Fault::Heal, self.heal),
+        ]
+    }
+}
+
+impl std::fmt::Display for Knobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "every={}ms halves={} majority={} isolate={} bridge={} oneway={} loss={}@{:.3} spike={} pause={} crash={} heal={}",
+            self.fault_every_ms,
+            self.halves,
+            self.majority,
+            self.isolate,
+            self.bridge,
+            self.oneway,
+            self.loss,
+            self.loss_rate,
+            self.spike,
+            self.pause,
+            self.crash,
+            self.heal
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    Halves,
+    Majority,
+    Isolate,
+    Bridge,
+    OneWay,
+    Loss,
+    Spike,
+    Pause,
+    Crash,
+    Heal,
+}
+
+/// The nemesis of one run.
+pub struct Nemesis {
+    knobs: Knobs,
+    rng: SmallRng,
+    /// Node host names.
+    nodes: Vec<String>,
+    /// Every host: nodes and clients.
+    hosts: Vec<String>,
+    /// Crashed nodes and when they restart.
+    crashed: Vec<(String, Duration)>,
+    /// Held link sets (spikes, pauses) and when they are released.
+    held: Vec<(Vec<(String, String)>, Duration)>,
+    next: Duration,
+    /// Whether links between nodes lose packets now.
+    lossy: bool,
+    /// Faults injected (heals not counted).
+    pub faults: u64,
+}
+
+impl Nemesis {
+    /// A nemesis over `nodes`; `clients` are the other hosts. First fault at `start`.
+    pub fn new(
+        knobs: Knobs,
+        rng: SmallRng,
+        nodes: Vec<String>,
+        clients: &[&str],
+        start: Duration,
+    ) -> Nemesis {
+        let hosts = nodes
+            .iter()
+            .cloned()
+            .chain(clients.iter().map(|c| c.to_string()))
+            .collect();
+        Nemesis {
+            knobs,
+            rng,
+            nodes,
+            hosts,
+            crashed: Vec::new(),
+            held: Vec::new(),
+            next: start,
+            lossy: false,
+            faults: 0,
+        }
+    }
+
+    /// Called before every simulation step: restarts and releases what is due, and
+    /// injects the next fault when its time has come.
+    pub fn tick(&mut self, sim: &mut turmoil::Sim, now: Duration) {
+        self.crashed.retain(|(n, at)| {
+            let due = now >= *at;
+            if due {
+                sim.bounce(n.as_str());
+            }
+            !due
+        });
+        self.held.retain(|(links, at)| {
+            let due = now >= *at;
+            if due {
+                for (a, b) in links {
+                    sim.release(a.as_str(), b.as_str());
+                }
+            }
+            !due
+        });
+        if now < self.next {
+            return;
+        }
+        self.inject(sim, now);
+        let every = self.knobs.fault_every_ms;
+        self.next = now + Duration::from_millis(self.rng.random_range(every / 2..every * 3 / 2));
+    }
+
+    fn pick_fault(&mut self) -> Fault {
+        let weights = self.knobs.weights();
+        let total: u32 = weights.iter().map(|(_, w)| w).sum();
+        let mut pick = self.rng.random_range(0..total.max(1));
+        for (fault, w) in weights {
+            if pick < w {
+                return fault;
+            }
+            pick -= w;
+        }
+        Fault::Heal
+    }
+
+    /// The nodes in a random order.
+    fn shuffled(&mut self) -> Vec<String> {
+        let mut order = self.nodes.clone();
+        for i in (1..order.len()).rev() {
+            order.swap(i, self.rng.random_range(0..=i));
+        }
+        order
+    }
+
+    fn node(&mut self) -> String {
+        self.nodes[self.rng.random_range(0..self.nodes.len())].clone()
+    }
+
+    fn inject(&mut self, sim: &mut turmoil::Sim, now: Duration) {
+        let cut = |sim: &turmoil::Sim, a: &[String], b: &[String]| {
+            for x in a {
+                for y in b {
+                    sim.partition(x.as_str(), y.as_str());
+                }
+            }
+        };
+        let fault = self.pick_fault();
+        if fault != Fault::Heal {
+            self.faults += 1;
+        }
+        match fault {
+            Fault::Halves => {
+                let order = self.shuffled();
+                let at = self.rng.random_range(1..order.len());
+                cut(sim, &order[..at], &order[at..]);
+            }
+            Fault::Majority => {
+                let order = self.shuffled();
+                let minority = ((order.len() - 1) / 2).max(1);
+                cut(sim, &order[..minority], &order[minority..]);
+            }
+            Fault::Isolate => {
+                let order = self.shuffled();
+                cut(sim, &order[..1], &order[1..]);
+            }
+            Fault::Bridge => {
+                // order[0] bridges; the rest split into two non-empty sides.
+                let order = self.shuffled();
+                let at = self.rng.random_range(2..order.len());
+                cut(sim, &order[1..at], &order[at..]);
+            }
+            Fault::OneWay => {
+                let order = self.shuffled();
+                let a = &order[0];
+                let k = self.rng.random_range(1..order.len());
+                let inbound = self.rng.random_bool(0.5);
+                for b in &order[1..=k] {
+                    if inbound {
+                        sim.partition_oneway(b.as_str(), a.as_str());
+                    } else {
+                        sim.partition_oneway(a.as_str(), b.as_str());
+                    }
+                }
+            }
+            Fault::Loss => {
+                self.lossy = true;
+                self.set_loss(sim, self.knobs.loss_rate);
+            }
+            Fault::Spike => {
+                let order = self.shuffled();
+                let (a, b) = (order[0].clone(), order[1].clone());
+                sim.hold(a.as_str(), b.as_str());
+                let until = now + Duration::from_millis(self.rng.random_range(200..5_000));
+                self.held.push((vec![(a, b)], until));
+            }
+            Fault::Pause => {
+                let a = self.node();
+                let links: Vec<(String, String)> = self
+                    .hosts
+                    .iter()
+                    .filter(|h| **h != a)
+                    .map(|h| (a.clone(), h.clone()))
+                    .collect();
+                for (x, y) in &links {
+                    sim.hold(x.as_str(), y.as_str());
+                }
+                let until = now + Duration::from_millis(self.rng.random_range(2_000..20_000));
+                self.held.push((links, until));
+            }
+            Fault::Crash => {
+                let a = self.node();
+                if !self.crashed.iter().any(|(n, _)| *n == a) {
+                    sim.crash(a.as_str());
+                    let back = now + Duration::from_millis(self.rng.random_range(1_000..10_000));
+                    self.crashed.push((a, back));
+                }
+            }
+            Fault::Heal => self.heal_links(sim),
+        }
+    }
+
+    fn set_loss(&self, sim: &mut turmoil::Sim, rate: f64) {
+        for (i, a) in self.nodes.iter().enumerate() {
+            for b in &self.nodes[i + 1..] {
+                sim.set_link_fail_rate(a.as_str(), b.as_str(), rate);
+            }
+        }
+    }
+
+    /// Repairs every link, releases held messages, and stops packet loss.
+    fn heal_links(&mut self, sim: &mut turmoil::Sim) {
+        if self.lossy {
+            self.lossy = false;
+            self.set_loss(sim, 0.0);
+        }
+        for a in &self.nodes {
+            for b in &self.hosts {
+                if a != b {
+                    sim.repair(a.as_str(), b.as_str());
+                }
+            }
+        }
+        for (links, _) in self.held.drain(..) {
+            for (a, b) in links {
+                sim.release(a.as_str(), b.as_str());
+            }
+        }
+    }
+
+    /// Ends every fault: links healed, crashed nodes restarted.
+    pub fn heal_all(&mut self, sim: &mut turmoil::Sim) {
+        self.heal_links(sim);
+        for (n, _) in self.crashed.drain(..) {
+            sim.bounce(n.as_str());
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The client workload: registers written blind and read-modify-write (with the
+//! context of a read), deletes with a context, counter increments, set adds and
+//! removes, and reads of all three. Every value and member is unique, so the checker
+//! can tell exactly which write produced what it finds.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng, rngs::SmallRng};
+use ringkv::{Client, object::Context};
+
+use super::history::{Clock, History, RegisterWrite, SetUpdate, Status};
+use crate::SimNetwork;
+use crate::host::addr_of;
+
+/// Register keys `r0..`.
+pub const REGISTER_KEYS: usize = 64;
+/// Counter keys `k0..`.
+pub const COUNTER_KEYS: usize = 4;
+/// Set keys `s0..`.
+pub const SET_KEYS: usize = 8;
+
+/// Client number `c` of a run: connects to a node, then runs operations until
+/// `until` (simulated time since it started), recording everything in `history`.
+pub async fn client(
+    c: usize,
+    seed: u64,
+    nodes: usize,
+    until: Duration,
+    history: Rc<RefCell<History>>,
+) -> turmoil::Result {
+    let mut rng = SmallRng::seed_from_u64(seed ^ (0xc0ffee + c as u64));
+    let start = tokio::time::Instant::now();
+    let client = loop {
+        if start.elapsed() >= until {
+            break None;
+        }
+        match Client::connect_with(&SimNetwork, addr_of(1 + c % nodes)).await {
+            Ok(cl) => break Some(cl),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+    if let Some(mut client) = client {
+        client.set_timeout(Duration::from_secs(3));
+        run(c, &mut rng, client, start, until, &history).await;
+    }
+    history.borrow_mut().clients_done += 1;
+    Ok(())
+}
+
+/// The operations of one client until `until` has passed since `start`.
+async fn run(
+    c: usize,
+    rng: &mut SmallRng,
+    client: Client,
+    start: tokio::time::Instant,
+    until: Duration,
+    history: &Rc<RefCell<History>>,
+) {
+    let mut w = Worker {
+        c,
+        n: 0,
+        client,
+        h: history.clone(),
+    };
+    while start.elapsed() < until {
+        w.n += 1;
+        match rng.random_range(0..100) {
+            0..25 => {
+                let key = format!("r{}", rng.random_range(0..REGISTER_KEYS));
+                w.put(key, None).await;
+            }
+            25..45 => {
+                let key = format!("r{}", rng.random_range(0..REGISTER_KEYS));
+                let delete = rng.random_range(0..10) == 0;
+                w.read_modify_write(key, delete).await;
+            }
+            45..63 => {
+                let key = format!("k{}", rng.random_range(0..COUNTER_KEYS));
+                w.counter_add(key, rng.random_range(1..5)).await;
+            }
+            63..75 => {
+                let key = format!("s{}", rng.random_range(0..SET_KEYS));
+                w.set_add(key).await;
+            }
+            75..83 => {
+                let key = format!("s{}", rng.random_range(0..SET_KEYS));
+                let pick = rng.random_range(0..u32::MAX);
+                w.set_remove(key, pick).await;
+            }
+            83..92 => {
+                let key = format!("r{}", rng.random_range(0..REGISTER_KEYS));
+                w.read(&key).await;
+            }
+            _ => {
+                let key = format!("s{}", rng.random_range(0..SET_KEYS));
+                w.read_set(&key).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+    }
+}
+
+/// One client's state.
+struct Worker {
+    c: usize,
+    n: u64,
+    client: Client,
+    h: Rc<RefCell<History>>,
+}
+
+fn clock_of(ctx: &Context) -> Option<Clock> {
+    ctx.clock().ok()
+}
+
+impl Worker {
+    fn value(&self) -> String {
+        format!("c{}-{}", self.c, self.n)
+    }
+
+    /// A register write with `context` (blind if `None`).
+    async fn put(&self, key: String, context: Option<Context>) {
+        self.write(key, Some(self.value()), context).await;
+    }
+
+    async fn write(&self, key: String, value: Option<String>, context: Option<Context>) {
+        let r = match &value {
+            Some(v) => {
+                self.client
+                    .put(key.as_bytes(), v.as_bytes(), context.as_ref())
+                    .await
+            }
+            None => self.client.delete(key.as_bytes(), context.as_ref()).await,
+        };
+        let status = Status::of(&r);
+        let mut h = self.h.borrow_mut();
+        h.count(status);
+        h.trace(&format!(
+            "{} {} {key} {} ctx={} {}",
+            self.c,
+            if value.is_some() { "put" } else { "del" },
+            value.as_deref().unwrap_or("-"),
+            context.is_some(),
+            status.word()
+        ));
+        h.register_writes.push(RegisterWrite {
+            key,
+            value,
+            context: context.as_ref().and_then(clock_of),
+            returned: r.ok().as_ref().and_then(clock_of),
+            status,
+        });
+    }
+
+    /// Reads `key`, then writes a new value (or deletes) with the read's context.
+    async fn read_modify_write(&self, key: String, delete: bool) {
+        let Some(context) = self.read(&key).await else {
+            return;
+        };
+        if delete {
+            self.write(key, None, Some(context)).await;
+        } else {
+            self.put(key, Some(context)).await;
+        }
+    }
+
+    /// Reads a register; returns its context if the read succeeded.
+    async fn read(&self, key: &str) -> Option<Context> {
+        let r = self.client.get(key.as_bytes()).await;
+        let mut h = self.h.borrow_mut();
+        match r {
+            Ok(got) => {
+                let values: Vec<String> = got
+                    .siblings
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                h.trace(&format!("{} get {key} ok {}", self.c, values.join(",")));
+                for v in values {
+                    h.read_values.push((key.to_string(), v));
+                }
+                Some(got.context)
+            }
+            Err(_) => {
+                h.trace(&format!("{} get {key} fail", self.c));
+                None
+            }
+        }
+    }
+
+    async fn counter_add(&self, key: String, delta: i64) {
+        let r = self.client.counter_add(key.as_bytes(), delta).await;
+        let status = Status::of(&r);
+        let mut h = self.h.borrow_mut();
+        h.count(status);
+        h.trace(&format!("{} add {key} {delta} {}", self.c, status.word()));
+        let entry = h.counters.entry(key).or_default();
+        if status == Status::Ok {
+            entry.0 += delta;
+        }
+        if status != Status::Fail {
+            entry.1 += delta;
+        }
+    }
+
+    async fn set_add(&self, key: String) {
+        let member = self.value();
+        let invoked = self.h.borrow_mut().tick();
+        let r = self.client.set_add(key.as_bytes(), member.as_bytes()).await;
+        self.record_set(key, member, true, invoked, Status::of(&r));
+    }
+
+    /// Removes a member someone added to `key` before (chosen by `pick`), if any.
+    async fn set_remove(&self, key: String, pick: u32) {
+        let member = {
+            let h = self.h.borrow();
+            let added: Vec<&SetUpdate> = h
+                .set_updates
+                .iter()
+                .filter(|u| u.add && u.key == key)
+                .collect();
+            if added.is_empty() {
+                return;
+            }
+            added[pick as usize % added.len()].member.clone()
+        };
+        let invoked = self.h.borrow_mut().tick();
+        let r = self
+            .client
+            .set_remove(key.as_bytes(), member.as_bytes())
+            .await;
+        self.record_set(key, member, false, invoked, Status::of(&r));
+    }
+
+    fn record_set(&self, key: String, member: String, add: bool, invoked: u64, status: Status) {
+        let mut h = self.h.borrow_mut();
+        let completed = h.tick();
+        h.count(status);
+        h.trace(&format!(
+            "{} {} {key} {member} {}",
+            self.c,
+            if add { "sadd" } else { "srem" },
+            status.word()
+        ));
+        h.set_updates.push(SetUpdate {
+            key,
+            member,
+            add,
+            invoked,
+            completed,
+            status,
+        });
+    }
+
+    async fn read_set(&self, key: &str) {
+        let r = self.client.set_members(key.as_bytes()).await;
+        let mut h = self.h.borrow_mut();
+        match r {
+            Ok(members) => {
+                let members: Vec<String> = members
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(m).into_owned())
+                    .collect();
+                h.trace(&format!("{} smembers {key} ok {}", self.c, members.len()));
+                for m in members {
+                    h.read_members.push((key.to_string(), m));
+                }
+            }
+            Err(_) => h.trace(&format!("{} smembers {key} fail", self.c)),
+        }
+    }
+}
