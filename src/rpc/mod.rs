@@ -46,8 +46,14 @@ where
     In: for<'de> serde::Deserialize<'de>,
     Out: serde::Serialize,
 {
-    let framed = LengthDelimitedCodec::builder()
+    let mut framed = LengthDelimitedCodec::builder()
         .max_frame_length(max_frame_bytes)
         .new_framed(stream);
+    // One write per frame. Batching frames into writes until 8 KiB were buffered
+    // made the cut points depend on frame lengths, which vary with tarpc's random
+    // span ids: under the simulation each write is one TCP segment with its own
+    // latency draw, so runs diverged (5-node seeds 2 and 4 never replayed before
+    // this). On real sockets it costs a write call per frame.
+    framed.set_backpressure_boundary(1);
     tarpc::serde_transport::new(framed, PostcardCodec::default())
 }
