@@ -36,6 +36,10 @@ impl Listener for SimListener {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr()
     }
+
+    fn write_per_frame(&self) -> bool {
+        true
+    }
 }
 
 impl Datagram for SimSocket {
@@ -71,5 +75,10 @@ impl Network for SimNetwork {
         turmoil::net::UdpSocket::bind(any(addr))
             .await
             .map(SimSocket)
+    }
+
+    /// Runs replay only with one frame per write (see the trait).
+    fn write_per_frame(&self) -> bool {
+        true
     }
 }

@@ -124,14 +124,14 @@ fn unknown_outcome(refusal: ApiError, earlier: Option<ClientError>) -> ClientErr
 
 /// Opens a client-service connection to `addr` and checks it answers.
 async fn open_conn(
-    connector: &routing::Connector,
+    dialer: &crate::net::Dialer,
     addr: SocketAddr,
 ) -> Result<(Conn, ServerInfo), ClientError> {
     let err = |reason: String| ClientError::Connect {
         addr: addr.to_string(),
         reason,
     };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector(addr))
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, dialer.dial(addr))
         .await
         .map_err(|_| err("timed out".into()))?
         .map_err(|e| err(e.to_string()))?;
@@ -142,6 +142,7 @@ async fn open_conn(
         crate::replica::Limits::default()
             .frame_bytes()
             .max(64 << 20),
+        dialer.write_per_frame,
     );
     let tarpc::client::NewClient {
         client: rpc,
@@ -220,9 +221,9 @@ impl Client {
         net: &N,
         addr: SocketAddr,
     ) -> Result<Client, ClientError> {
-        let connector = routing::connector(net.clone());
-        let (home, info) = open_conn(&connector, addr).await?;
-        let routing = Arc::new(Routing::new(connector));
+        let dialer = crate::net::Dialer::new(net.clone());
+        let (home, info) = open_conn(&dialer, addr).await?;
+        let routing = Arc::new(Routing::new(dialer));
         routing.add_conn(home.clone());
         let client = Client {
             home,
@@ -255,7 +256,7 @@ impl Client {
 
     /// Sends every request to the connected node only (it forwards as needed).
     pub fn disable_routing(&mut self) {
-        self.routing = Arc::new(Routing::new(self.routing.connector()));
+        self.routing = Arc::new(Routing::new(self.routing.dialer()));
         self.routing.add_conn(self.home.clone());
     }
 

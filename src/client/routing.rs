@@ -9,8 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{ClientError, Conn, open_conn};
-use crate::net::Network;
-use crate::peer::pool::IoStream;
+use crate::net::Dialer;
 use crate::ring::{Ring, partition_of};
 use crate::rpc::api::RingInfo;
 
@@ -18,21 +17,6 @@ use crate::rpc::api::RingInfo;
 const REFRESH: Duration = Duration::from_secs(5);
 /// How long a node that failed is tried last.
 const PENALTY: Duration = Duration::from_secs(3);
-
-type Connecting =
-    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Box<dyn IoStream>>> + Send>>;
-/// Dials a node.
-pub(super) type Connector = std::sync::Arc<dyn Fn(SocketAddr) -> Connecting + Send + Sync>;
-
-pub(super) fn connector<N: Network>(net: N) -> Connector {
-    std::sync::Arc::new(move |addr| {
-        let net = net.clone();
-        Box::pin(async move {
-            let s = net.connect(addr).await?;
-            Ok(Box::new(s) as Box<dyn IoStream>)
-        })
-    })
-}
 
 struct Table {
     ring: Ring,
@@ -42,7 +26,7 @@ struct Table {
 }
 
 pub(super) struct Routing {
-    connector: Connector,
+    dialer: Dialer,
     table: Mutex<Option<Table>>,
     conns: Mutex<HashMap<SocketAddr, Conn>>,
     failed: Mutex<HashMap<SocketAddr, Instant>>,
@@ -50,9 +34,9 @@ pub(super) struct Routing {
 }
 
 impl Routing {
-    pub(super) fn new(connector: Connector) -> Routing {
+    pub(super) fn new(dialer: Dialer) -> Routing {
         Routing {
-            connector,
+            dialer,
             table: Mutex::new(None),
             conns: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
@@ -60,8 +44,8 @@ impl Routing {
         }
     }
 
-    pub(super) fn connector(&self) -> Connector {
-        self.connector.clone()
+    pub(super) fn dialer(&self) -> Dialer {
+        self.dialer.clone()
     }
 
     pub(super) fn add_conn(&self, c: Conn) {
@@ -98,7 +82,7 @@ impl Routing {
         {
             return Ok(c);
         }
-        let (c, _) = open_conn(&self.connector, addr).await?;
+        let (c, _) = open_conn(&self.dialer, addr).await?;
         self.add_conn(c.clone());
         Ok(c)
     }

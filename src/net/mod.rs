@@ -9,6 +9,8 @@ pub use tokio_net::TokioNetwork;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -28,6 +30,12 @@ pub trait Listener: Send + 'static {
 
     /// The address actually bound (useful after binding port 0).
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Whether RPC frames on accepted streams go out one per write (see
+    /// [`Network::write_per_frame`]).
+    fn write_per_frame(&self) -> bool {
+        false
+    }
 }
 
 /// A bound UDP socket (gossip).
@@ -69,4 +77,50 @@ pub trait Network: Clone + Send + Sync + 'static {
 
     /// Binds a UDP socket.
     fn bind_udp(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Socket>> + Send;
+
+    /// Whether RPC frames go out one per write instead of batched into writes of up
+    /// to 8 KiB. Real sockets batch (fewer write calls; about 15 % more throughput
+    /// on a 3-node cluster). The simulation writes one frame per write: batching cut
+    /// at frame lengths that vary with tarpc's random span ids, and each simulated
+    /// write is a segment with its own latency draw, so runs did not replay.
+    fn write_per_frame(&self) -> bool {
+        false
+    }
+}
+
+/// A stream of any network, boxed.
+pub trait IoStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> IoStream for T {}
+
+type Connecting = Pin<Box<dyn Future<Output = io::Result<Box<dyn IoStream>>> + Send>>;
+
+/// Dials connections through some [`Network`], with its framing choice; cheap to
+/// clone, and free of the network's type.
+#[derive(Clone)]
+pub struct Dialer {
+    connect: Arc<dyn Fn(SocketAddr) -> Connecting + Send + Sync>,
+    /// See [`Network::write_per_frame`].
+    pub write_per_frame: bool,
+}
+
+impl Dialer {
+    /// A dialer through `net`.
+    pub fn new<N: Network>(net: N) -> Dialer {
+        let write_per_frame = net.write_per_frame();
+        Dialer {
+            connect: Arc::new(move |addr| {
+                let net = net.clone();
+                Box::pin(async move {
+                    let s = net.connect(addr).await?;
+                    Ok(Box::new(s) as Box<dyn IoStream>)
+                })
+            }),
+            write_per_frame,
+        }
+    }
+
+    /// Opens a connection to `addr`.
+    pub fn dial(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Box<dyn IoStream>>> {
+        (self.connect)(addr)
+    }
 }

@@ -3,9 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +11,7 @@ use ringkv_gossip::ClusterKey;
 use tarpc::client::RpcError;
 
 use super::{PeerClient, handshake};
-use crate::net::Network;
+use crate::net::{Dialer, Network};
 use crate::rpc::api::ApiError;
 
 /// Reason of a call that met a closed connection.
@@ -25,13 +23,6 @@ pub const REDIAL_AFTER: std::time::Duration = std::time::Duration::from_millis(2
 
 /// Longest wait for a TCP connection to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A byte stream of any network.
-pub trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> IoStream for T {}
-
-type Connecting = Pin<Box<dyn Future<Output = io::Result<Box<dyn IoStream>>> + Send>>;
-type Connector = Arc<dyn Fn(SocketAddr) -> Connecting + Send + Sync>;
 
 /// Why a call to a peer failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,7 +51,7 @@ pub enum PeerError {
 /// The pool.
 #[derive(Clone)]
 pub struct Peers {
-    connector: Connector,
+    dialer: Dialer,
     key: ClusterKey,
     max_frame: usize,
     conns: Arc<Mutex<HashMap<SocketAddr, (u64, PeerClient)>>>,
@@ -73,15 +64,8 @@ pub struct Peers {
 impl Peers {
     /// A pool dialing through `net`, proving `key`, with frames up to `max_frame` bytes.
     pub fn new<N: Network>(net: N, key: ClusterKey, max_frame: usize) -> Peers {
-        let connector: Connector = Arc::new(move |addr| {
-            let net = net.clone();
-            Box::pin(async move {
-                let s = net.connect(addr).await?;
-                Ok(Box::new(s) as Box<dyn IoStream>)
-            })
-        });
         Peers {
-            connector,
+            dialer: Dialer::new(net),
             key,
             max_frame,
             conns: Arc::new(Mutex::new(HashMap::new())),
@@ -131,7 +115,7 @@ impl Peers {
             return Err(err("recently unreachable; not dialling again yet".into()));
         }
         let dial = async {
-            let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, (self.connector)(addr))
+            let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, self.dialer.dial(addr))
                 .await
                 .map_err(|_| err("connect timed out".into()))?
                 .map_err(|e| err(e.to_string()))?;
@@ -151,7 +135,7 @@ impl Peers {
                 return Err(err("no time left to connect".into()));
             }
         };
-        let transport = crate::rpc::framed(stream, self.max_frame);
+        let transport = crate::rpc::framed(stream, self.max_frame, self.dialer.write_per_frame);
         let tarpc::client::NewClient { client, dispatch } =
             PeerClient::new(tarpc::client::Config::default(), transport);
         let id = self

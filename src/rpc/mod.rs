@@ -37,10 +37,12 @@ pub fn context(timeout: Duration) -> tarpc::context::Context {
     ctx
 }
 
-/// Frames every message of one connection with a hard size limit.
+/// Frames every message of one connection with a hard size limit; one frame per
+/// write if `write_per_frame` (see [`crate::net::Network::write_per_frame`]).
 pub fn framed<S: Stream, In, Out>(
     stream: S,
     max_frame_bytes: usize,
+    write_per_frame: bool,
 ) -> Transport<S, In, Out, PostcardCodec<In, Out>>
 where
     In: for<'de> serde::Deserialize<'de>,
@@ -49,11 +51,8 @@ where
     let mut framed = LengthDelimitedCodec::builder()
         .max_frame_length(max_frame_bytes)
         .new_framed(stream);
-    // One write per frame. Batching frames into writes until 8 KiB were buffered
-    // made the cut points depend on frame lengths, which vary with tarpc's random
-    // span ids: under the simulation each write is one TCP segment with its own
-    // latency draw, so runs diverged (5-node seeds 2 and 4 never replayed before
-    // this). On real sockets it costs a write call per frame.
-    framed.set_backpressure_boundary(1);
+    if write_per_frame {
+        framed.set_backpressure_boundary(1);
+    }
     tarpc::serde_transport::new(framed, PostcardCodec::default())
 }

@@ -342,8 +342,11 @@ pub async fn serve<L: Listener>(
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(node.config().max_connections));
-    let max_frame = node.config().limits.frame_bytes();
-    let in_flight = node.config().max_in_flight_per_connection;
+    let per_conn = PerConnection {
+        max_frame: node.config().limits.frame_bytes(),
+        in_flight: node.config().max_in_flight_per_connection,
+        write_per_frame: listener.write_per_frame(),
+    };
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -372,10 +375,18 @@ pub async fn serve<L: Listener>(
         tokio::spawn(async move {
             let _permit = permit;
             node.stats.connections_open.fetch_add(1, Ordering::Relaxed);
-            connection(stream, peer, node.clone(), max_frame, in_flight).await;
+            connection(stream, peer, node.clone(), per_conn).await;
             node.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
         });
     }
+}
+
+/// What every connection of a listener is served with.
+#[derive(Clone, Copy)]
+struct PerConnection {
+    max_frame: usize,
+    in_flight: usize,
+    write_per_frame: bool,
 }
 
 /// Longest a new connection may stay silent before its first bytes.
@@ -385,8 +396,7 @@ async fn connection<S: Stream>(
     mut stream: S,
     peer: std::net::SocketAddr,
     node: SharedNode,
-    max_frame: usize,
-    in_flight: usize,
+    per_conn: PerConnection,
 ) {
     use tokio::io::AsyncReadExt;
     let mut first = [0u8; 4];
@@ -403,10 +413,10 @@ async fn connection<S: Stream>(
             tracing::warn!(%peer, %error, "peer connection refused");
             return;
         }
-        let transport = counted(stream, max_frame, node.clone(), peer);
+        let transport = counted(stream, per_conn, node.clone(), peer);
         let server = PeerServer { node };
         BaseChannel::with_defaults(transport)
-            .max_concurrent_requests(in_flight)
+            .max_concurrent_requests(per_conn.in_flight)
             .execute(server.serve())
             .for_each(|request| async move {
                 tokio::spawn(request);
@@ -419,10 +429,10 @@ async fn connection<S: Stream>(
         read: 0,
         inner: stream,
     };
-    let transport = counted(stream, max_frame, node.clone(), peer);
+    let transport = counted(stream, per_conn, node.clone(), peer);
     let server = KvServer { node };
     BaseChannel::with_defaults(transport)
-        .max_concurrent_requests(in_flight)
+        .max_concurrent_requests(per_conn.in_flight)
         .execute(server.serve())
         .for_each(|request| async move {
             tokio::spawn(request);
@@ -434,7 +444,7 @@ async fn connection<S: Stream>(
 /// and is counted.
 fn counted<S: Stream, In, Out>(
     stream: S,
-    max_frame: usize,
+    per_conn: PerConnection,
     node: SharedNode,
     peer: std::net::SocketAddr,
 ) -> impl tarpc::Transport<Out, In>
@@ -442,7 +452,7 @@ where
     In: for<'de> serde::Deserialize<'de>,
     Out: serde::Serialize,
 {
-    super::framed(stream, max_frame).inspect_err(move |error| {
+    super::framed(stream, per_conn.max_frame, per_conn.write_per_frame).inspect_err(move |error| {
         node.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%peer, %error, "closing connection after a bad frame");
     })
