@@ -197,6 +197,12 @@ impl Coordinator {
             }
         }
         let merged = merge_all(replies.values())?;
+        let pending = outstanding + earlier_outstanding;
+        if pending == 0 && replies.values().all(|r| *r == merged) {
+            // Every replica that answered holds the answer already (always so on a
+            // single node): nothing to repair, no task to spawn.
+            return Ok(merged);
+        }
         self.spawn_repair(
             key,
             merged.clone(),
@@ -251,6 +257,9 @@ impl Coordinator {
             let (primaries, _) = view.walk(&key);
             for p in primaries {
                 let stale = match replies.get(&p) {
+                    // Equal objects encode equally; only unequal ones (possibly
+                    // the same state in another order) need their digest.
+                    Some(Some(o)) if *o == merged => false,
                     Some(Some(o)) => o.digest(&key).map(|d| d != digest).unwrap_or(true),
                     Some(None) => true,
                     // No reply: it may be down; hints and anti-entropy cover it.

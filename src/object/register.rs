@@ -20,7 +20,9 @@ use super::{Actor, ObjectError};
 pub struct Sibling {
     /// Unique identity of the write.
     pub dot: Dot<Actor>,
-    /// The written bytes; `None` for a delete.
+    /// The written bytes; `None` for a delete. Encoded as one byte string (the
+    /// same bytes postcard gives a sequence of u8, without a call per byte).
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
 }
 

@@ -26,6 +26,7 @@ pub struct GetReply {
     /// Whether any live value exists.
     pub found: bool,
     /// Live siblings, in canonical order.
+    #[serde(with = "byte_strings")]
     pub values: Vec<Vec<u8>>,
     /// Causal context to send with the next write of this key.
     pub context: Context,
@@ -143,6 +144,11 @@ pub struct ClusterStatus {
 }
 
 impl RingInfo {
+    /// Members whose status is active (the ones that own partitions).
+    pub fn active_members(&self) -> usize {
+        self.members.iter().filter(|m| m.status == "active").count()
+    }
+
     /// The ring rebuilt from the active members (ownership is a pure function of
     /// them); `None` without active members or if it cannot be built.
     pub fn rebuild(&self) -> Option<crate::ring::Ring> {
@@ -372,4 +378,38 @@ pub trait Kv {
     async fn partition_roots() -> Result<Vec<[u8; 32]>, ApiError>;
     /// Runs an anti-entropy round now (all partitions, or one) and reports it.
     async fn repair(partition: Option<u32>) -> Result<crate::repair::RoundReport, ApiError>;
+}
+
+/// A list of byte strings as a sequence of postcard byte strings: the same bytes as
+/// a `Vec<Vec<u8>>`, without serde's call per byte.
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|b| serde_bytes::Bytes::new(b)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let bufs = Vec::<serde_bytes::ByteBuf>::deserialize(d)?;
+        Ok(bufs
+            .into_iter()
+            .map(serde_bytes::ByteBuf::into_vec)
+            .collect())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Fast(#[serde(with = "super")] Vec<Vec<u8>>);
+
+        #[test]
+        fn same_bytes_as_a_plain_list() {
+            let v = vec![vec![1u8, 2, 3], vec![], vec![0xff; 200]];
+            let plain = postcard::to_allocvec(&v).expect("ser");
+            let fast = postcard::to_allocvec(&Fast(v.clone())).expect("ser");
+            assert_eq!(plain, fast);
+            let back: Fast = postcard::from_bytes(&plain).expect("de");
+            assert_eq!(back.0, v);
+        }
+    }
 }

@@ -33,8 +33,9 @@ impl<Item, SinkItem: Serialize> tokio_serde::Serializer<SinkItem>
     type Error = io::Error;
 
     fn serialize(self: Pin<&mut Self>, item: &SinkItem) -> Result<Bytes, io::Error> {
-        let mut out = vec![WIRE_VERSION];
-        postcard::to_io(item, &mut out).map_err(io::Error::other)?;
+        let mut out = Vec::with_capacity(256);
+        out.push(WIRE_VERSION);
+        let out = postcard::to_extend(item, out).map_err(io::Error::other)?;
         Ok(out.into())
     }
 }

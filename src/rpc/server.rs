@@ -418,9 +418,7 @@ async fn connection<S: Stream>(
         BaseChannel::with_defaults(transport)
             .max_concurrent_requests(per_conn.in_flight)
             .execute(server.serve())
-            .for_each(|request| async move {
-                tokio::spawn(request);
-            })
+            .for_each(run_request)
             .await;
         return;
     }
@@ -434,10 +432,23 @@ async fn connection<S: Stream>(
     BaseChannel::with_defaults(transport)
         .max_concurrent_requests(per_conn.in_flight)
         .execute(server.serve())
-        .for_each(|request| async move {
-            tokio::spawn(request);
-        })
+        .for_each(run_request)
         .await;
+}
+
+/// Runs one request: polled once right here, and only if it is still waiting (for a
+/// peer, a quorum, an fsync) moved onto a task of its own. Most reads and buffered
+/// writes finish on that first poll, so their responses leave together with the
+/// others of the same batch in one write, instead of one task wake-up and one send
+/// per request.
+async fn run_request<F>(request: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut request = Box::pin(request);
+    if futures::poll!(request.as_mut()).is_pending() {
+        tokio::spawn(request);
+    }
 }
 
 /// The framed transport of one connection; a malformed or oversized frame closes it
