@@ -544,27 +544,10 @@ fn without_fallbacks_the_coordinator_keeps_the_hint_and_a_lone_restart_remembers
 }
 
 /// A base port with `k` consecutive free TCP and UDP ports after it.
-fn free_run(k: u16) -> u16 {
-    for _ in 0..200 {
-        let base = common::free_port();
-        if base > u16::MAX - k {
-            continue;
-        }
-        let ok = (0..k).all(|i| {
-            let a = format!("127.0.0.1:{}", base + i);
-            std::net::TcpListener::bind(&a).is_ok() && std::net::UdpSocket::bind(&a).is_ok()
-        });
-        if ok {
-            return base;
-        }
-    }
-    panic!("no run of {k} free ports");
-}
-
 #[test]
 fn dev_starts_a_local_cluster_and_stops_it_on_ctrl_c() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = free_run(3);
+    let base = common::free_run(3);
     let mut dev = std::process::Command::new(common::bin())
         .args([
             "dev",

@@ -311,31 +311,115 @@ pub struct ServeArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Keys written in the load phase.
+    /// YCSB core workload: a (50% read, 50% update), b (95/5), c (read only),
+    /// d (95% read latest, 5% insert), f (50% read, 50% read-modify-write).
+    /// E (scans) is refused: keys are hash partitioned.
+    #[arg(long, default_value = "c")]
+    pub workload: String,
+    /// Key distribution instead of the workload's own: uniform, zipfian or latest.
+    #[arg(long)]
+    pub distribution: Option<String>,
+    /// Records written by the load phase.
     #[arg(long, default_value_t = 100_000)]
     pub records: u64,
-    /// Gets in the read phase.
-    #[arg(long, default_value_t = 100_000)]
-    pub operations: u64,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 50)]
+    /// Measured operations of the run phase [default: 100000 unless --duration].
+    #[arg(long, conflicts_with = "duration")]
+    pub operations: Option<u64>,
+    /// Length of the measured run phase instead of --operations (90s, 2m, 500ms).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Unmeasured run before the measured one (shown shaded in the plot).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub warmup: std::time::Duration,
+    /// Operations in flight at once.
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Client connections shared by the requests.
-    #[arg(long, default_value_t = 1)]
+    /// Client connections the operations are multiplexed over. A few spread the
+    /// server's work over its cores and still let requests batch; one per operation
+    /// in flight (YCSB's habit) loses the batching.
+    #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    /// Open loop at this many operations per second; latency counts from each
+    /// operation's intended start. Without it: closed loop, as fast as it goes.
+    #[arg(long, allow_negative_numbers = true)]
+    pub target: Option<f64>,
     /// Bytes per value.
     #[arg(long = "value-size", default_value_t = 1000)]
     pub value_size: usize,
-    /// Seed of the key chooser.
+    /// Seed of the key choosers and values.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Node to drive.
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    pub connect: String,
-    /// Write the full report as JSON to this file.
+    /// Nodes to drive (repeatable; connections are spread over them).
+    #[arg(long, num_args = 1.., default_value = "127.0.0.1:7400", conflicts_with = "nodes")]
+    pub connect: Vec<String>,
+    /// Replies a read needs [default: the node's --r].
+    #[arg(long)]
+    pub r: Option<u8>,
+    /// Acknowledgements a write needs [default: the node's --w].
+    #[arg(long)]
+    pub w: Option<u8>,
+    /// Deadline of one request in milliseconds.
+    #[arg(long = "timeout-ms", default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Skip the load phase (the records were loaded by an earlier run).
+    #[arg(long = "skip-load")]
+    pub skip_load: bool,
+    /// Write every figure and the configuration as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Draw throughput and p99 per second as SVG to this file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// No progress display.
+    #[arg(long)]
+    pub quiet: bool,
     /// Send everything to --connect instead of straight to each key's primary.
     #[arg(long = "no-routing")]
     pub no_routing: bool,
+    /// Start a local cluster of this many nodes for the run (ports from
+    /// --base-port, data in --data-dir) and stop it afterwards, instead of --connect.
+    #[arg(long)]
+    pub nodes: Option<u16>,
+    /// Replicas per key of the local cluster.
+    #[arg(long, default_value_t = 3, requires = "nodes")]
+    pub n: u8,
+    /// First port of the local cluster.
+    #[arg(long = "base-port", default_value_t = 7700, requires = "nodes")]
+    pub base_port: u16,
+    /// Data directory of the local cluster [default: a fresh one, removed afterwards].
+    #[arg(long = "data-dir", requires = "nodes")]
+    pub data_dir: Option<PathBuf>,
+    /// Kill this node of the local cluster during the run (node-1, node-2, ...).
+    #[arg(long = "kill-node", requires_all = ["nodes", "at"])]
+    pub kill_node: Option<String>,
+    /// When to kill it, from the start of the run phase (20s).
+    #[arg(long, value_parser = parse_duration, requires = "kill_node")]
+    pub at: Option<std::time::Duration>,
+    /// When to start it again, from the start of the run phase (40s).
+    #[arg(long = "restart-at", value_parser = parse_duration, requires = "kill_node")]
+    pub restart_at: Option<std::time::Duration>,
+}
+
+/// `90`, `90s`, `2m`, `500ms` or `1.5s`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 2m or 500ms"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "ms" => n / 1000.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
 }

@@ -413,32 +413,116 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
 }
 
 async fn bench(args: BenchArgs) -> Result<i32, Failure> {
-    if args.records == 0 {
-        return Err(Failure::usage("--records must be at least 1"));
-    }
-    if args.concurrency == 0 || args.concurrency > 10_000 {
-        return Err(Failure::usage("--concurrency must be between 1 and 10000"));
-    }
-    if args.connections == 0 || args.connections > 1024 {
-        return Err(Failure::usage("--connections must be between 1 and 1024"));
-    }
-    let config = ringkv::bench::BenchConfig {
-        connect: args.connect,
+    use ringkv::bench::{BenchConfig, BenchError, Distribution, FaultPlan, ProgressMode, Workload};
+    let workload = Workload::parse(&args.workload).map_err(|e| Failure::usage(e.to_string()))?;
+    let distribution = match &args.distribution {
+        Some(d) => Distribution::parse(d).map_err(Failure::usage)?,
+        None => workload.distribution(),
+    };
+    let fault = args.kill_node.clone().map(|node| FaultPlan {
+        node,
+        at: args.at.unwrap_or_default(),
+        restart_at: args.restart_at,
+    });
+    let mut config = BenchConfig {
+        workload,
+        distribution,
         records: args.records,
-        operations: args.operations,
+        operations: match args.duration {
+            Some(_) => None,
+            None => Some(args.operations.unwrap_or(100_000)),
+        },
+        duration: args.duration,
+        warmup: args.warmup,
         concurrency: args.concurrency,
         connections: args.connections,
+        target_ops_per_sec: args.target,
         value_size: args.value_size,
+        connect: args.connect.clone(),
+        r: args.r,
+        w: args.w,
+        timeout_ms: args.timeout_ms,
         seed: args.seed,
         routing: !args.no_routing,
+        load: !args.skip_load,
+        fault,
+        local_nodes: args.nodes,
     };
-    let report = ringkv::bench::run(config).await?;
+    // Refuse nonsense before starting anything.
+    config
+        .validate()
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let progress = if args.quiet {
+        ProgressMode::Quiet
+    } else {
+        ProgressMode::Auto
+    };
+
+    // A cluster of our own, if asked for: stopped (and its fresh directory removed)
+    // when this function returns, also on Ctrl-C.
+    let mut scratch = None;
+    let cluster = match args.nodes {
+        None => None,
+        Some(nodes) => {
+            let dir = match &args.data_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let d =
+                        std::env::temp_dir().join(format!("ringkv-bench-{}", std::process::id()));
+                    scratch = Some(Scratch(d.clone()));
+                    d
+                }
+            };
+            let mut c = super::local::LocalCluster::start(nodes, args.base_port, &dir, args.n)?;
+            if let Some(node) = &args.kill_node {
+                c.check_node(node).map_err(Failure::usage)?;
+            }
+            eprintln!(
+                "started {nodes} nodes on 127.0.0.1:{}..{} (data and logs in {})",
+                c.ports().0,
+                c.ports().1,
+                dir.display()
+            );
+            c.wait_formed().await.map_err(Failure::other)?;
+            config.connect = c.addresses();
+            Some(std::sync::Arc::new(std::sync::Mutex::new(c)))
+        }
+    };
+    let control = cluster
+        .clone()
+        .map(|c| Box::new(super::local::Control(c)) as Box<dyn ringkv::bench::NodeControl>);
+    let outcome = tokio::select! {
+        biased;
+        _ = tokio::signal::ctrl_c() => Err(Failure::other("interrupted")),
+        r = ringkv::bench::run(config, control, progress) => r.map_err(|e| match e {
+            BenchError::Invalid { .. } | BenchError::Refused { .. } => Failure::usage(e.to_string()),
+            BenchError::Client(c) => Failure::from(c),
+        }),
+    };
+    if let Some(c) = cluster {
+        c.lock().unwrap_or_else(|p| p.into_inner()).stop_all();
+    }
+    drop(scratch);
+    let report = outcome?;
     print!("{report}");
-    if let Some(path) = args.json {
+    if let Some(path) = &args.json {
         let text =
             serde_json::to_string_pretty(&report).map_err(|e| Failure::other(e.to_string()))?;
-        std::fs::write(&path, text)
+        std::fs::write(path, text + "\n")
+            .map_err(|e| Failure::other(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, ringkv::bench::svg(&report))
             .map_err(|e| Failure::other(format!("cannot write {}: {e}", path.display())))?;
     }
     Ok(EXIT_OK)
+}
+
+/// A directory removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

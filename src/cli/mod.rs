@@ -6,6 +6,7 @@
 mod args;
 mod client_cmd;
 mod dev;
+mod local;
 mod serve;
 
 use clap::Parser;

@@ -16,6 +16,24 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// The first of `k` consecutive ports free for TCP and UDP on 127.0.0.1.
+pub fn free_run(k: u16) -> u16 {
+    for _ in 0..200 {
+        let base = free_port();
+        if base > u16::MAX - k {
+            continue;
+        }
+        let ok = (0..k).all(|i| {
+            let a = format!("127.0.0.1:{}", base + i);
+            std::net::TcpListener::bind(&a).is_ok() && std::net::UdpSocket::bind(&a).is_ok()
+        });
+        if ok {
+            return base;
+        }
+    }
+    panic!("no run of {k} free ports");
+}
+
 /// A `ringkv serve` child process, killed when dropped.
 pub struct Server {
     pub child: Child,

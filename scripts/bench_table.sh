@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Reproduces every figure of BENCHMARKS.md's "YCSB" section on this machine:
+#   - Redis (redis-server and redis-benchmark, Debian's packages) at the same value
+#     size and concurrency, as the yardstick;
+#   - ringkv single node and 3 nodes (N=3, R=2, W=2): workloads A, B, C;
+#   - the latency/throughput curve of workload A on one node (open loop, --target
+#     stepped from 10 % of the closed-loop throughput to past saturation);
+#   - workload A on 3 nodes with node-2 killed and restarted mid-run.
+# Writes JSON and SVG of every run to bench-results/ycsb/ and the tables to
+# bench-results/ycsb/TABLE.md.
+#
+# Usage: bash scripts/bench_table.sh        (DURATION=30 RECORDS=100000 CONCURRENCY=64)
+# Needs: cargo, python3, and redis-server/redis-benchmark (installed with apt-get if
+# missing and running as root). Every server it starts listens on 127.0.0.1 only and
+# is stopped when the script ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-30}
+CURVE_DURATION=${CURVE_DURATION:-20}
+RECORDS=${RECORDS:-100000}
+CONCURRENCY=${CONCURRENCY:-64}
+VALUE=${VALUE:-1000}
+OUT=bench-results/ycsb
+R=target/release/ringkv
+WORK=$(mktemp -d)
+PIDS=()
+
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if ! command -v redis-benchmark >/dev/null || ! command -v redis-server >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+  else
+    echo "redis-server and redis-benchmark are needed (apt-get install redis-server redis-tools)" >&2
+    exit 1
+  fi
+fi
+
+cargo build --release --bin ringkv
+mkdir -p "$OUT"
+
+wait_port() { # host:port
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing answers on $1" >&2; exit 1
+}
+
+stop() { # pid
+  kill -TERM "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+echo "== machine"
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "cpus: $(nproc)  model: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB  kernel: $(uname -r)"
+  echo "ringkv: $($R --version)  redis: $(redis-server --version | awk '{print $3}')"
+} | tee "$OUT/machine.txt"
+
+echo "== redis: redis-benchmark -c $CONCURRENCY -d $VALUE"
+redis-server --port 7390 --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
+RP=$!; PIDS+=("$RP")
+wait_port 127.0.0.1:7390
+redis-benchmark -p 7390 -c "$CONCURRENCY" -d "$VALUE" -r "$RECORDS" -n $((RECORDS * 4)) -t set,get --csv \
+  | tee "$OUT/redis.csv"
+stop "$RP"
+
+echo "== one node"
+$R serve --listen 127.0.0.1:7391 --data-dir "$WORK/one" >"$WORK/one.log" 2>&1 &
+NP=$!; PIDS+=("$NP")
+wait_port 127.0.0.1:7391
+common=(--records "$RECORDS" --concurrency "$CONCURRENCY" --value-size "$VALUE" --quiet)
+$R bench --connect 127.0.0.1:7391 --workload c "${common[@]}" --duration "${DURATION}s" \
+  --json "$OUT/one-node-c.json" --plot "$OUT/one-node-c.svg"
+for w in a b; do
+  $R bench --connect 127.0.0.1:7391 --workload $w --skip-load "${common[@]}" --duration "${DURATION}s" \
+    --json "$OUT/one-node-$w.json" --plot "$OUT/one-node-$w.svg"
+done
+
+echo "== one node, workload A, latency against offered load"
+SAT=$(python3 -c "import json;print(int(json.load(open('$OUT/one-node-a.json'))['throughput_ops_per_sec']))")
+for pct in 10 25 50 75 90 100 110; do
+  t=$((SAT * pct / 100))
+  $R bench --connect 127.0.0.1:7391 --workload a --skip-load "${common[@]}" --duration "${CURVE_DURATION}s" \
+    --target "$t" --json "$OUT/curve-a-$pct.json" --plot "$OUT/curve-a-$pct.svg"
+done
+stop "$NP"
+
+echo "== three nodes (N=3, R=2, W=2)"
+$R dev --nodes 3 --base-port 7392 --data-dir "$WORK/three" >"$WORK/dev.log" 2>&1 &
+DP=$!; PIDS+=("$DP")
+for p in 7392 7393 7394; do wait_port 127.0.0.1:$p; done
+for _ in $(seq 1 100); do
+  n=$($R ring --json --connect 127.0.0.1:7394 2>/dev/null | python3 -c "import json,sys;print(len(json.load(sys.stdin)['counts']))" 2>/dev/null || echo 0)
+  [ "$n" = 3 ] && break; sleep 0.2
+done
+three=(--connect 127.0.0.1:7392 127.0.0.1:7393 127.0.0.1:7394 --r 2 --w 2)
+$R bench "${three[@]}" --workload c "${common[@]}" --duration "${DURATION}s" \
+  --json "$OUT/three-nodes-c.json" --plot "$OUT/three-nodes-c.svg"
+for w in a b; do
+  $R bench "${three[@]}" --workload $w --skip-load "${common[@]}" --duration "${DURATION}s" \
+    --json "$OUT/three-nodes-$w.json" --plot "$OUT/three-nodes-$w.svg"
+done
+stop "$DP"
+
+echo "== three nodes, workload A, node-2 killed at 20 s and restarted at 40 s"
+$R bench --nodes 3 --base-port 7396 --workload a --records 20000 --concurrency "$CONCURRENCY" \
+  --value-size "$VALUE" --quiet --duration 60s --timeout-ms 2000 \
+  --kill-node node-2 --at 20s --restart-at 40s \
+  --json "$OUT/three-nodes-a-kill.json" --plot "$OUT/three-nodes-a-kill.svg"
+
+python3 scripts/bench_table.py "$OUT" | tee "$OUT/TABLE.md"
