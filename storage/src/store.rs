@@ -8,7 +8,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use crate::error::{Result, StorageError};
 use crate::keys::{PREFIX_LEN, object_digest, object_key, segment_of, segment_prefix};
 use crate::merkle::{Hash, xor};
-use crate::sync::{Background, GroupSync, SyncPolicy};
+use crate::sync::{Background, GroupSync, JournalSync, SyncPolicy};
 use crate::tree::{TreeStats, Trees};
 
 /// Number of lock stripes for read-merge-write. Keys of one Merkle segment share a
@@ -75,6 +75,8 @@ struct Inner {
     stripes: Box<[Mutex<()>]>,
     trees: Arc<Trees>,
     group: GroupSync,
+    /// Syncs the journal without stalling writers.
+    journal: JournalSync,
     sync: SyncPolicy,
     path: PathBuf,
     // Dropped first (declared first would not matter: Drop runs before fields); it
@@ -155,12 +157,14 @@ impl Store {
             SyncPolicy::Interval(interval) => Some(interval),
             SyncPolicy::Always | SyncPolicy::None => None,
         };
-        let background = Background::start(db.clone(), sync_every, trees.clone()).map_err(|e| {
-            StorageError::Engine {
-                during: "starting the storage thread",
-                source: fjall::Error::Io(e),
-            }
-        })?;
+        let journal = JournalSync::new(db.clone(), &config.path);
+        let background =
+            Background::start(journal.clone(), sync_every, trees.clone()).map_err(|e| {
+                StorageError::Engine {
+                    during: "starting the storage thread",
+                    source: fjall::Error::Io(e),
+                }
+            })?;
         let stripes = (0..STRIPES).map(|_| Mutex::new(())).collect();
         Ok(Store {
             inner: Arc::new(Inner {
@@ -170,6 +174,7 @@ impl Store {
                 stripes,
                 trees,
                 group: GroupSync::default(),
+                journal,
                 sync: config.sync,
                 path: config.path,
                 background: Some(background),
@@ -201,7 +206,7 @@ impl Store {
         };
         self.inner
             .group
-            .wait(&self.inner.db, ticket)
+            .wait(&self.inner.journal, ticket)
             .map_err(StorageError::engine("syncing the journal"))
     }
 
@@ -480,8 +485,8 @@ impl Store {
     /// [`StorageError::Engine`] if the sync fails.
     pub fn sync(&self) -> Result<()> {
         self.inner
-            .db
-            .persist(PersistMode::SyncData)
+            .journal
+            .sync()
             .map_err(StorageError::engine("syncing the journal"))
     }
 }
