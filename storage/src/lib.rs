@@ -9,6 +9,7 @@
 pub mod error;
 pub mod keys;
 pub mod merkle;
+mod priority;
 mod store;
 mod sync;
 mod tree;

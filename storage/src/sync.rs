@@ -102,6 +102,9 @@ pub(crate) struct Background {
     handle: Option<JoinHandle<()>>,
 }
 
+/// How often the engine's threads are looked for and given background priority.
+const PRIORITY_EVERY: Duration = Duration::from_secs(1);
+
 /// How often the thread checks whether it should stop (bounds shutdown latency).
 const STOP_POLL: Duration = Duration::from_millis(10);
 
@@ -118,10 +121,18 @@ impl Background {
             .spawn(move || {
                 let mut since_sync = Duration::ZERO;
                 let mut since_checkpoint = Duration::ZERO;
+                let mut since_priority = PRIORITY_EVERY;
                 while !flag.load(Ordering::Acquire) {
                     std::thread::sleep(STOP_POLL);
                     since_sync += STOP_POLL;
                     since_checkpoint += STOP_POLL;
+                    since_priority += STOP_POLL;
+                    // Again and again: fjall names its threads from inside them,
+                    // and may start more later.
+                    if since_priority >= PRIORITY_EVERY {
+                        since_priority = Duration::ZERO;
+                        crate::priority::lower_threads("fjall");
+                    }
                     if sync_every.is_some_and(|every| since_sync >= every) {
                         since_sync = Duration::ZERO;
                         if let Err(error) = journal.sync() {
