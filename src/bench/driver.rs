@@ -383,26 +383,30 @@ mod tests {
         assert_eq!(t[OpKind::Read.index()].not_found, 0);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn open_loop_counts_a_stall_for_every_operation_it_delays() {
-        // 1,000 ops/s for 10 s, answers in 1 ms, except that requests sent between
-        // 3 s and 4 s wait until 4 s.
+    /// Read latencies of 10 s of workload C with four workers against a store that
+    /// answers in 1 ms, except that requests sent between 3 s and 4 s wait until 4 s.
+    async fn through_a_stall(rate: Option<f64>) -> hdrhistogram::Histogram<u64> {
         let mut fake = Fake::new(Duration::from_millis(1));
         let t0 = Instant::now();
         fake.stall = Some((t0 + Duration::from_secs(3), t0 + Duration::from_secs(4)));
         let run = Arc::new(phase(
             Workload::C,
             Bound::Until(t0 + Duration::from_secs(10)),
-            Some(1000.0),
+            rate,
             100,
         ));
         run_workers(run.clone(), std::slice::from_ref(&fake), 4).await;
-        let hist = run.recorder.totals()[OpKind::Read.index()].hist.clone();
+        run.recorder.totals()[OpKind::Read.index()].hist.clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_counts_a_stall_for_every_operation_it_delays() {
+        let hist = through_a_stall(Some(1000.0)).await;
         assert!((9_990..=10_000).contains(&hist.len()), "{}", hist.len());
         // Four workers are stuck for the stall; the ~1,000 operations due during it
-        // are late by up to a second each. A closed loop would have recorded only
-        // four slow operations and hidden the rest (p99 of 1 ms).
-        // The backlog drains by 3 per ms after the stall, so about 13 % are late.
+        // are late by up to a second each, and the backlog drains by 3 per ms after
+        // it, so about 13 % are late. A closed loop would have recorded only four
+        // slow operations and hidden the rest.
         let p80 = hist.value_at_quantile(0.80);
         let p95 = hist.value_at_quantile(0.95);
         assert!(p80 < 5_000, "p80 {p80} µs");
@@ -412,17 +416,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn closed_loop_hides_what_open_loop_shows() {
-        let mut fake = Fake::new(Duration::from_millis(1));
-        let t0 = Instant::now();
-        fake.stall = Some((t0 + Duration::from_secs(3), t0 + Duration::from_secs(4)));
-        let run = Arc::new(phase(
-            Workload::C,
-            Bound::Until(t0 + Duration::from_secs(10)),
-            None,
-            100,
-        ));
-        run_workers(run.clone(), std::slice::from_ref(&fake), 4).await;
-        let hist = run.recorder.totals()[OpKind::Read.index()].hist.clone();
+        let hist = through_a_stall(None).await;
         assert!(hist.value_at_quantile(0.99) < 5_000);
         assert!(hist.len() > 20_000, "{}", hist.len());
     }

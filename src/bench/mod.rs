@@ -462,6 +462,36 @@ struct FaultLog {
     problems: Vec<String>,
 }
 
+#[derive(Clone, Copy)]
+enum Action {
+    Kill,
+    Restart,
+}
+
+/// Performs `action` off the async workers (it spawns or waits for processes) and
+/// returns when it ended, seconds into the run phase.
+async fn act(
+    control: &Arc<Mutex<Box<dyn NodeControl>>>,
+    node: &str,
+    action: Action,
+    start: Instant,
+) -> Result<f64, String> {
+    let (control, node) = (control.clone(), node.to_string());
+    let done = tokio::task::spawn_blocking(move || {
+        let mut c = control.lock().unwrap_or_else(|p| p.into_inner());
+        match action {
+            Action::Kill => c.kill(&node),
+            Action::Restart => c.restart(&node),
+        }
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => Ok(start.elapsed().as_secs_f64()),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn spawn_fault(
     plan: FaultPlan,
     control: Box<dyn NodeControl>,
@@ -470,40 +500,28 @@ fn spawn_fault(
 ) -> tokio::task::JoinHandle<()> {
     let control = Arc::new(Mutex::new(control));
     tokio::spawn(async move {
-        let act = |what: &'static str| {
-            let control = control.clone();
-            let node = plan.node.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut c = control.lock().unwrap_or_else(|p| p.into_inner());
-                match what {
-                    "kill" => c.kill(&node),
-                    _ => c.restart(&node),
-                }
-            })
+        let note = |action: Action, outcome: Result<f64, String>| {
+            let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+            match (action, outcome) {
+                (Action::Kill, Ok(at)) => l.killed_at_s = Some(at),
+                (Action::Restart, Ok(at)) => l.restarted_at_s = Some(at),
+                (Action::Kill, Err(e)) => l.problems.push(format!("kill: {e}")),
+                (Action::Restart, Err(e)) => l.problems.push(format!("restart: {e}")),
+            }
         };
         tokio::time::sleep_until(start + plan.at).await;
-        let killed = act("kill").await;
-        let at = start.elapsed().as_secs_f64();
-        {
-            let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
-            match killed {
-                Ok(Ok(())) => l.killed_at_s = Some(at),
-                Ok(Err(e)) => l.problems.push(format!("kill: {e}")),
-                Err(e) => l.problems.push(format!("kill: {e}")),
-            }
-        }
+        note(
+            Action::Kill,
+            act(&control, &plan.node, Action::Kill, start).await,
+        );
         let Some(back) = plan.restart_at else {
             return;
         };
         tokio::time::sleep_until(start + back).await;
-        let restarted = act("restart").await;
-        let at = start.elapsed().as_secs_f64();
-        let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
-        match restarted {
-            Ok(Ok(())) => l.restarted_at_s = Some(at),
-            Ok(Err(e)) => l.problems.push(format!("restart: {e}")),
-            Err(e) => l.problems.push(format!("restart: {e}")),
-        }
+        note(
+            Action::Restart,
+            act(&control, &plan.node, Action::Restart, start).await,
+        );
     })
 }
 

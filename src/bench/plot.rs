@@ -83,6 +83,16 @@ fn shade(out: &mut String, axes: &Axes, from: f64, to: f64, colour: &str, label:
     );
 }
 
+/// The vertical title of a panel's axis.
+fn axis_title(out: &mut String, (top, bottom): (f64, f64), text: &str) {
+    let mid = (top + bottom) / 2.0;
+    let _ = writeln!(
+        out,
+        r#"<text x="18" y="{mid:.1}" font-size="12" transform="rotate(-90 18 {mid:.1})" text-anchor="middle">{}</text>"#,
+        escape(text)
+    );
+}
+
 /// Latency axis: log10 of milliseconds between `lo` and `hi` (powers of ten).
 fn latency_y(ms: f64, lo: f64, hi: f64) -> f64 {
     let (top, bottom) = BOTTOM_PANEL;
@@ -176,12 +186,7 @@ pub fn svg(report: &BenchReport) -> String {
             v
         );
     }
-    let _ = writeln!(
-        out,
-        r#"<text x="18" y="{:.1}" font-size="12" transform="rotate(-90 18 {:.1})" text-anchor="middle">ops/s</text>"#,
-        (top + bottom) / 2.0,
-        (top + bottom) / 2.0
-    );
+    axis_title(&mut out, TOP_PANEL, "ops/s");
     let tput: Vec<(f64, f64)> = points
         .iter()
         .map(|p| (axes.x(p.t_s), ty(p.throughput_ops_per_sec)))
@@ -210,7 +215,7 @@ pub fn svg(report: &BenchReport) -> String {
             .log10()
             .ceil(),
     );
-    let (ltop, lbottom) = BOTTOM_PANEL;
+    let lbottom = BOTTOM_PANEL.1;
     let mut tick = lo;
     while tick <= hi * 1.0001 {
         let y = latency_y(tick, lo, hi);
@@ -228,12 +233,7 @@ pub fn svg(report: &BenchReport) -> String {
         );
         tick *= 10.0;
     }
-    let _ = writeln!(
-        out,
-        r#"<text x="18" y="{:.1}" font-size="12" transform="rotate(-90 18 {:.1})" text-anchor="middle">p99 latency, ms (log)</text>"#,
-        (ltop + lbottom) / 2.0,
-        (ltop + lbottom) / 2.0
-    );
+    axis_title(&mut out, BOTTOM_PANEL, "p99 latency, ms (log)");
     let lat: Vec<(f64, f64)> = points
         .iter()
         .filter(|p| p.operations > 0)

@@ -27,7 +27,7 @@ use tarpc::client::RpcError;
 
 use crate::net::{Network, TokioNetwork};
 use crate::object::Context;
-use crate::rpc::api::{ApiError, KvClient, RequestOptions, RingInfo, ServerInfo, Status};
+use crate::rpc::api::{ApiError, Blob, KvClient, RequestOptions, RingInfo, ServerInfo, Status};
 use routing::Routing;
 
 /// Default deadline of one request.
@@ -474,7 +474,7 @@ impl Client {
 
         let (k, v, c) = (&k, &v, &c);
         self.routed(key, Retry::IfNotSent, |rpc, ctx| async move {
-            rpc.put(ctx, k.clone(), v.clone(), c.clone(), o).await
+            rpc.put(ctx, k.clone(), Blob(v.clone()), c.clone(), o).await
         })
         .await
     }

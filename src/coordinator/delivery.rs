@@ -9,6 +9,7 @@ use ringkv_gossip::{Liveness, Status};
 use super::Coordinator;
 use crate::hints::{DELIVERY_INTERVAL, DELIVERY_RATE, Hint};
 use crate::peer::pool::PeerError;
+use crate::rpc::api::Blob;
 
 /// Hints handed to one owner per round at most.
 const PER_ROUND: usize = DELIVERY_RATE * DELIVERY_INTERVAL.as_millis() as usize / 1000;
@@ -118,7 +119,7 @@ impl Coordinator {
                 .peers
                 .call(addr, Duration::from_secs(2), |c, ctx| {
                     let (k, o) = (k.clone(), o.clone());
-                    async move { c.replicate(ctx, k, o).await }
+                    async move { c.replicate(ctx, k, Blob(o)).await }
                 })
                 .await
             {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::quorum::{Quorum, Requirement, Step, Target};
 use super::{Coordinator, Io, unavailable};
 use crate::object::Object;
-use crate::rpc::api::{ApiError, RequestOptions};
+use crate::rpc::api::{ApiError, Blob, RequestOptions};
 
 type Reply = Option<Object>;
 type Report = (String, Result<Reply, String>);
@@ -48,7 +48,7 @@ impl Coordinator {
                     .map_err(|e| e.to_string())
                     .and_then(|bytes| match bytes {
                         None => Ok(None),
-                        Some(b) => Object::decode(&b)
+                        Some(b) => Object::decode(&b.0)
                             .map(Some)
                             .map_err(|e| format!("unreadable reply: {e}")),
                     }),
@@ -281,7 +281,7 @@ impl Coordinator {
                         .peers
                         .call(addr, Duration::from_secs(2), |c, ctx| {
                             let (k, b) = (k.clone(), b.clone());
-                            async move { c.replicate(ctx, k, b).await }
+                            async move { c.replicate(ctx, k, Blob(b)).await }
                         })
                         .await;
                     if let Err(error) = r {

@@ -15,7 +15,7 @@ use crate::cluster::ClusterView;
 use crate::object::{Context, Object};
 use crate::peer::pool::PeerError;
 use crate::peer::{WriteReply, WriteRequest};
-use crate::rpc::api::{ApiError, RequestOptions};
+use crate::rpc::api::{ApiError, Blob, RequestOptions};
 
 /// Why a send to a replica failed.
 #[derive(Debug)]
@@ -254,7 +254,7 @@ impl Coordinator {
                             peers
                                 .call(addr, timeout, |c, ctx| {
                                     let (key, bytes) = (key.clone(), bytes.clone());
-                                    async move { c.replicate(ctx, key, bytes).await }
+                                    async move { c.replicate(ctx, key, Blob(bytes)).await }
                                 })
                                 .await
                         }
@@ -263,7 +263,7 @@ impl Coordinator {
                                 .call(addr, timeout, |c, ctx| {
                                     let (owner, key, bytes) =
                                         (owner.clone(), key.clone(), bytes.clone());
-                                    async move { c.hint(ctx, owner, key, bytes).await }
+                                    async move { c.hint(ctx, owner, key, Blob(bytes)).await }
                                 })
                                 .await
                         }

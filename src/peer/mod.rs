@@ -8,7 +8,7 @@ pub mod pool;
 use serde::{Deserialize, Serialize};
 
 use crate::object::Context;
-use crate::rpc::api::{ApiError, RequestOptions};
+use crate::rpc::api::{ApiError, Blob, RequestOptions};
 
 pub use pool::Peers;
 
@@ -84,7 +84,8 @@ pub enum WriteRequest {
     Put {
         /// Key.
         key: Vec<u8>,
-        /// Value.
+        /// Value (one byte string on the wire, see [`Blob`]).
+        #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
         /// Client context.
         context: Option<Context>,
@@ -145,11 +146,11 @@ pub trait Peer {
         opts: RequestOptions,
     ) -> Result<WriteReply, ApiError>;
     /// Merges an object state into the local replica (durable per the sync policy).
-    async fn replicate(key: Vec<u8>, object: Vec<u8>) -> Result<(), ApiError>;
+    async fn replicate(key: Vec<u8>, object: Blob) -> Result<(), ApiError>;
     /// Keeps an object state for `owner`, which was unreachable (sloppy quorum).
-    async fn hint(owner: String, key: Vec<u8>, object: Vec<u8>) -> Result<(), ApiError>;
+    async fn hint(owner: String, key: Vec<u8>, object: Blob) -> Result<(), ApiError>;
     /// The local replica's encoded object of `key`.
-    async fn read(key: Vec<u8>) -> Result<Option<Vec<u8>>, ApiError>;
+    async fn read(key: Vec<u8>) -> Result<Option<Blob>, ApiError>;
     /// Anti-entropy: this node's ring epoch and the roots of `partitions`.
     async fn ae_roots(partitions: Vec<u32>) -> Result<(String, Vec<[u8; 32]>), ApiError>;
     /// Anti-entropy: the 16 child hashes of each `(level, index)` node of a partition.

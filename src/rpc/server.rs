@@ -9,7 +9,7 @@ use tarpc::context;
 use tarpc::server::{BaseChannel, Channel};
 use tokio::sync::Semaphore;
 
-use super::api::{ApiError, GetReply, Kv, RequestOptions, RingInfo, ServerInfo, Status};
+use super::api::{ApiError, Blob, GetReply, Kv, RequestOptions, RingInfo, ServerInfo, Status};
 use crate::cluster::shell::Command;
 use crate::net::{Listener, Network, Stream};
 use crate::node::{Node, NodeError, SharedNode};
@@ -55,14 +55,14 @@ impl Kv for KvServer {
         self,
         _: context::Context,
         key: Vec<u8>,
-        value: Vec<u8>,
+        value: Blob,
         context: Option<Context>,
         opts: RequestOptions,
     ) -> Result<Context, ApiError> {
         let r = self
             .node
             .coordinator()
-            .put(key, Some(value), context, opts)
+            .put(key, Some(value.0), context, opts)
             .await;
         self.count(r)
     }
@@ -206,9 +206,9 @@ impl Peer for PeerServer {
         self,
         _: context::Context,
         key: Vec<u8>,
-        object: Vec<u8>,
+        object: Blob,
     ) -> Result<(), ApiError> {
-        self.node.coordinator().replicate(key, object).await
+        self.node.coordinator().replicate(key, object.0).await
     }
 
     async fn hint(
@@ -216,13 +216,17 @@ impl Peer for PeerServer {
         _: context::Context,
         owner: String,
         key: Vec<u8>,
-        object: Vec<u8>,
+        object: Blob,
     ) -> Result<(), ApiError> {
-        self.node.coordinator().store_hint(owner, key, object).await
+        self.node
+            .coordinator()
+            .store_hint(owner, key, object.0)
+            .await
     }
 
-    async fn read(self, _: context::Context, key: Vec<u8>) -> Result<Option<Vec<u8>>, ApiError> {
-        self.node.coordinator().read_local_bytes(key).await
+    async fn read(self, _: context::Context, key: Vec<u8>) -> Result<Option<Blob>, ApiError> {
+        let bytes = self.node.coordinator().read_local_bytes(key).await?;
+        Ok(bytes.map(Blob))
     }
 
     async fn ae_roots(
