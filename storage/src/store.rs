@@ -125,6 +125,11 @@ impl Store {
         })?;
         let db = Database::builder(&config.path)
             .cache_size(config.cache_bytes)
+            // Not 1: fjall's single worker deadlocked, blocked sending a flush request
+            // into its own full queue while rotating a memtable (seen under workload
+            // A: the process hung on shutdown). With 2, worker #0 leaves compaction
+            // to #1 and requeues each compaction request it receives, spinning (at
+            // background priority) while #1 compacts.
             .worker_threads(2)
             // Bounds journal replay after a crash: memtables are flushed before the
             // journal grows past this.
