@@ -91,7 +91,7 @@ fn counters_sets_and_status() {
     assert_eq!(st["node_id"], "alpha");
     assert!(st["stats"]["requests"].as_u64().expect("requests") >= 8);
     assert!(st["storage"]["disk_bytes"].as_u64().expect("disk bytes") > 0);
-    assert!(st["storage"]["journal_files"].as_u64().expect("journals") >= 1);
+    assert!(st["storage"]["segment_files"].as_u64().expect("segments") >= 1);
     assert_eq!(code(&s.cli(&["status"])), 0);
 }
 

@@ -15,8 +15,8 @@ pub fn addr_of(i: usize) -> SocketAddr {
     SocketAddr::new(turmoil::lookup(format!("n{i}")), 7400)
 }
 
-/// The configuration simulated nodes run with: no fsync (turmoil crashes close
-/// fjall cleanly anyway), 2 s request deadlines, anti-entropy every 2 s.
+/// The configuration simulated nodes run with: no fsync (a turmoil crash drops the
+/// store without tearing a write anyway), 2 s request deadlines, anti-entropy every 2 s.
 pub fn config(i: usize, data: PathBuf) -> NodeConfig {
     let mut c = NodeConfig::new(data, addr_of(i));
     c.node_id = Some(format!("n{i}"));

@@ -265,9 +265,6 @@ pub struct ServeArgs {
     /// Most requests in flight on one connection; more are refused at once [default: 256].
     #[arg(long = "max-in-flight")]
     pub max_in_flight: Option<usize>,
-    /// Block cache in MiB [default: 64].
-    #[arg(long = "cache-mb")]
-    pub cache_mb: Option<u64>,
     /// Address of a node to join through (repeatable).
     #[arg(long = "seed")]
     pub seeds: Vec<String>,

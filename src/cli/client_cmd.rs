@@ -368,8 +368,11 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
                         s.stats.connections_open, s.stats.connections_refused, s.stats.bad_frames
                     ),
                     format!(
-                        "disk:         {} bytes, {} journal file(s)",
-                        s.storage.disk_bytes, s.storage.journal_files
+                        "disk:         {} bytes in {} segment(s), {} live, {} merge(s)",
+                        s.storage.disk_bytes,
+                        s.storage.segment_files,
+                        s.storage.live_bytes,
+                        s.storage.merges
                     ),
                     format!(
                         "ring:         epoch {} (n={} r={} w={})",

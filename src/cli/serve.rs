@@ -29,7 +29,6 @@ struct FileConfig {
     max_siblings: Option<usize>,
     max_connections: Option<usize>,
     max_in_flight: Option<usize>,
-    cache_mb: Option<u64>,
     seeds: Option<Vec<String>>,
     zone: Option<String>,
     n: Option<u8>,
@@ -140,9 +139,6 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
             ));
         }
         cfg.max_in_flight_per_connection = v;
-    }
-    if let Some(mb) = args.cache_mb.or(file.cache_mb) {
-        cfg.cache_bytes = mb.saturating_mul(1 << 20);
     }
     let listen = cfg.listen;
     let lonely_key = mint_actor(&cfg).to_be_bytes();
@@ -292,9 +288,8 @@ async fn shutdown_signal() {
 }
 
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,tarpc=warn,fjall=warn,lsm_tree=warn")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tarpc=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -72,8 +72,6 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// Most requests in flight on one connection.
     pub max_in_flight_per_connection: usize,
-    /// Block cache of the store, in bytes.
-    pub cache_bytes: u64,
     /// Cluster membership and request defaults.
     pub cluster: ClusterConfig,
     /// Anti-entropy, handoff and reaping.
@@ -95,7 +93,6 @@ impl NodeConfig {
             ring_size: DEFAULT_RING_SIZE,
             max_connections: 1024,
             max_in_flight_per_connection: 256,
-            cache_bytes: 64 << 20,
             cluster: ClusterConfig::default(),
             repair: crate::repair::RepairSettings::default(),
             unsafe_lww: false,
@@ -220,7 +217,6 @@ impl Node {
         let store = Store::open(StoreConfig {
             path: config.data_dir.clone(),
             sync: config.sync,
-            cache_bytes: config.cache_bytes,
         })?;
         let actor = match read_u64(&store, "actor")? {
             Some(a) => a,
@@ -360,12 +356,13 @@ impl Node {
             repair: self.repair.status(),
             storage: {
                 let trees = store.tree_stats();
+                let log = store.log_stats();
                 StorageStatus {
-                    disk_bytes: store.disk_bytes().unwrap_or_else(|error| {
-                        tracing::warn!(%error, "cannot measure disk space");
-                        0
-                    }),
-                    journal_files: store.journal_count() as u64,
+                    disk_bytes: log.bytes,
+                    live_bytes: log.live_bytes,
+                    segment_files: log.segments,
+                    merges: log.merges,
+                    truncated_bytes: log.truncated_bytes,
                     trees_from_checkpoint: trees.loaded_from_checkpoint,
                     trees_rebuilt_from_leaves: trees.rebuilt_from_leaves,
                 }

@@ -186,10 +186,16 @@ pub struct RingInfo {
 /// What the node's store looks like.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorageStatus {
-    /// Bytes on disk (tables and journals).
+    /// Bytes of the log's segment files.
     pub disk_bytes: u64,
-    /// Journal files (replayed on the next open).
-    pub journal_files: u64,
+    /// Bytes the key directory still refers to (the rest awaits a merge).
+    pub live_bytes: u64,
+    /// Segment files of the log (read on the next open).
+    pub segment_files: u64,
+    /// Merges of the log since start.
+    pub merges: u64,
+    /// Bytes of torn records cut off segment tails when the store was opened.
+    pub truncated_bytes: u64,
     /// Partitions whose hash tree came from a checkpoint since start.
     pub trees_from_checkpoint: u64,
     /// Partitions whose hash tree was recomputed from leaves after an unclean stop.

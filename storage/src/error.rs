@@ -6,13 +6,35 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
-    /// fjall refused an operation; `during` names what we were doing.
-    #[error("storage engine error during {during}: {source}")]
-    Engine {
-        /// What the store was doing when fjall failed.
+    /// A file operation failed; `during` names what the store was doing.
+    #[error("storage I/O error during {during}: {source}")]
+    Io {
+        /// What the store was doing when the operation failed.
         during: &'static str,
-        /// The underlying fjall error.
-        source: fjall::Error,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// Bytes on disk are not the ones written: a checksum failed, or a well-formed
+    /// record holds something this build cannot read.
+    #[error("corrupt log segment {segment} at offset {offset}: {reason}")]
+    Corrupt {
+        /// Segment file id (the file is `{segment:08}.seg`).
+        segment: u32,
+        /// Byte offset of the bad value or record.
+        offset: u64,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The data directory holds another storage format (for example the fjall
+    /// journals of ringkv before its own log): it is left untouched.
+    #[error(
+        "data directory {path} holds {found}, written by another storage engine (early ringkv builds used fjall); start with an empty directory"
+    )]
+    ForeignFormat {
+        /// The directory.
+        path: PathBuf,
+        /// The file that gave it away.
+        found: String,
     },
     /// The data directory is already opened by another process (or this one).
     #[error("data directory {path} is in use by another ringkv process")]
@@ -51,8 +73,8 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    pub(crate) fn engine(during: &'static str) -> impl FnOnce(fjall::Error) -> Self {
-        move |source| StorageError::Engine { during, source }
+    pub(crate) fn io(during: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| StorageError::Io { during, source }
     }
 }
 

@@ -1,4 +1,5 @@
-//! ringkv storage: one fjall database per node with keyspaces for objects, Merkle
+//! ringkv storage: one log-structured store per node (segment files and an
+//! in-memory key directory, the Bitcask design) with keyspaces for objects, Merkle
 //! leaves, hints and metadata.
 //!
 //! The crate is bytes in, bytes out. Callers hand it canonical object encodings; it
@@ -8,6 +9,7 @@
 
 pub mod error;
 pub mod keys;
+mod log;
 pub mod merkle;
 mod priority;
 mod store;
@@ -16,6 +18,7 @@ mod tree;
 
 pub use error::{Result, StorageError};
 pub use keys::{object_digest, segment_of};
+pub use log::LogStats;
 pub use merkle::{EMPTY, Hash, LEAVES};
 pub use store::{Change, Store, StoreConfig, Updated};
 pub use sync::SyncPolicy;

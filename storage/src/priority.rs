@@ -1,12 +1,12 @@
-//! Background work of the engine yields the CPU to requests.
+//! Background work of the store yields the CPU to requests.
 //!
-//! fjall's flush and compaction threads burn a core for tens or hundreds of
-//! milliseconds at a time. On a machine with few cores that starved the request
-//! threads: workload A at a tenth of its capacity had a p99 of 20-70 ms, every
-//! spike at a memtable flush. Like RocksDB's option to lower its background
-//! threads' CPU priority, the engine's threads run at a lower priority (nice 10):
-//! they still get every idle cycle, and compaction still keeps up, since fjall
-//! throttles writers when it falls behind.
+//! A log merge reads and rewrites every live value, a core's worth of work for a
+//! second or more. On a machine with few cores that starves request threads, as
+//! fjall's flushes and compactions did before (workload A at a tenth of its
+//! capacity had a p99 of 20-70 ms, every spike at a memtable flush). Like RocksDB's
+//! option to lower its background threads' CPU priority, the merge thread runs at a
+//! lower priority (nice 10): it still gets every idle cycle, and merges are not
+//! urgent (they only reclaim disk space).
 
 /// Nice value given to the engine's threads.
 pub const BACKGROUND_NICE: i32 = 10;

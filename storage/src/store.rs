@@ -1,14 +1,13 @@
-//! The node's fjall database: objects, Merkle leaves, hints and metadata.
+//! The node's store: objects, Merkle leaves, hints and metadata in one log.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-
 use crate::error::{Result, StorageError};
 use crate::keys::{PREFIX_LEN, object_digest, object_key, segment_of, segment_prefix};
+use crate::log::{Log, LogConfig, LogStats, Op, Space};
 use crate::merkle::{Hash, xor};
-use crate::sync::{Background, GroupSync, JournalSync, SyncPolicy};
+use crate::sync::{Background, GroupSync, SyncPolicy};
 use crate::tree::{TreeStats, Trees};
 
 /// Number of lock stripes for read-merge-write. Keys of one Merkle segment share a
@@ -21,17 +20,14 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// When writes are synced to disk.
     pub sync: SyncPolicy,
-    /// Block cache size in bytes.
-    pub cache_bytes: u64,
 }
 
 impl StoreConfig {
-    /// Defaults for a directory: interval sync, 64 MiB cache.
+    /// Defaults for a directory: interval sync.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         StoreConfig {
             path: path.into(),
             sync: SyncPolicy::Interval(SyncPolicy::DEFAULT_INTERVAL),
-            cache_bytes: 64 << 20,
         }
     }
 }
@@ -61,45 +57,27 @@ impl Updated {
     }
 }
 
-/// One node's storage. Cheap to clone; all clones share one fjall `Database`, which
-/// stays alive until the last clone is dropped (CRATES.md: it must outlive its keyspaces).
+/// One node's storage. Cheap to clone; all clones share one log, closed (trees
+/// checkpointed, everything synced) when the last clone is dropped.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    objects: Keyspace,
-    hints: Keyspace,
-    meta: Keyspace,
+    log: Arc<Log>,
     stripes: Box<[Mutex<()>]>,
     trees: Arc<Trees>,
     group: GroupSync,
-    /// Syncs the journal without stalling writers.
-    journal: JournalSync,
     sync: SyncPolicy,
     path: PathBuf,
-    // Dropped first (declared first would not matter: Drop runs before fields); it
-    // holds its own handles, checkpoints the trees and syncs once more when stopped.
+    // Stopped first: it checkpoints the trees and syncs once more when stopped.
     background: Option<Background>,
-    db: Database,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Stop the background thread first: it checkpoints the trees and syncs.
         drop(self.background.take());
-        // Flush memtables so the next open replays (almost) no journal.
-        for ks in [
-            &self.objects,
-            &self.hints,
-            &self.meta,
-            self.trees.keyspace(),
-        ] {
-            if let Err(error) = ks.rotate_memtable_and_wait() {
-                tracing::warn!(%error, "flushing a memtable on close failed");
-            }
-        }
     }
 }
 
@@ -112,78 +90,35 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Store {
     /// Opens (or creates) the store in `config.path`.
     ///
-    /// Opening reads no object and rebuilds no tree: Merkle leaves are loaded per
-    /// partition on first use.
+    /// Opening reads the log's segments once to rebuild the key directory (checking
+    /// every record's checksum) and rebuilds no tree: Merkle upper nodes come
+    /// from their checkpoint per partition on first use.
     ///
     /// # Errors
     /// [`StorageError::Locked`] if another process has the directory open, or
-    /// [`StorageError::Engine`] if fjall cannot recover it.
+    /// [`StorageError::Io`] or [`StorageError::Corrupt`] if the log cannot be recovered,
+    /// [`StorageError::ForeignFormat`] if the directory holds another engine's files.
     pub fn open(config: StoreConfig) -> Result<Store> {
-        std::fs::create_dir_all(&config.path).map_err(|e| StorageError::Engine {
-            during: "creating the data directory",
-            source: fjall::Error::Io(e),
-        })?;
-        let db = Database::builder(&config.path)
-            .cache_size(config.cache_bytes)
-            // Not 1: fjall's single worker deadlocked, blocked sending a flush request
-            // into its own full queue while rotating a memtable (seen under workload
-            // A: the process hung on shutdown). With 2, worker #0 leaves compaction
-            // to #1 and requeues each compaction request it receives, spinning (at
-            // background priority) while #1 compacts.
-            .worker_threads(2)
-            // Bounds journal replay after a crash: memtables are flushed before the
-            // journal grows past this.
-            .max_journaling_size(64 << 20)
-            .open()
-            .map_err(|e| match e {
-                fjall::Error::Locked => StorageError::Locked {
-                    path: config.path.clone(),
-                },
-                source => StorageError::Engine {
-                    during: "opening the database",
-                    source,
-                },
-            })?;
-        // Small memtables: lookups and inserts in fjall's skiplist slow down markedly as
-        // it grows (measured: a 64 MiB memtable made puts 3x slower and crash recovery
-        // take seconds), and flushing often keeps the journal to replay short.
-        let ks = |name: &str, memtable_bytes: u64| {
-            db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes)
-            })
-            .map_err(StorageError::engine("opening a keyspace"))
-        };
-        let objects = ks("objects", 16 << 20)?;
-        let merkle = ks("merkle", 4 << 20)?;
-        let hints = ks("hints", 8 << 20)?;
-        let meta = ks("meta", 1 << 20)?;
-        let trees = Arc::new(Trees::new(db.clone(), merkle.clone()));
+        std::fs::create_dir_all(&config.path)
+            .map_err(StorageError::io("creating the data directory"))?;
+        let log = Arc::new(Log::open(&config.path, LogConfig::default())?);
+        let trees = Arc::new(Trees::new(log.clone()));
         let sync_every = match config.sync {
             SyncPolicy::Interval(interval) => Some(interval),
             SyncPolicy::Always | SyncPolicy::None => None,
         };
-        let journal = JournalSync::new(db.clone(), &config.path);
-        let background =
-            Background::start(journal.clone(), sync_every, trees.clone()).map_err(|e| {
-                StorageError::Engine {
-                    during: "starting the storage thread",
-                    source: fjall::Error::Io(e),
-                }
-            })?;
+        let background = Background::start(log.clone(), sync_every, trees.clone())
+            .map_err(StorageError::io("starting the storage threads"))?;
         let stripes = (0..STRIPES).map(|_| Mutex::new(())).collect();
         Ok(Store {
             inner: Arc::new(Inner {
-                objects,
-                hints,
-                meta,
+                log,
                 stripes,
                 trees,
                 group: GroupSync::default(),
-                journal,
                 sync: config.sync,
                 path: config.path,
                 background: Some(background),
-                db,
             }),
         })
     }
@@ -209,10 +144,7 @@ impl Store {
         } else {
             self.inner.group.committed()
         };
-        self.inner
-            .group
-            .wait(&self.inner.journal, ticket)
-            .map_err(StorageError::engine("syncing the journal"))
+        self.inner.group.wait(&self.inner.log, ticket)
     }
 
     fn stripe(&self, partition: u32, segment: u16) -> &Mutex<()> {
@@ -220,11 +152,8 @@ impl Store {
         &self.inner.stripes[idx % STRIPES]
     }
 
-    fn read_raw(&self, okey: &[u8]) -> Result<Option<fjall::Slice>> {
-        self.inner
-            .objects
-            .get(okey)
-            .map_err(StorageError::engine("reading an object"))
+    fn read_raw(&self, okey: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.log.get(Space::Objects, okey)
     }
 
     /// Reads one object.
@@ -232,9 +161,7 @@ impl Store {
     /// # Errors
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn get(&self, partition: u32, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .read_raw(&object_key(partition, key))?
-            .map(|v| v.to_vec()))
+        self.read_raw(&object_key(partition, key))
     }
 
     /// Atomic read-merge-write of one key: `merge` sees the stored bytes and decides.
@@ -266,15 +193,12 @@ impl Store {
                         Some(b) => xor(b, &after),
                         None => after,
                     };
-                    let mut batch = self.inner.db.batch();
-                    batch.insert(&self.inner.objects, okey, bytes);
-                    self.inner.trees.commit(
-                        batch,
-                        partition,
-                        segment,
-                        &delta,
-                        "committing an object",
-                    )?;
+                    let batch = vec![Op {
+                        space: Space::Objects,
+                        key: okey,
+                        value: Some(bytes),
+                    }];
+                    self.inner.trees.commit(batch, partition, segment, &delta)?;
                 }
                 Some(after)
             }
@@ -302,11 +226,14 @@ impl Store {
         if &object_digest(key, &current) != expected {
             return Ok(false);
         }
-        let mut batch = self.inner.db.batch();
-        batch.remove(&self.inner.objects, okey);
+        let batch = vec![Op {
+            space: Space::Objects,
+            key: okey,
+            value: None,
+        }];
         self.inner
             .trees
-            .commit(batch, partition, segment, expected, "removing an object")?;
+            .commit(batch, partition, segment, expected)?;
         drop(guard);
         self.make_durable(true)?;
         Ok(true)
@@ -329,20 +256,26 @@ impl Store {
         self.inner.trees.children(partition, level, index)
     }
 
-    /// Bytes the database occupies on disk (tables and journals).
+    /// Bytes the log occupies on disk.
     ///
     /// # Errors
-    /// [`StorageError::Engine`] if the directory cannot be read.
+    /// None today; kept fallible for engines that must ask the file system.
     pub fn disk_bytes(&self) -> Result<u64> {
-        self.inner
-            .db
-            .disk_space()
-            .map_err(StorageError::engine("measuring disk space"))
+        Ok(self.inner.log.stats().bytes)
     }
 
-    /// Journal files on disk (fjall replays these on open).
-    pub fn journal_count(&self) -> usize {
-        self.inner.db.journal_count()
+    /// Counters of the log: segments, bytes, live bytes, merges, torn bytes cut.
+    pub fn log_stats(&self) -> LogStats {
+        self.inner.log.stats()
+    }
+
+    /// Merges the log's sealed segments now, whatever their garbage (also done in the
+    /// background once garbage outweighs live data). Returns whether it merged.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] or [`StorageError::Corrupt`]; the log is unchanged then.
+    pub fn merge(&self) -> Result<bool> {
+        Ok(self.inner.log.merge_now()?.is_some())
     }
 
     /// How trees were loaded since open (checkpoint or, after a crash, from leaves).
@@ -364,44 +297,43 @@ impl Store {
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn segment_digests(&self, partition: u32, segment: u16) -> Result<Vec<(Vec<u8>, Hash)>> {
         let mut out = Vec::new();
-        for item in self
-            .inner
-            .objects
-            .prefix(segment_prefix(partition, segment))
-        {
-            let (k, v) = item
-                .into_inner()
-                .map_err(StorageError::engine("scanning a segment"))?;
-            let user = k
-                .get(PREFIX_LEN..)
-                .ok_or(StorageError::CorruptKey { len: k.len() })?;
+        for item in self.inner.log.prefix(
+            Space::Objects,
+            &segment_prefix(partition, segment),
+            usize::MAX,
+        ) {
+            let v = item.value()?;
+            let user = item.key.get(PREFIX_LEN..).ok_or(StorageError::CorruptKey {
+                len: item.key.len(),
+            })?;
             out.push((user.to_vec(), object_digest(user, &v)));
         }
         Ok(out)
     }
 
-    /// Iterates over every `(user key, value)` of a partition, in key-layout order.
+    /// Iterates over every `(user key, value)` of a partition, in key-layout order:
+    /// the keys present when it was called, each value read when its turn comes.
     pub fn scan_partition(
         &self,
         partition: u32,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + use<> {
         self.inner
-            .objects
-            .prefix(partition.to_be_bytes())
+            .log
+            .prefix(Space::Objects, &partition.to_be_bytes(), usize::MAX)
+            .into_iter()
             .map(|item| {
-                let (k, v) = item
-                    .into_inner()
-                    .map_err(StorageError::engine("scanning a partition"))?;
-                let user = k
-                    .get(PREFIX_LEN..)
-                    .ok_or(StorageError::CorruptKey { len: k.len() })?;
-                Ok((user.to_vec(), v.to_vec()))
+                let v = item.value()?;
+                let user = item.key.get(PREFIX_LEN..).ok_or(StorageError::CorruptKey {
+                    len: item.key.len(),
+                })?;
+                Ok((user.to_vec(), v))
             })
     }
 
-    /// Approximate number of stored objects (cheap; from LSM metadata).
+    /// Number of stored objects (tombstones of the object model included: they are
+    /// objects here).
     pub fn approximate_len(&self) -> usize {
-        self.inner.objects.approximate_len()
+        self.inner.log.len(Space::Objects)
     }
 
     /// Reads a metadata value.
@@ -409,12 +341,7 @@ impl Store {
     /// # Errors
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let v = self
-            .inner
-            .meta
-            .get(name.as_bytes())
-            .map_err(StorageError::engine("reading metadata"))?;
-        Ok(v.map(|v| v.to_vec()))
+        self.inner.log.get(Space::Meta, name.as_bytes())
     }
 
     /// Writes a metadata value, synced to disk before returning whatever the policy.
@@ -422,15 +349,12 @@ impl Store {
     /// # Errors
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
-        let mut batch = self
-            .inner
-            .db
-            .batch()
-            .durability(Some(PersistMode::SyncData));
-        batch.insert(&self.inner.meta, name.as_bytes(), value);
-        batch
-            .commit()
-            .map_err(StorageError::engine("writing metadata"))
+        self.inner.log.commit(&[Op {
+            space: Space::Meta,
+            key: name.as_bytes().to_vec(),
+            value: Some(value.to_vec()),
+        }])?;
+        self.inner.log.sync()
     }
 
     /// Stores a hint (opaque to this crate) under `key`.
@@ -438,11 +362,11 @@ impl Store {
     /// # Errors
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn put_hint(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let mut batch = self.inner.db.batch();
-        batch.insert(&self.inner.hints, key, value);
-        batch
-            .commit()
-            .map_err(StorageError::engine("writing a hint"))?;
+        self.inner.log.commit(&[Op {
+            space: Space::Hints,
+            key: key.to_vec(),
+            value: Some(value.to_vec()),
+        }])?;
         self.make_durable(true)
     }
 
@@ -451,11 +375,11 @@ impl Store {
     /// # Errors
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn remove_hint(&self, key: &[u8]) -> Result<()> {
-        let mut batch = self.inner.db.batch();
-        batch.remove(&self.inner.hints, key);
-        batch
-            .commit()
-            .map_err(StorageError::engine("removing a hint"))
+        self.inner.log.commit(&[Op {
+            space: Space::Hints,
+            key: key.to_vec(),
+            value: None,
+        }])
     }
 
     /// How many hints are stored (a scan, without copying them out).
@@ -463,10 +387,7 @@ impl Store {
     /// # Errors
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn hint_count(&self) -> Result<usize> {
-        self.inner
-            .hints
-            .len()
-            .map_err(StorageError::engine("counting hints"))
+        Ok(self.inner.log.len(Space::Hints))
     }
 
     /// Up to `limit` hints whose keys start with `prefix`, in key order.
@@ -474,14 +395,12 @@ impl Store {
     /// # Errors
     /// [`StorageError::Engine`] on an I/O failure.
     pub fn hints(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
-        for item in self.inner.hints.prefix(prefix).take(limit) {
-            let (k, v) = item
-                .into_inner()
-                .map_err(StorageError::engine("scanning hints"))?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        self.inner
+            .log
+            .prefix(Space::Hints, prefix, limit)
+            .into_iter()
+            .map(|item| Ok((item.key.to_vec(), item.value()?)))
+            .collect()
     }
 
     /// Forces everything written so far to disk.
@@ -489,10 +408,7 @@ impl Store {
     /// # Errors
     /// [`StorageError::Engine`] if the sync fails.
     pub fn sync(&self) -> Result<()> {
-        self.inner
-            .journal
-            .sync()
-            .map_err(StorageError::engine("syncing the journal"))
+        self.inner.log.sync()
     }
 }
 

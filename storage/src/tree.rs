@@ -2,8 +2,8 @@
 //!
 //! Leaves are written in the same batch as every object change, so on disk they are
 //! always exact. The upper nodes (root and the two levels below it) are rewritten by
-//! every write of their partition; writing them to the LSM each time would pile up
-//! versions of a few hot keys (measured: 4× slower puts). So they live in memory and
+//! every write of their partition; writing all 273 of them with each write would
+//! multiply the bytes logged per put by nine. So they live in memory and
 //! are checkpointed, one value per partition, every [`CHECKPOINT_INTERVAL`] and on
 //! close. The first write after a checkpoint also writes a dirty marker in its batch;
 //! the checkpoint removes it atomically with the new snapshot. On first use after a
@@ -16,18 +16,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fjall::{Database, Keyspace, OwnedWriteBatch};
-
 use crate::error::{Result, StorageError};
+use crate::log::{Log, Op, Space};
 use crate::merkle::{DEPTH, EMPTY, FANOUT, Hash, LEAVES, is_interior, nodes_at, path, xor};
 use crate::store::lock;
 
 /// How often dirty partitions' upper nodes are checkpointed.
 ///
 /// Under steady writes every partition is dirty at every checkpoint, so each one
-/// writes 256 × 8.7 KB; at once a second that filled the tree keyspace's memtable
-/// every two seconds, and the flush that followed stalled writes for tens of
-/// milliseconds (workload A's p99 had a two-second beat). Recovery costs no more
+/// writes 256 × 8.7 KB, all of it garbage by the next one; every 10 s keeps that
+/// under 0.3 MB/s of log (on fjall, once a second, it filled a memtable every two
+/// seconds and the flushes stalled writes). Recovery costs no more
 /// with a longer interval: after a crash each partition written since its last
 /// checkpoint recomputes its upper nodes from its own leaves, and that is bounded by
 /// the partitions, not by the time since.
@@ -78,8 +77,7 @@ pub struct TreeStats {
 }
 
 pub(crate) struct Trees {
-    db: Database,
-    merkle: Keyspace,
+    log: Arc<Log>,
     parts: Mutex<HashMap<u32, Arc<Mutex<Upper>>>>,
     loaded: AtomicU64,
     rebuilt: AtomicU64,
@@ -95,18 +93,13 @@ fn decode(partition: u32, level: u8, index: u16, raw: &[u8]) -> Result<Hash> {
 }
 
 impl Trees {
-    pub(crate) fn new(db: Database, merkle: Keyspace) -> Self {
+    pub(crate) fn new(log: Arc<Log>) -> Self {
         Trees {
-            db,
-            merkle,
+            log,
             parts: Mutex::new(HashMap::new()),
             loaded: AtomicU64::new(0),
             rebuilt: AtomicU64::new(0),
         }
-    }
-
-    pub(crate) fn keyspace(&self) -> &Keyspace {
-        &self.merkle
     }
 
     pub(crate) fn stats(&self) -> TreeStats {
@@ -116,10 +109,8 @@ impl Trees {
         }
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<fjall::Slice>> {
-        self.merkle
-            .get(key)
-            .map_err(StorageError::engine("reading the hash tree"))
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.log.get(Space::Merkle, key)
     }
 
     fn leaf(&self, partition: u32, segment: u16) -> Result<Hash> {
@@ -150,11 +141,10 @@ impl Trees {
                 self.loaded.fetch_add(1, Ordering::Relaxed);
             }
             (Some(_), _) => {
-                let range = leaf_key(partition, 0)..=leaf_key(partition, u16::MAX);
-                for item in self.merkle.range(range) {
-                    let (k, v) = item
-                        .into_inner()
-                        .map_err(StorageError::engine("loading tree leaves"))?;
+                let prefix = &leaf_key(partition, 0)[..5];
+                for item in self.log.prefix(Space::Merkle, prefix, LEAVES) {
+                    let v = item.value()?;
+                    let k = &item.key;
                     let segment = match k.as_ref() {
                         [_, _, _, _, _, hi, lo] => u16::from_be_bytes([*hi, *lo]),
                         _ => return Err(StorageError::CorruptKey { len: k.len() }),
@@ -209,24 +199,27 @@ impl Trees {
     /// nodes. The partition's lock is held across the commit so paths never interleave.
     pub(crate) fn commit(
         &self,
-        mut batch: OwnedWriteBatch,
+        mut batch: Vec<Op>,
         partition: u32,
         segment: u16,
         delta: &Hash,
-        during: &'static str,
     ) -> Result<()> {
         let part = self.part(partition)?;
         let mut upper = lock(&part);
         let leaf = xor(&self.leaf(partition, segment)?, delta);
-        if leaf == EMPTY {
-            batch.remove(&self.merkle, leaf_key(partition, segment));
-        } else {
-            batch.insert(&self.merkle, leaf_key(partition, segment), leaf.to_vec());
-        }
+        batch.push(Op {
+            space: Space::Merkle,
+            key: leaf_key(partition, segment).to_vec(),
+            value: (leaf != EMPTY).then(|| leaf.to_vec()),
+        });
         if !upper.dirty {
-            batch.insert(&self.merkle, tag_key(partition, MARKER), Vec::new());
+            batch.push(Op {
+                space: Space::Merkle,
+                key: tag_key(partition, MARKER).to_vec(),
+                value: Some(Vec::new()),
+            });
         }
-        batch.commit().map_err(StorageError::engine(during))?;
+        self.log.commit(&batch)?;
         upper.dirty = true;
         for (level, index) in path(segment).into_iter().take(DEPTH as usize) {
             let o = upper_offset(level, index);
@@ -257,25 +250,23 @@ impl Trees {
             .collect()
     }
 
-    /// Writes the upper nodes of every dirty partition in one batch; returns how
-    /// many.
+    /// Writes the upper nodes of every dirty partition; returns how many.
     ///
-    /// One commit for all of them, not one per partition: under steady writes every
-    /// partition is dirty every second, and 256 separate journal writes a second
-    /// competed with the writes themselves. The dirty partitions' locks are held
-    /// (taken in partition order; a writer holds one at a time, so nothing waits in a
-    /// cycle) from their snapshot until the commit, so no write can land between a
-    /// snapshot and the removal of its dirty marker.
+    /// One record per partition, written under that partition's lock alone, so no
+    /// write waits for more than one small append: the snapshot and the removal of
+    /// the dirty marker land atomically, and no write can slip in between them. (On
+    /// fjall this was one batch for all partitions, because each commit there was
+    /// costly; an append to the log is not, and one 2.2 MB batch held every
+    /// partition's writes for the whole of it.)
     pub(crate) fn checkpoint(&self) -> Result<usize> {
         let mut parts: Vec<(u32, Arc<Mutex<Upper>>)> = lock(&self.parts)
             .iter()
             .map(|(p, u)| (*p, u.clone()))
             .collect();
         parts.sort_unstable_by_key(|(p, _)| *p);
-        let mut held = Vec::new();
-        let mut batch = self.db.batch();
+        let mut written = 0;
         for (partition, part) in &parts {
-            let upper = lock(part);
+            let mut upper = lock(part);
             if !upper.dirty {
                 continue;
             }
@@ -283,19 +274,21 @@ impl Trees {
             for node in &upper.nodes {
                 snapshot.extend_from_slice(node);
             }
-            batch.insert(&self.merkle, tag_key(*partition, SNAPSHOT), snapshot);
-            batch.remove(&self.merkle, tag_key(*partition, MARKER));
-            held.push(upper);
-        }
-        if held.is_empty() {
-            return Ok(0);
-        }
-        batch
-            .commit()
-            .map_err(StorageError::engine("checkpointing hash trees"))?;
-        for upper in &mut held {
+            self.log.commit(&[
+                Op {
+                    space: Space::Merkle,
+                    key: tag_key(*partition, SNAPSHOT).to_vec(),
+                    value: Some(snapshot),
+                },
+                Op {
+                    space: Space::Merkle,
+                    key: tag_key(*partition, MARKER).to_vec(),
+                    value: None,
+                },
+            ])?;
             upper.dirty = false;
+            written += 1;
         }
-        Ok(held.len())
+        Ok(written)
     }
 }

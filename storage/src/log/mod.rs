@@ -1,0 +1,580 @@
+//! A log-structured store with an in-memory key directory (the Bitcask design, Riak's
+//! default backend), holding every keyspace of a node.
+//!
+//! Why not an LSM tree: fjall does disk I/O while holding locks that every read and
+//! write needs (its flush fsyncs the journal under the journal lock; every flush and
+//! compaction persists the new version, with fsyncs, and unlinks old tables under
+//! the version lock). Behind a compaction those fsyncs took 10-60 ms, so a node
+//! under load froze several times a second (workload A at half load: p99 78-113 ms).
+//! Here nothing a request waits for does disk I/O while holding a lock:
+//! - a write appends one record to the active segment (a `pwrite` into the page
+//!   cache) and updates the in-memory directory;
+//! - a read looks the key up in memory and `pread`s exactly the value;
+//! - syncing, segment rotation's fsyncs and merging run outside every lock a request
+//!   takes (a merge swaps directory entries in short chunks).
+//!
+//! The cost is the Bitcask one: every key (not value) lives in memory, about 80
+//! bytes plus the key each, and a restart reads the segments to rebuild the
+//! directory.
+//!
+//! On disk: `NNNNNNNN.seg` segment files of [`record`]s, each starting with
+//! [`SEGMENT_MAGIC`]; a `LOCK` file held with `flock`; `MERGE`, present only between
+//! a merge's commit and the removal of the segments it replaced.
+
+mod merge;
+pub(crate) mod record;
+mod recovery;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::ops::Bound;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::error::{Result, StorageError};
+use crate::store::lock;
+pub(crate) use record::Op;
+
+/// First bytes of every segment file: a name and the format version.
+pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"RKVSEG\x00\x01";
+
+/// The keyspaces of a node's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub(crate) enum Space {
+    /// Objects, keyed by partition, Merkle segment and user key.
+    Objects = 0,
+    /// Merkle leaves, checkpoints and dirty markers.
+    Merkle = 1,
+    /// Hinted-handoff hints.
+    Hints = 2,
+    /// Node metadata.
+    Meta = 3,
+}
+
+const SPACES: usize = 4;
+
+/// Shards of the key directory. Objects and Merkle nodes shard by partition (their
+/// keys' first four bytes), so an object and its leaf, and every prefix scan the
+/// store makes, stay in one shard; hints and metadata live in shard 0. A merge
+/// repointing one shard holds up only the requests of that shard.
+pub(crate) const SHARDS: usize = 64;
+
+/// The shard holding `key` of `space`.
+pub(crate) fn shard_of(space: Space, key: &[u8]) -> usize {
+    match (space, key) {
+        (Space::Objects | Space::Merkle, [a, b, c, d, ..]) => {
+            u32::from_be_bytes([*a, *b, *c, *d]) as usize % SHARDS
+        }
+        _ => 0,
+    }
+}
+
+/// The shard every key starting with `prefix` is in, if there is one.
+fn shard_of_prefix(space: Space, prefix: &[u8]) -> Option<usize> {
+    match space {
+        Space::Objects | Space::Merkle if prefix.len() < 4 => None,
+        _ => Some(shard_of(space, prefix)),
+    }
+}
+
+impl Space {
+    pub(crate) fn from_byte(b: u8) -> Option<Space> {
+        Some(match b {
+            0 => Space::Objects,
+            1 => Space::Merkle,
+            2 => Space::Hints,
+            3 => Space::Meta,
+            _ => return None,
+        })
+    }
+}
+
+/// Sizes and thresholds of a log.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LogConfig {
+    /// The active segment is sealed once a record would take it past this.
+    pub(crate) segment_bytes: u64,
+    /// A merge starts once sealed segments hold at least this many dead bytes and
+    /// are at least 60 % dead (Bitcask's default fragmentation trigger: the disk
+    /// holds at most 2.5 times the live data, and a merge copies at most 2 bytes
+    /// for every 3 it frees).
+    pub(crate) merge_min_dead_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 64 << 20,
+            merge_min_dead_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Where the current value of a key lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) segment: u32,
+    /// crc32 of the value: checked on every read.
+    pub(crate) crc: u32,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
+    /// Sequence number of the record that wrote it (newest wins on recovery).
+    pub(crate) seq: u64,
+}
+
+impl Entry {
+    /// Bytes this entry keeps alive in its segment (its op, roughly).
+    fn bytes(&self, key: &[u8]) -> u64 {
+        10 + key.len() as u64 + u64::from(self.len)
+    }
+}
+
+/// One segment file, shared by readers: an unlinked segment stays readable through
+/// the handles still held.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) id: u32,
+    pub(crate) file: File,
+    /// Bytes written (the file's length once sealed).
+    pub(crate) len: AtomicU64,
+}
+
+pub(crate) fn segment_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{id:08}.seg"))
+}
+
+impl Segment {
+    fn create(dir: &Path, id: u32) -> Result<Segment> {
+        let path = segment_path(dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(StorageError::io("creating a log segment"))?;
+        file.write_all_at(SEGMENT_MAGIC, 0)
+            .map_err(StorageError::io("creating a log segment"))?;
+        Ok(Segment {
+            id,
+            file,
+            len: AtomicU64::new(SEGMENT_MAGIC.len() as u64),
+        })
+    }
+}
+
+/// One shard of the in-memory directory: its live keys of every space.
+#[derive(Default)]
+pub(crate) struct Shard {
+    pub(crate) maps: [BTreeMap<Box<[u8]>, Entry>; SPACES],
+    /// Bytes of each segment still referenced by this shard.
+    pub(crate) live: HashMap<u32, u64>,
+}
+
+impl Shard {
+    /// Points `key` at `entry` (or removes it), keeping the live-byte counts.
+    pub(crate) fn set(&mut self, space: Space, key: &[u8], entry: Option<Entry>) {
+        let map = &mut self.maps[space as usize];
+        let old = match entry {
+            Some(e) => {
+                *self.live.entry(e.segment).or_default() += e.bytes(key);
+                match map.get_mut(key) {
+                    Some(slot) => Some(std::mem::replace(slot, e)),
+                    None => {
+                        map.insert(key.into(), e);
+                        None
+                    }
+                }
+            }
+            None => map.remove(key),
+        };
+        if let Some(old) = old
+            && let Some(live) = self.live.get_mut(&old.segment)
+        {
+            *live = live.saturating_sub(old.bytes(key));
+        }
+    }
+}
+
+struct Writer {
+    active: Arc<Segment>,
+    /// Bytes in the active segment (where the next record goes).
+    len: u64,
+    next_seq: u64,
+    /// Segments sealed since the last sync: their tails may not be on disk yet.
+    unsynced: Vec<Arc<Segment>>,
+    /// A segment file was created or removed since the last directory fsync.
+    dir_dirty: bool,
+}
+
+/// Counters for `status` and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Segment files on disk.
+    pub segments: u64,
+    /// Bytes in segment files.
+    pub bytes: u64,
+    /// Bytes the directory still refers to (the rest is reclaimable by a merge).
+    pub live_bytes: u64,
+    /// Merges completed since open.
+    pub merges: u64,
+    /// Bytes of torn records cut off the segments' tails when the log was opened.
+    pub truncated_bytes: u64,
+    /// Damaged records skipped when the log was opened (good records followed them).
+    pub skipped_records: u64,
+}
+
+/// The log of one node.
+pub(crate) struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    writer: Mutex<Writer>,
+    shards: Box<[RwLock<Shard>]>,
+    /// Every segment file by id.
+    segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
+    /// Serialises syncs, so a sync never returns while another still has a sealed
+    /// segment's fsync in flight.
+    sync_lock: Mutex<()>,
+    /// One merge at a time.
+    merge_lock: Mutex<()>,
+    /// Ids for new segments, from rotation and merges alike.
+    next_segment: AtomicU32,
+    merges: AtomicU64,
+    truncated_bytes: u64,
+    skipped_records: u64,
+    _lock_file: File,
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // Every critical section leaves the directory consistent before it can panic.
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes an exclusive `flock` on `dir/LOCK`, or reports that another process (or
+/// another open in this one) holds it.
+fn lock_dir(dir: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("LOCK"))
+        .map_err(StorageError::io("opening the lock file"))?;
+    // SAFETY: flock takes a descriptor we own for the call's duration and flags.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(StorageError::Locked {
+                path: dir.to_path_buf(),
+            });
+        }
+        return Err(StorageError::Io {
+            during: "locking the data directory",
+            source: err,
+        });
+    }
+    Ok(file)
+}
+
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io("syncing the data directory"))
+}
+
+/// The smallest key greater than every key starting with `prefix` (`None`: no bound).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+impl Log {
+    /// Opens the log in `dir` (which must exist), recovering what is on disk.
+    pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<Log> {
+        let lock_file = lock_dir(dir)?;
+        let recovered = recovery::recover(dir)?;
+        let id = recovered.next_segment;
+        let active = Arc::new(Segment::create(dir, id)?);
+        let mut segments = recovered.segments;
+        segments.insert(id, active.clone());
+        fsync_dir(dir)?;
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            config,
+            writer: Mutex::new(Writer {
+                active,
+                len: SEGMENT_MAGIC.len() as u64,
+                next_seq: recovered.next_seq,
+                unsynced: Vec::new(),
+                dir_dirty: false,
+            }),
+            shards: recovered.shards.into_iter().map(RwLock::new).collect(),
+            segments: RwLock::new(segments),
+            sync_lock: Mutex::new(()),
+            merge_lock: Mutex::new(()),
+            next_segment: AtomicU32::new(id + 1),
+            merges: AtomicU64::new(0),
+            truncated_bytes: recovered.truncated_bytes,
+            skipped_records: recovered.skipped_records,
+            _lock_file: lock_file,
+        })
+    }
+
+    /// Appends `ops` as one atomic record and makes them visible. The record reaches
+    /// the OS before this returns (it survives a process crash); [`Log::sync`] makes
+    /// it survive an OS crash.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if the append fails; nothing of the batch is then visible.
+    pub(crate) fn commit(&self, ops: &[Op]) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let (mut rec, at) = record::encode(ops);
+        let crcs: Vec<u32> = ops
+            .iter()
+            .map(|op| crc32fast::hash(op.value.as_deref().unwrap_or(&[])))
+            .collect();
+        let mut w = lock(&self.writer);
+        if w.len > SEGMENT_MAGIC.len() as u64
+            && w.len + rec.len() as u64 > self.config.segment_bytes
+        {
+            self.rotate(&mut w)?;
+        }
+        let seq = w.next_seq;
+        record::seal(&mut rec, seq);
+        let start = w.len;
+        // On failure the length is not advanced: the next record overwrites whatever
+        // part of this one reached the file, and recovery cuts a torn tail.
+        w.active
+            .file
+            .write_all_at(&rec, start)
+            .map_err(StorageError::io("appending to the log"))?;
+        w.len += rec.len() as u64;
+        w.next_seq += 1;
+        w.active.len.store(w.len, Ordering::Release);
+        let segment = w.active.id;
+        // Shards in ascending order (the only order anyone takes more than one).
+        let mut ids: Vec<usize> = ops.iter().map(|op| shard_of(op.space, &op.key)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut guards: Vec<(usize, RwLockWriteGuard<'_, Shard>)> = ids
+            .into_iter()
+            .map(|i| (i, write(&self.shards[i])))
+            .collect();
+        for ((op, at), crc) in ops.iter().zip(&at).zip(crcs) {
+            let entry = op.value.as_ref().map(|_| Entry {
+                segment,
+                crc,
+                offset: start + u64::from(at.offset),
+                len: at.len,
+                seq,
+            });
+            let i = shard_of(op.space, &op.key);
+            let Some((_, shard)) = guards.iter_mut().find(|(id, _)| *id == i) else {
+                unreachable!("every op's shard is locked");
+            };
+            shard.set(op.space, &op.key, entry);
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one (under the writer lock; the
+    /// sealed one is fsynced by the next [`Log::sync`], outside it).
+    fn rotate(&self, w: &mut Writer) -> Result<()> {
+        let id = self.next_segment.fetch_add(1, Ordering::Relaxed);
+        let fresh = Arc::new(Segment::create(&self.dir, id)?);
+        write(&self.segments).insert(id, fresh.clone());
+        let sealed = std::mem::replace(&mut w.active, fresh);
+        w.unsynced.push(sealed);
+        w.len = SEGMENT_MAGIC.len() as u64;
+        w.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Everything committed before the call is on disk when this returns `Ok`.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if an fsync fails (the segments stay due for the next).
+    pub(crate) fn sync(&self) -> Result<()> {
+        let _one = lock(&self.sync_lock);
+        let (active, sealed, dir_dirty) = {
+            let mut w = lock(&self.writer);
+            (
+                w.active.clone(),
+                std::mem::take(&mut w.unsynced),
+                std::mem::take(&mut w.dir_dirty),
+            )
+        };
+        let result = (|| {
+            for s in &sealed {
+                s.file
+                    .sync_data()
+                    .map_err(StorageError::io("syncing a sealed segment"))?;
+            }
+            active
+                .file
+                .sync_data()
+                .map_err(StorageError::io("syncing the log"))?;
+            if dir_dirty {
+                fsync_dir(&self.dir)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let mut w = lock(&self.writer);
+            w.unsynced.extend(sealed);
+            w.dir_dirty |= dir_dirty;
+        }
+        result
+    }
+
+    /// The value of `key`, read from its segment and checked against its checksum.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if the read fails, [`StorageError::Corrupt`] if the bytes
+    /// on disk are not the ones written.
+    pub(crate) fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (entry, segment) = {
+            let shard = read(&self.shards[shard_of(space, key)]);
+            let Some(entry) = shard.maps[space as usize].get(key).copied() else {
+                return Ok(None);
+            };
+            // Under the shard lock (order: shard, then segments): a merge removes a
+            // segment only after repointing every entry into it, which this lock
+            // holds off for this one.
+            (entry, self.segment(entry.segment)?)
+        };
+        read_value(&segment, &entry).map(Some)
+    }
+
+    fn segment(&self, id: u32) -> Result<Arc<Segment>> {
+        read(&self.segments)
+            .get(&id)
+            .cloned()
+            .ok_or(StorageError::Corrupt {
+                segment: id,
+                offset: 0,
+                reason: "the key directory points at a segment that is gone",
+            })
+    }
+
+    /// Up to `limit` keys of `space` starting with `prefix`, in key order, with where
+    /// their values lie (read them with [`read_value`]). A snapshot: later writes do
+    /// not show, and the segments stay readable even if a merge removes them.
+    pub(crate) fn prefix(&self, space: Space, prefix: &[u8], limit: usize) -> Vec<Located> {
+        let end = prefix_end(prefix);
+        let upper = match &end {
+            Some(e) => Bound::Excluded(&e[..]),
+            None => Bound::Unbounded,
+        };
+        let shards = match shard_of_prefix(space, prefix) {
+            Some(i) => i..i + 1,
+            None => 0..SHARDS,
+        };
+        let mut found: Vec<Located> = Vec::new();
+        for i in shards {
+            let shard = read(&self.shards[i]);
+            // Segments looked up under the shard lock, as in `get`.
+            let segments = read(&self.segments);
+            found.extend(
+                shard.maps[space as usize]
+                    .range::<[u8], _>((Bound::Included(prefix), upper))
+                    .take(limit)
+                    .filter_map(|(k, e)| {
+                        let segment = segments.get(&e.segment);
+                        debug_assert!(segment.is_some(), "entry into a removed segment");
+                        Some(Located {
+                            key: k.clone(),
+                            entry: *e,
+                            segment: segment?.clone(),
+                        })
+                    }),
+            );
+        }
+        found.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        found.truncate(limit);
+        found
+    }
+
+    /// Live keys in `space`.
+    pub(crate) fn len(&self, space: Space) -> usize {
+        self.shards
+            .iter()
+            .map(|s| read(s).maps[space as usize].len())
+            .sum()
+    }
+
+    /// Counters of the log.
+    pub(crate) fn stats(&self) -> LogStats {
+        let live_bytes = self
+            .shards
+            .iter()
+            .map(|s| read(s).live.values().sum::<u64>())
+            .sum();
+        let segments = read(&self.segments);
+        LogStats {
+            segments: segments.len() as u64,
+            bytes: segments
+                .values()
+                .map(|s| s.len.load(Ordering::Acquire))
+                .sum(),
+            live_bytes,
+            merges: self.merges.load(Ordering::Relaxed),
+            truncated_bytes: self.truncated_bytes,
+            skipped_records: self.skipped_records,
+        }
+    }
+}
+
+/// A key and where its value was when it was listed.
+#[derive(Clone, Debug)]
+pub(crate) struct Located {
+    pub(crate) key: Box<[u8]>,
+    pub(crate) entry: Entry,
+    pub(crate) segment: Arc<Segment>,
+}
+
+impl Located {
+    /// Reads the value.
+    ///
+    /// # Errors
+    /// As [`Log::get`].
+    pub(crate) fn value(&self) -> Result<Vec<u8>> {
+        read_value(&self.segment, &self.entry)
+    }
+}
+
+/// Reads and checks the value an entry points at.
+pub(crate) fn read_value(segment: &Segment, entry: &Entry) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; entry.len as usize];
+    segment
+        .file
+        .read_exact_at(&mut buf, entry.offset)
+        .map_err(StorageError::io("reading a value"))?;
+    if crc32fast::hash(&buf) != entry.crc {
+        return Err(StorageError::Corrupt {
+            segment: segment.id,
+            offset: entry.offset,
+            reason: "value checksum mismatch",
+        });
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,467 @@
+//! The log against a `BTreeMap` model, across rotations, merges, reopens, torn
+//! tails and the crash states of a merge.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::recovery::{MERGE_MANIFEST, MERGE_SUFFIX};
+use super::*;
+
+/// Tiny segments and no garbage threshold, so a handful of writes rotate and merge.
+fn small() -> LogConfig {
+    LogConfig {
+        segment_bytes: 256,
+        merge_min_dead_bytes: 0,
+    }
+}
+
+fn put(space: Space, key: &[u8], value: &[u8]) -> Op {
+    Op {
+        space,
+        key: key.to_vec(),
+        value: Some(value.to_vec()),
+    }
+}
+
+fn del(space: Space, key: &[u8]) -> Op {
+    Op {
+        space,
+        key: key.to_vec(),
+        value: None,
+    }
+}
+
+type Model = BTreeMap<(u8, Vec<u8>), Vec<u8>>;
+
+fn apply(model: &mut Model, ops: &[Op]) {
+    for op in ops {
+        let k = (op.space as u8, op.key.clone());
+        match &op.value {
+            Some(v) => model.insert(k, v.clone()),
+            None => model.remove(&k),
+        };
+    }
+}
+
+/// Every key of the model reads back, and every space lists exactly the model.
+fn check(log: &Log, model: &Model) {
+    for space in [Space::Objects, Space::Merkle, Space::Hints, Space::Meta] {
+        let listed: Vec<(Vec<u8>, Vec<u8>)> = log
+            .prefix(space, &[], usize::MAX)
+            .into_iter()
+            .map(|l| (l.key.to_vec(), l.value().expect("value")))
+            .collect();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = model
+            .iter()
+            .filter(|((s, _), _)| *s == space as u8)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(listed, expected, "space {space:?}");
+        assert_eq!(log.len(space), expected.len());
+        for (k, v) in &expected {
+            assert_eq!(log.get(space, k).expect("get").as_ref(), Some(v));
+        }
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<u32> {
+    let mut ids: Vec<u32> = std::fs::read_dir(dir)
+        .expect("list")
+        .filter_map(|e| {
+            let name = e.expect("entry").file_name().into_string().ok()?;
+            name.strip_suffix(".seg")?.parse().ok()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Batch(Vec<(u8, u8, Option<u8>)>),
+    Merge,
+    Reopen,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => proptest::collection::vec((0u8..4, 0u8..12, proptest::option::of(any::<u8>())), 1..4)
+            .prop_map(Step::Batch),
+        1 => Just(Step::Merge),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+/// Keys of objects and Merkle nodes need a partition prefix; spread them over shards.
+fn key_of(space: Space, k: u8) -> Vec<u8> {
+    match space {
+        Space::Objects | Space::Merkle => vec![0, 0, 0, k % 5, k],
+        Space::Hints | Space::Meta => vec![b'k', k],
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever the interleaving of batches, merges and reopens, the log holds what
+    /// a map holds.
+    #[test]
+    fn matches_a_map_through_merges_and_reopens(steps in proptest::collection::vec(step(), 1..60)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = Log::open(dir.path(), small()).expect("open");
+        let mut model = Model::new();
+        for (n, step) in steps.into_iter().enumerate() {
+            match step {
+                Step::Batch(ops) => {
+                    let ops: Vec<Op> = ops
+                        .into_iter()
+                        .map(|(s, k, v)| {
+                            let space = Space::from_byte(s).expect("space");
+                            let key = key_of(space, k);
+                            match v {
+                                // Values of varied size, some empty.
+                                Some(v) => put(space, &key, &vec![v; usize::from(v % 50) + (n % 3)]),
+                                None => del(space, &key),
+                            }
+                        })
+                        .collect();
+                    log.commit(&ops).expect("commit");
+                    apply(&mut model, &ops);
+                }
+                Step::Merge => {
+                    log.merge_now().expect("merge");
+                }
+                Step::Reopen => {
+                    drop(log);
+                    log = Log::open(dir.path(), small()).expect("reopen");
+                }
+            }
+            check(&log, &model);
+        }
+        // And once more from disk alone.
+        drop(log);
+        let log = Log::open(dir.path(), small()).expect("reopen");
+        check(&log, &model);
+    }
+}
+
+#[test]
+fn a_merge_reclaims_garbage_and_keeps_the_newest_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), small()).expect("open");
+    let mut model = Model::new();
+    for round in 0..20u8 {
+        for k in 0..10u8 {
+            let ops = [put(
+                Space::Objects,
+                &key_of(Space::Objects, k),
+                &[round; 40],
+            )];
+            log.commit(&ops).expect("commit");
+            apply(&mut model, &ops);
+        }
+    }
+    let ops = [del(Space::Objects, &key_of(Space::Objects, 3))];
+    log.commit(&ops).expect("delete");
+    apply(&mut model, &ops);
+    let before = log.stats();
+    assert!(before.segments > 10, "{before:?}");
+    let merged = log.maybe_merge().expect("merge").expect("garbage is due");
+    assert!(merged.values_copied <= 9, "only live values: {merged:?}");
+    let after = log.stats();
+    assert!(after.bytes * 5 < before.bytes, "{before:?} -> {after:?}");
+    assert_eq!(after.merges, 1);
+    assert!(
+        log.maybe_merge().expect("merge").is_none(),
+        "nothing left to reclaim"
+    );
+    check(&log, &model);
+    assert_eq!(segment_files(dir.path()).len() as u64, after.segments);
+    drop(log);
+    check(&Log::open(dir.path(), small()).expect("reopen"), &model);
+}
+
+#[test]
+fn a_tombstone_beats_an_older_copy_in_a_newer_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_of(Space::Objects, 1);
+    {
+        let log = Log::open(dir.path(), small()).expect("open");
+        log.commit(&[put(Space::Objects, &key, &[1; 300])])
+            .expect("put");
+        // Seal it, so the merge copies the value into a segment numbered after the
+        // active one; then delete the key in the active segment.
+        log.commit(&[put(Space::Meta, b"x", &[0; 300])])
+            .expect("rotate");
+        log.merge_now().expect("merge").expect("merged");
+        log.commit(&[del(Space::Objects, &key)]).expect("delete");
+        assert_eq!(log.get(Space::Objects, &key).expect("get"), None);
+    }
+    let log = Log::open(dir.path(), small()).expect("reopen");
+    assert_eq!(log.get(Space::Objects, &key).expect("get"), None);
+}
+
+#[test]
+fn torn_tails_are_cut_and_whole_records_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = LogConfig::default();
+    let mut model = Model::new();
+    {
+        let log = Log::open(dir.path(), big).expect("open");
+        for k in 0..50u8 {
+            let ops = [put(Space::Objects, &key_of(Space::Objects, k), &[k; 100])];
+            log.commit(&ops).expect("commit");
+            apply(&mut model, &ops);
+        }
+    }
+    let last = *segment_files(dir.path()).last().expect("a segment");
+    let path = segment_path(dir.path(), last);
+    let len = std::fs::metadata(&path).expect("meta").len();
+    // Half a record more (a torn append), as a killed process or machine leaves it.
+    let (mut rec, _) = record::encode(&[put(Space::Objects, b"torn-key", &[9; 100])]);
+    record::seal(&mut rec, 10_000);
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes.extend_from_slice(&rec[..rec.len() / 2]);
+    std::fs::write(&path, &bytes).expect("write");
+    {
+        let log = Log::open(dir.path(), big).expect("reopen");
+        check(&log, &model);
+        assert_eq!(log.stats().truncated_bytes, (rec.len() / 2) as u64);
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), len);
+        let ops = [put(Space::Hints, b"after", b"crash")];
+        log.commit(&ops).expect("commit");
+        apply(&mut model, &ops);
+    }
+    // Zeros where a record should be (a preallocated or unwritten tail).
+    let last = *segment_files(dir.path()).last().expect("a segment");
+    let path = segment_path(dir.path(), last);
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes.extend_from_slice(&[0u8; 64]);
+    std::fs::write(&path, &bytes).expect("write");
+    let log = Log::open(dir.path(), big).expect("reopen");
+    check(&log, &model);
+    assert_eq!(log.stats().truncated_bytes, 64);
+}
+
+#[test]
+fn a_damaged_record_before_good_ones_is_skipped_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (key_of(Space::Objects, 1), key_of(Space::Objects, 2));
+    {
+        let log = Log::open(dir.path(), LogConfig::default()).expect("open");
+        log.commit(&[put(Space::Objects, &a, b"first value")])
+            .expect("a");
+        log.commit(&[put(Space::Objects, &b, b"second value")])
+            .expect("b");
+    }
+    let seg = *segment_files(dir.path()).last().expect("segment");
+    let path = segment_path(dir.path(), seg);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"first")
+        .expect("on disk");
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    let log = Log::open(dir.path(), LogConfig::default()).expect("reopen");
+    assert_eq!(log.get(Space::Objects, &a).expect("get"), None);
+    assert_eq!(
+        log.get(Space::Objects, &b).expect("get").as_deref(),
+        Some(&b"second value"[..])
+    );
+    let stats = log.stats();
+    assert_eq!((stats.skipped_records, stats.truncated_bytes), (1, 0));
+}
+
+#[test]
+fn a_flipped_value_byte_is_reported_not_returned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_of(Space::Objects, 7);
+    let log = Log::open(dir.path(), LogConfig::default()).expect("open");
+    log.commit(&[put(Space::Objects, &key, b"precious value")])
+        .expect("commit");
+    let seg = *segment_files(dir.path()).last().expect("segment");
+    let path = segment_path(dir.path(), seg);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"precious")
+        .expect("value on disk");
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    let err = log.get(Space::Objects, &key).expect_err("checksum");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    drop(log);
+    // Reopening finds the record's checksum broken mid-segment: a torn tail to cut,
+    // never a wrong value.
+    let log = Log::open(dir.path(), LogConfig::default()).expect("reopen");
+    assert_eq!(log.get(Space::Objects, &key).expect("get"), None);
+}
+
+/// Builds a log whose sealed segments a merge would replace; returns the model.
+fn with_garbage(dir: &Path) -> Model {
+    let log = Log::open(dir, small()).expect("open");
+    let mut model = Model::new();
+    for round in 0..5u8 {
+        for k in 0..8u8 {
+            let space = Space::from_byte(k % 4).expect("space");
+            let ops = if round == 4 && k % 3 == 0 {
+                vec![del(space, &key_of(space, k))]
+            } else {
+                vec![put(space, &key_of(space, k), &[round; 60])]
+            };
+            log.commit(&ops).expect("commit");
+            apply(&mut model, &ops);
+        }
+    }
+    model
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).expect("list") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+    }
+}
+
+#[test]
+fn every_crash_state_of_a_merge_recovers_the_same_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = with_garbage(dir.path());
+    let before = tempfile::tempdir().expect("tempdir");
+    copy_dir(dir.path(), before.path());
+    let old: Vec<u32> = segment_files(dir.path());
+    {
+        let log = Log::open(dir.path(), small()).expect("open");
+        log.merge_now().expect("merge").expect("merged");
+        check(&log, &model);
+    }
+    let merged: Vec<u32> = segment_files(dir.path());
+
+    // 1. Died while writing the outputs: `.merging` files beside all the old segments.
+    let state = tempfile::tempdir().expect("tempdir");
+    copy_dir(before.path(), state.path());
+    std::fs::write(
+        state.path().join(format!("00009999.seg{MERGE_SUFFIX}")),
+        b"junk",
+    )
+    .expect("write");
+    check(&Log::open(state.path(), small()).expect("open"), &model);
+    assert!(
+        !state
+            .path()
+            .join(format!("00009999.seg{MERGE_SUFFIX}"))
+            .exists()
+    );
+
+    // 2. Died after renaming the outputs, before the manifest: both copies present.
+    let state = tempfile::tempdir().expect("tempdir");
+    copy_dir(before.path(), state.path());
+    copy_dir(dir.path(), state.path());
+    check(&Log::open(state.path(), small()).expect("open"), &model);
+
+    // 3. Died after the manifest, with some old segments not yet removed.
+    let state = tempfile::tempdir().expect("tempdir");
+    copy_dir(dir.path(), state.path());
+    for id in old.iter().take(old.len() / 2) {
+        std::fs::copy(
+            segment_path(before.path(), *id),
+            segment_path(state.path(), *id),
+        )
+        .expect("copy");
+    }
+    let listing: String = old.iter().map(|id| format!("{id}\n")).collect();
+    std::fs::write(state.path().join(MERGE_MANIFEST), listing).expect("manifest");
+    let log = Log::open(state.path(), small()).expect("open");
+    check(&log, &model);
+    assert!(!state.path().join(MERGE_MANIFEST).exists());
+    for id in &old {
+        assert!(
+            !segment_path(state.path(), *id).exists() || merged.contains(id),
+            "segment {id} of the finished merge is gone"
+        );
+    }
+}
+
+#[test]
+fn readers_never_miss_a_key_while_merges_repoint_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 4096,
+        merge_min_dead_bytes: 0,
+    };
+    let log = Arc::new(Log::open(dir.path(), config).expect("open"));
+    let keys: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| {
+            let mut k = (i % 7).to_be_bytes().to_vec();
+            k.extend_from_slice(&i.to_be_bytes());
+            k
+        })
+        .collect();
+    for k in &keys {
+        log.commit(&[put(Space::Objects, k, k)]).expect("commit");
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (log, keys, stop) = (log.clone(), keys.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && reads < 2_000_000 {
+                    for k in &keys {
+                        let v = log.get(Space::Objects, k).expect("get");
+                        assert_eq!(v.as_deref(), Some(&k[..]));
+                        reads += 1;
+                    }
+                    let listed = log.prefix(Space::Objects, &3u32.to_be_bytes(), usize::MAX);
+                    assert_eq!(listed.len(), keys.iter().filter(|k| k[3] == 3).count());
+                    for l in listed {
+                        assert_eq!(l.value().expect("value"), l.key.to_vec());
+                    }
+                }
+            })
+        })
+        .collect();
+    // Rewrite the same values (garbage piles up) and merge, over and over.
+    let mut merges = 0;
+    for _ in 0..30 {
+        for k in &keys {
+            log.commit(&[put(Space::Objects, k, k)]).expect("commit");
+        }
+        if log.merge_now().expect("merge").is_some() {
+            merges += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.join().expect("reader");
+    }
+    assert!(merges >= 20, "{merges} merges");
+}
+
+#[test]
+fn another_engines_directory_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("0.jnl"), b"fjall journal").expect("write");
+    let Err(err) = Log::open(dir.path(), LogConfig::default()) else {
+        panic!("opened")
+    };
+    assert!(matches!(err, StorageError::ForeignFormat { .. }), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("0.jnl")).expect("read"),
+        b"fjall journal"
+    );
+}
+
+#[test]
+fn a_segment_with_a_foreign_header_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(segment_path(dir.path(), 1), b"NOTASEGMENT-----").expect("write");
+    let Err(err) = Log::open(dir.path(), LogConfig::default()) else {
+        panic!("opened")
+    };
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+}
