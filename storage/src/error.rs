@@ -25,6 +25,11 @@ pub enum StorageError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// An earlier fsync failed, so what was written since may not be on disk; the
+    /// store refuses writes and syncs until it is opened again (which recovers what
+    /// the disk really holds).
+    #[error("an earlier fsync failed; the store takes no writes until the node restarts")]
+    Poisoned,
     /// The data directory holds another storage format (for example the fjall
     /// journals of ringkv before its own log): it is left untouched.
     #[error(

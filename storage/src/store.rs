@@ -103,6 +103,10 @@ impl Store {
             .map_err(StorageError::io("creating the data directory"))?;
         let log = Arc::new(Log::open(&config.path, LogConfig::default())?);
         let trees = Arc::new(Trees::new(log.clone()));
+        let damage = log.stats();
+        if trees.needs_rebuild(damage.truncated_bytes > 0 || damage.skipped_records > 0)? {
+            trees.rebuild_leaves()?;
+        }
         let sync_every = match config.sync {
             SyncPolicy::Interval(interval) => Some(interval),
             SyncPolicy::Always | SyncPolicy::None => None,
@@ -133,18 +137,30 @@ impl Store {
         self.inner.sync
     }
 
-    /// Under [`SyncPolicy::Always`], waits until everything committed so far by this
-    /// caller is on disk. Call after releasing locks, so concurrent writers can group.
-    fn make_durable(&self, wrote: bool) -> Result<()> {
+    /// Under [`SyncPolicy::Always`], the group-commit ticket that covers what this
+    /// caller committed or saw; wait for it with [`Store::make_durable`] after
+    /// releasing locks, so concurrent writers can group.
+    ///
+    /// Take the ticket while still holding the key's stripe lock: a caller that sees
+    /// (and acknowledges) this state after the lock is released must find it
+    /// counted in [`GroupSync::committed`].
+    fn ticket(&self, wrote: bool) -> Option<u64> {
         if self.inner.sync != SyncPolicy::Always {
-            return Ok(());
+            return None;
         }
-        let ticket = if wrote {
+        Some(if wrote {
             self.inner.group.ticket()
         } else {
             self.inner.group.committed()
-        };
-        self.inner.group.wait(&self.inner.log, ticket)
+        })
+    }
+
+    /// Waits until a [`Store::ticket`] is durable (at once without one).
+    fn make_durable(&self, ticket: Option<u64>) -> Result<()> {
+        match ticket {
+            None => Ok(()),
+            Some(ticket) => self.inner.group.wait(&self.inner.log, ticket),
+        }
     }
 
     fn stripe(&self, partition: u32, segment: u16) -> &Mutex<()> {
@@ -159,7 +175,7 @@ impl Store {
     /// Reads one object.
     ///
     /// # Errors
-    /// [`StorageError::Engine`] on an I/O failure.
+    /// [`StorageError::Io`] on an I/O failure.
     pub fn get(&self, partition: u32, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.read_raw(&object_key(partition, key))
     }
@@ -204,10 +220,11 @@ impl Store {
             }
             Change::Keep => before,
         };
-        drop(guard);
         // Also when nothing changed: the state the caller saw may be another writer's,
         // not yet synced, and the caller is about to acknowledge it.
-        self.make_durable(before != after)?;
+        let ticket = self.ticket(before != after);
+        drop(guard);
+        self.make_durable(ticket)?;
         Ok((Updated { before, after }, out))
     }
 
@@ -215,7 +232,7 @@ impl Store {
     /// a newer write that raced in is never removed).
     ///
     /// # Errors
-    /// [`StorageError::Engine`] on an I/O failure.
+    /// [`StorageError::Io`] on an I/O failure.
     pub fn remove_if(&self, partition: u32, key: &[u8], expected: &Hash) -> Result<bool> {
         let (segment, okey) = (segment_of(key), object_key(partition, key));
         let guard = lock(self.stripe(partition, segment));
@@ -234,8 +251,9 @@ impl Store {
         self.inner
             .trees
             .commit(batch, partition, segment, expected)?;
+        let ticket = self.ticket(true);
         drop(guard);
-        self.make_durable(true)?;
+        self.make_durable(ticket)?;
         Ok(true)
     }
 
@@ -286,7 +304,7 @@ impl Store {
     /// Checkpoints the hash trees now (also done every second and on close).
     ///
     /// # Errors
-    /// [`StorageError::Engine`] if the write fails.
+    /// [`StorageError::Io`] if the write fails.
     pub fn checkpoint(&self) -> Result<usize> {
         self.inner.trees.checkpoint()
     }
@@ -294,7 +312,7 @@ impl Store {
     /// `(user key, digest)` of every object in one segment, sorted by key.
     ///
     /// # Errors
-    /// [`StorageError::Engine`] on an I/O failure.
+    /// [`StorageError::Io`] on an I/O failure.
     pub fn segment_digests(&self, partition: u32, segment: u16) -> Result<Vec<(Vec<u8>, Hash)>> {
         let mut out = Vec::new();
         for item in self.inner.log.prefix(
@@ -339,7 +357,7 @@ impl Store {
     /// Reads a metadata value.
     ///
     /// # Errors
-    /// [`StorageError::Engine`] on an I/O failure.
+    /// [`StorageError::Io`] on an I/O failure.
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.inner.log.get(Space::Meta, name.as_bytes())
     }
@@ -347,7 +365,7 @@ impl Store {
     /// Writes a metadata value, synced to disk before returning whatever the policy.
     ///
     /// # Errors
-    /// [`StorageError::Engine`] on an I/O failure.
+    /// [`StorageError::Io`] on an I/O failure.
     pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
         self.inner.log.commit(&[Op {
             space: Space::Meta,
@@ -360,20 +378,20 @@ impl Store {
     /// Stores a hint (opaque to this crate) under `key`.
     ///
     /// # Errors
-    /// [`StorageError::Engine`] on an I/O failure.
+    /// [`StorageError::Io`] on an I/O failure.
     pub fn put_hint(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.inner.log.commit(&[Op {
             space: Space::Hints,
             key: key.to_vec(),
             value: Some(value.to_vec()),
         }])?;
-        self.make_durable(true)
+        self.make_durable(self.ticket(true))
     }
 
     /// Deletes a hint.
     ///
     /// # Errors
-    /// [`StorageError::Engine`] on an I/O failure.
+    /// [`StorageError::Io`] on an I/O failure.
     pub fn remove_hint(&self, key: &[u8]) -> Result<()> {
         self.inner.log.commit(&[Op {
             space: Space::Hints,
@@ -385,7 +403,7 @@ impl Store {
     /// How many hints are stored (a scan, without copying them out).
     ///
     /// # Errors
-    /// [`StorageError::Engine`] on an I/O failure.
+    /// [`StorageError::Io`] on an I/O failure.
     pub fn hint_count(&self) -> Result<usize> {
         Ok(self.inner.log.len(Space::Hints))
     }
@@ -393,7 +411,7 @@ impl Store {
     /// Up to `limit` hints whose keys start with `prefix`, in key order.
     ///
     /// # Errors
-    /// [`StorageError::Engine`] on an I/O failure.
+    /// [`StorageError::Io`] on an I/O failure.
     pub fn hints(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.inner
             .log
@@ -406,7 +424,7 @@ impl Store {
     /// Forces everything written so far to disk.
     ///
     /// # Errors
-    /// [`StorageError::Engine`] if the sync fails.
+    /// [`StorageError::Io`] if the sync fails.
     pub fn sync(&self) -> Result<()> {
         self.inner.log.sync()
     }
@@ -595,6 +613,58 @@ mod tests {
         assert_eq!(s.hints(b"n1/", 1).expect("hints").len(), 1);
         s.remove_hint(b"n1/1").expect("remove");
         assert_eq!(s.hints(b"n1/", 10).expect("hints").len(), 1);
+    }
+
+    #[test]
+    fn leaves_are_recomputed_when_recovery_skips_a_damaged_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = open(dir.path());
+            for i in 0..200u32 {
+                put(&s, i % 3, &i.to_be_bytes(), format!("value-{i:05}").as_bytes());
+            }
+            s.checkpoint().expect("checkpoint");
+        }
+        // Damage the record of one object in the middle of the log: recovery skips
+        // it, and with it that write's leaf update.
+        let seg = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".seg"))
+            .max()
+            .expect("segment");
+        let path = dir.path().join(seg);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let at = bytes
+            .windows(11)
+            .position(|w| w == b"value-00100")
+            .expect("on disk");
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes).expect("write");
+        let s = open(dir.path());
+        assert_eq!(s.log_stats().skipped_records, 1);
+        assert_eq!(s.get(100 % 3, &100u32.to_be_bytes()).expect("get"), None);
+        // Every root is again the XOR of the digests of what the store holds.
+        for p in 0..3u32 {
+            let mut root = EMPTY;
+            for item in s.scan_partition(p) {
+                let (k, v) = item.expect("scan");
+                root = xor(&root, &object_digest(&k, &v));
+            }
+            assert_eq!(s.root(p).expect("root"), root, "partition {p}");
+        }
+        assert_eq!(s.tree_stats().rebuilt_from_leaves, 3);
+        // And the rebuild is not repeated on the next open.
+        drop(s);
+        let s = open(dir.path());
+        assert_eq!(s.root(1).expect("root"), {
+            let mut root = EMPTY;
+            for item in s.scan_partition(1) {
+                let (k, v) = item.expect("scan");
+                root = xor(&root, &object_digest(&k, &v));
+            }
+            root
+        });
     }
 
     #[test]

@@ -11,12 +11,13 @@
 //! the last checkpoint), recomputes the upper nodes from its ≤ 4,096 leaves. No object
 //! is ever rescanned.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Result, StorageError};
+use crate::keys::{object_digest, split_object_key};
 use crate::log::{Log, Op, Space};
 use crate::merkle::{DEPTH, EMPTY, FANOUT, Hash, LEAVES, is_interior, nodes_at, path, xor};
 use crate::store::lock;
@@ -37,6 +38,9 @@ const UPPER_NODES: usize = (LEAVES - 1) / (FANOUT - 1);
 const _: () = assert!(UPPER_NODES == 273);
 
 const MARKER: u8 = 0xfe;
+/// Meta key present while [`Trees::rebuild_leaves`] runs, so a crash in the middle
+/// of it starts it again on the next open.
+const REBUILD_PENDING: &[u8] = b"merkle-leaf-rebuild-pending";
 const SNAPSHOT: u8 = 0xff;
 const _: () = assert!(DEPTH < MARKER);
 
@@ -290,5 +294,91 @@ impl Trees {
             written += 1;
         }
         Ok(written)
+    }
+
+    /// Whether the leaves must be recomputed from the objects: recovery cut or
+    /// skipped records (`damaged`), or an earlier rebuild did not finish.
+    pub(crate) fn needs_rebuild(&self, damaged: bool) -> Result<bool> {
+        Ok(damaged || self.log.get(Space::Meta, REBUILD_PENDING)?.is_some())
+    }
+
+    /// Recomputes every leaf from the objects and marks every partition dirty, so
+    /// its upper nodes are recomputed from the new leaves on first use. Returns the
+    /// number of objects read.
+    ///
+    /// Needed after recovery lost records: a leaf is the XOR of its segment's object
+    /// digests, kept by applying each write's delta, so once one record is missing
+    /// from the middle of that history (a damaged record skipped, or the tail of one
+    /// segment lost while a later segment survived a power loss) the leaf no longer
+    /// matches the objects, and no later delta can make it. Anti-entropy then
+    /// repairs the objects themselves from the other replicas.
+    pub(crate) fn rebuild_leaves(&self) -> Result<usize> {
+        self.log.commit(&[Op {
+            space: Space::Meta,
+            key: REBUILD_PENDING.to_vec(),
+            value: Some(Vec::new()),
+        }])?;
+        self.log.sync()?;
+        let mut leaves: BTreeMap<(u32, u16), Hash> = BTreeMap::new();
+        let objects = self.log.prefix(Space::Objects, &[], usize::MAX);
+        let count = objects.len();
+        for item in objects {
+            let (partition, segment, user) =
+                split_object_key(&item.key).ok_or(StorageError::CorruptKey {
+                    len: item.key.len(),
+                })?;
+            let digest = object_digest(user, &item.value()?);
+            let leaf = leaves.entry((partition, segment)).or_insert(EMPTY);
+            *leaf = xor(leaf, &digest);
+        }
+        let mut ops = Vec::new();
+        let mut partitions = BTreeSet::new();
+        for item in self.log.prefix(Space::Merkle, &[], usize::MAX) {
+            let [a, b, c, d, ..] = *item.key else {
+                continue;
+            };
+            let partition = u32::from_be_bytes([a, b, c, d]);
+            partitions.insert(partition);
+            if let [_, _, _, _, DEPTH, hi, lo] = *item.key
+                && !leaves.contains_key(&(partition, u16::from_be_bytes([hi, lo])))
+            {
+                ops.push(Op {
+                    space: Space::Merkle,
+                    key: item.key.to_vec(),
+                    value: None,
+                });
+            }
+        }
+        for ((partition, segment), leaf) in &leaves {
+            partitions.insert(*partition);
+            ops.push(Op {
+                space: Space::Merkle,
+                key: leaf_key(*partition, *segment).to_vec(),
+                value: (*leaf != EMPTY).then(|| leaf.to_vec()),
+            });
+        }
+        for partition in &partitions {
+            ops.push(Op {
+                space: Space::Merkle,
+                key: tag_key(*partition, MARKER).to_vec(),
+                value: Some(Vec::new()),
+            });
+        }
+        for chunk in ops.chunks(4096) {
+            self.log.commit(chunk)?;
+        }
+        lock(&self.parts).clear();
+        self.log.commit(&[Op {
+            space: Space::Meta,
+            key: REBUILD_PENDING.to_vec(),
+            value: None,
+        }])?;
+        self.log.sync()?;
+        tracing::warn!(
+            objects = count,
+            partitions = partitions.len(),
+            "hash tree leaves recomputed from the objects after the log lost records"
+        );
+        Ok(count)
     }
 }

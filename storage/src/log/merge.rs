@@ -27,7 +27,7 @@ use std::sync::RwLockWriteGuard;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::record::{self, Op};
-use super::recovery::{MERGE_MANIFEST, MERGE_SUFFIX};
+use super::recovery::{MERGE_MANIFEST, MERGE_MANIFEST_TMP, MERGE_SUFFIX, finish_merge};
 use super::{
     Entry, Log, SEGMENT_MAGIC, Segment, Shard, Space, fsync_dir, read, read_value, segment_path,
     write,
@@ -103,6 +103,11 @@ impl Log {
 
     fn merge_if(&self, due: impl FnOnce(u64, u64) -> bool) -> Result<Option<Merged>> {
         let _one = lock(&self.merge_lock);
+        // A previous merge that failed after committing left its manifest: its
+        // segments are out of the directory already; remove them before another
+        // manifest could replace that list (they would come back on a restart, their
+        // tombstones gone).
+        finish_merge(&self.dir)?;
         let (victims, total) = {
             // The writer lock first (the order commits take): no rotation can slip a
             // new segment in between reading the active id and listing the others.
@@ -133,8 +138,10 @@ impl Log {
                 .install(victims, outputs, moved, merged, total)
                 .map(Some),
             Err(e) => {
+                // Not installed, so nothing refers to them, renamed or not.
                 for out in &outputs {
                     let _ = std::fs::remove_file(merging_path(&self.dir, out.id));
+                    let _ = std::fs::remove_file(segment_path(&self.dir, out.id));
                 }
                 Err(e)
             }
@@ -312,20 +319,18 @@ impl Log {
             // time, and 150,000 keys in one stretch held requests up for 45 ms.
             std::thread::sleep(REPOINT_PAUSE);
         }
-        let listing: String = victims.iter().map(|id| format!("{id}\n")).collect();
-        let manifest = self.dir.join(MERGE_MANIFEST);
-        let mut f =
-            File::create(&manifest).map_err(StorageError::io("writing the merge manifest"))?;
-        f.write_all(listing.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(StorageError::io("writing the merge manifest"))?;
-        fsync_dir(&self.dir)?;
-        {
+        // Whatever superseded a copy that was not repointed (a newer write, a delete)
+        // must be on disk before the segments holding the older value go: else a
+        // power loss would bring back neither.
+        self.sync()?;
+        write_manifest(&self.dir, &victims)?;
+        let retired: Vec<Arc<Segment>> = {
             let mut segments = write(&self.segments);
-            for id in &victims {
-                segments.remove(id);
-            }
-        }
+            victims
+                .iter()
+                .filter_map(|id| segments.remove(id))
+                .collect()
+        };
         for shard in self.shards.iter() {
             let mut shard = write(shard);
             for id in &victims {
@@ -333,11 +338,12 @@ impl Log {
                 debug_assert_eq!(left, 0, "segment {id} still referenced after a merge");
             }
         }
-        for id in &victims {
-            remove_gradually(&segment_path(&self.dir, *id))?;
+        for segment in retired {
+            retire(&self.dir, segment)?;
         }
         fsync_dir(&self.dir)?;
-        std::fs::remove_file(&manifest).map_err(StorageError::io("removing the merge manifest"))?;
+        std::fs::remove_file(self.dir.join(MERGE_MANIFEST))
+            .map_err(StorageError::io("removing the merge manifest"))?;
         fsync_dir(&self.dir)?;
         self.merges.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -351,23 +357,46 @@ impl Log {
     }
 }
 
-/// Shrinks a file step by step, then unlinks it (see [`TRUNCATE_STEP_BYTES`]).
-fn remove_gradually(path: &std::path::Path) -> Result<()> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(StorageError::io("removing a merged segment"))?;
-    let mut len = file
-        .metadata()
-        .map_err(StorageError::io("removing a merged segment"))?
-        .len();
-    while len > TRUNCATE_STEP_BYTES {
-        len -= TRUNCATE_STEP_BYTES;
-        file.set_len(len)
-            .map_err(StorageError::io("removing a merged segment"))?;
-        std::thread::sleep(std::time::Duration::from_millis(2));
+/// Writes the list of replaced segments to the manifest: whole or not at all (a
+/// temporary file, synced, then renamed).
+fn write_manifest(dir: &std::path::Path, victims: &[u32]) -> Result<()> {
+    let listing: String = victims.iter().map(|id| format!("{id}\n")).collect();
+    let tmp = dir.join(MERGE_MANIFEST_TMP);
+    let mut f = File::create(&tmp).map_err(StorageError::io("writing the merge manifest"))?;
+    f.write_all(listing.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(StorageError::io("writing the merge manifest"))?;
+    std::fs::rename(&tmp, dir.join(MERGE_MANIFEST))
+        .map_err(StorageError::io("writing the merge manifest"))?;
+    fsync_dir(dir)
+}
+
+/// How long a replaced segment waits for readers that still hold it (a scan in
+/// progress) before it is unlinked under them.
+const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Removes a segment no entry points at any more. Readers that listed a key before
+/// the merge may still hold it: once they are done (or after [`RETIRE_WAIT`]) the
+/// file is cut step by step and unlinked. Cutting it under a reader would make its
+/// read fail; unlinking alone would not, but the blocks would then be freed all at
+/// once by whichever thread closed it last, maybe a request's.
+fn retire(dir: &std::path::Path, segment: Arc<Segment>) -> Result<()> {
+    let path = segment_path(dir, segment.id);
+    let deadline = std::time::Instant::now() + RETIRE_WAIT;
+    while Arc::strong_count(&segment) > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    drop(file);
+    if Arc::strong_count(&segment) == 1 {
+        let mut len = segment.len.load(Ordering::Acquire);
+        while len > TRUNCATE_STEP_BYTES {
+            len -= TRUNCATE_STEP_BYTES;
+            segment
+                .file
+                .set_len(len)
+                .map_err(StorageError::io("removing a merged segment"))?;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
     std::fs::remove_file(path).map_err(StorageError::io("removing a merged segment"))
 }
 

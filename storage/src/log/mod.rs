@@ -6,12 +6,15 @@
 //! compaction persists the new version, with fsyncs, and unlinks old tables under
 //! the version lock). Behind a compaction those fsyncs took 10-60 ms, so a node
 //! under load froze several times a second (workload A at half load: p99 78-113 ms).
-//! Here nothing a request waits for does disk I/O while holding a lock:
+//! Here no fsync, unlink or bulk write happens under a lock a request waits for:
 //! - a write appends one record to the active segment (a `pwrite` into the page
 //!   cache) and updates the in-memory directory;
-//! - a read looks the key up in memory and `pread`s exactly the value;
-//! - syncing, segment rotation's fsyncs and merging run outside every lock a request
-//!   takes (a merge swaps directory entries in short chunks).
+//! - a read looks the key up in memory and `pread`s exactly the value (the store's
+//!   per-key stripe locks are held across that `pread`, which only one key's
+//!   requests share);
+//! - syncing, the fsync of sealed segments and merging run outside every lock a
+//!   request takes (a merge swaps directory entries in short chunks); rotation
+//!   creates the next file, one metadata operation per 64 MiB, under the writer's.
 //!
 //! The cost is the Bitcask one: every key (not value) lives in memory, about 80
 //! bytes plus the key each, and a restart reads the segments to rebuild the
@@ -30,7 +33,7 @@ use std::fs::{File, OpenOptions};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Result, StorageError};
@@ -242,6 +245,10 @@ pub(crate) struct Log {
     /// Ids for new segments, from rotation and merges alike.
     next_segment: AtomicU32,
     merges: AtomicU64,
+    /// Set when an fsync failed: the kernel may have dropped the dirty pages it
+    /// could not write and will not report it again, so a later sync that succeeds
+    /// proves nothing. Writes are refused from then on, as fjall and PostgreSQL do.
+    poisoned: AtomicBool,
     truncated_bytes: u64,
     skipped_records: u64,
     _lock_file: File,
@@ -328,6 +335,7 @@ impl Log {
             merge_lock: Mutex::new(()),
             next_segment: AtomicU32::new(id + 1),
             merges: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
             truncated_bytes: recovered.truncated_bytes,
             skipped_records: recovered.skipped_records,
             _lock_file: lock_file,
@@ -339,11 +347,13 @@ impl Log {
     /// it survive an OS crash.
     ///
     /// # Errors
-    /// [`StorageError::Io`] if the append fails; nothing of the batch is then visible.
+    /// [`StorageError::Io`] if the append fails (nothing of the batch is then
+    /// visible); [`StorageError::Poisoned`] once an fsync has failed.
     pub(crate) fn commit(&self, ops: &[Op]) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
+        self.check_poisoned()?;
         let (mut rec, at) = record::encode(ops);
         let crcs: Vec<u32> = ops
             .iter()
@@ -409,9 +419,11 @@ impl Log {
     /// Everything committed before the call is on disk when this returns `Ok`.
     ///
     /// # Errors
-    /// [`StorageError::Io`] if an fsync fails (the segments stay due for the next).
+    /// [`StorageError::Io`] if an fsync fails, and [`StorageError::Poisoned`] on
+    /// every call after that.
     pub(crate) fn sync(&self) -> Result<()> {
         let _one = lock(&self.sync_lock);
+        self.check_poisoned()?;
         let (active, sealed, dir_dirty) = {
             let mut w = lock(&self.writer);
             (
@@ -435,12 +447,18 @@ impl Log {
             }
             Ok(())
         })();
-        if result.is_err() {
-            let mut w = lock(&self.writer);
-            w.unsynced.extend(sealed);
-            w.dir_dirty |= dir_dirty;
+        if let Err(error) = &result {
+            tracing::error!(%error, "an fsync failed: the store takes no more writes until restarted");
+            self.poisoned.store(true, Ordering::Release);
         }
         result
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned);
+        }
+        Ok(())
     }
 
     /// The value of `key`, read from its segment and checked against its checksum.

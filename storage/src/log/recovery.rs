@@ -29,6 +29,8 @@ pub(crate) struct Recovered {
 
 /// Name of the file listing the segments a committed merge replaced.
 pub(crate) const MERGE_MANIFEST: &str = "MERGE";
+/// The manifest while it is written (renamed to [`MERGE_MANIFEST`] once synced).
+pub(crate) const MERGE_MANIFEST_TMP: &str = "MERGE.tmp";
 /// Suffix of a merge's output before it is committed.
 pub(crate) const MERGE_SUFFIX: &str = ".merging";
 
@@ -63,8 +65,20 @@ fn list(dir: &Path) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// Finishes a merge that committed but had not removed all the segments it replaced.
-fn finish_merge(dir: &Path) -> Result<()> {
+/// Finishes a merge that committed but had not removed all the segments it replaced
+/// (on open, and before a merge, should the previous one have failed halfway).
+pub(crate) fn finish_merge(dir: &Path) -> Result<()> {
+    // A manifest being written when the process died: its merge had not committed.
+    match std::fs::remove_file(dir.join(MERGE_MANIFEST_TMP)) {
+        Ok(()) => fsync_dir(dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(StorageError::Io {
+                during: "removing an unfinished merge manifest",
+                source: e,
+            });
+        }
+    }
     let manifest = dir.join(MERGE_MANIFEST);
     let raw = match std::fs::read_to_string(&manifest) {
         Ok(raw) => raw,
@@ -136,6 +150,14 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
         reader
             .read_exact(&mut magic)
             .map_err(StorageError::io("reading a log segment"))?;
+        if magic == [0u8; 8] && all_zeros(&file, file_len) {
+            // Created just before a power loss: the header never reached the disk,
+            // and nor did anything after it.
+            drop(reader);
+            std::fs::remove_file(&path).map_err(StorageError::io("removing an empty segment"))?;
+            removed_any = true;
+            continue;
+        }
         if &magic != SEGMENT_MAGIC {
             return Err(StorageError::Corrupt {
                 segment: id,
@@ -262,11 +284,23 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
             }
         }
     }
+    let exhausted = |what| StorageError::Corrupt {
+        segment: ids.last().copied().unwrap_or(0),
+        offset: 0,
+        reason: what,
+    };
     Ok(Recovered {
         shards,
         segments,
-        next_seq: max_seq + 1,
-        next_segment: ids.last().map_or(1, |last| last + 1),
+        next_seq: max_seq
+            .checked_add(1)
+            .ok_or(exhausted("sequence numbers exhausted"))?,
+        next_segment: match ids.last() {
+            None => 1,
+            Some(last) => last
+                .checked_add(1)
+                .ok_or(exhausted("segment ids exhausted"))?,
+        },
         truncated_bytes,
         skipped_records,
     })
@@ -293,4 +327,19 @@ fn whole_record_at(file: &std::fs::File, at: u64, file_len: u64) -> bool {
 fn fits(body_len: usize, at: u64, file_len: u64) -> bool {
     (record::BODY_PREFIX_LEN..=MAX_BODY_LEN).contains(&body_len)
         && at + (HEADER_LEN + body_len) as u64 <= file_len
+}
+
+/// Whether a file holds nothing but zero bytes (read in 1 MiB blocks).
+fn all_zeros(file: &std::fs::File, len: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        if file.read_exact_at(&mut buf[..n], at).is_err() || buf[..n].iter().any(|b| *b != 0) {
+            return false;
+        }
+        at += n as u64;
+    }
+    true
 }

@@ -465,3 +465,30 @@ fn a_segment_with_a_foreign_header_is_refused() {
     };
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
 }
+
+#[test]
+fn a_merge_waits_for_a_scan_still_reading_a_replaced_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(Log::open(dir.path(), small()).expect("open"));
+    for k in 0..20u8 {
+        log.commit(&[put(Space::Objects, &key_of(Space::Objects, k), &[k; 50])])
+            .expect("commit");
+    }
+    // A scan lists keys (holding their segments), then a merge replaces them all.
+    let listed = log.prefix(Space::Objects, &[0, 0, 0, 1], usize::MAX);
+    assert!(!listed.is_empty());
+    let merger = {
+        let log = log.clone();
+        std::thread::spawn(move || log.merge_now().expect("merge").is_some())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The merge is done with the directory but leaves the scan's segments whole.
+    for l in &listed {
+        assert_eq!(l.value().expect("still readable"), vec![l.key[4]; 50]);
+    }
+    assert!(!merger.is_finished(), "it waits for the scan");
+    drop(listed);
+    assert!(merger.join().expect("merge thread"));
+    let old_left = segment_files(dir.path()).len() as u64;
+    assert_eq!(old_left, log.stats().segments);
+}
