@@ -6,14 +6,14 @@
 //! as tombstones until every segment has been read, so a tombstone beats an older
 //! copy that a merge wrote into a segment with a higher id.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
 use super::record::{self, HEADER_LEN, Invalid, MAX_BODY_LEN};
 use super::{
-    Entry, SEGMENT_MAGIC, SHARDS, SPACES, Segment, Shard, Space, fsync_dir, segment_path, shard_of,
+    Entry, SEGMENT_MAGIC, SHARDS, SPACES, Segment, Shard, fsync_dir, segment_path, shard_of,
 };
 use crate::error::{Result, StorageError};
 
@@ -121,7 +121,10 @@ struct Slot {
 pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
     finish_merge(dir)?;
     let ids = list(dir)?;
-    let mut slots: [BTreeMap<Box<[u8]>, Slot>; SPACES] = Default::default();
+    // Hash maps while reading (two lookups per op, no key comparisons along a tree
+    // path); each sorted once into its shard's tree at the end.
+    let mut slots: Vec<[HashMap<Box<[u8]>, Slot>; SPACES]> =
+        (0..SHARDS).map(|_| Default::default()).collect();
     let mut segments = BTreeMap::new();
     let mut max_seq = 0u64;
     let mut truncated_bytes = 0u64;
@@ -224,7 +227,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
                     len: op.value.map_or(0, |v| v.len() as u32),
                     seq,
                 };
-                let map = &mut slots[op.space as usize];
+                let map = &mut slots[shard_of(op.space, op.key)][op.space as usize];
                 let slot = Slot {
                     entry,
                     deleted: op.value.is_none(),
@@ -275,14 +278,23 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
     if removed_any {
         fsync_dir(dir)?;
     }
-    let mut shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::default()).collect();
-    for (space, map) in slots.into_iter().enumerate() {
-        let space = Space::from_byte(space as u8).expect("SPACES spaces");
-        for (key, slot) in map {
-            if !slot.deleted {
-                shards[shard_of(space, &key)].set(space, &key, Some(slot.entry));
+    let mut shards: Vec<Shard> = Vec::with_capacity(SHARDS);
+    for per_space in slots {
+        let mut shard = Shard::default();
+        for (space, map) in per_space.into_iter().enumerate() {
+            let mut live: Vec<(Box<[u8]>, Entry)> = map
+                .into_iter()
+                .filter(|(_, slot)| !slot.deleted)
+                .map(|(key, slot)| (key, slot.entry))
+                .collect();
+            live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (key, entry) in &live {
+                *shard.live.entry(entry.segment).or_default() += entry.bytes(key);
             }
+            // From sorted input a tree is built in one pass.
+            shard.maps[space] = live.into_iter().collect();
         }
+        shards.push(shard);
     }
     let exhausted = |what| StorageError::Corrupt {
         segment: ids.last().copied().unwrap_or(0),
