@@ -621,7 +621,12 @@ mod tests {
         {
             let s = open(dir.path());
             for i in 0..200u32 {
-                put(&s, i % 3, &i.to_be_bytes(), format!("value-{i:05}").as_bytes());
+                put(
+                    &s,
+                    i % 3,
+                    &i.to_be_bytes(),
+                    format!("value-{i:05}").as_bytes(),
+                );
             }
             s.checkpoint().expect("checkpoint");
         }
