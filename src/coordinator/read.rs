@@ -1,13 +1,18 @@
 //! The read path: ask `R` primaries (this node first), answer with the merge of
 //! their replies, repair the replicas that differed. The other primaries are asked
 //! too when one of the first fails, when the first are slow (a speculative retry,
-//! as Cassandra's), or when nothing was found (one of them may hold the key).
+//! as Cassandra's, after 50 ms or half the deadline), or when nothing was found (one
+//! of them may hold the key).
 //!
 //! Asking all `N` (Riak's way) read-repairs every replica on every read, but costs
 //! every replica a read and the coordinator an RPC per extra replica on every read:
 //! a third of a 3-node cluster's read work. Replicas a read does not ask are kept
-//! in step by hinted handoff and anti-entropy instead, and `R + W > N` still makes
-//! every read meet every acknowledged write.
+//! in step by hinted handoff and anti-entropy instead. With strict quorums
+//! (`R + W > N` among primaries) every read still meets every acknowledged write.
+//! A write that a sloppy quorum acknowledged on fallbacks while primaries were
+//! down can be missed until its hint is delivered, as it could before when the
+//! stale primaries answered first; what changed is that such a read no longer
+//! repairs the primaries it did not ask.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -134,7 +139,9 @@ impl Coordinator {
         }
         // Later ones first out of `pop`: the walk's order.
         spares.reverse();
-        let speculate_at = Instant::now() + SPECULATE_AFTER;
+        // Within half the deadline at most: a short deadline must leave the spares
+        // time to answer when a first replica stalls without failing.
+        let speculate_at = Instant::now() + SPECULATE_AFTER.min(timeout / 2);
         // A ring change moves keys to owners that may not hold them yet (until
         // ownership handoff exists, earlier owners keep their copies): ask the earlier
         // primaries too. They never count toward R; what they hold is merged in.
