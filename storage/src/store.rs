@@ -287,21 +287,12 @@ impl Store {
         self.inner.log.stats()
     }
 
-    /// Merges the log's sealed segments now, whatever their garbage (also done in the
-    /// background once garbage outweighs live data). Returns whether it merged.
-    ///
-    /// # Errors
-    /// [`StorageError::Io`] or [`StorageError::Corrupt`]; the log is unchanged then.
-    pub fn merge(&self) -> Result<bool> {
-        Ok(self.inner.log.merge_now()?.is_some())
-    }
-
     /// How trees were loaded since open (checkpoint or, after a crash, from leaves).
     pub fn tree_stats(&self) -> TreeStats {
         self.inner.trees.stats()
     }
 
-    /// Checkpoints the hash trees now (also done every second and on close).
+    /// Checkpoints the hash trees now (also done every 10 s and on close).
     ///
     /// # Errors
     /// [`StorageError::Io`] if the write fails.

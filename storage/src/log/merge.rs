@@ -42,13 +42,9 @@ const REPOINT_CHUNK: usize = 128;
 /// Pause between those turns.
 const REPOINT_PAUSE: std::time::Duration = std::time::Duration::from_micros(20);
 /// A merge output's writeback is started every this many bytes, so the disk absorbs
-/// the copy as it is written instead of in one burst of dirty pages at the end (a
-/// burst made every fsync and metadata update of the node wait behind it).
+/// the copy as it is written and the fsync at the end finds little left to write,
+/// instead of one burst of dirty pages competing with the log's own syncs.
 const SYNC_EVERY_BYTES: u64 = 4 << 20;
-/// A replaced segment is cut this much at a time before it is unlinked: freeing a
-/// 64 MiB file's blocks in one go held the file system's journal long enough to
-/// stall appends (RocksDB rate-limits its deletes for the same reason).
-const TRUNCATE_STEP_BYTES: u64 = 4 << 20;
 
 /// What a merge did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,10 +89,11 @@ impl Log {
         })
     }
 
-    /// Merges every sealed segment now (tests, and an operator's explicit request).
+    /// Merges every sealed segment now, whatever its garbage.
     ///
     /// # Errors
     /// As [`Log::maybe_merge`].
+    #[cfg(test)]
     pub(crate) fn merge_now(&self) -> Result<Option<Merged>> {
         self.merge_if(|_, _| true)
     }
@@ -376,28 +373,17 @@ fn write_manifest(dir: &std::path::Path, victims: &[u32]) -> Result<()> {
 const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Removes a segment no entry points at any more. Readers that listed a key before
-/// the merge may still hold it: once they are done (or after [`RETIRE_WAIT`]) the
-/// file is cut step by step and unlinked. Cutting it under a reader would make its
-/// read fail; unlinking alone would not, but the blocks would then be freed all at
-/// once by whichever thread closed it last, maybe a request's.
+/// the merge may still hold it (an unlinked file stays readable through their
+/// handle), but the file's blocks are freed when its last handle closes: waiting
+/// for them (at most [`RETIRE_WAIT`]) leaves that work to this thread rather than to
+/// whichever request happened to drop the segment last.
 fn retire(dir: &std::path::Path, segment: Arc<Segment>) -> Result<()> {
-    let path = segment_path(dir, segment.id);
     let deadline = std::time::Instant::now() + RETIRE_WAIT;
     while Arc::strong_count(&segment) > 1 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    if Arc::strong_count(&segment) == 1 {
-        let mut len = segment.len.load(Ordering::Acquire);
-        while len > TRUNCATE_STEP_BYTES {
-            len -= TRUNCATE_STEP_BYTES;
-            segment
-                .file
-                .set_len(len)
-                .map_err(StorageError::io("removing a merged segment"))?;
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-    }
-    std::fs::remove_file(path).map_err(StorageError::io("removing a merged segment"))
+    std::fs::remove_file(segment_path(dir, segment.id))
+        .map_err(StorageError::io("removing a merged segment"))
 }
 
 /// Starts writing a file's dirty pages to disk without waiting for them, and without
