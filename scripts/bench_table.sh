@@ -98,7 +98,7 @@ done
 # stalls, so the target is judged on the median of HALF_RUNS runs.
 for i in $(seq 2 "$HALF_RUNS"); do
   $R bench --connect 127.0.0.1:7391 --workload a --skip-load "${common[@]}" --duration "${CURVE_DURATION}s" \
-    --target $((SAT / 2)) --json "$OUT/curve-a-50-run$i.json"
+    --target $((SAT / 2)) --json "$OUT/curve-a-50-run$i.json" --plot "$OUT/curve-a-50-run$i.svg"
 done
 stop "$NP"
 
