@@ -323,8 +323,8 @@ pub fn run(args: ServeArgs) -> Result<i32, Failure> {
         tracing::info!(node_id = node.node_id(), %addr, "ringkv listening");
         ringkv::rpc::server::serve(listener, node.clone(), shutdown_signal()).await;
         stop.cancel();
-        node.sync()
-            .map_err(|e| Failure::other(format!("final sync failed: {e}")))?;
+        node.close()
+            .map_err(|e| Failure::other(format!("closing the store failed: {e}")))?;
         tracing::info!("stopped cleanly");
         Ok(EXIT_OK)
     })

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ringkv_gossip::ClusterKey;
-use ringkv_storage::{StorageError, Store, StoreConfig, SyncPolicy};
+use ringkv_storage::{Disk, Driver, StorageError, Store, StoreConfig, SyncPolicy};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +79,11 @@ pub struct NodeConfig {
     /// Registers resolve by last writer wins, losing concurrent writes. Never set
     /// this outside the simulation (see [`Replica::with_unsafe_lww`]).
     pub unsafe_lww: bool,
+    /// The disk under the store (the simulation's models power loss).
+    pub disk: Disk,
+    /// Who runs the store's periodic syncs and checkpoints: its own threads, or
+    /// this node's runtime on tokio's clock (the simulation's virtual time).
+    pub store_driver: Driver,
 }
 
 impl NodeConfig {
@@ -96,6 +101,8 @@ impl NodeConfig {
             cluster: ClusterConfig::default(),
             repair: crate::repair::RepairSettings::default(),
             unsafe_lww: false,
+            disk: Disk::Os,
+            store_driver: Driver::Threads,
         }
     }
 }
@@ -215,8 +222,10 @@ impl Node {
         shutdown: CancellationToken,
     ) -> Result<SharedNode, NodeError> {
         let store = Store::open(StoreConfig {
-            path: config.data_dir.clone(),
             sync: config.sync,
+            disk: config.disk.clone(),
+            driver: config.store_driver,
+            ..StoreConfig::new(config.data_dir.clone())
         })?;
         let actor = match read_u64(&store, "actor")? {
             Some(a) => a,
@@ -258,6 +267,13 @@ impl Node {
             }
             Some(_) => {}
             None => store.set_meta("ring_size", &u64::from(config.ring_size).to_be_bytes())?,
+        }
+        if store.driver() == Driver::Caller {
+            tokio::spawn(drive_store(
+                store.clone(),
+                config.sync,
+                shutdown.clone().cancelled_owned(),
+            ));
         }
         let generation = read_u64(&store, "generation")?.unwrap_or(0) + 1;
         store.set_meta("generation", &generation.to_be_bytes())?;
@@ -363,6 +379,9 @@ impl Node {
                     segment_files: log.segments,
                     merges: log.merges,
                     truncated_bytes: log.truncated_bytes,
+                    skipped_records: log.skipped_records,
+                    skipped_bytes: log.skipped_bytes,
+                    opened_clean: store.opened_clean(),
                     trees_from_checkpoint: trees.loaded_from_checkpoint,
                     trees_rebuilt_from_leaves: trees.rebuilt_from_leaves,
                 }
@@ -423,12 +442,52 @@ impl Node {
         self.coordinator.cluster()
     }
 
-    /// Syncs the store (used on shutdown whatever the policy).
+    /// Syncs the store (whatever the policy).
     ///
     /// # Errors
     /// [`StorageError`] if the sync fails.
     pub fn sync(&self) -> Result<(), StorageError> {
         self.coordinator.replica().store().sync()
+    }
+
+    /// Closes the store on shutdown: trees checkpointed, everything synced, a clean
+    /// stop recorded (the next start then trusts what is on disk). Writes still
+    /// arriving are refused.
+    ///
+    /// # Errors
+    /// [`StorageError`] if the checkpoint, sync or metadata write fails.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.coordinator.replica().store().close()
+    }
+}
+
+/// The periodic work of a store opened with [`Driver::Caller`], on tokio's clock:
+/// the interval sync, and a tree checkpoint every [`ringkv_storage::CHECKPOINT_INTERVAL`].
+async fn drive_store(
+    store: Store,
+    sync: SyncPolicy,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let every = match sync {
+        SyncPolicy::Interval(d) => d,
+        SyncPolicy::Always | SyncPolicy::None => ringkv_storage::CHECKPOINT_INTERVAL,
+    };
+    tokio::pin!(shutdown);
+    let mut since_checkpoint = Duration::ZERO;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        since_checkpoint += every;
+        let checkpoint = since_checkpoint >= ringkv_storage::CHECKPOINT_INTERVAL;
+        if checkpoint {
+            since_checkpoint = Duration::ZERO;
+        }
+        if let Err(error) = store.tick(true, checkpoint) {
+            tracing::error!(%error, "periodic store sync failed");
+        }
     }
 }
 

@@ -194,8 +194,14 @@ pub struct StorageStatus {
     pub segment_files: u64,
     /// Merges of the log since start.
     pub merges: u64,
-    /// Bytes of torn records cut off segment tails when the store was opened.
+    /// Bytes of torn records cut off the last segment's tail when the store was opened.
     pub truncated_bytes: u64,
+    /// Damaged stretches of segments skipped when the store was opened.
+    pub skipped_records: u64,
+    /// Bytes in them (left on disk, never read).
+    pub skipped_bytes: u64,
+    /// Whether the previous run ended with a clean close and recovery found no damage.
+    pub opened_clean: bool,
     /// Partitions whose hash tree came from a checkpoint since start.
     pub trees_from_checkpoint: u64,
     /// Partitions whose hash tree was recomputed from leaves after an unclean stop.

@@ -47,6 +47,23 @@ pub enum StorageError {
         /// The directory that is locked.
         path: PathBuf,
     },
+    /// The node metadata file is damaged: the store refuses to open rather than
+    /// let a counter that must never go back (dot reservations, epochs) roll back.
+    #[error(
+        "metadata file {path} is damaged ({reason}); restore it from a backup, or start this node with an empty data directory"
+    )]
+    CorruptMeta {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// Metadata grew past what the metadata file holds.
+    #[error("node metadata would exceed 16 MiB")]
+    MetaTooLarge,
+    /// The store was closed (the node is shutting down).
+    #[error("the store is closed")]
+    Closed,
     /// A persisted Merkle node did not have the expected shape.
     #[error(
         "corrupt Merkle node for partition {partition} level {level} index {index}: {len} bytes"

@@ -7,19 +7,22 @@
 //! same batch as every write and persisted, so a restart never rescans the keys. It
 //! knows nothing of networking, rings or object kinds.
 
+pub mod disk;
 pub mod error;
 pub mod keys;
 mod log;
 pub mod merkle;
+mod meta;
 mod priority;
 mod store;
 mod sync;
 mod tree;
 
+pub use disk::{Disk, SimulatedDisk};
 pub use error::{Result, StorageError};
 pub use keys::{object_digest, segment_of};
 pub use log::LogStats;
 pub use merkle::{EMPTY, Hash, LEAVES};
-pub use store::{Change, Store, StoreConfig, Updated};
+pub use store::{Change, Driver, Store, StoreConfig, Updated};
 pub use sync::SyncPolicy;
-pub use tree::TreeStats;
+pub use tree::{CHECKPOINT_INTERVAL, TreeStats};

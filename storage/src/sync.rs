@@ -197,7 +197,14 @@ mod tests {
     #[test]
     fn concurrent_writers_share_syncs_and_all_return() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = Arc::new(Log::open(dir.path(), crate::log::LogConfig::default()).expect("open"));
+        let log = Arc::new(
+            Log::open(
+                dir.path(),
+                crate::log::LogConfig::default(),
+                crate::disk::Disk::Os,
+            )
+            .expect("open"),
+        );
         let group = Arc::new(GroupSync::default());
         let threads: Vec<_> = (0..8)
             .map(|_| {

@@ -41,6 +41,12 @@ const MARKER: u8 = 0xfe;
 /// Meta key present while [`Trees::rebuild_leaves`] runs, so a crash in the middle
 /// of it starts it again on the next open.
 const REBUILD_PENDING: &[u8] = b"merkle-leaf-rebuild-pending";
+
+/// Whether a key of the log's metadata space is the trees' own (the node's
+/// metadata lives in the metadata file).
+pub(crate) fn is_tree_meta(key: &[u8]) -> bool {
+    key == REBUILD_PENDING
+}
 const SNAPSHOT: u8 = 0xff;
 const _: () = assert!(DEPTH < MARKER);
 

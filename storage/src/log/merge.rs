@@ -104,7 +104,7 @@ impl Log {
         // segments are out of the directory already; remove them before another
         // manifest could replace that list (they would come back on a restart, their
         // tombstones gone).
-        finish_merge(&self.dir)?;
+        finish_merge(&self.dir, &self.disk)?;
         let (victims, total) = {
             // The writer lock first (the order commits take): no rotation can slip a
             // new segment in between reading the active id and listing the others.
@@ -137,8 +137,13 @@ impl Log {
             Err(e) => {
                 // Not installed, so nothing refers to them, renamed or not.
                 for out in &outputs {
-                    let _ = std::fs::remove_file(merging_path(&self.dir, out.id));
-                    let _ = std::fs::remove_file(segment_path(&self.dir, out.id));
+                    for path in [
+                        merging_path(&self.dir, out.id),
+                        segment_path(&self.dir, out.id),
+                    ] {
+                        let _ = std::fs::remove_file(&path);
+                        self.disk.removed(&path);
+                    }
                 }
                 Err(e)
             }
@@ -205,6 +210,7 @@ impl Log {
                             .create_new(true)
                             .open(merging_path(&self.dir, id))
                             .map_err(StorageError::io("creating a merge output"))?;
+                        self.disk.created(&merging_path(&self.dir, id));
                         let mut w = BufWriter::with_capacity(
                             1 << 20,
                             file.try_clone()
@@ -251,18 +257,19 @@ impl Log {
             w.flush().map_err(StorageError::io("writing a merge"))?;
         }
         for out in outputs.iter() {
-            out.file
-                .sync_all()
+            self.disk
+                .sync_data(&out.file, &merging_path(&self.dir, out.id))
                 .map_err(StorageError::io("syncing a merge output"))?;
         }
         for out in outputs.iter() {
-            std::fs::rename(
-                merging_path(&self.dir, out.id),
-                segment_path(&self.dir, out.id),
-            )
-            .map_err(StorageError::io("committing a merge output"))?;
+            self.disk
+                .rename(
+                    &merging_path(&self.dir, out.id),
+                    &segment_path(&self.dir, out.id),
+                )
+                .map_err(StorageError::io("committing a merge output"))?;
         }
-        fsync_dir(&self.dir)?;
+        fsync_dir(&self.disk, &self.dir)?;
         let merged = Merged {
             segments_removed: victims.len(),
             values_copied: moved.len(),
@@ -320,7 +327,7 @@ impl Log {
         // must be on disk before the segments holding the older value go: else a
         // power loss would bring back neither.
         self.sync()?;
-        write_manifest(&self.dir, &victims)?;
+        write_manifest(&self.dir, &self.disk, &victims)?;
         let retired: Vec<Arc<Segment>> = {
             let mut segments = write(&self.segments);
             victims
@@ -336,12 +343,12 @@ impl Log {
             }
         }
         for segment in retired {
-            retire(&self.dir, segment)?;
+            retire(&self.dir, &self.disk, segment)?;
         }
-        fsync_dir(&self.dir)?;
+        fsync_dir(&self.disk, &self.dir)?;
         std::fs::remove_file(self.dir.join(MERGE_MANIFEST))
             .map_err(StorageError::io("removing the merge manifest"))?;
-        fsync_dir(&self.dir)?;
+        fsync_dir(&self.disk, &self.dir)?;
         self.merges.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             segments_removed = merged.segments_removed,
@@ -356,16 +363,17 @@ impl Log {
 
 /// Writes the list of replaced segments to the manifest: whole or not at all (a
 /// temporary file, synced, then renamed).
-fn write_manifest(dir: &std::path::Path, victims: &[u32]) -> Result<()> {
+fn write_manifest(dir: &std::path::Path, disk: &crate::disk::Disk, victims: &[u32]) -> Result<()> {
     let listing: String = victims.iter().map(|id| format!("{id}\n")).collect();
     let tmp = dir.join(MERGE_MANIFEST_TMP);
     let mut f = File::create(&tmp).map_err(StorageError::io("writing the merge manifest"))?;
+    disk.created(&tmp);
     f.write_all(listing.as_bytes())
-        .and_then(|()| f.sync_all())
+        .and_then(|()| disk.sync_data(&f, &tmp))
         .map_err(StorageError::io("writing the merge manifest"))?;
-    std::fs::rename(&tmp, dir.join(MERGE_MANIFEST))
+    disk.rename(&tmp, &dir.join(MERGE_MANIFEST))
         .map_err(StorageError::io("writing the merge manifest"))?;
-    fsync_dir(dir)
+    fsync_dir(disk, dir)
 }
 
 /// How long a replaced segment waits for readers that still hold it (a scan in
@@ -377,13 +385,15 @@ const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// handle), but the file's blocks are freed when its last handle closes: waiting
 /// for them (at most [`RETIRE_WAIT`]) leaves that work to this thread rather than to
 /// whichever request happened to drop the segment last.
-fn retire(dir: &std::path::Path, segment: Arc<Segment>) -> Result<()> {
+fn retire(dir: &std::path::Path, disk: &crate::disk::Disk, segment: Arc<Segment>) -> Result<()> {
     let deadline = std::time::Instant::now() + RETIRE_WAIT;
     while Arc::strong_count(&segment) > 1 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    std::fs::remove_file(segment_path(dir, segment.id))
-        .map_err(StorageError::io("removing a merged segment"))
+    let path = segment_path(dir, segment.id);
+    std::fs::remove_file(&path).map_err(StorageError::io("removing a merged segment"))?;
+    disk.removed(&path);
+    Ok(())
 }
 
 /// Starts writing a file's dirty pages to disk without waiting for them, and without

@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::disk::Disk;
 use crate::error::{Result, StorageError};
 use crate::store::lock;
 pub(crate) use record::Op;
@@ -150,7 +151,7 @@ pub(crate) fn segment_path(dir: &Path, id: u32) -> PathBuf {
 }
 
 impl Segment {
-    fn create(dir: &Path, id: u32) -> Result<Segment> {
+    fn create(dir: &Path, id: u32, disk: &Disk) -> Result<Segment> {
         let path = segment_path(dir, id);
         let file = OpenOptions::new()
             .read(true)
@@ -158,6 +159,7 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(StorageError::io("creating a log segment"))?;
+        disk.created(&path);
         file.write_all_at(SEGMENT_MAGIC, 0)
             .map_err(StorageError::io("creating a log segment"))?;
         Ok(Segment {
@@ -225,8 +227,11 @@ pub struct LogStats {
     pub merges: u64,
     /// Bytes of torn records cut off the segments' tails when the log was opened.
     pub truncated_bytes: u64,
-    /// Damaged records skipped when the log was opened (good records followed them).
+    /// Damaged stretches skipped when the log was opened: a record that failed its
+    /// checksum with good records after it, or a damaged tail of a sealed segment.
     pub skipped_records: u64,
+    /// Bytes in those stretches (left on disk, never read again).
+    pub skipped_bytes: u64,
 }
 
 /// The log of one node.
@@ -249,8 +254,15 @@ pub(crate) struct Log {
     /// could not write and will not report it again, so a later sync that succeeds
     /// proves nothing. Writes are refused from then on, as fjall and PostgreSQL do.
     poisoned: AtomicBool,
+    /// Set by [`Log::close`]: commits are refused (checked under the writer lock).
+    closed: AtomicBool,
     truncated_bytes: u64,
     skipped_records: u64,
+    skipped_bytes: u64,
+    /// Recovery found no segment with a record in it.
+    recovered_nothing: bool,
+    /// Fsyncs, directory syncs and renames go through it.
+    pub(crate) disk: Disk,
     _lock_file: File,
 }
 
@@ -291,9 +303,8 @@ fn lock_dir(dir: &Path) -> Result<File> {
     Ok(file)
 }
 
-pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+pub(crate) fn fsync_dir(disk: &Disk, dir: &Path) -> Result<()> {
+    disk.sync_dir(dir)
         .map_err(StorageError::io("syncing the data directory"))
 }
 
@@ -311,14 +322,15 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 impl Log {
     /// Opens the log in `dir` (which must exist), recovering what is on disk.
-    pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<Log> {
+    pub(crate) fn open(dir: &Path, config: LogConfig, disk: Disk) -> Result<Log> {
         let lock_file = lock_dir(dir)?;
-        let recovered = recovery::recover(dir)?;
+        let recovered = recovery::recover(dir, &disk)?;
         let id = recovered.next_segment;
-        let active = Arc::new(Segment::create(dir, id)?);
+        let recovered_nothing = recovered.segments.is_empty();
+        let active = Arc::new(Segment::create(dir, id, &disk)?);
         let mut segments = recovered.segments;
         segments.insert(id, active.clone());
-        fsync_dir(dir)?;
+        fsync_dir(&disk, dir)?;
         Ok(Log {
             dir: dir.to_path_buf(),
             config,
@@ -336,10 +348,25 @@ impl Log {
             next_segment: AtomicU32::new(id + 1),
             merges: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             truncated_bytes: recovered.truncated_bytes,
             skipped_records: recovered.skipped_records,
+            skipped_bytes: recovered.skipped_bytes,
+            recovered_nothing,
+            disk,
             _lock_file: lock_file,
         })
+    }
+
+    /// Whether the directory held no record when the log was opened.
+    pub(crate) fn recovered_nothing(&self) -> bool {
+        self.recovered_nothing
+    }
+
+    /// Refuses every later commit (the store is closing); syncs still work.
+    pub(crate) fn close(&self) {
+        let _w = lock(&self.writer);
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Appends `ops` as one atomic record and makes them visible. The record reaches
@@ -360,6 +387,9 @@ impl Log {
             .map(|op| crc32fast::hash(op.value.as_deref().unwrap_or(&[])))
             .collect();
         let mut w = lock(&self.writer);
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
         if w.len > SEGMENT_MAGIC.len() as u64
             && w.len + rec.len() as u64 > self.config.segment_bytes
         {
@@ -407,7 +437,7 @@ impl Log {
     /// sealed one is fsynced by the next [`Log::sync`], outside it).
     fn rotate(&self, w: &mut Writer) -> Result<()> {
         let id = self.next_segment.fetch_add(1, Ordering::Relaxed);
-        let fresh = Arc::new(Segment::create(&self.dir, id)?);
+        let fresh = Arc::new(Segment::create(&self.dir, id, &self.disk)?);
         write(&self.segments).insert(id, fresh.clone());
         let sealed = std::mem::replace(&mut w.active, fresh);
         w.unsynced.push(sealed);
@@ -434,16 +464,15 @@ impl Log {
         };
         let result = (|| {
             for s in &sealed {
-                s.file
-                    .sync_data()
+                self.disk
+                    .sync_data(&s.file, &segment_path(&self.dir, s.id))
                     .map_err(StorageError::io("syncing a sealed segment"))?;
             }
-            active
-                .file
-                .sync_data()
+            self.disk
+                .sync_data(&active.file, &segment_path(&self.dir, active.id))
                 .map_err(StorageError::io("syncing the log"))?;
             if dir_dirty {
-                fsync_dir(&self.dir)?;
+                fsync_dir(&self.disk, &self.dir)?;
             }
             Ok(())
         })();
@@ -555,6 +584,7 @@ impl Log {
             merges: self.merges.load(Ordering::Relaxed),
             truncated_bytes: self.truncated_bytes,
             skipped_records: self.skipped_records,
+            skipped_bytes: self.skipped_bytes,
         }
     }
 }

@@ -15,6 +15,7 @@ use super::record::{self, HEADER_LEN, Invalid, MAX_BODY_LEN};
 use super::{
     Entry, SEGMENT_MAGIC, SHARDS, SPACES, Segment, Shard, fsync_dir, segment_path, shard_of,
 };
+use crate::disk::Disk;
 use crate::error::{Result, StorageError};
 
 /// What [`recover`] found.
@@ -25,6 +26,7 @@ pub(crate) struct Recovered {
     pub(crate) next_segment: u32,
     pub(crate) truncated_bytes: u64,
     pub(crate) skipped_records: u64,
+    pub(crate) skipped_bytes: u64,
 }
 
 /// Name of the file listing the segments a committed merge replaced.
@@ -35,7 +37,7 @@ pub(crate) const MERGE_MANIFEST_TMP: &str = "MERGE.tmp";
 pub(crate) const MERGE_SUFFIX: &str = ".merging";
 
 /// Segment ids in `dir`, sorted; refuses a directory another engine wrote.
-fn list(dir: &Path) -> Result<Vec<u32>> {
+fn list(dir: &Path, disk: &Disk) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(StorageError::io("listing the data directory"))?;
     for entry in entries {
@@ -52,6 +54,7 @@ fn list(dir: &Path) -> Result<Vec<u32>> {
             // An uncommitted merge's output: the segments it copied are all still here.
             std::fs::remove_file(entry.path())
                 .map_err(StorageError::io("removing an unfinished merge"))?;
+            disk.removed(&entry.path());
             continue;
         }
         if let Some(id) = name
@@ -67,10 +70,10 @@ fn list(dir: &Path) -> Result<Vec<u32>> {
 
 /// Finishes a merge that committed but had not removed all the segments it replaced
 /// (on open, and before a merge, should the previous one have failed halfway).
-pub(crate) fn finish_merge(dir: &Path) -> Result<()> {
+pub(crate) fn finish_merge(dir: &Path, disk: &Disk) -> Result<()> {
     // A manifest being written when the process died: its merge had not committed.
     match std::fs::remove_file(dir.join(MERGE_MANIFEST_TMP)) {
-        Ok(()) => fsync_dir(dir)?,
+        Ok(()) => fsync_dir(disk, dir)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
             return Err(StorageError::Io {
@@ -97,7 +100,7 @@ pub(crate) fn finish_merge(dir: &Path) -> Result<()> {
             reason: "unreadable merge manifest",
         })?;
         match std::fs::remove_file(segment_path(dir, id)) {
-            Ok(()) => {}
+            Ok(()) => disk.removed(&segment_path(dir, id)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 return Err(StorageError::Io {
@@ -107,9 +110,9 @@ pub(crate) fn finish_merge(dir: &Path) -> Result<()> {
             }
         }
     }
-    fsync_dir(dir)?;
+    fsync_dir(disk, dir)?;
     std::fs::remove_file(&manifest).map_err(StorageError::io("removing the merge manifest"))?;
-    fsync_dir(dir)
+    fsync_dir(disk, dir)
 }
 
 struct Slot {
@@ -117,73 +120,54 @@ struct Slot {
     deleted: bool,
 }
 
-/// Reads every segment in `dir` into a directory.
-pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
-    finish_merge(dir)?;
-    let ids = list(dir)?;
-    // Hash maps while reading (two lookups per op, no key comparisons along a tree
-    // path); each sorted once into its shard's tree at the end.
-    let mut slots: Vec<[HashMap<Box<[u8]>, Slot>; SPACES]> =
-        (0..SHARDS).map(|_| Default::default()).collect();
-    let mut segments = BTreeMap::new();
-    let mut max_seq = 0u64;
-    let mut truncated_bytes = 0u64;
-    let mut skipped_records = 0u64;
-    let mut removed_any = false;
-    for &id in &ids {
-        let path = segment_path(dir, id);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(StorageError::io("opening a log segment"))?;
-        let file_len = file
-            .metadata()
-            .map_err(StorageError::io("opening a log segment"))?
-            .len();
-        let mut reader = BufReader::with_capacity(1 << 20, &file);
-        let mut magic = [0u8; 8];
-        if file_len < SEGMENT_MAGIC.len() as u64 {
-            // Created, then the process died before its first bytes: nothing in it.
-            drop(reader);
-            std::fs::remove_file(&path).map_err(StorageError::io("removing an empty segment"))?;
-            removed_any = true;
-            continue;
-        }
-        reader
-            .read_exact(&mut magic)
-            .map_err(StorageError::io("reading a log segment"))?;
-        if magic == [0u8; 8] && all_zeros(&file, file_len) {
-            // Created just before a power loss: the header never reached the disk,
-            // and nor did anything after it.
-            drop(reader);
-            std::fs::remove_file(&path).map_err(StorageError::io("removing an empty segment"))?;
-            removed_any = true;
-            continue;
-        }
-        if &magic != SEGMENT_MAGIC {
-            return Err(StorageError::Corrupt {
-                segment: id,
-                offset: 0,
-                reason: "not a ringkv log segment (or an unknown format version)",
-            });
-        }
-        let mut pos = SEGMENT_MAGIC.len() as u64;
-        let mut buf = Vec::new();
-        let torn = loop {
-            if pos == file_len {
-                break None;
-            }
+type Slots = Vec<[HashMap<Box<[u8]>, Slot>; SPACES]>;
+
+/// What reading one segment found.
+struct Scan {
+    /// End of the last whole record read.
+    end: u64,
+    /// Records read.
+    records: u64,
+    /// Damaged stretches skipped (good records followed) and their bytes.
+    skipped: (u64, u64),
+    /// Where damage began that no good record of this file follows.
+    tail: Option<u64>,
+}
+
+/// Reads the records of one segment into `slots`, resynchronising after damage on
+/// the next whole record.
+fn scan_segment(
+    file: &std::fs::File,
+    id: u32,
+    file_len: u64,
+    slots: &mut Slots,
+    max_seq: &mut u64,
+) -> Result<Scan> {
+    use std::io::{Seek, SeekFrom};
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    reader
+        .seek(SeekFrom::Start(SEGMENT_MAGIC.len() as u64))
+        .map_err(StorageError::io("reading a log segment"))?;
+    let mut scan = Scan {
+        end: SEGMENT_MAGIC.len() as u64,
+        records: 0,
+        skipped: (0, 0),
+        tail: None,
+    };
+    let mut pos = SEGMENT_MAGIC.len() as u64;
+    let mut buf = Vec::new();
+    while pos < file_len {
+        let damaged = 'record: {
             let mut header = [0u8; HEADER_LEN];
             if file_len - pos < HEADER_LEN as u64 {
-                break Some(Invalid::Short);
+                break 'record true;
             }
             reader
                 .read_exact(&mut header)
                 .map_err(StorageError::io("reading a log segment"))?;
             let body_len = record::body_len(&header);
             if !fits(body_len, pos, file_len) {
-                break Some(Invalid::Short);
+                break 'record true;
             }
             buf.clear();
             buf.extend_from_slice(&header);
@@ -200,25 +184,9 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
                         reason,
                     });
                 }
-                Err(Invalid::Checksum)
-                    if whole_record_at(&file, pos + buf.len() as u64, file_len) =>
-                {
-                    // Not a torn append (those only ever hit the last record): a
-                    // damaged record with good ones after it. Skip it alone and say
-                    // so; replicas repair its keys by anti-entropy or read repair.
-                    tracing::error!(
-                        segment = id,
-                        offset = pos,
-                        bytes = buf.len(),
-                        "skipping a log record whose checksum fails"
-                    );
-                    skipped_records += 1;
-                    pos += buf.len() as u64;
-                    continue;
-                }
-                Err(invalid) => break Some(invalid),
+                Err(Invalid::Checksum | Invalid::Short) => break 'record true,
             };
-            max_seq = max_seq.max(seq);
+            *max_seq = (*max_seq).max(seq);
             for op in ops {
                 let entry = Entry {
                     segment: id,
@@ -242,41 +210,155 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
                     }
                 }
             }
+            scan.records += 1;
             pos += buf.len() as u64;
+            scan.end = pos;
+            false
         };
-        if let Some(why) = torn {
-            // A torn append (the process or the machine died mid-write): what follows
-            // the last whole record was never acknowledged as durable.
-            tracing::warn!(
-                segment = id,
-                offset = pos,
-                cut_bytes = file_len - pos,
-                ?why,
-                "cutting a torn record off a log segment"
-            );
-            truncated_bytes += file_len - pos;
-            drop(reader);
-            file.set_len(pos)
-                .map_err(StorageError::io("truncating a torn segment"))?;
-            file.sync_all()
-                .map_err(StorageError::io("truncating a torn segment"))?;
+        if !damaged {
+            continue;
         }
-        if pos == SEGMENT_MAGIC.len() as u64 {
+        // A damaged length field makes the next record boundary unknown: look for
+        // the next whole record rather than give up on the rest of the file (a
+        // sealed segment holds fsynced, acknowledged writes after the damage).
+        match next_record(file, pos + 1, file_len) {
+            Some(next) => {
+                tracing::error!(
+                    segment = id,
+                    offset = pos,
+                    bytes = next - pos,
+                    "skipping damaged bytes of a log segment; replicas repair their keys"
+                );
+                scan.skipped.0 += 1;
+                scan.skipped.1 += next - pos;
+                pos = next;
+                reader
+                    .seek(SeekFrom::Start(pos))
+                    .map_err(StorageError::io("reading a log segment"))?;
+            }
+            None => {
+                scan.tail = Some(pos);
+                break;
+            }
+        }
+    }
+    Ok(scan)
+}
+
+/// Reads every segment in `dir` into a directory.
+pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
+    finish_merge(dir, disk)?;
+    let ids = list(dir, disk)?;
+    // Hash maps while reading (two lookups per op, no key comparisons along a tree
+    // path); each sorted once into its shard's tree at the end.
+    let mut slots: Slots = (0..SHARDS).map(|_| Default::default()).collect();
+    let mut read: Vec<(u32, std::fs::File, u64, Scan)> = Vec::new();
+    let mut max_seq = 0u64;
+    let mut truncated_bytes = 0u64;
+    let mut skipped_records = 0u64;
+    let mut skipped_bytes = 0u64;
+    let mut removed_any = false;
+    let remove = |path: &Path| -> Result<()> {
+        std::fs::remove_file(path).map_err(StorageError::io("removing an empty segment"))?;
+        disk.removed(path);
+        Ok(())
+    };
+    for &id in &ids {
+        let path = segment_path(dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(StorageError::io("opening a log segment"))?;
+        let file_len = file
+            .metadata()
+            .map_err(StorageError::io("opening a log segment"))?
+            .len();
+        disk.found(&path, file_len);
+        let mut magic = [0u8; 8];
+        if file_len < SEGMENT_MAGIC.len() as u64 {
+            // Created, then the process died before its first bytes: nothing in it.
+            drop(file);
+            remove(&path)?;
+            removed_any = true;
+            continue;
+        }
+        {
+            use std::os::unix::fs::FileExt;
+            file.read_exact_at(&mut magic, 0)
+                .map_err(StorageError::io("reading a log segment"))?;
+        }
+        if magic == [0u8; 8] && all_zeros(&file, file_len) {
+            // Created just before a power loss: the header never reached the disk,
+            // and nor did anything after it.
+            drop(file);
+            remove(&path)?;
+            removed_any = true;
+            continue;
+        }
+        if &magic != SEGMENT_MAGIC {
+            return Err(StorageError::Corrupt {
+                segment: id,
+                offset: 0,
+                reason: "not a ringkv log segment (or an unknown format version)",
+            });
+        }
+        let scan = scan_segment(&file, id, file_len, &mut slots, &mut max_seq)?;
+        skipped_records += scan.skipped.0;
+        skipped_bytes += scan.skipped.1;
+        read.push((id, file, file_len, scan));
+    }
+    let last = read.len().checked_sub(1);
+    let mut segments = BTreeMap::new();
+    for (i, (id, file, file_len, scan)) in read.into_iter().enumerate() {
+        let path = segment_path(dir, id);
+        let mut len = file_len;
+        if let Some(at) = scan.tail {
+            if Some(i) == last {
+                // A torn append (the process or the machine died mid-write) to what
+                // was the active segment: nothing valid follows, and nothing after
+                // it was ever acknowledged as durable.
+                tracing::warn!(
+                    segment = id,
+                    offset = at,
+                    cut_bytes = file_len - at,
+                    "cutting a torn record off the last log segment"
+                );
+                truncated_bytes += file_len - at;
+                file.set_len(at)
+                    .map_err(StorageError::io("truncating a torn segment"))?;
+                disk.sync_data(&file, &path)
+                    .map_err(StorageError::io("truncating a torn segment"))?;
+                len = at;
+            } else {
+                // A sealed segment is never cut: its damaged end stays on disk (for
+                // whoever looks into it) and is not read.
+                tracing::error!(
+                    segment = id,
+                    offset = at,
+                    bytes = file_len - at,
+                    "a sealed log segment ends in damaged bytes; they are skipped, replicas repair their keys"
+                );
+                skipped_records += 1;
+                skipped_bytes += file_len - at;
+            }
+        }
+        if scan.records == 0 && len <= scan.end {
             // Holds no record: nothing to keep (a node restarted before writing).
             drop(file);
-            std::fs::remove_file(&path).map_err(StorageError::io("removing an empty segment"))?;
+            remove(&path)?;
             removed_any = true;
             continue;
         }
         let segment = Segment {
             id,
             file,
-            len: std::sync::atomic::AtomicU64::new(pos),
+            len: std::sync::atomic::AtomicU64::new(len),
         };
         segments.insert(id, std::sync::Arc::new(segment));
     }
     if removed_any {
-        fsync_dir(dir)?;
+        fsync_dir(disk, dir)?;
     }
     let mut shards: Vec<Shard> = Vec::with_capacity(SHARDS);
     for per_space in slots {
@@ -315,7 +397,50 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
         },
         truncated_bytes,
         skipped_records,
+        skipped_bytes,
     })
+}
+
+/// Bytes scanned per read while looking for the next record after damage.
+const RESYNC_WINDOW: usize = 1 << 20;
+/// Bytes of a record that cheap checks look at: header, format, sequence number, op
+/// count, and the first op's space and kind.
+const PROBE_LEN: usize = HEADER_LEN + record::BODY_PREFIX_LEN + 2;
+
+/// Offset of the first whole record at or after `from` (its checksum holds), if any.
+///
+/// Candidates are first filtered on bytes already read (a plausible length, format
+/// version 1, at least one op of a known space and kind), so damaged stretches of
+/// random bytes cost about one checksum per 2^27 offsets, not one per offset.
+fn next_record(file: &std::fs::File, from: u64, file_len: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; RESYNC_WINDOW + PROBE_LEN];
+    let mut at = from;
+    while at + PROBE_LEN as u64 <= file_len {
+        let n = ((file_len - at) as usize).min(buf.len());
+        if file.read_exact_at(&mut buf[..n], at).is_err() {
+            return None;
+        }
+        let candidates = (n + 1 - PROBE_LEN).min(RESYNC_WINDOW);
+        for i in 0..candidates {
+            let p = &buf[i..i + PROBE_LEN];
+            let len = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize;
+            let q = at + i as u64;
+            let count = u16::from_le_bytes([p[HEADER_LEN + 9], p[HEADER_LEN + 10]]);
+            let (space, kind) = (p[HEADER_LEN + 11], p[HEADER_LEN + 12]);
+            if p[HEADER_LEN] == record::FORMAT
+                && count > 0
+                && space < SPACES as u8
+                && kind < 2
+                && fits(len, q, file_len)
+                && whole_record_at(file, q, file_len)
+            {
+                return Some(q);
+            }
+        }
+        at += candidates as u64;
+    }
+    None
 }
 
 /// Whether a well-formed record starts at `at` (read without moving the scan).

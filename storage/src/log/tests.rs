@@ -111,7 +111,7 @@ proptest! {
     #[test]
     fn matches_a_map_through_merges_and_reopens(steps in proptest::collection::vec(step(), 1..60)) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut log = Log::open(dir.path(), small()).expect("open");
+        let mut log = Log::open(dir.path(), small(), crate::disk::Disk::Os).expect("open");
         let mut model = Model::new();
         for (n, step) in steps.into_iter().enumerate() {
             match step {
@@ -136,14 +136,14 @@ proptest! {
                 }
                 Step::Reopen => {
                     drop(log);
-                    log = Log::open(dir.path(), small()).expect("reopen");
+                    log = Log::open(dir.path(), small(), crate::disk::Disk::Os).expect("reopen");
                 }
             }
             check(&log, &model);
         }
         // And once more from disk alone.
         drop(log);
-        let log = Log::open(dir.path(), small()).expect("reopen");
+        let log = Log::open(dir.path(), small(), crate::disk::Disk::Os).expect("reopen");
         check(&log, &model);
     }
 }
@@ -151,7 +151,7 @@ proptest! {
 #[test]
 fn a_merge_reclaims_garbage_and_keeps_the_newest_values() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), small()).expect("open");
+    let log = Log::open(dir.path(), small(), crate::disk::Disk::Os).expect("open");
     let mut model = Model::new();
     for round in 0..20u8 {
         for k in 0..10u8 {
@@ -181,7 +181,10 @@ fn a_merge_reclaims_garbage_and_keeps_the_newest_values() {
     check(&log, &model);
     assert_eq!(segment_files(dir.path()).len() as u64, after.segments);
     drop(log);
-    check(&Log::open(dir.path(), small()).expect("reopen"), &model);
+    check(
+        &Log::open(dir.path(), small(), crate::disk::Disk::Os).expect("reopen"),
+        &model,
+    );
 }
 
 #[test]
@@ -189,7 +192,7 @@ fn a_tombstone_beats_an_older_copy_in_a_newer_segment() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = key_of(Space::Objects, 1);
     {
-        let log = Log::open(dir.path(), small()).expect("open");
+        let log = Log::open(dir.path(), small(), crate::disk::Disk::Os).expect("open");
         log.commit(&[put(Space::Objects, &key, &[1; 300])])
             .expect("put");
         // Seal it, so the merge copies the value into a segment numbered after the
@@ -200,7 +203,7 @@ fn a_tombstone_beats_an_older_copy_in_a_newer_segment() {
         log.commit(&[del(Space::Objects, &key)]).expect("delete");
         assert_eq!(log.get(Space::Objects, &key).expect("get"), None);
     }
-    let log = Log::open(dir.path(), small()).expect("reopen");
+    let log = Log::open(dir.path(), small(), crate::disk::Disk::Os).expect("reopen");
     assert_eq!(log.get(Space::Objects, &key).expect("get"), None);
 }
 
@@ -210,7 +213,7 @@ fn torn_tails_are_cut_and_whole_records_kept() {
     let big = LogConfig::default();
     let mut model = Model::new();
     {
-        let log = Log::open(dir.path(), big).expect("open");
+        let log = Log::open(dir.path(), big, crate::disk::Disk::Os).expect("open");
         for k in 0..50u8 {
             let ops = [put(Space::Objects, &key_of(Space::Objects, k), &[k; 100])];
             log.commit(&ops).expect("commit");
@@ -227,7 +230,7 @@ fn torn_tails_are_cut_and_whole_records_kept() {
     bytes.extend_from_slice(&rec[..rec.len() / 2]);
     std::fs::write(&path, &bytes).expect("write");
     {
-        let log = Log::open(dir.path(), big).expect("reopen");
+        let log = Log::open(dir.path(), big, crate::disk::Disk::Os).expect("reopen");
         check(&log, &model);
         assert_eq!(log.stats().truncated_bytes, (rec.len() / 2) as u64);
         assert_eq!(std::fs::metadata(&path).expect("meta").len(), len);
@@ -241,7 +244,7 @@ fn torn_tails_are_cut_and_whole_records_kept() {
     let mut bytes = std::fs::read(&path).expect("read");
     bytes.extend_from_slice(&[0u8; 64]);
     std::fs::write(&path, &bytes).expect("write");
-    let log = Log::open(dir.path(), big).expect("reopen");
+    let log = Log::open(dir.path(), big, crate::disk::Disk::Os).expect("reopen");
     check(&log, &model);
     assert_eq!(log.stats().truncated_bytes, 64);
 }
@@ -251,7 +254,7 @@ fn a_damaged_record_before_good_ones_is_skipped_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b) = (key_of(Space::Objects, 1), key_of(Space::Objects, 2));
     {
-        let log = Log::open(dir.path(), LogConfig::default()).expect("open");
+        let log = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os).expect("open");
         log.commit(&[put(Space::Objects, &a, b"first value")])
             .expect("a");
         log.commit(&[put(Space::Objects, &b, b"second value")])
@@ -266,7 +269,7 @@ fn a_damaged_record_before_good_ones_is_skipped_alone() {
         .expect("on disk");
     bytes[at] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write");
-    let log = Log::open(dir.path(), LogConfig::default()).expect("reopen");
+    let log = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os).expect("reopen");
     assert_eq!(log.get(Space::Objects, &a).expect("get"), None);
     assert_eq!(
         log.get(Space::Objects, &b).expect("get").as_deref(),
@@ -276,11 +279,167 @@ fn a_damaged_record_before_good_ones_is_skipped_alone() {
     assert_eq!((stats.skipped_records, stats.truncated_bytes), (1, 0));
 }
 
+/// Offsets of the records of a segment file (after its magic).
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut at = SEGMENT_MAGIC.len();
+    while at + record::HEADER_LEN <= bytes.len() {
+        out.push(at);
+        let header: [u8; record::HEADER_LEN] = bytes[at..at + record::HEADER_LEN]
+            .try_into()
+            .expect("header");
+        at += record::HEADER_LEN + record::body_len(&header);
+    }
+    out
+}
+
+/// Three records in a sealed segment, one in the next; returns the keys and the
+/// sealed segment's path.
+fn sealed_three_then_one(dir: &Path) -> (Vec<Vec<u8>>, std::path::PathBuf) {
+    let cfg = LogConfig {
+        segment_bytes: 450,
+        merge_min_dead_bytes: u64::MAX,
+    };
+    let keys: Vec<Vec<u8>> = (1..=4).map(|k| key_of(Space::Objects, k)).collect();
+    let log = Log::open(dir, cfg, crate::disk::Disk::Os).expect("open");
+    for (i, k) in keys.iter().enumerate() {
+        log.commit(&[put(Space::Objects, k, &[i as u8; 100])])
+            .expect("commit");
+    }
+    log.sync().expect("sync");
+    let files = segment_files(dir);
+    assert_eq!(
+        files.len(),
+        2,
+        "three records sealed in one segment, one in the next"
+    );
+    let path = segment_path(dir, files[0]);
+    let bytes = std::fs::read(&path).expect("read");
+    assert_eq!(record_offsets(&bytes).len(), 3);
+    (keys, path)
+}
+
+#[test]
+fn a_damaged_length_in_a_sealed_segment_loses_only_its_own_record() {
+    // Review A4: a length field damaged either way (too large for the file, or
+    // smaller, so the checksum fails and the next offset is misaligned).
+    for flip in [(3usize, 0x80u8), (0, 0x07)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (keys, path) = sealed_three_then_one(dir.path());
+        let mut bytes = std::fs::read(&path).expect("read");
+        let second = record_offsets(&bytes)[1];
+        bytes[second + flip.0] ^= flip.1;
+        std::fs::write(&path, &bytes).expect("write");
+        let log =
+            Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os).expect("reopen");
+        for (i, k) in keys.iter().enumerate() {
+            let got = log.get(Space::Objects, k).expect("get");
+            if i == 1 {
+                assert_eq!(got, None, "the damaged record is not read");
+            } else {
+                assert_eq!(got, Some(vec![i as u8; 100]), "record {} survives", i + 1);
+            }
+        }
+        let stats = log.stats();
+        assert_eq!((stats.skipped_records, stats.truncated_bytes), (1, 0));
+        assert!(stats.skipped_bytes > 0);
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            bytes,
+            "a sealed segment is never cut"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_end_of_a_sealed_segment_is_skipped_not_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (keys, path) = sealed_three_then_one(dir.path());
+    let mut bytes = std::fs::read(&path).expect("read");
+    let third = record_offsets(&bytes)[2];
+    bytes[third + 3] ^= 0x40;
+    std::fs::write(&path, &bytes).expect("write");
+    let log = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os).expect("reopen");
+    assert_eq!(log.get(Space::Objects, &keys[2]).expect("get"), None);
+    for i in [0, 1, 3] {
+        assert!(log.get(Space::Objects, &keys[i]).expect("get").is_some());
+    }
+    let stats = log.stats();
+    assert_eq!((stats.skipped_records, stats.truncated_bytes), (1, 0));
+    assert_eq!(std::fs::read(&path).expect("read"), bytes);
+}
+
+#[test]
+fn damage_in_the_last_segment_with_good_records_after_it_is_skipped_not_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys: Vec<Vec<u8>> = (1..=3).map(|k| key_of(Space::Objects, k)).collect();
+    {
+        let log = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os).expect("open");
+        for k in &keys {
+            log.commit(&[put(Space::Objects, k, &[7; 50])])
+                .expect("commit");
+        }
+    }
+    let last = *segment_files(dir.path()).last().expect("segment");
+    let path = segment_path(dir.path(), last);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let first = record_offsets(&bytes)[0];
+    bytes[first + 2] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    let log = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os).expect("reopen");
+    assert_eq!(log.get(Space::Objects, &keys[0]).expect("get"), None);
+    assert!(log.get(Space::Objects, &keys[1]).expect("get").is_some());
+    assert!(log.get(Space::Objects, &keys[2]).expect("get").is_some());
+    assert_eq!(log.stats().truncated_bytes, 0);
+    assert_eq!(
+        std::fs::metadata(&path).expect("meta").len(),
+        bytes.len() as u64
+    );
+}
+
+#[test]
+fn random_bytes_never_make_recovery_panic_or_invent_records() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_of(Space::Objects, 1);
+    {
+        let log = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os).expect("open");
+        log.commit(&[put(Space::Objects, &key, b"kept")])
+            .expect("commit");
+    }
+    let last = *segment_files(dir.path()).last().expect("segment");
+    let path = segment_path(dir.path(), last);
+    let len = std::fs::metadata(&path).expect("meta").len();
+    // 4 MiB of noise after the record, from a fixed seed.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.write_all_at(&noise, len).expect("write");
+    drop(f);
+    let log = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os).expect("reopen");
+    assert_eq!(
+        log.get(Space::Objects, &key).expect("get").as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(log.len(Space::Objects), 1);
+    assert_eq!(log.stats().truncated_bytes, noise.len() as u64);
+}
+
 #[test]
 fn a_flipped_value_byte_is_reported_not_returned() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = key_of(Space::Objects, 7);
-    let log = Log::open(dir.path(), LogConfig::default()).expect("open");
+    let log = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os).expect("open");
     log.commit(&[put(Space::Objects, &key, b"precious value")])
         .expect("commit");
     let seg = *segment_files(dir.path()).last().expect("segment");
@@ -297,13 +456,13 @@ fn a_flipped_value_byte_is_reported_not_returned() {
     drop(log);
     // Reopening finds the record's checksum broken mid-segment: a torn tail to cut,
     // never a wrong value.
-    let log = Log::open(dir.path(), LogConfig::default()).expect("reopen");
+    let log = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os).expect("reopen");
     assert_eq!(log.get(Space::Objects, &key).expect("get"), None);
 }
 
 /// Builds a log whose sealed segments a merge would replace; returns the model.
 fn with_garbage(dir: &Path) -> Model {
-    let log = Log::open(dir, small()).expect("open");
+    let log = Log::open(dir, small(), crate::disk::Disk::Os).expect("open");
     let mut model = Model::new();
     for round in 0..5u8 {
         for k in 0..8u8 {
@@ -335,7 +494,7 @@ fn every_crash_state_of_a_merge_recovers_the_same_data() {
     copy_dir(dir.path(), before.path());
     let old: Vec<u32> = segment_files(dir.path());
     {
-        let log = Log::open(dir.path(), small()).expect("open");
+        let log = Log::open(dir.path(), small(), crate::disk::Disk::Os).expect("open");
         log.merge_now().expect("merge").expect("merged");
         check(&log, &model);
     }
@@ -349,7 +508,10 @@ fn every_crash_state_of_a_merge_recovers_the_same_data() {
         b"junk",
     )
     .expect("write");
-    check(&Log::open(state.path(), small()).expect("open"), &model);
+    check(
+        &Log::open(state.path(), small(), crate::disk::Disk::Os).expect("open"),
+        &model,
+    );
     assert!(
         !state
             .path()
@@ -361,7 +523,10 @@ fn every_crash_state_of_a_merge_recovers_the_same_data() {
     let state = tempfile::tempdir().expect("tempdir");
     copy_dir(before.path(), state.path());
     copy_dir(dir.path(), state.path());
-    check(&Log::open(state.path(), small()).expect("open"), &model);
+    check(
+        &Log::open(state.path(), small(), crate::disk::Disk::Os).expect("open"),
+        &model,
+    );
 
     // 3. Died after the manifest, with some old segments not yet removed.
     let state = tempfile::tempdir().expect("tempdir");
@@ -375,7 +540,7 @@ fn every_crash_state_of_a_merge_recovers_the_same_data() {
     }
     let listing: String = old.iter().map(|id| format!("{id}\n")).collect();
     std::fs::write(state.path().join(MERGE_MANIFEST), listing).expect("manifest");
-    let log = Log::open(state.path(), small()).expect("open");
+    let log = Log::open(state.path(), small(), crate::disk::Disk::Os).expect("open");
     check(&log, &model);
     assert!(!state.path().join(MERGE_MANIFEST).exists());
     for id in &old {
@@ -393,7 +558,7 @@ fn readers_never_miss_a_key_while_merges_repoint_it() {
         segment_bytes: 4096,
         merge_min_dead_bytes: 0,
     };
-    let log = Arc::new(Log::open(dir.path(), config).expect("open"));
+    let log = Arc::new(Log::open(dir.path(), config, crate::disk::Disk::Os).expect("open"));
     let keys: Vec<Vec<u8>> = (0..200u32)
         .map(|i| {
             let mut k = (i % 7).to_be_bytes().to_vec();
@@ -446,7 +611,7 @@ fn readers_never_miss_a_key_while_merges_repoint_it() {
 fn another_engines_directory_is_refused_untouched() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("0.jnl"), b"fjall journal").expect("write");
-    let Err(err) = Log::open(dir.path(), LogConfig::default()) else {
+    let Err(err) = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os) else {
         panic!("opened")
     };
     assert!(matches!(err, StorageError::ForeignFormat { .. }), "{err}");
@@ -460,7 +625,7 @@ fn another_engines_directory_is_refused_untouched() {
 fn a_segment_with_a_foreign_header_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(segment_path(dir.path(), 1), b"NOTASEGMENT-----").expect("write");
-    let Err(err) = Log::open(dir.path(), LogConfig::default()) else {
+    let Err(err) = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os) else {
         panic!("opened")
     };
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
@@ -469,7 +634,7 @@ fn a_segment_with_a_foreign_header_is_refused() {
 #[test]
 fn a_merge_waits_for_a_scan_still_reading_a_replaced_segment() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Arc::new(Log::open(dir.path(), small()).expect("open"));
+    let log = Arc::new(Log::open(dir.path(), small(), crate::disk::Disk::Os).expect("open"));
     for k in 0..20u8 {
         log.commit(&[put(Space::Objects, &key_of(Space::Objects, k), &[k; 50])])
             .expect("commit");
