@@ -3,10 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv::node::{Node, NodeConfig};
-use ringkv_storage::SyncPolicy;
+use ringkv_storage::{Disk, Driver, SimulatedDisk, SyncPolicy};
 
 use crate::SimNetwork;
 
@@ -15,16 +16,31 @@ pub fn addr_of(i: usize) -> SocketAddr {
     SocketAddr::new(turmoil::lookup(format!("n{i}")), 7400)
 }
 
-/// The configuration simulated nodes run with: no fsync (a turmoil crash drops the
-/// store without tearing a write anyway), 2 s request deadlines, anti-entropy every 2 s.
-pub fn config(i: usize, data: PathBuf) -> NodeConfig {
+/// The configuration simulated nodes run with: the default sync policy (`interval`,
+/// 100 ms) on a simulated disk whose unsynced bytes a crash drops, synced on the
+/// simulation's clock; 2 s request deadlines, anti-entropy every 2 s.
+pub fn config(i: usize, data: PathBuf, disk: Arc<SimulatedDisk>) -> NodeConfig {
     let mut c = NodeConfig::new(data, addr_of(i));
     c.node_id = Some(format!("n{i}"));
-    c.sync = SyncPolicy::None;
+    c.sync = SyncPolicy::Interval(SyncPolicy::DEFAULT_INTERVAL);
+    c.disk = Disk::Simulated(disk);
+    c.store_driver = Driver::Caller;
     c.cluster.seeds = vec![addr_of(1)];
     c.cluster.settings.timeout = Duration::from_secs(2);
     c.repair.interval = Duration::from_secs(2);
     c
+}
+
+/// How a simulated node differs from the default.
+#[derive(Clone, Debug, Default)]
+pub struct HostOptions {
+    /// Registers resolve by last writer wins (to show the checker sees lost writes).
+    pub unsafe_lww: bool,
+    /// The node's disk; the nemesis cuts it back to its last syncs on a crash. A
+    /// disk of its own when `None`.
+    pub disk: Option<Arc<SimulatedDisk>>,
+    /// Changes to the configuration (scenario tests: hints off, rare anti-entropy).
+    pub tweak: Option<fn(&mut NodeConfig)>,
 }
 
 /// Starts node `n{i}` with actor id `actor` and serves clients until the host stops.
@@ -32,10 +48,10 @@ pub fn config(i: usize, data: PathBuf) -> NodeConfig {
 /// # Errors
 /// If the node cannot open its directory or bind its address.
 pub async fn run(i: usize, data: PathBuf, actor: u64) -> Result<(), Box<dyn std::error::Error>> {
-    run_with(i, data, actor, false).await
+    run_with(i, data, actor, HostOptions::default()).await
 }
 
-/// As [`run`]; with `unsafe_lww` the node resolves registers by last writer wins.
+/// As [`run`], with `options`.
 ///
 /// # Errors
 /// If the node cannot open its directory or bind its address.
@@ -43,10 +59,14 @@ pub async fn run_with(
     i: usize,
     data: PathBuf,
     actor: u64,
-    unsafe_lww: bool,
+    options: HostOptions,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut config = config(i, data);
-    config.unsafe_lww = unsafe_lww;
+    let disk = options.disk.unwrap_or_default();
+    let mut config = config(i, data, disk);
+    config.unsafe_lww = options.unsafe_lww;
+    if let Some(tweak) = options.tweak {
+        tweak(&mut config);
+    }
     let node = Node::start(
         config,
         move || actor,

@@ -137,3 +137,184 @@ fn a_retried_add_that_may_have_applied_is_not_reported_as_failed() {
     });
     sim.run().expect("simulation");
 }
+
+// ---- scenarios of the 2026-12-02 reviews (REVIEW-2026-12-02.md) ----------------
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ringkv::node::NodeConfig;
+use ringkv_storage::SimulatedDisk;
+
+/// Three nodes on simulated disks, with `tweak` applied to every node's config.
+fn three_on_disks(
+    dir: &std::path::Path,
+    seed: u64,
+    length: Duration,
+    tweak: fn(&mut NodeConfig),
+) -> (turmoil::Sim<'static>, Vec<Arc<SimulatedDisk>>) {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(length)
+        .min_message_latency(Duration::from_micros(200))
+        .max_message_latency(Duration::from_millis(3))
+        .build();
+    let mut disks = Vec::new();
+    for i in 1..=3usize {
+        let data = dir.join(format!("n{i}"));
+        let disk = SimulatedDisk::new();
+        disks.push(disk.clone());
+        let options = host::HostOptions {
+            disk: Some(disk),
+            tweak: Some(tweak),
+            ..Default::default()
+        };
+        sim.host(format!("n{i}"), move || {
+            host::run_with(i, data.clone(), seed * 1000 + i as u64, options.clone())
+        });
+    }
+    (sim, disks)
+}
+
+/// No anti-entropy and no hints during the scenario: what a replica lacks, it lacks
+/// until the scenario says otherwise.
+fn no_repair(c: &mut NodeConfig) {
+    c.repair.interval = Duration::from_secs(3600);
+    c.cluster.settings.hinted_handoff = false;
+}
+
+/// Steps the simulation to its end; whenever the client asks (by pushing a node
+/// number), that node loses power (its unsynced bytes are gone) and reboots.
+fn run_with_power_losses(
+    mut sim: turmoil::Sim<'static>,
+    disks: &[Arc<SimulatedDisk>],
+    requests: &Rc<RefCell<Vec<usize>>>,
+) {
+    loop {
+        let due: Vec<usize> = requests.borrow_mut().drain(..).collect();
+        for n in due {
+            let disk = &disks[n - 1];
+            disk.power_off();
+            sim.crash(format!("n{n}"));
+            disk.restore(None).expect("power loss");
+            sim.bounce(format!("n{n}"));
+        }
+        match sim.step() {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => panic!("simulation failed: {e}"),
+        }
+    }
+}
+
+/// A client that sends everything to node `i` (which coordinates what it is a
+/// primary of: every key, with three nodes and N=3).
+async fn direct(i: usize) -> Result<ringkv::Client, ringkv::ClientError> {
+    let mut c = ringkv::Client::connect_with(&SimNetwork, addr_of(i)).await?;
+    c.set_timeout(Duration::from_secs(3));
+    c.disable_routing();
+    Ok(c)
+}
+
+/// Waits (bounded) until node `i` answers a counter read again.
+async fn wait_back(i: usize) -> ringkv::Client {
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(c) = direct(i).await
+            && c.ring().await.is_ok_and(|r| r.members.len() == 3)
+        {
+            return c;
+        }
+    }
+    panic!("n{i} did not come back");
+}
+
+/// Review A1: a delete with the context of a read, coordinated by a primary that
+/// missed the value, must leave a tombstone covering that context (before the fix
+/// it stored nothing, was acknowledged, and the value stayed). The same for a
+/// delete without a context, which deletes what a read quorum sees.
+#[test]
+fn a_delete_through_a_primary_that_lacks_the_key_deletes_it() {
+    for with_context in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut sim, _) = three_on_disks(dir.path(), 21, Duration::from_secs(120), no_repair);
+        sim.client("client", async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let n1 = direct(1).await?;
+            for other in ["n1", "n2"] {
+                turmoil::partition("n3", other);
+            }
+            // The put's context, as a client that keeps it would send (a read now
+            // could repair n3 first, which is how the simulation missed this).
+            let put = n1.put(b"k", b"v", None).await?;
+            for other in ["n1", "n2"] {
+                turmoil::repair("n3", other);
+            }
+            // Until gossip sees n3 alive again its peers do not send to it.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let n3 = direct(3).await?;
+            assert!(!n3.get_local(b"k").await?.is_found(), "n3 missed the put");
+            let context = with_context.then_some(&put);
+            n3.delete(b"k", context).await?;
+            let mut all = n1.clone();
+            all.set_options(ringkv::rpc::api::RequestOptions {
+                r: Some(3),
+                ..Default::default()
+            });
+            let after = all.get(b"k").await?;
+            assert!(
+                !after.is_found(),
+                "deleted (context: {with_context}), yet {:?} is read",
+                after.siblings
+            );
+            Ok(())
+        });
+        sim.run().expect("simulation");
+    }
+}
+
+/// Review A2 (Riak's kv679), registers: n1 coordinates a blind write, loses it in a
+/// power loss (within the sync interval; n2 holds it), reboots and coordinates
+/// another blind write. Both must stay siblings: before the fix the second write's
+/// version claimed to cover the first, and n2 dropped the acknowledged value.
+#[test]
+fn a_replica_that_lost_its_last_write_in_a_power_loss_erases_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut sim, disks) = three_on_disks(dir.path(), 22, Duration::from_secs(120), no_repair);
+    let requests = Rc::new(RefCell::new(Vec::new()));
+    let ask = requests.clone();
+    sim.client("client", async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let n1 = direct(1).await?;
+        n1.put(b"k", b"v1", None).await?;
+        n1.counter_add(b"c", 5).await?;
+        n1.set_add(b"s", b"m1").await?;
+        ask.borrow_mut().push(1);
+        let n1 = wait_back(1).await;
+        assert!(
+            !n1.get_local(b"k").await?.is_found(),
+            "the power loss took n1's copy"
+        );
+        n1.put(b"k", b"v2", None).await?;
+        n1.counter_add(b"c", 1).await?;
+        n1.set_add(b"s", b"m2").await?;
+        let mut all = n1.clone();
+        all.set_options(ringkv::rpc::api::RequestOptions {
+            r: Some(3),
+            ..Default::default()
+        });
+        let mut got = all.get(b"k").await?.siblings;
+        got.sort();
+        assert_eq!(
+            got,
+            vec![b"v1".to_vec(), b"v2".to_vec()],
+            "both blind writes"
+        );
+        assert_eq!(all.counter_get(b"c").await?, Some(6), "both increments");
+        let members = all.set_members(b"s").await?.unwrap_or_default();
+        assert_eq!(members, vec![b"m1".to_vec(), b"m2".to_vec()], "both adds");
+        Ok(())
+    });
+    run_with_power_losses(sim, &disks, &requests);
+}

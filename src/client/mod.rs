@@ -254,6 +254,11 @@ impl Client {
         self.options = options;
     }
 
+    /// The consistency options requests are sent with.
+    pub fn options(&self) -> RequestOptions {
+        self.options
+    }
+
     /// Sends every request to the connected node only (it forwards as needed).
     pub fn disable_routing(&mut self) {
         self.routing = Arc::new(Routing::new(self.routing.dialer()));

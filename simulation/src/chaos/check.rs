@@ -15,6 +15,8 @@
 //! - Every counter ends between the sum of acknowledged deltas and the sum of
 //!   attempted (not certainly failed) deltas.
 //! - Every partition's primaries hold equal Merkle roots.
+//! - No write whose context was forged (another key's, truncated, altered, unsigned)
+//!   is acknowledged, and its value is never read or held.
 
 use std::collections::BTreeSet;
 
@@ -72,10 +74,22 @@ fn registers(h: &History, v: &mut Vec<String>) {
     let written: BTreeSet<(&str, &str)> = h
         .register_writes
         .iter()
-        .filter(|w| w.status != Status::Fail)
+        .filter(|w| w.status != Status::Fail && w.forged.is_none())
         .filter_map(|w| Some((w.key.as_str(), w.value.as_deref()?)))
         .collect();
-    for w in &h.register_writes {
+    for w in h.register_writes.iter().filter(|w| w.forged.is_some()) {
+        if w.status == Status::Ok {
+            v.push(format!(
+                "a forged context ({}) was accepted: {} = {}",
+                w.forged.unwrap_or("?"),
+                w.key,
+                w.value.as_deref().unwrap_or("-")
+            ));
+        }
+    }
+    // Writes that may have applied, whose contexts may cover others.
+    let genuine = |w: &&super::history::RegisterWrite| w.forged.is_none();
+    for w in h.register_writes.iter().filter(genuine).filter(|w| !w.weak) {
         let (Status::Ok, Some(value)) = (w.status, &w.value) else {
             continue;
         };
@@ -83,7 +97,7 @@ fn registers(h: &History, v: &mut Vec<String>) {
             continue;
         }
         let covered = w.returned.as_ref().is_some_and(|mine| {
-            h.register_writes.iter().any(|later| {
+            h.register_writes.iter().filter(genuine).any(|later| {
                 later.key == w.key
                     && later.status != Status::Fail
                     && later.context.as_ref().is_some_and(|ctx| ctx >= mine)
@@ -117,12 +131,13 @@ fn registers(h: &History, v: &mut Vec<String>) {
             let Some(mine) = h
                 .register_writes
                 .iter()
+                .filter(genuine)
                 .find(|w| w.key == key && w.value.as_deref() == Some(value))
                 .and_then(|w| w.returned.as_ref())
             else {
                 continue;
             };
-            let over = h.register_writes.iter().find(|later| {
+            let over = h.register_writes.iter().filter(genuine).find(|later| {
                 later.key == key
                     && later.status == Status::Ok
                     && later.context.as_ref().is_some_and(|ctx| ctx >= mine)
@@ -236,6 +251,8 @@ mod tests {
             context,
             returned: Some(returned),
             status: Status::Ok,
+            forged: None,
+            weak: false,
         }
     }
 
@@ -349,6 +366,33 @@ mod tests {
         h.read_values.push(("r1".into(), "zz".into()));
         let v = register_violations(&h);
         assert_eq!(v.len(), 2, "{v:?}");
+    }
+
+    #[test]
+    fn an_accepted_forged_context_is_reported_and_covers_nothing() {
+        let mut h = History::default();
+        h.register_writes
+            .push(put("r1", "a", None, clock(&[(1, 1)])));
+        let mut forged = put("r1", "f", Some(clock(&[(1, 9)])), clock(&[(1, 10)]));
+        forged.forged = Some("unsigned");
+        forged.status = Status::Maybe;
+        h.register_writes.push(forged.clone());
+        // Refused or unknown: fine, as long as nothing it claims to cover is gone...
+        held(&mut h, "r1", &["a"]);
+        assert!(register_violations(&h).is_empty());
+        // ...and its value never shows up.
+        held(&mut h, "r1", &["a", "f"]);
+        assert_eq!(register_violations(&h).len(), 1);
+        // A value it would have covered is lost, not legitimately overwritten.
+        held(&mut h, "r1", &[]);
+        let v = register_violations(&h);
+        assert!(v.iter().any(|v| v.starts_with(LOST)), "{v:?}");
+        // Acknowledged at all: a violation of its own.
+        forged.status = Status::Ok;
+        h.register_writes.push(forged);
+        held(&mut h, "r1", &["a"]);
+        let v = register_violations(&h);
+        assert!(v.iter().any(|v| v.contains("forged")), "{v:?}");
     }
 
     fn update(add: bool, member: &str, invoked: u64, completed: u64, status: Status) -> SetUpdate {

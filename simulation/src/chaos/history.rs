@@ -68,6 +68,11 @@ pub struct RegisterWrite {
     pub returned: Option<Clock>,
     /// Outcome.
     pub status: Status,
+    /// How the context was forged, for writes whose context no node may accept.
+    pub forged: Option<&'static str>,
+    /// Acknowledged by one replica (W=1): a power loss of that replica within the
+    /// sync interval may lose it, as the sync policy allows.
+    pub weak: bool,
 }
 
 /// One set update.

@@ -134,12 +134,19 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
         // A listen backlog like a real host's (turmoil panics when it overflows).
         .tcp_capacity(4096)
         .build();
+    let mut disks = Vec::new();
     for i in 1..=cfg.nodes {
         let data = dir.join(format!("n{i}"));
         let actor = cfg.seed.wrapping_mul(31).wrapping_add(i as u64);
-        let lww = cfg.unsafe_lww;
+        let disk = ringkv_storage::SimulatedDisk::new();
+        disks.push((format!("n{i}"), disk.clone()));
+        let options = crate::host::HostOptions {
+            unsafe_lww: cfg.unsafe_lww,
+            disk: Some(disk),
+            tweak: None,
+        };
         sim.host(format!("n{i}"), move || {
-            crate::host::run_with(i, data.clone(), actor, lww)
+            crate::host::run_with(i, data.clone(), actor, options.clone())
         });
     }
     let history = Rc::new(RefCell::new(History {
@@ -164,12 +171,11 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
         });
         clients.push("checker".into());
     }
-    let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("n{i}")).collect();
     let clients: Vec<&str> = clients.iter().map(String::as_str).collect();
     let mut nemesis = Nemesis::new(
         knobs.clone(),
         rng,
-        names,
+        disks,
         &clients,
         WARM_UP + Duration::from_secs(3),
     );
@@ -190,6 +196,9 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
     }
     let simulated_s = sim.elapsed().as_secs_f64();
     drop(sim);
+    if let Some(e) = nemesis.disk_errors.first() {
+        return Err(format!("a simulated power loss failed: {e}"));
+    }
     let h = history.borrow();
     Ok(Outcome {
         seed: cfg.seed,

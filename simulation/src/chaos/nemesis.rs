@@ -11,9 +11,11 @@
 //! sender's deadline drops the connection. Loss is therefore harsher on TCP than a
 //! real network is (a black hole rather than a delay); ringkv must survive both.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{RngExt, rngs::SmallRng};
+use ringkv_storage::SimulatedDisk;
 
 /// Fault weights and rates of one seed.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -39,8 +41,11 @@ pub struct Knobs {
     pub spike: u32,
     /// Long pause: hold every link of one node (clients too) for 2–20 s.
     pub pause: u32,
-    /// Crash one node; restart it 1–10 s later.
+    /// Crash one node (a power loss: what its last fsync did not cover is gone);
+    /// restart it 0.2–1 s (a quick reboot) or 1–10 s later.
     pub crash: u32,
+    /// Chance that a crash leaves a torn append (part of the unsynced tail).
+    pub torn: f64,
     /// Heal everything.
     pub heal: u32,
 }
@@ -61,6 +66,7 @@ impl Knobs {
             pause: rng.random_range(0..3),
             crash: rng.random_range(0..3),
             heal: rng.random_range(1..4),
+            torn: f64::from(rng.random_range(0..3u32)) / 2.0,
         }
     }
 
@@ -84,7 +90,7 @@ impl std::fmt::Display for Knobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "every={}ms halves={} majority={} isolate={} bridge={} oneway={} loss={}@{:.3} spike={} pause={} crash={} heal={}",
+            "every={}ms halves={} majority={} isolate={} bridge={} oneway={} loss={}@{:.3} spike={} pause={} crash={}@torn{:.1} heal={}",
             self.fault_every_ms,
             self.halves,
             self.majority,
@@ -96,6 +102,7 @@ impl std::fmt::Display for Knobs {
             self.spike,
             self.pause,
             self.crash,
+            self.torn,
             self.heal
         )
     }
@@ -121,6 +128,10 @@ pub struct Nemesis {
     rng: SmallRng,
     /// Node host names.
     nodes: Vec<String>,
+    /// Each node's disk.
+    disks: Vec<Arc<SimulatedDisk>>,
+    /// Simulated power losses that could not be carried out (a bug of the run).
+    pub disk_errors: Vec<String>,
     /// Every host: nodes and clients.
     hosts: Vec<String>,
     /// Crashed nodes and when they restart.
@@ -135,14 +146,16 @@ pub struct Nemesis {
 }
 
 impl Nemesis {
-    /// A nemesis over `nodes`; `clients` are the other hosts. First fault at `start`.
+    /// A nemesis over `nodes` (host names and their disks); `clients` are the other
+    /// hosts. First fault at `start`.
     pub fn new(
         knobs: Knobs,
         rng: SmallRng,
-        nodes: Vec<String>,
+        nodes: Vec<(String, Arc<SimulatedDisk>)>,
         clients: &[&str],
         start: Duration,
     ) -> Nemesis {
+        let (nodes, disks): (Vec<String>, Vec<Arc<SimulatedDisk>>) = nodes.into_iter().unzip();
         let hosts = nodes
             .iter()
             .cloned()
@@ -152,6 +165,8 @@ impl Nemesis {
             knobs,
             rng,
             nodes,
+            disks,
+            disk_errors: Vec::new(),
             hosts,
             crashed: Vec::new(),
             held: Vec::new(),
@@ -286,11 +301,29 @@ impl Nemesis {
                 self.held.push((links, until));
             }
             Fault::Crash => {
-                let a = self.node();
+                let i = self.rng.random_range(0..self.nodes.len());
+                let a = self.nodes[i].clone();
                 if !self.crashed.iter().any(|(n, _)| *n == a) {
+                    // The power goes before the host stops: what its shutdown path
+                    // writes is lost too, then the disk keeps only what was synced.
+                    let disk = &self.disks[i];
+                    disk.power_off();
                     sim.crash(a.as_str());
-                    let back = now + Duration::from_millis(self.rng.random_range(1_000..10_000));
-                    self.crashed.push((a, back));
+                    let torn = self
+                        .rng
+                        .random_bool(self.knobs.torn)
+                        .then(|| self.rng.random::<u64>());
+                    if let Err(e) = disk.restore(torn) {
+                        self.disk_errors.push(format!("{a}: {e}"));
+                    }
+                    // Half the time a quick reboot (before peers or clients notice
+                    // it was gone, so nothing but its own disk tells it what it lost).
+                    let down = if self.rng.random_bool(0.5) {
+                        self.rng.random_range(200..1_000)
+                    } else {
+                        self.rng.random_range(1_000..10_000)
+                    };
+                    self.crashed.push((a, now + Duration::from_millis(down)));
                 }
             }
             Fault::Heal => self.heal_links(sim),

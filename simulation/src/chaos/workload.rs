@@ -1,7 +1,10 @@
 //! The client workload: registers written blind and read-modify-write (with the
 //! context of a read), deletes with a context, counter increments, set adds and
-//! removes, and reads of all three. Every value and member is unique, so the checker
-//! can tell exactly which write produced what it finds.
+//! removes, and reads of all three. Some deletes with a read's context go through a
+//! node picked at random (which may be a primary that lacks the key);
+//! some writes carry contexts no node may accept (another key's, truncated, a
+//! flipped byte, an unsigned one with a forged entry). Every value and member is
+//! unique, so the checker can tell exactly which write produced what it finds.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -58,15 +61,22 @@ async fn run(
     until: Duration,
     history: &Rc<RefCell<History>>,
 ) {
+    let nodes = client
+        .ring()
+        .await
+        .map(|r| r.members.len())
+        .unwrap_or(1)
+        .max(1);
     let mut w = Worker {
         c,
         n: 0,
         client,
+        direct: Vec::new(),
         h: history.clone(),
     };
     while start.elapsed() < until {
         w.n += 1;
-        match rng.random_range(0..100) {
+        match rng.random_range(0..116) {
             0..25 => {
                 let key = format!("r{}", rng.random_range(0..REGISTER_KEYS));
                 w.put(key, None).await;
@@ -93,12 +103,93 @@ async fn run(
                 let key = format!("r{}", rng.random_range(0..REGISTER_KEYS));
                 w.read(&key).await;
             }
-            _ => {
+            92..100 => {
                 let key = format!("s{}", rng.random_range(0..SET_KEYS));
                 w.read_set(&key).await;
             }
+            100..107 => {
+                let key = format!("r{}", rng.random_range(0..REGISTER_KEYS));
+                let node = rng.random_range(1..=nodes);
+                w.delete_via(key, node).await;
+            }
+            107..111 => {
+                let key = format!("r{}", rng.random_range(0..REGISTER_KEYS));
+                let a = rng.random_range(1..=nodes);
+                let b = 1 + (a + rng.random_range(0..nodes.max(2) - 1)) % nodes;
+                w.put_then_delete_elsewhere(key, a, b).await;
+            }
+            _ => {
+                let key = format!("r{}", rng.random_range(0..REGISTER_KEYS));
+                let other = format!("r{}", rng.random_range(0..REGISTER_KEYS));
+                let how = match rng.random_range(0..4) {
+                    0 => Forgery::OtherKey(other),
+                    1 => Forgery::Truncated(rng.random_range(1..8)),
+                    2 => Forgery::Flipped(rng.random::<u64>()),
+                    _ => Forgery::Unsigned(rng.random_range(0..1u64 << 20)),
+                };
+                w.put_forged(key, how).await;
+            }
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+    }
+}
+
+/// A context no node may accept, made from a genuine one.
+#[derive(Clone, Debug)]
+enum Forgery {
+    /// The context of another key.
+    OtherKey(String),
+    /// The genuine context, shortened by this many bytes.
+    Truncated(usize),
+    /// The genuine context with one bit flipped (chosen by the number).
+    Flipped(u64),
+    /// An unsigned context (the format of ringkv before signed contexts) claiming
+    /// `u64::MAX - n` writes by an actor of the genuine context (review A3).
+    Unsigned(u64),
+}
+
+impl Forgery {
+    fn word(&self) -> &'static str {
+        match self {
+            Forgery::OtherKey(_) => "other-key",
+            Forgery::Truncated(_) => "truncated",
+            Forgery::Flipped(_) => "flipped",
+            Forgery::Unsigned(_) => "unsigned",
+        }
+    }
+
+    /// The forged context, or `None` if the genuine one is empty (an empty context
+    /// grants nothing, so it needs no protection and proves nothing).
+    fn apply(&self, genuine: &Context, other: &Context) -> Option<Context> {
+        let clock = genuine.clock().ok()?;
+        if clock.is_empty() || genuine.0.len() < 2 {
+            return None;
+        }
+        Some(match self {
+            Forgery::OtherKey(_) => {
+                if other.clock().ok()?.is_empty() {
+                    return None;
+                }
+                other.clone()
+            }
+            Forgery::Truncated(n) => {
+                Context(genuine.0[..genuine.0.len().saturating_sub(*n).max(1)].to_vec())
+            }
+            Forgery::Flipped(pick) => {
+                let mut bytes = genuine.0.clone();
+                let at = (*pick as usize) % bytes.len();
+                bytes[at] ^= 1 << ((pick >> 32) % 8);
+                Context(bytes)
+            }
+            Forgery::Unsigned(n) => {
+                let mut forged = clock.clone();
+                let actor = *clock.dots.keys().next()?;
+                forged.dots.insert(actor, u64::MAX - n);
+                let mut bytes = vec![1u8];
+                bytes.extend(postcard::to_stdvec(&forged).ok()?);
+                Context(bytes)
+            }
+        })
     }
 }
 
@@ -107,6 +198,8 @@ struct Worker {
     c: usize,
     n: u64,
     client: Client,
+    /// Clients that send everything to one node (index = node - 1), made on first use.
+    direct: Vec<Option<Client>>,
     h: Rc<RefCell<History>>,
 }
 
@@ -125,32 +218,132 @@ impl Worker {
     }
 
     async fn write(&self, key: String, value: Option<String>, context: Option<Context>) {
+        let client = self.client.clone();
+        self.write_with(&client, key, value, context, None).await;
+    }
+
+    /// A register write through `client`; `forged` names how its context was made
+    /// (such a write must be refused).
+    async fn write_with(
+        &self,
+        client: &Client,
+        key: String,
+        value: Option<String>,
+        context: Option<Context>,
+        forged: Option<&'static str>,
+    ) -> Option<Context> {
         let r = match &value {
             Some(v) => {
-                self.client
+                client
                     .put(key.as_bytes(), v.as_bytes(), context.as_ref())
                     .await
             }
-            None => self.client.delete(key.as_bytes(), context.as_ref()).await,
+            None => client.delete(key.as_bytes(), context.as_ref()).await,
         };
         let status = Status::of(&r);
         let mut h = self.h.borrow_mut();
         h.count(status);
         h.trace(&format!(
-            "{} {} {key} {} ctx={} {}",
+            "{} {} {key} {} ctx={} {}{}",
             self.c,
             if value.is_some() { "put" } else { "del" },
             value.as_deref().unwrap_or("-"),
             context.is_some(),
-            status.word()
+            status.word(),
+            forged.map(|f| format!(" forged={f}")).unwrap_or_default(),
         ));
+        let weak = client.options().w == Some(1);
+        let r = r.ok();
         h.register_writes.push(RegisterWrite {
             key,
             value,
             context: context.as_ref().and_then(clock_of),
-            returned: r.ok().as_ref().and_then(clock_of),
+            returned: r.as_ref().and_then(clock_of),
             status,
+            forged,
+            weak,
         });
+        r
+    }
+
+    /// The client that sends everything to node `node` (it coordinates what it is a
+    /// primary of, and forwards the rest).
+    async fn direct(&mut self, node: usize) -> Option<Client> {
+        if self.direct.len() < node {
+            self.direct.resize(node, None);
+        }
+        if self.direct[node - 1].is_none() {
+            let mut c = Client::connect_with(&SimNetwork, addr_of(node))
+                .await
+                .ok()?;
+            c.set_timeout(Duration::from_secs(3));
+            c.disable_routing();
+            self.direct[node - 1] = Some(c);
+        }
+        self.direct[node - 1].clone()
+    }
+
+    /// Deletes `key` with the context of a read (routed as usual) through node
+    /// `node`, which coordinates it if it is a primary of the key (and may lack the
+    /// key: it missed the write, or the ring just made it a primary). Deletes without
+    /// a context (what a read quorum sees is deleted) are tested by scenario and
+    /// cluster tests instead: what such a delete covered is not known to the client,
+    /// so the checker could not judge it exactly.
+    async fn delete_via(&mut self, key: String, node: usize) {
+        let Some(context) = self.read(&key).await else {
+            return;
+        };
+        let Some(client) = self.direct(node).await else {
+            return;
+        };
+        self.write_with(&client, key, None, Some(context), None)
+            .await;
+    }
+
+    /// Puts `key` through node `a` acknowledged by that one replica (W=1), then at
+    /// once deletes it with the put's context through node `b`, which may not have
+    /// received the value yet (review A1: such a delete must still leave a tombstone
+    /// that covers the value).
+    async fn put_then_delete_elsewhere(&mut self, key: String, a: usize, b: usize) {
+        let (Some(first), Some(second)) = (self.direct(a).await, self.direct(b).await) else {
+            return;
+        };
+        let mut once = first.clone();
+        once.set_options(ringkv::rpc::api::RequestOptions {
+            w: Some(1),
+            ..Default::default()
+        });
+        let value = self.value();
+        let Some(context) = self
+            .write_with(&once, key.clone(), Some(value), None, None)
+            .await
+        else {
+            return;
+        };
+        self.write_with(&second, key, None, Some(context), None)
+            .await;
+    }
+
+    /// A put whose context was forged from a genuine one (`how`).
+    async fn put_forged(&self, key: String, how: Forgery) {
+        let Some(genuine) = self.read(&key).await else {
+            return;
+        };
+        let other = match &how {
+            Forgery::OtherKey(k) if *k != key => match self.read(k).await {
+                Some(c) => c,
+                None => return,
+            },
+            Forgery::OtherKey(_) => return,
+            _ => Context::default(),
+        };
+        let Some(forged) = how.apply(&genuine, &other) else {
+            return;
+        };
+        let client = self.client.clone();
+        let value = self.value();
+        self.write_with(&client, key, Some(value), Some(forged), Some(how.word()))
+            .await;
     }
 
     /// Reads `key`, then writes a new value (or deletes) with the read's context.
