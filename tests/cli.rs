@@ -64,6 +64,85 @@ fn siblings_contexts_and_deletes() {
     assert_eq!(stdout(&s.cli(&["get", "k"])), "again\n");
 }
 
+/// Review A3: contexts are signed for their key. A forged, altered, truncated,
+/// unsigned or other key's context is refused with exit 2 and changes nothing; a
+/// genuine one still works after the node restarts (a lone node keeps its key).
+#[test]
+fn forged_and_foreign_contexts_are_refused_and_change_nothing() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Server::start(dir.path(), &[]);
+    assert_eq!(code(&s.cli(&["put", "k", "one"])), 0);
+    assert_eq!(code(&s.cli(&["put", "k", "two"])), 0);
+    assert_eq!(code(&s.cli(&["put", "other", "x"])), 0);
+    let ctx = json(&s.cli(&["get", "k", "--json"]))["context"]
+        .as_str()
+        .expect("context")
+        .to_string();
+    let other = json(&s.cli(&["get", "other", "--json"]))["context"]
+        .as_str()
+        .expect("context")
+        .to_string();
+    let raw = b64.decode(&ctx).expect("base64");
+    let mut flipped = raw.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x04;
+    let truncated = raw[..raw.len() - 3].to_vec();
+    // The unsigned format of earlier releases, claiming u64::MAX writes by an actor.
+    let clock = ringkv::object::Context(raw.clone()).clock().expect("clock");
+    let mut forged = clock.clone();
+    let actor = *clock.dots.keys().next().expect("an actor");
+    forged.dots.insert(actor, u64::MAX);
+    let mut unsigned = vec![1u8];
+    unsigned.extend(postcard::to_stdvec(&forged).expect("encode"));
+    for (what, bad) in [
+        ("flipped", b64.encode(&flipped)),
+        ("truncated", b64.encode(&truncated)),
+        ("unsigned", b64.encode(&unsigned)),
+        ("other key's", other.clone()),
+    ] {
+        for cmd in [vec!["put", "k", "evil"], vec!["delete", "k"]] {
+            let mut args = cmd.clone();
+            args.extend(["--context", bad.as_str()]);
+            let out = s.cli(&args);
+            assert_eq!(code(&out), 2, "{what} context on {cmd:?}: {}", stderr(&out));
+            assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+        }
+    }
+    assert_eq!(
+        stdout(&s.cli(&["get", "k"])),
+        "one\ntwo\n",
+        "nothing changed"
+    );
+    // The genuine context survives a restart of the node and still resolves.
+    assert_eq!(s.terminate(), Some(0));
+    s.restart();
+    let put = s.cli(&["put", "k", "three", "--context", &ctx]);
+    assert_eq!(code(&put), 0, "{}", stderr(&put));
+    assert_eq!(stdout(&s.cli(&["get", "k"])), "three\n");
+}
+
+/// Review C7: a replica's running total that would wrap is refused (exit 2), never
+/// acknowledged and lost.
+#[test]
+fn a_counter_increment_that_would_wrap_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(dir.path(), &[]);
+    let max = i64::MAX.to_string();
+    assert_eq!(code(&s.cli(&["counter", "add", "c", &max])), 0);
+    assert_eq!(code(&s.cli(&["counter", "add", "c", &max])), 0);
+    let third = s.cli(&["counter", "add", "c", &max]);
+    assert_eq!(code(&third), 2, "{}", stderr(&third));
+    assert!(stderr(&third).contains("refused"), "{}", stderr(&third));
+    let twice = (2 * i128::from(i64::MAX)).to_string();
+    assert_eq!(stdout(&s.cli(&["counter", "get", "c"])).trim(), twice);
+    assert_eq!(
+        stdout(&s.cli(&["counter", "add", "c", "-1"])).trim(),
+        (2 * i128::from(i64::MAX) - 1).to_string()
+    );
+}
+
 #[test]
 fn counters_sets_and_status() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -28,6 +28,11 @@ impl ClusterKey {
         ClusterKey(blake3::derive_key("ringkv cluster secret v1", material))
     }
 
+    /// A key from 32 random bytes (a node alone, without a shared secret).
+    pub fn from_bytes(bytes: [u8; 32]) -> ClusterKey {
+        ClusterKey(bytes)
+    }
+
     fn mac(&self, body: &[u8]) -> [u8; MAC_BYTES] {
         let full = blake3::keyed_hash(&self.0, body);
         let mut out = [0u8; MAC_BYTES];

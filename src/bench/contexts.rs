@@ -91,7 +91,8 @@ mod tests {
             let dot = c.inc(actor);
             crdts::CmRDT::apply(&mut c, dot);
         }
-        Context::from_clock(&c)
+        crate::object::ContextKey::of_cluster(&ringkv_gossip::ClusterKey::derive(b"bench test"))
+            .sign(b"k", &c)
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub fn error_kind(e: &ClientError) -> &'static str {
             ApiError::Membership { .. } => "membership",
             ApiError::Corrupt { .. } => "corrupt",
             ApiError::Storage { .. } => "storage",
+            ApiError::CounterOverflow { .. } => "counter_overflow",
+            ApiError::NotPrimary { .. } => "not_primary",
         },
     }
 }
@@ -308,7 +310,8 @@ mod tests {
             let dot = c.inc(1u64);
             crdts::CmRDT::apply(&mut c, dot);
         }
-        Context::from_clock(&c)
+        crate::object::ContextKey::of_cluster(&ringkv_gossip::ClusterKey::derive(b"bench test"))
+            .sign(b"k", &c)
     }
 
     impl Target for Fake {

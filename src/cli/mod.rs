@@ -60,8 +60,11 @@ impl From<ringkv::ClientError> for Failure {
                 | ApiError::WrongKind { .. }
                 | ApiError::TooManySiblings { .. }
                 | ApiError::InvalidContext { .. }
+                | ApiError::CounterOverflow { .. }
                 | ApiError::InvalidOptions { .. } => EXIT_USAGE,
-                ApiError::Unavailable { .. } | ApiError::QuorumNotReached(_) => EXIT_UNAVAILABLE,
+                ApiError::Unavailable { .. }
+                | ApiError::QuorumNotReached(_)
+                | ApiError::NotPrimary { .. } => EXIT_UNAVAILABLE,
                 ApiError::Membership { .. } => EXIT_USAGE,
                 ApiError::Corrupt { .. } | ApiError::Storage { .. } => EXIT_OTHER,
             },

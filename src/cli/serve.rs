@@ -141,7 +141,6 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
         cfg.max_in_flight_per_connection = v;
     }
     let listen = cfg.listen;
-    let lonely_key = mint_actor(&cfg).to_be_bytes();
     let cluster = &mut cfg.cluster;
     let seeds = if args.seeds.is_empty() {
         file.seeds.unwrap_or_default()
@@ -248,27 +247,18 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
                     "refusing to join a cluster without a secret: give --cluster-secret-file FILE or RINGKV_CLUSTER_SECRET (or --insecure-dev for local development)",
                 ));
             }
-            // Alone and without a secret: a key nobody else knows, so nobody joins.
-            cluster.key = ringkv_gossip::ClusterKey::derive(&lonely_key);
+            // Alone and without a secret: a random key nobody else knows, so nobody
+            // joins (the node keeps it in its data directory).
+            cluster.lone = true;
         }
     }
     Ok(cfg)
 }
 
-/// A fresh actor id for a new data directory: process-unique material hashed, so two
-/// directories created at once never share dots.
-fn mint_actor(cfg: &NodeConfig) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mut h = blake3::Hasher::new();
-    h.update(&now.to_be_bytes());
-    h.update(&std::process::id().to_be_bytes());
-    h.update(cfg.data_dir.as_os_str().as_encoded_bytes());
-    h.update(cfg.listen.to_string().as_bytes());
-    let b = h.finalize();
-    u64::from_be_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
+/// A fresh actor id for a new data directory, from the OS's random source: two
+/// directories never share dots.
+fn mint_actor() -> u64 {
+    rand::random()
 }
 
 async fn shutdown_signal() {
@@ -306,7 +296,7 @@ pub fn run(args: ServeArgs) -> Result<i32, Failure> {
         .build()
         .map_err(|e| Failure::other(format!("cannot start runtime: {e}")))?;
     runtime.block_on(async move {
-        let minted = mint_actor(&cfg);
+        let minted = mint_actor();
         let stop = tokio_util::sync::CancellationToken::new();
         let node = Node::start(cfg, || minted, TokioNetwork, stop.clone())
             .await

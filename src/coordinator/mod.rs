@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::cluster::ClusterState;
 use crate::hints::Hints;
-use crate::object::{Context, Kind, Object};
+use crate::object::{Context, ContextKey, Kind, Object};
 use crate::peer::{Peers, WriteReply, WriteRequest};
 use crate::replica::{Replica, ReplicaError};
 use crate::rpc::api::{ApiError, GetReply, RequestOptions};
@@ -117,6 +117,8 @@ struct Inner {
     hints: Arc<Hints>,
     settings: Settings,
     stats: CoordinatorStats,
+    /// Signs the contexts handed to clients and verifies those they send.
+    contexts: ContextKey,
 }
 
 /// Whether a storage call may wait on the disk.
@@ -139,8 +141,12 @@ fn unavailable(reason: impl Into<String>) -> ApiError {
     }
 }
 
-/// The client view of a register object.
-pub fn get_reply(obj: Option<Object>) -> Result<GetReply, ApiError> {
+/// The client view of a register object of `key`, its context signed with `contexts`.
+pub fn get_reply(
+    contexts: &ContextKey,
+    key: &[u8],
+    obj: Option<Object>,
+) -> Result<GetReply, ApiError> {
     match obj {
         None => Ok(GetReply {
             found: false,
@@ -150,20 +156,22 @@ pub fn get_reply(obj: Option<Object>) -> Result<GetReply, ApiError> {
         Some(Object::Register(reg)) => Ok(GetReply {
             found: !reg.is_deleted(),
             values: reg.values().into_iter().map(<[u8]>::to_vec).collect(),
-            context: Context::from_clock(reg.context()),
+            context: contexts.sign(key, reg.context()),
         }),
         Some(other) => Err(wrong_kind(&other, Kind::Register)),
     }
 }
 
 impl Coordinator {
-    /// A coordinator over the local replica and the cluster.
+    /// A coordinator over the local replica and the cluster; `contexts` is the
+    /// cluster's context key.
     pub fn new(
         replica: Replica,
         cluster: Arc<ClusterState>,
         peers: Peers,
         hints: Arc<Hints>,
         settings: Settings,
+        contexts: ContextKey,
     ) -> Self {
         let fsync_writes = replica.store().sync_policy() == ringkv_storage::SyncPolicy::Always;
         Coordinator {
@@ -177,6 +185,7 @@ impl Coordinator {
                 hints,
                 settings,
                 stats: CoordinatorStats::default(),
+                contexts,
             }),
         }
     }
@@ -199,6 +208,11 @@ impl Coordinator {
     /// The local replica.
     pub fn replica(&self) -> &Replica {
         &self.inner.replica
+    }
+
+    /// The key contexts are signed with.
+    pub fn contexts(&self) -> &ContextKey {
+        &self.inner.contexts
     }
 
     /// Connections to peers.
@@ -344,7 +358,8 @@ impl Coordinator {
     /// # Errors
     /// [`ApiError`] naming the refusal or failure.
     pub async fn get(&self, key: Vec<u8>, opts: RequestOptions) -> Result<GetReply, ApiError> {
-        get_reply(self.read(key, opts).await?)
+        let obj = self.read(key.clone(), opts).await?;
+        get_reply(&self.inner.contexts, &key, obj)
     }
 
     /// Reads only this node's replica of a register (diagnostics).
@@ -352,7 +367,9 @@ impl Coordinator {
     /// # Errors
     /// [`ApiError`] naming the refusal or failure.
     pub async fn get_local(&self, key: Vec<u8>) -> Result<GetReply, ApiError> {
-        get_reply(self.run(Io::Read, move |r| r.get(&key)).await?)
+        let k = key.clone();
+        let obj = self.run(Io::Read, move |r| r.get(&k)).await?;
+        get_reply(&self.inner.contexts, &key, obj)
     }
 
     /// Writes a register value (`None` = delete).

@@ -39,9 +39,10 @@ const MIN_HINT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Whether a refusal by a replica is permanent (retrying or hinting cannot help).
 pub(super) fn permanent(e: &ApiError) -> bool {
     match e {
-        ApiError::Storage { .. } | ApiError::Unavailable { .. } | ApiError::QuorumNotReached(_) => {
-            false
-        }
+        ApiError::Storage { .. }
+        | ApiError::Unavailable { .. }
+        | ApiError::QuorumNotReached(_)
+        | ApiError::NotPrimary { .. } => false,
         ApiError::EmptyKey
         | ApiError::KeyTooLarge { .. }
         | ApiError::ValueTooLarge { .. }
@@ -50,6 +51,7 @@ pub(super) fn permanent(e: &ApiError) -> bool {
         | ApiError::TooManySiblings { .. }
         | ApiError::InvalidContext { .. }
         | ApiError::InvalidOptions { .. }
+        | ApiError::CounterOverflow { .. }
         | ApiError::Corrupt { .. }
         | ApiError::Membership { .. } => true,
     }
@@ -101,7 +103,9 @@ impl Coordinator {
                 };
                 let seen = self.read(key.clone(), read_opts).await?;
                 let context = match seen {
-                    Some(Object::Register(reg)) => Some(Context::from_clock(reg.context())),
+                    Some(Object::Register(reg)) => {
+                        Some(self.inner.contexts.sign(&key, reg.context()))
+                    }
                     Some(other) => {
                         return Err(super::wrong_kind(&other, crate::object::Kind::Register));
                     }
@@ -133,15 +137,18 @@ impl Coordinator {
                 value,
                 context,
             } => {
+                // Only contexts this cluster issued for this key: a made-up one could
+                // claim to have seen writes it never saw, and erase them (A3).
                 let clock = context
                     .as_ref()
-                    .map(Context::clock)
+                    .map(|c| self.inner.contexts.verify(&key, c))
                     .transpose()?
                     .unwrap_or_default();
+                let k = key.clone();
                 let reg = self
-                    .run(Io::Write, move |r| r.write_register(&key, value, &clock))
+                    .run(Io::Write, move |r| r.write_register(&k, value, &clock))
                     .await?;
-                let ctx = Context::from_clock(reg.context());
+                let ctx = self.inner.contexts.sign(&key, reg.context());
                 Ok((Object::Register(reg), WriteReply::Put(ctx)))
             }
             WriteRequest::CounterAdd { key, delta } => {

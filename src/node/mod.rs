@@ -38,6 +38,10 @@ pub struct ClusterConfig {
     pub key: ClusterKey,
     /// SWIM probe period.
     pub probe_period: Duration,
+    /// A node alone without a shared secret: `key` is replaced by a random key kept
+    /// in the data directory (so nobody can join, and the contexts it signs stay
+    /// valid across its restarts).
+    pub lone: bool,
 }
 
 impl Default for ClusterConfig {
@@ -48,6 +52,7 @@ impl Default for ClusterConfig {
             settings: Settings::default(),
             key: ClusterKey::derive(b"ringkv insecure development cluster"),
             probe_period: Duration::from_millis(500),
+            lone: false,
         }
     }
 }
@@ -216,7 +221,7 @@ impl Node {
     /// [`NodeError`] if the directory is locked, corrupt, belongs to another node, or
     /// the gossip socket cannot be bound.
     pub async fn start<N: Network>(
-        config: NodeConfig,
+        mut config: NodeConfig,
         mint_actor: impl FnOnce() -> Actor,
         net: N,
         shutdown: CancellationToken,
@@ -235,6 +240,24 @@ impl Node {
                 a
             }
         };
+        if config.cluster.lone {
+            // From the OS's random source, never from guessable inputs (review C11).
+            let key: [u8; 32] = match store.meta("lone_cluster_key")? {
+                Some(k) => k
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| NodeError::CorruptMeta {
+                        name: "lone_cluster_key",
+                        len: k.len(),
+                    })?,
+                None => {
+                    let k: [u8; 32] = rand::random();
+                    store.set_meta("lone_cluster_key", &k)?;
+                    k
+                }
+            };
+            config.cluster.key = ClusterKey::from_bytes(key);
+        }
         let node_id = match (store.meta("node_id")?, &config.node_id) {
             (Some(stored), requested) => {
                 let stored = String::from_utf8_lossy(&stored).into_owned();
@@ -303,7 +326,8 @@ impl Node {
             tracing::warn!("registers resolve by last writer wins: concurrent writes WILL be lost");
         }
         let peers = Peers::new(net, config.cluster.key.clone(), config.limits.frame_bytes());
-        let coordinator = Coordinator::new(replica, cluster, peers, hints, settings);
+        let contexts = crate::object::ContextKey::of_cluster(&config.cluster.key);
+        let coordinator = Coordinator::new(replica, cluster, peers, hints, settings, contexts);
         tokio::spawn(crate::coordinator::deliver_hints(
             coordinator.clone(),
             shutdown.clone().cancelled_owned(),

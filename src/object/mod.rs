@@ -4,22 +4,23 @@
 //! Every kind merges commutatively, associatively and idempotently, and equal logical
 //! states encode to identical bytes, so `blake3(key ‖ bytes)` compares replicas.
 
+mod context;
 mod counter;
 mod register;
 mod set;
 
+pub use context::{Context, ContextKey};
 pub use counter::Counter;
 pub use register::{Register, Sibling};
 pub use set::Set;
 
-use crdts::VClock;
 use serde::{Deserialize, Serialize};
 
 /// A replica's identity inside clocks: a random 64-bit id minted when a data directory
 /// is created (so a wiped node never reuses its old dots).
 pub type Actor = u64;
 
-/// Leading byte of every encoded object and context.
+/// Leading byte of every encoded object (contexts have their own, see [`Context`]).
 pub const FORMAT_VERSION: u8 = 1;
 
 /// The kind of object a key holds, fixed by its first write.
@@ -85,6 +86,23 @@ pub enum ObjectError {
     /// A counter outside the `i128` range.
     #[error("counter value out of range")]
     Overflow,
+    /// An increment that would take one replica's running total of a counter's
+    /// increments (or decrements) past `u64::MAX`: refused, nothing changed.
+    #[error(
+        "counter increment refused: this replica's total of {direction} would pass {max} (counters hold at most that per replica and direction)",
+        max = u64::MAX
+    )]
+    CounterOverflow {
+        /// `increments` or `decrements`.
+        direction: &'static str,
+    },
+    /// A version counter that cannot grow any more (only reachable through corrupt
+    /// or forged state).
+    #[error("version counter of actor {actor:016x} is exhausted")]
+    DotsExhausted {
+        /// The actor.
+        actor: Actor,
+    },
 }
 
 /// One key's object.
@@ -214,85 +232,10 @@ impl Object {
     }
 }
 
-/// An opaque causal context handed to clients with every register read.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Context(pub Vec<u8>);
-
-impl Context {
-    /// Encodes a clock (version byte + postcard).
-    pub fn from_clock(clock: &VClock<Actor>) -> Context {
-        let mut out = vec![FORMAT_VERSION];
-        // Serialising a BTreeMap of integers into a Vec cannot fail.
-        postcard::to_io(clock, &mut out).expect("a clock always serialises");
-        Context(out)
-    }
-
-    /// The empty context (a blind write).
-    pub fn empty() -> Context {
-        Context::from_clock(&VClock::new())
-    }
-
-    /// Decodes the clock inside; an empty byte string is the empty context.
-    ///
-    /// # Errors
-    /// [`ObjectError::InvalidContext`] for bytes that are not a context.
-    pub fn clock(&self) -> Result<VClock<Actor>, ObjectError> {
-        if self.0.is_empty() {
-            return Ok(VClock::new());
-        }
-        let invalid = |reason: String| ObjectError::InvalidContext { reason };
-        let (&version, body) = self
-            .0
-            .split_first()
-            .ok_or_else(|| invalid("empty".into()))?;
-        if version != FORMAT_VERSION {
-            return Err(invalid(format!("unknown context version {version}")));
-        }
-        match postcard::take_from_bytes::<VClock<Actor>>(body) {
-            Ok((clock, [])) => Ok(clock),
-            Ok((_, rest)) => Err(invalid(format!("{} trailing bytes", rest.len()))),
-            Err(e) => Err(invalid(e.to_string())),
-        }
-    }
-
-    /// The least context covering both: a write carrying it replaces everything
-    /// either context saw (for a client that keeps the contexts of several reads and
-    /// writes of one key).
-    ///
-    /// # Errors
-    /// [`ObjectError::InvalidContext`] if either is not a context.
-    pub fn merge(&self, other: &Context) -> Result<Context, ObjectError> {
-        let mut clock = self.clock()?;
-        crdts::CvRDT::merge(&mut clock, other.clock()?);
-        Ok(Context::from_clock(&clock))
-    }
-
-    /// URL-safe base64 text, as printed by the CLI.
-    pub fn to_text(&self) -> String {
-        use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&self.0)
-    }
-
-    /// Parses the CLI text form.
-    ///
-    /// # Errors
-    /// [`ObjectError::InvalidContext`] for text that is not a context.
-    pub fn from_text(text: &str) -> Result<Context, ObjectError> {
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text.trim())
-            .map_err(|e| ObjectError::InvalidContext {
-                reason: format!("not base64: {e}"),
-            })?;
-        let ctx = Context(bytes);
-        ctx.clock()?;
-        Ok(ctx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crdts::VClock;
     use proptest::prelude::*;
 
     #[derive(Clone, Debug)]
@@ -333,8 +276,12 @@ mod tests {
                         .write(u64::from(a), &ctx, v)
                         .expect("valid");
                 }
-                Op::Add(a, d) => ctrs[a as usize].add(u64::from(a), i64::from(d)),
-                Op::SetAdd(a, m) => sets[a as usize].add(u64::from(a), vec![m]),
+                Op::Add(a, d) => ctrs[a as usize]
+                    .add(u64::from(a), i64::from(d))
+                    .expect("small deltas"),
+                Op::SetAdd(a, m) => sets[a as usize]
+                    .add(u64::from(a), vec![m])
+                    .expect("small clocks"),
                 Op::SetRemove(a, m) => {
                     sets[a as usize].remove(&[m]);
                 }
@@ -390,7 +337,6 @@ mod tests {
         #[test]
         fn decode_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Object::decode(&raw);
-            let _ = Context(raw).clock();
         }
     }
 
@@ -431,20 +377,15 @@ mod tests {
 
     #[test]
     fn context_text_round_trips() {
+        let key = ContextKey::of_cluster(&ringkv_gossip::ClusterKey::derive(b"t"));
         let mut r = Register::new();
         r.write(42, &VClock::new(), Some(b"x".to_vec()))
             .expect("write");
-        let ctx = Context::from_clock(r.context());
+        let ctx = key.sign(b"k", r.context());
         let back = Context::from_text(&ctx.to_text()).expect("parses");
-        assert_eq!(back.clock().expect("clock"), *r.context());
+        assert_eq!(key.verify(b"k", &back), Ok(r.context().clone()));
         assert!(Context::from_text("!!").is_err());
-        let mut other = VClock::<Actor>::new();
-        let dot = other.inc(7_u64);
-        crdts::CmRDT::apply(&mut other, dot);
-        let merged = ctx.merge(&Context::from_clock(&other)).expect("merge");
-        let clock = merged.clock().expect("clock");
-        assert!(clock >= ctx.clock().expect("clock") && clock >= other);
-        assert!(ctx.merge(&Context(vec![9, 9])).is_err());
         assert!(Context::from_text("AAAA").is_err());
+        assert!(ctx.merge(&Context(vec![9, 9])).is_err());
     }
 }

@@ -3,9 +3,10 @@
 //! State = a causal context (`clock`, a version vector summarising every write this
 //! replica has seen) plus the siblings: values that no seen write has overwritten, each
 //! tagged with the unique dot of the write that made it. A value of `None` is a
-//! tombstone. Dots come from the coordinating replica's actor, which always writes on
+//! tombstone. Dots come from the coordinating replica's actor, which must write on
 //! top of its own complete history, so clocks stay downward closed and "dot ≤ clock"
-//! means "seen".
+//! means "seen". The replica guarantees that by changing actor whenever its copy may
+//! have lost something (`Replica`'s actor epochs: Riak's kv679).
 //!
 //! Not `crdts::MVReg`: with server-side actors it reuses dots on blind writes or drops
 //! concurrent siblings (DESIGN.md §3).
@@ -60,7 +61,11 @@ impl Register {
         context: &VClock<Actor>,
         value: Option<Vec<u8>>,
     ) -> Result<Dot<Actor>, ObjectError> {
-        let next = self.clock.get(&actor) + 1;
+        let next = self
+            .clock
+            .get(&actor)
+            .checked_add(1)
+            .ok_or(ObjectError::DotsExhausted { actor })?;
         self.write_at(actor, next, context, value)
     }
 
@@ -75,7 +80,8 @@ impl Register {
     ///
     /// # Errors
     /// [`ObjectError::InvalidContext`] if `context` claims writes by `actor` that this
-    /// replica never made (beyond both this key's count and the node-wide counter).
+    /// replica never made (beyond both this key's count and the node-wide counter);
+    /// [`ObjectError::DotsExhausted`] if the next dot would not fit in a `u64`.
     pub fn write_at(
         &mut self,
         actor: Actor,
@@ -93,8 +99,10 @@ impl Register {
                 ),
             });
         }
+        let exhausted = ObjectError::DotsExhausted { actor };
+        let next = own.max(claimed).checked_add(1).ok_or(exhausted)?;
         self.siblings.retain(|s| !covers(context, &s.dot));
-        let dot = Dot::new(actor, (own + 1).max(floor).max(claimed + 1));
+        let dot = Dot::new(actor, next.max(floor));
         self.clock.merge(context.clone());
         self.clock.apply(dot);
         self.siblings.push(Sibling { dot, value });

@@ -41,10 +41,18 @@ impl Set {
     }
 
     /// Adds `member` on behalf of `actor`.
-    pub fn add(&mut self, actor: Actor, member: Vec<u8>) {
-        let ctx = self.inner.read_ctx().derive_add_ctx(actor);
+    ///
+    /// # Errors
+    /// [`ObjectError::DotsExhausted`] if `actor`'s count cannot grow (corrupt state).
+    pub fn add(&mut self, actor: Actor, member: Vec<u8>) -> Result<(), ObjectError> {
+        let read = self.inner.read_ctx();
+        if read.add_clock.get(&actor) == u64::MAX {
+            return Err(ObjectError::DotsExhausted { actor });
+        }
+        let ctx = read.derive_add_ctx(actor);
         let op = self.inner.add(member, ctx);
         self.inner.apply(op);
+        Ok(())
     }
 
     /// Removes `member` as this replica has observed it; returns whether it was present.
@@ -103,10 +111,10 @@ mod tests {
     #[test]
     fn add_wins_over_concurrent_remove() {
         let mut a = Set::new();
-        a.add(1, b"x".to_vec());
+        a.add(1, b"x".to_vec()).expect("add");
         let mut b = a.clone();
         assert!(b.remove(b"x"));
-        a.add(1, b"x".to_vec());
+        a.add(1, b"x".to_vec()).expect("add");
         b.merge(&a);
         assert_eq!(b.members(), vec![b"x".to_vec()]);
         assert!(!b.remove(b"nope"));
@@ -116,7 +124,7 @@ mod tests {
     fn repr_round_trips() {
         let mut a = Set::new();
         for i in 0..20u8 {
-            a.add(u64::from(i % 3), vec![i]);
+            a.add(u64::from(i % 3), vec![i]).expect("add");
         }
         a.remove(&[4]);
         let back = Set::from_repr(&a.to_repr().expect("repr")).expect("back");

@@ -699,7 +699,14 @@ impl Repair {
                     .await?;
             }
         }
-        // Every primary now holds at least what the snapshot held.
+        // Every primary now holds at least what the snapshot held. Before dropping
+        // anything, writes to this partition coordinated here take a new actor:
+        // should the partition come back to this node, a write on its then empty
+        // copy must not claim versions only the other replicas kept (kv679).
+        self.coordinator
+            .replica()
+            .retire_actor(p)
+            .map_err(|e| e.to_string())?;
         for (k, d) in &snapshot {
             store.remove_if(p, k, d).map_err(|e| e.to_string())?;
         }

@@ -1,6 +1,26 @@
 //! One replica's view of its keys: validated, atomic read-merge-write of objects in
 //! the local store. Coordinators call it for the writes they coordinate and for the
 //! states other replicas send.
+//!
+//! ## Actors and epochs (Riak's kv679)
+//!
+//! A write coordinated here gets a version (a register dot, a counter total, a set
+//! dot) from this replica's actor, built on the local copy. Each kind assumes that
+//! copy holds every earlier version of that actor: a register clock entry `n` claims
+//! to have seen dots 1..n, a counter entry is the actor's running total, a set add
+//! takes the actor's next dot. A copy that lost some of them (a power loss under
+//! `--sync interval`, a damaged record, a partition handed away and back) would mint
+//! versions that erase acknowledged writes on the other replicas (review A2).
+//!
+//! So the actor is not fixed: it is derived from the data directory's random id, a
+//! global epoch and a per-partition epoch. The global epoch rises on every open that
+//! follows an unclean stop or found damage (any key may have lost versions); a
+//! partition's epoch rises before this node drops keys of it (handoff away) or a
+//! damaged value of it. Within one epoch the local copy of a key loses nothing but
+//! tombstones that every replica agreed to reap, and the node-wide dot floor keeps
+//! dots after a reap above the old ones. The cost is one more clock entry for keys
+//! written after an epoch changes (one per crash, or per handoff of their partition),
+//! not one per write.
 
 use crdts::VClock;
 use ringkv_storage::{Change, StorageError, Store};
@@ -92,11 +112,39 @@ struct Dots {
     reserved: std::sync::Mutex<u64>,
 }
 
+/// Metadata names of the epochs.
+const META_GLOBAL_EPOCH: &str = "actor_epoch";
+const META_PARTITION_EPOCHS: &str = "partition_epochs";
+
+/// The epochs the actors of this replica derive from (see the module docs).
+struct Epochs {
+    /// The data directory's random actor id.
+    base: Actor,
+    global: u64,
+    /// Epochs of partitions whose epoch ever rose (the others are at 0).
+    partitions: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
+    /// The current actor of each partition.
+    actors: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+/// The actor of `partition` in the given epochs: a hash, so actors of different
+/// epochs, partitions and data directories never meet (2^-64 per pair).
+fn derive_actor(base: Actor, global: u64, partition: u32, epoch: u64) -> Actor {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ringkv actor v1");
+    h.update(&base.to_be_bytes());
+    h.update(&global.to_be_bytes());
+    h.update(&partition.to_be_bytes());
+    h.update(&epoch.to_be_bytes());
+    let b = h.finalize();
+    u64::from_be_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
 /// The local replica of a node.
 #[derive(Clone)]
 pub struct Replica {
     store: Store,
-    actor: Actor,
+    epochs: std::sync::Arc<Epochs>,
     limits: Limits,
     ring_size: u32,
     dots: std::sync::Arc<Dots>,
@@ -104,33 +152,73 @@ pub struct Replica {
     unsafe_lww: bool,
 }
 
+fn read_meta_u64(store: &Store, name: &str) -> Result<Option<u64>, ReplicaError> {
+    match store.meta(name)? {
+        None => Ok(None),
+        Some(v) => <[u8; 8]>::try_from(v.as_slice())
+            .map(u64::from_be_bytes)
+            .map(Some)
+            .map_err(|_| {
+                ReplicaError::Object(ObjectError::Corrupt {
+                    reason: format!("metadata {name} of {} bytes", v.len()),
+                })
+            }),
+    }
+}
+
 impl Replica {
-    /// A replica over `store`, writing as `actor`; reserves a block of dot counters.
+    /// A replica over `store`, whose actors derive from `base` (the data
+    /// directory's random actor id); reserves a block of dot counters and, if the
+    /// store was not closed cleanly, starts a new global epoch.
     ///
     /// # Errors
-    /// [`ReplicaError::Storage`] if the reservation cannot be read or written.
+    /// [`ReplicaError::Storage`] if the metadata cannot be read or written.
     pub fn new(
         store: Store,
-        actor: Actor,
+        base: Actor,
         limits: Limits,
         ring_size: u32,
     ) -> Result<Self, ReplicaError> {
-        let reserved = match store.meta("dot_reserved")? {
-            None => 0,
-            Some(v) => <[u8; 8]>::try_from(v.as_slice())
-                .map(u64::from_be_bytes)
-                .map_err(|_| {
+        let reserved = read_meta_u64(&store, "dot_reserved")?.unwrap_or(0);
+        let exhausted = || ReplicaError::Object(ObjectError::DotsExhausted { actor: base });
+        let next = reserved.checked_add(1).ok_or_else(exhausted)?;
+        let block = next.checked_add(DOT_BLOCK).ok_or_else(exhausted)?;
+        let mut global = read_meta_u64(&store, META_GLOBAL_EPOCH)?.unwrap_or(0);
+        if !store.opened_clean() {
+            global = global.checked_add(1).ok_or_else(exhausted)?;
+            tracing::warn!(
+                epoch = global,
+                "the store was not closed cleanly (or recovery found damage): writes coordinated here take new actor ids, so nothing this copy may have lost can be overwritten"
+            );
+        }
+        // Both durable before the first write: a crash now repeats this, never less.
+        store.set_metas(&[
+            ("dot_reserved", &block.to_be_bytes()),
+            (META_GLOBAL_EPOCH, &global.to_be_bytes()),
+        ])?;
+        let partitions: std::collections::BTreeMap<u32, u64> =
+            match store.meta(META_PARTITION_EPOCHS)? {
+                None => Default::default(),
+                Some(raw) => postcard::from_bytes(&raw).map_err(|e| {
                     ReplicaError::Object(ObjectError::Corrupt {
-                        reason: format!("dot reservation of {} bytes", v.len()),
+                        reason: format!("partition epochs: {e}"),
                     })
                 })?,
-        };
-        let next = reserved + 1;
-        let block = next + DOT_BLOCK;
-        store.set_meta("dot_reserved", &block.to_be_bytes())?;
+            };
+        let actors = (0..ring_size)
+            .map(|p| {
+                let epoch = partitions.get(&p).copied().unwrap_or(0);
+                std::sync::atomic::AtomicU64::new(derive_actor(base, global, p, epoch))
+            })
+            .collect();
         Ok(Replica {
             store,
-            actor,
+            epochs: std::sync::Arc::new(Epochs {
+                base,
+                global,
+                partitions: std::sync::Mutex::new(partitions),
+                actors,
+            }),
             limits,
             ring_size,
             dots: std::sync::Arc::new(Dots {
@@ -139,6 +227,53 @@ impl Replica {
             }),
             unsafe_lww: false,
         })
+    }
+
+    /// The data directory's actor id, from which the actors derive.
+    pub fn base_actor(&self) -> Actor {
+        self.epochs.base
+    }
+
+    /// The global epoch (rises on every open after an unclean stop).
+    pub fn global_epoch(&self) -> u64 {
+        self.epochs.global
+    }
+
+    /// The actor that coordinates writes to keys of `partition` now.
+    pub fn actor_of(&self, partition: u32) -> Actor {
+        self.epochs.actors[partition as usize % self.epochs.actors.len()]
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Starts a new epoch for `partition`, durably, before this node drops keys of
+    /// it (a handoff away, a damaged value): a later write here takes a new actor,
+    /// so it cannot claim versions of the old one that only other replicas kept.
+    ///
+    /// # Errors
+    /// [`ReplicaError::Storage`] if the epoch cannot be persisted (then nothing may
+    /// be dropped).
+    pub fn retire_actor(&self, partition: u32) -> Result<(), ReplicaError> {
+        let mut epochs = self
+            .epochs
+            .partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut next = epochs.clone();
+        let epoch = next.entry(partition).or_insert(0);
+        *epoch = epoch.checked_add(1).ok_or(ObjectError::DotsExhausted {
+            actor: self.epochs.base,
+        })?;
+        let epoch = *epoch;
+        let raw = postcard::to_stdvec(&next).map_err(|e| ObjectError::Corrupt {
+            reason: format!("partition epochs: {e}"),
+        })?;
+        self.store.set_meta(META_PARTITION_EPOCHS, &raw)?;
+        *epochs = next;
+        self.epochs.actors[partition as usize % self.epochs.actors.len()].store(
+            derive_actor(self.epochs.base, self.epochs.global, partition, epoch),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        Ok(())
     }
 
     /// Makes registers resolve by last writer wins, dropping concurrent siblings
@@ -222,45 +357,46 @@ impl Replica {
     }
 
     /// Atomically applies `f` to the object of `key` (created empty as `kind` if
-    /// absent) and stores the result if `f` returns `true`.
+    /// absent) and stores the result if `f` returns `true`. `f` runs under the key's
+    /// stripe lock and gets the actor of the key's partition, read under that lock
+    /// (so no write can slip between [`Replica::retire_actor`] and a drop).
     fn modify<R>(
         &self,
         key: &[u8],
         kind: Kind,
-        f: impl FnOnce(&mut Object) -> Result<(bool, R), ReplicaError>,
+        f: impl FnOnce(&mut Object, Actor) -> Result<(bool, R), ReplicaError>,
     ) -> Result<(Object, R), ReplicaError> {
         self.check_key(key)?;
         let limit = self.limits.max_object_bytes;
         let lww = self.unsafe_lww;
-        let (_, out) = self
-            .store
-            .update(partition_of(key, self.ring_size), key, |cur| {
-                let mut obj = match cur {
-                    Some(bytes) => Object::decode(bytes)?,
-                    None => Object::empty(kind),
-                };
-                if obj.kind() != kind {
-                    return Err(ReplicaError::Object(ObjectError::WrongKind {
-                        stored: obj.kind(),
-                        requested: kind,
-                    }));
-                }
-                let (write, r) = f(&mut obj)?;
-                if lww && let Object::Register(reg) = &mut obj {
-                    reg.keep_last_writer();
-                }
-                if !write {
-                    return Ok((Change::Keep, (obj, r)));
-                }
-                let bytes = obj.encode()?;
-                if bytes.len() > limit {
-                    return Err(ReplicaError::ObjectTooLarge {
-                        size: bytes.len(),
-                        limit,
-                    });
-                }
-                Ok((Change::Put(bytes), (obj, r)))
-            })?;
+        let partition = partition_of(key, self.ring_size);
+        let (_, out) = self.store.update(partition, key, |cur| {
+            let mut obj = match cur {
+                Some(bytes) => Object::decode(bytes)?,
+                None => Object::empty(kind),
+            };
+            if obj.kind() != kind {
+                return Err(ReplicaError::Object(ObjectError::WrongKind {
+                    stored: obj.kind(),
+                    requested: kind,
+                }));
+            }
+            let (write, r) = f(&mut obj, self.actor_of(partition))?;
+            if lww && let Object::Register(reg) = &mut obj {
+                reg.keep_last_writer();
+            }
+            if !write {
+                return Ok((Change::Keep, (obj, r)));
+            }
+            let bytes = obj.encode()?;
+            if bytes.len() > limit {
+                return Err(ReplicaError::ObjectTooLarge {
+                    size: bytes.len(),
+                    limit,
+                });
+            }
+            Ok((Change::Put(bytes), (obj, r)))
+        })?;
         Ok(out)
     }
 
@@ -279,18 +415,23 @@ impl Replica {
         if let Some(v) = &value {
             self.check_value(v)?;
         }
-        let actor = self.actor;
         let limits = self.limits;
         let deleting = value.is_none();
-        let floor = self.next_dot()?;
-        let (obj, ()) = self.modify(key, Kind::Register, |obj| {
+        let (obj, ()) = self.modify(key, Kind::Register, |obj, actor| {
             let Object::Register(reg) = obj else {
                 unreachable!("modify checked the kind")
             };
-            if deleting && reg.siblings().is_empty() {
-                // Deleting a key that never existed here stores nothing.
+            if deleting && reg.siblings().is_empty() && context.is_empty() {
+                // Deleting, without having seen anything, a key this replica never
+                // held: nothing to cover, nothing to store. With a context the
+                // client saw values (on other replicas): the tombstone must cover
+                // them, or the delete is acknowledged and changes nothing (A1).
                 return Ok((false, ()));
             }
+            // Taken under the key's lock, so this key's dots follow the floor's
+            // order (review C16: taken before, a racing write could run ahead of it
+            // and a write after a reap reuse a dot).
+            let floor = self.next_dot()?;
             let mut next = reg.clone();
             next.write_at(actor, floor, context, value)?;
             let count = next.siblings().len();
@@ -318,10 +459,9 @@ impl Replica {
     /// # Errors
     /// Limits, [`ObjectError::WrongKind`], or storage failures.
     pub fn counter_add(&self, key: &[u8], delta: i64) -> Result<Counter, ReplicaError> {
-        let actor = self.actor;
-        let (obj, ()) = self.modify(key, Kind::Counter, |obj| {
+        let (obj, ()) = self.modify(key, Kind::Counter, |obj, actor| {
             if let Object::Counter(c) = obj {
-                c.add(actor, delta);
+                c.add(actor, delta)?;
             }
             Ok((true, ()))
         })?;
@@ -348,13 +488,12 @@ impl Replica {
                 limit: self.limits.max_key_bytes,
             });
         }
-        let actor = self.actor;
-        let (obj, present) = self.modify(key, Kind::Set, |obj| {
+        let (obj, present) = self.modify(key, Kind::Set, |obj, actor| {
             let Object::Set(s) = obj else {
                 unreachable!("modify checked the kind")
             };
             if add {
-                s.add(actor, member.to_vec());
+                s.add(actor, member.to_vec())?;
                 Ok((true, true))
             } else {
                 let present = s.remove(member);
@@ -372,7 +511,7 @@ impl Replica {
     /// # Errors
     /// [`ObjectError::WrongKind`] if the kinds differ, or storage failures.
     pub fn merge(&self, key: &[u8], incoming: &Object) -> Result<Object, ReplicaError> {
-        let (obj, ()) = self.modify(key, incoming.kind(), |obj| {
+        let (obj, ()) = self.modify(key, incoming.kind(), |obj, _| {
             let before = obj.clone();
             obj.merge(incoming)?;
             Ok((*obj != before, ()))
@@ -384,7 +523,7 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringkv_storage::{StoreConfig, SyncPolicy};
+    use ringkv_storage::{Disk, Driver, SimulatedDisk, StoreConfig, SyncPolicy};
 
     fn replica(dir: &std::path::Path, limits: Limits) -> Replica {
         let mut cfg = StoreConfig::new(dir);
@@ -464,6 +603,209 @@ mod tests {
             r.store().root(partition_of(b"k", 256)).expect("root"),
             before
         );
+    }
+
+    /// A replica on a simulated disk (so a power loss can take its unsynced writes).
+    fn on_disk(
+        dir: &std::path::Path,
+        disk: &std::sync::Arc<SimulatedDisk>,
+        base: Actor,
+    ) -> Replica {
+        let mut cfg = StoreConfig::new(dir);
+        cfg.disk = Disk::Simulated(disk.clone());
+        cfg.driver = Driver::Caller;
+        Replica::new(
+            Store::open(cfg).expect("open"),
+            base,
+            Limits::default(),
+            256,
+        )
+        .expect("replica")
+    }
+
+    /// The power goes, the machine reboots: what the last sync did not cover is gone.
+    fn power_loss(
+        r: Replica,
+        dir: &std::path::Path,
+        disk: &std::sync::Arc<SimulatedDisk>,
+    ) -> Replica {
+        let base = r.base_actor();
+        disk.power_off();
+        drop(r);
+        disk.restore(None).expect("restore");
+        on_disk(dir, disk, base)
+    }
+
+    fn register(o: Object) -> Register {
+        match o {
+            Object::Register(r) => r,
+            other => panic!("not a register: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_delete_with_a_context_at_a_replica_without_the_key_leaves_a_covering_tombstone() {
+        // Review A1: the coordinator lacks the key the client read elsewhere.
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let a = replica(da.path(), Limits::default());
+        let b = Replica::new(
+            Store::open(StoreConfig::new(db.path())).expect("open"),
+            8,
+            Limits::default(),
+            256,
+        )
+        .expect("replica");
+        let r = a
+            .write_register(b"k", Some(b"v".to_vec()), &VClock::new())
+            .expect("put");
+        let d = b.write_register(b"k", None, r.context()).expect("delete");
+        assert!(
+            d.is_deleted() && !d.siblings().is_empty(),
+            "a tombstone: {d:?}"
+        );
+        assert!(d.context() >= r.context(), "covering what the client saw");
+        a.merge(b"k", &Object::Register(d)).expect("merge");
+        let held = register(a.get(b"k").expect("get").expect("held"));
+        assert!(held.is_deleted(), "the value is gone: {held:?}");
+    }
+
+    #[test]
+    fn a_replica_that_lost_writes_in_a_power_loss_erases_none_of_them() {
+        // Review A2 (kv679): x coordinates, a keeps a copy, x loses its own.
+        let (dx, da) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let disk = SimulatedDisk::new();
+        let x = on_disk(dx.path(), &disk, 1);
+        let a = replica(da.path(), Limits::default());
+        let empty = VClock::new();
+        let r1 = x
+            .write_register(b"r", Some(b"v1".to_vec()), &empty)
+            .expect("put");
+        a.merge(b"r", &Object::Register(r1)).expect("merge");
+        let c1 = x.counter_add(b"c", 5).expect("add");
+        a.merge(b"c", &Object::Counter(c1)).expect("merge");
+        let (s1, _) = x.set_update(b"s", b"m1", true).expect("add");
+        a.merge(b"s", &Object::Set(s1)).expect("merge");
+        let epoch = x.global_epoch();
+        let x = power_loss(x, dx.path(), &disk);
+        assert_eq!(
+            x.global_epoch(),
+            epoch + 1,
+            "an unclean open starts an epoch"
+        );
+        assert_eq!(
+            x.get(b"r").expect("get"),
+            None,
+            "the power loss took x's copies"
+        );
+        let r2 = x
+            .write_register(b"r", Some(b"v2".to_vec()), &empty)
+            .expect("put");
+        let c2 = x.counter_add(b"c", 1).expect("add");
+        let (s2, _) = x.set_update(b"s", b"m2", true).expect("add");
+        a.merge(b"r", &Object::Register(r2)).expect("merge");
+        a.merge(b"c", &Object::Counter(c2)).expect("merge");
+        a.merge(b"s", &Object::Set(s2)).expect("merge");
+        let held = register(a.get(b"r").expect("get").expect("held"));
+        let mut values = held.values();
+        values.sort();
+        assert_eq!(
+            values,
+            vec![&b"v1"[..], &b"v2"[..]],
+            "two blind writes, two siblings"
+        );
+        match a.get(b"c").expect("get") {
+            Some(Object::Counter(c)) => assert_eq!(c.value(), Ok(6), "both increments"),
+            other => panic!("{other:?}"),
+        }
+        match a.get(b"s").expect("get") {
+            Some(Object::Set(s)) => {
+                assert_eq!(
+                    s.members(),
+                    vec![b"m1".to_vec(), b"m2".to_vec()],
+                    "both adds"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // A clean close keeps the epoch.
+        drop(x);
+        let x = on_disk(dx.path(), &disk, 1);
+        assert_eq!(x.global_epoch(), epoch + 1);
+    }
+
+    #[test]
+    fn a_partition_handed_away_and_back_erases_nothing() {
+        // Review A2, the handoff path: x drops its copy after the new owners took
+        // it (retiring the partition's actor first), then owns the key again.
+        let (dx, da) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let x = replica(dx.path(), Limits::default());
+        let a = Replica::new(
+            Store::open(StoreConfig::new(da.path())).expect("open"),
+            8,
+            Limits::default(),
+            256,
+        )
+        .expect("replica");
+        let p = partition_of(b"c", 256);
+        let c1 = x.counter_add(b"c", 5).expect("add");
+        a.merge(b"c", &Object::Counter(c1.clone())).expect("merge");
+        let before = x.actor_of(p);
+        x.retire_actor(p).expect("retire");
+        assert_ne!(x.actor_of(p), before);
+        let digest = Object::Counter(c1).digest(b"c").expect("digest");
+        assert!(x.store().remove_if(p, b"c", &digest).expect("drop"));
+        let c2 = x.counter_add(b"c", 1).expect("add");
+        a.merge(b"c", &Object::Counter(c2)).expect("merge");
+        match a.get(b"c").expect("get") {
+            Some(Object::Counter(c)) => assert_eq!(c.value(), Ok(6)),
+            other => panic!("{other:?}"),
+        }
+        // The epoch survives a restart.
+        let retired = x.actor_of(p);
+        drop(x);
+        let x = replica(dx.path(), Limits::default());
+        assert_eq!(x.actor_of(p), retired);
+    }
+
+    #[test]
+    fn a_state_claiming_the_last_dot_refuses_writes_instead_of_wrapping() {
+        // Review A3 at the replica: a clock entry of u64::MAX for b's actor (which
+        // signed contexts keep clients from sending) must not make b's next write
+        // wrap, vanish on merge, or panic.
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let a = replica(da.path(), Limits::default());
+        let b = Replica::new(
+            Store::open(StoreConfig::new(db.path())).expect("open"),
+            8,
+            Limits::default(),
+            256,
+        )
+        .expect("replica");
+        let b_actor = b.actor_of(partition_of(b"k", 256));
+        let mut poisoned = VClock::new();
+        crdts::CmRDT::apply(&mut poisoned, crdts::Dot::new(b_actor, u64::MAX));
+        let r = a
+            .write_register(b"k", Some(b"v0".to_vec()), &poisoned)
+            .expect("put");
+        b.merge(b"k", &Object::Register(r.clone())).expect("merge");
+        assert!(matches!(
+            b.write_register(b"k", Some(b"v1".to_vec()), r.context()),
+            Err(ReplicaError::Object(ObjectError::DotsExhausted { .. }))
+        ));
+        let held = register(b.get(b"k").expect("get").expect("held"));
+        assert_eq!(held.values(), vec![&b"v0"[..]], "nothing changed");
     }
 
     #[test]

@@ -297,6 +297,21 @@ pub enum ApiError {
         /// Why.
         reason: String,
     },
+    /// A counter increment refused because a replica's running total would wrap.
+    #[error("{reason}")]
+    CounterOverflow {
+        /// Why.
+        reason: String,
+    },
+    /// A forwarded write reached a node that is not a primary of its key in its own
+    /// view (the ring is changing): nothing was applied; another primary may take it.
+    #[error(
+        "node {node} is not a primary of this key in its view of the ring; nothing was applied"
+    )]
+    NotPrimary {
+        /// The node that refused.
+        node: String,
+    },
 }
 
 impl From<ObjectError> for ApiError {
@@ -310,9 +325,13 @@ impl From<ObjectError> for ApiError {
                 limit: limit as u64,
             },
             ObjectError::InvalidContext { reason } => ApiError::InvalidContext { reason },
+            ObjectError::CounterOverflow { .. } => ApiError::CounterOverflow {
+                reason: e.to_string(),
+            },
             ObjectError::Corrupt { .. }
             | ObjectError::UnsupportedVersion { .. }
-            | ObjectError::Overflow => ApiError::Corrupt {
+            | ObjectError::Overflow
+            | ObjectError::DotsExhausted { .. } => ApiError::Corrupt {
                 reason: e.to_string(),
             },
         }
