@@ -122,6 +122,34 @@ impl Members {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
+
+    /// Number of records of members that are not removed.
+    pub fn live_len(&self) -> usize {
+        self.records
+            .values()
+            .filter(|r| r.status != Status::Removed)
+            .count()
+    }
+
+    /// Keeps at most `max` records of removed members, forgetting those lowest in
+    /// (version, node id) order. Every node forgets the same ones, so member sets
+    /// still converge; a node whose record is forgotten could rejoin, which is why
+    /// the bound is generous.
+    pub fn forget_oldest_removed(&mut self, max: usize) {
+        let mut removed: Vec<(u64, String)> = self
+            .records
+            .values()
+            .filter(|r| r.status == Status::Removed)
+            .map(|r| (r.version, r.node_id.clone()))
+            .collect();
+        if removed.len() <= max {
+            return;
+        }
+        removed.sort_unstable();
+        for (_, id) in &removed[..removed.len() - max] {
+            self.records.remove(id);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -298,7 +298,7 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
         }
         Command::Leave { secret, opts } => {
             let key = admin_key(&secret)?;
-            let id = ringkv::peer::admin_leave(&opts.connect, key).await?;
+            let id = ringkv::client::admin::leave(&opts.connect, key).await?;
             if opts.json {
                 print_json(&json!({"ok": true, "node_id": id}))?;
             } else {
@@ -312,7 +312,7 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             opts,
         } => {
             let key = admin_key(&secret)?;
-            ringkv::peer::admin_remove(&opts.connect, key, &node_id).await?;
+            ringkv::client::admin::remove(&opts.connect, key, &node_id).await?;
             if opts.json {
                 print_json(&json!({"ok": true, "removed": node_id}))?;
             } else {

@@ -16,6 +16,7 @@
 //! # let _ = ctx; Ok(()) }
 //! ```
 
+pub mod admin;
 mod routing;
 
 use std::future::Future;
@@ -387,7 +388,7 @@ impl Client {
     pub async fn repair(
         &self,
         partition: Option<u32>,
-    ) -> Result<crate::repair::RoundReport, ClientError> {
+    ) -> Result<crate::rpc::api::RoundReport, ClientError> {
         // A round over every partition may move a lot of data.
         let timeout = self.timeout.max(Duration::from_secs(300));
         Ok(self

@@ -121,6 +121,12 @@ impl ClusterView {
         self.members.get(node_id)
     }
 
+    /// Whether `node_id` is a member an operator removed.
+    pub fn is_removed(&self, node_id: &str) -> bool {
+        self.record(node_id)
+            .is_some_and(|r| r.status == Status::Removed)
+    }
+
     /// SWIM's view of a member.
     pub fn liveness_of(&self, node_id: &str) -> Liveness {
         self.liveness
@@ -185,9 +191,23 @@ pub struct ClusterState {
     view: RwLock<Arc<ClusterView>>,
     gossip_stats: RwLock<GossipStats>,
     commands: tokio::sync::mpsc::Sender<shell::Command>,
+    /// An operator removed this node: it serves, repairs and hands off nothing more.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 impl ClusterState {
+    /// Whether an operator removed this node from the cluster. Its data was declared
+    /// lost: it must not push any of it into the cluster (anti-entropy, handoff,
+    /// hints, read repair), and it serves no requests.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_removed(&self) {
+        self.removed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// The current view.
     pub fn view(&self) -> Arc<ClusterView> {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()

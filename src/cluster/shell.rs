@@ -174,6 +174,7 @@ pub async fn start<N: Network>(
         view: RwLock::new(Arc::new(view)),
         gossip_stats: RwLock::new(gossip.stats()),
         commands: tx,
+        removed: std::sync::atomic::AtomicBool::new(false),
     });
     let shell = Shell {
         gossip,
@@ -329,7 +330,10 @@ impl Shell {
             return Vec::new();
         };
         if mine.status == Status::Removed && self.own.status != Status::Removed {
-            tracing::error!("an operator removed this node from the cluster; it stops gossiping");
+            tracing::error!(
+                "an operator removed this node from the cluster; it stops gossiping, repairing, handing off and serving"
+            );
+            self.state.set_removed();
             self.own.status = Status::Removed;
             if let Err(error) = self.store.set_meta(META_REMOVED, b"1") {
                 tracing::error!(%error, "cannot persist removal");

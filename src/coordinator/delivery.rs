@@ -28,7 +28,8 @@ pub async fn deliver_hints(coordinator: Coordinator, shutdown: impl Future<Outpu
             () = tokio::time::sleep(DELIVERY_INTERVAL) => {}
         }
         rounds += 1;
-        if coordinator.inner.hints.pending() == 0 {
+        // A removed node's states were declared lost: it hands none of them on.
+        if coordinator.inner.hints.pending() == 0 || coordinator.inner.cluster.is_removed() {
             continue;
         }
         let view = coordinator.inner.cluster.view();
@@ -146,13 +147,15 @@ impl Coordinator {
         }
     }
 
-    /// Removes a hint that needs no more delivery; false if the store failed.
+    /// Removes a hint that needs no more delivery; false if the store failed or a
+    /// newer state was merged into the hint meanwhile (delivered next round).
     fn drop_hint(&self, hint: &Hint) -> bool {
-        match self.inner.hints.remove(&hint.id) {
-            Ok(()) => {
+        match self.inner.hints.remove_delivered(hint) {
+            Ok(true) => {
                 self.inner.hints.delivered.fetch_add(1, Ordering::Relaxed);
                 true
             }
+            Ok(false) => false,
             Err(error) => {
                 tracing::warn!(%error, "cannot drop a delivered hint");
                 false

@@ -141,6 +141,13 @@ fn unavailable(reason: impl Into<String>) -> ApiError {
     }
 }
 
+/// The refusal of a node an operator removed from the cluster.
+pub(crate) fn removed() -> ApiError {
+    unavailable(
+        "an operator removed this node from the cluster: it serves no requests (connect to another member)",
+    )
+}
+
 /// The client view of a register object of `key`, its context signed with `contexts`.
 pub fn get_reply(
     contexts: &ContextKey,
@@ -367,6 +374,9 @@ impl Coordinator {
     /// # Errors
     /// [`ApiError`] naming the refusal or failure.
     pub async fn get_local(&self, key: Vec<u8>) -> Result<GetReply, ApiError> {
+        if self.inner.cluster.is_removed() {
+            return Err(removed());
+        }
         let k = key.clone();
         let obj = self.run(Io::Read, move |r| r.get(&k)).await?;
         get_reply(&self.inner.contexts, &key, obj)
@@ -512,12 +522,6 @@ impl Coordinator {
                 reason: "hint owner id must be 1-128 bytes".into(),
             });
         }
-        if !self.inner.hints.has_room() {
-            return Err(unavailable(format!(
-                "hint store full ({} hints); not keeping more",
-                crate::hints::MAX_PENDING
-            )));
-        }
         let hints = self.inner.hints.clone();
         let put = move || hints.put(&owner, &key, &object);
         let r = if self.inner.fsync_writes {
@@ -527,8 +531,11 @@ impl Coordinator {
         } else {
             put()
         };
-        r.map_err(|e| ApiError::Storage {
-            reason: e.to_string(),
+        r.map_err(|e| match e {
+            crate::hints::HintError::Full { .. } => unavailable(e.to_string()),
+            crate::hints::HintError::Storage(e) => ApiError::Storage {
+                reason: e.to_string(),
+            },
         })
     }
 

@@ -83,6 +83,9 @@ impl Coordinator {
         key: Vec<u8>,
         opts: RequestOptions,
     ) -> Result<Option<Object>, ApiError> {
+        if self.inner.cluster.is_removed() {
+            return Err(super::removed());
+        }
         self.inner.replica.check_key(&key)?;
         let (r, pr, timeout) = self.need(&opts, false)?;
         let deadline = Instant::now() + timeout;

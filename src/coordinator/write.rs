@@ -69,6 +69,9 @@ impl Coordinator {
         opts: RequestOptions,
         forwarded: bool,
     ) -> Result<WriteReply, ApiError> {
+        if self.inner.cluster.is_removed() {
+            return Err(super::removed());
+        }
         self.inner.replica.check_key(request.key())?;
         let (w, pw, timeout) = self.need(&opts, true)?;
         let deadline = Instant::now() + timeout;
@@ -83,7 +86,16 @@ impl Coordinator {
         // capped to what exists (a one-node cluster answers at W=2). Liveness never
         // shrinks the ring, so a dead replica still counts as required.
         let (w, pw) = (w.min(primaries.len()), pw.min(primaries.len()));
-        if !primaries.contains(&view.self_id) && !forwarded {
+        if !primaries.contains(&view.self_id) {
+            if forwarded {
+                // Views disagree for a moment while a ring change spreads. Counting
+                // this node's copy toward W would let a write be acknowledged on one
+                // primary and a node reads do not ask (review B1): refuse, having
+                // applied nothing, so the forwarder tries another primary.
+                return Err(ApiError::NotPrimary {
+                    node: view.self_id.clone(),
+                });
+            }
             return self
                 .forward(&view, &primaries, request, opts, deadline)
                 .await;
@@ -213,6 +225,10 @@ impl Coordinator {
                 .await;
             match r {
                 Ok(reply) => return Ok(reply),
+                Err(PeerError::Api(api @ ApiError::NotPrimary { .. })) => {
+                    // Nothing applied there: the next primary may take it.
+                    errors.push((p.clone(), api.to_string()));
+                }
                 Err(PeerError::Api(api)) => return Err(api),
                 Err(e @ PeerError::Connect { .. }) => errors.push((p.clone(), e.to_string())),
                 Err(e @ PeerError::Lost { .. }) => {
@@ -310,21 +326,14 @@ impl Coordinator {
         } else {
             VecDeque::new()
         };
-        let mut targets: Vec<Target> = primaries
+        debug_assert!(primaries.contains(&me), "only primaries coordinate writes");
+        let targets: Vec<Target> = primaries
             .iter()
             .map(|p| Target {
                 node: p.clone(),
                 primary: true,
             })
             .collect();
-        if !primaries.contains(&me) {
-            // A forwarded write whose coordinator is no longer a primary in its view:
-            // its local state still counts, as a non-primary.
-            targets.push(Target {
-                node: me.clone(),
-                primary: false,
-            });
-        }
         let (mut quorum, now) = Quorum::<()>::new(
             Requirement {
                 total: w,

@@ -2,29 +2,63 @@
 //! their delivery once the owner is alive again (DESIGN.md §6, §7).
 //!
 //! Hints live in the store's own keyspace, so they survive restarts; delivery is
-//! rate-limited and resumes where it stopped.
+//! rate-limited and resumes where it stopped. There is one hint per (owner, key):
+//! a later state for the same owner and key is merged into it (what the owner would
+//! hold after receiving both), so a hot key whose owner is down costs one object,
+//! not one per write (review A8). The store is bounded by bytes and by keys.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringkv_storage::{StorageError, Store};
 
+use crate::object::Object;
+
 /// Hints delivered per second at most.
 pub const DELIVERY_RATE: usize = 500;
-/// Most hints a node keeps; beyond it, new hints are refused (the write then counts
-/// one replica fewer) rather than filling the disk while an owner stays dead.
+/// Most hints (owner and key pairs) a node keeps.
 pub const MAX_PENDING: u64 = 1_000_000;
+/// Most bytes of hinted states a node keeps. Beyond either bound new hints are
+/// refused (the write then counts one replica fewer) rather than filling the disk
+/// while an owner stays dead.
+pub const MAX_BYTES: u64 = 1 << 30;
 /// Interval between delivery rounds.
 pub const DELIVERY_INTERVAL: Duration = Duration::from_millis(250);
+/// Locks for merging into a stored hint.
+const STRIPES: usize = 64;
+/// First byte of a hint key: `owner length | owner | user key`. (Keys of earlier
+/// releases start with the owner's length and hold a sequence number; they are
+/// still read and delivered.)
+const KEYED: u8 = 0xff;
+const _: () = assert!(ringkv_gossip::membership::MAX_RECORD_FIELD_BYTES < KEYED as usize);
+
+/// Why a hint was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum HintError {
+    /// The hint store is at one of its bounds.
+    #[error(
+        "hint store full ({pending} hints, {bytes} bytes; at most {MAX_PENDING} hints and {MAX_BYTES} bytes): not keeping more"
+    )]
+    Full {
+        /// Hints kept.
+        pending: u64,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
 
 /// The hint store of one node.
 pub struct Hints {
     store: Store,
     pending: AtomicU64,
-    next_seq: AtomicU64,
-    /// Hints stored since start.
+    bytes: AtomicU64,
+    bytes_max: u64,
+    stripes: Box<[Mutex<()>]>,
+    /// Hints stored (or merged into) since start.
     pub stored: AtomicU64,
     /// Hints delivered since start.
     pub delivered: AtomicU64,
@@ -43,40 +77,77 @@ pub struct Hint {
     pub object: Vec<u8>,
 }
 
-fn hint_key(owner: &str, seq: u64, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + owner.len() + 8 + key.len());
+fn owner_prefix(owner: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + owner.len());
+    k.push(KEYED);
     k.push(owner.len() as u8);
     k.extend_from_slice(owner.as_bytes());
-    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn hint_key(owner: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = owner_prefix(owner);
     k.extend_from_slice(key);
     k
 }
 
 fn parse_hint_key(k: &[u8]) -> Option<(String, Vec<u8>)> {
-    let (&len, rest) = k.split_first()?;
-    let len = usize::from(len);
-    if rest.len() < len + 8 {
-        return None;
-    }
-    let owner = std::str::from_utf8(&rest[..len]).ok()?.to_string();
-    Some((owner, rest[len + 8..].to_vec()))
+    let (&first, rest) = k.split_first()?;
+    let (owner, key) = if first == KEYED {
+        let (&len, rest) = rest.split_first()?;
+        let len = usize::from(len);
+        (rest.get(..len)?, rest.get(len..)?)
+    } else {
+        // An earlier release's: owner length, owner, sequence number, key.
+        let len = usize::from(first);
+        if rest.len() < len + 8 {
+            return None;
+        }
+        (&rest[..len], &rest[len + 8..])
+    };
+    Some((std::str::from_utf8(owner).ok()?.to_string(), key.to_vec()))
+}
+
+/// The state to keep for one owner and key: the merge of the one kept and the new
+/// one (`None`: they do not merge, so the new one replaces it).
+fn merged(old: &[u8], new: &[u8]) -> Option<Vec<u8>> {
+    let mut a = Object::decode(old).ok()?;
+    a.merge(&Object::decode(new).ok()?).ok()?;
+    a.encode().ok()
 }
 
 impl Hints {
-    /// Opens the hints of `store`; `generation` makes hint ids of this start unique.
+    /// Opens the hints of `store`.
     ///
     /// # Errors
     /// [`StorageError`] if counting the stored hints fails.
-    pub fn open(store: Store, generation: u64) -> Result<Hints, StorageError> {
+    pub fn open(store: Store) -> Result<Hints, StorageError> {
+        Hints::open_with_limit(store, MAX_BYTES)
+    }
+
+    /// As [`Hints::open`], keeping at most `bytes_max` bytes of hints.
+    ///
+    /// # Errors
+    /// [`StorageError`] if counting the stored hints fails.
+    pub fn open_with_limit(store: Store, bytes_max: u64) -> Result<Hints, StorageError> {
         // Counted, not loaded: a node back from a long outage may hold many.
         let pending = store.hint_count()? as u64;
+        let bytes = store.hint_bytes();
         Ok(Hints {
             store,
             pending: AtomicU64::new(pending),
-            next_seq: AtomicU64::new(generation << 40),
+            bytes: AtomicU64::new(bytes),
+            bytes_max,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             stored: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
         })
+    }
+
+    fn stripe(&self, id: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        let h = blake3::hash(id);
+        let i = usize::from(h.as_bytes()[0]) % STRIPES;
+        self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Hints waiting for delivery.
@@ -84,34 +155,59 @@ impl Hints {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Whether another hint may be stored.
-    pub fn has_room(&self) -> bool {
-        self.pending() < MAX_PENDING
+    /// Bytes of the hints waiting.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Keeps `object` of `key` for `owner` (durable before returning).
+    /// Keeps `object` of `key` for `owner`, merged into what is kept already for
+    /// them (durable before returning, per the sync policy).
     ///
     /// # Errors
-    /// [`StorageError`]; owner ids are at most 128 bytes (checked by membership).
-    pub fn put(&self, owner: &str, key: &[u8], object: &[u8]) -> Result<(), StorageError> {
+    /// [`HintError::Full`] at a bound (nothing changed), or [`HintError::Storage`].
+    pub fn put(&self, owner: &str, key: &[u8], object: &[u8]) -> Result<(), HintError> {
         debug_assert!(owner.len() <= usize::from(u8::MAX));
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.store.put_hint(&hint_key(owner, seq, key), object)?;
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        let id = hint_key(owner, key);
+        let _lock = self.stripe(&id);
+        let old = self.store.hint(&id)?;
+        let next = match &old {
+            None => object.to_vec(),
+            Some(old) => merged(old, object).unwrap_or_else(|| {
+                tracing::warn!(
+                    %owner,
+                    "a hinted state does not merge with the one kept; keeping the newer"
+                );
+                object.to_vec()
+            }),
+        };
+        let old_len = old.as_ref().map_or(0, |o| o.len() as u64);
+        let (pending, bytes) = (self.pending(), self.bytes());
+        let grows = (next.len() as u64).saturating_sub(old_len);
+        if (old.is_none() && pending >= MAX_PENDING) || bytes + grows > self.bytes_max {
+            return Err(HintError::Full { pending, bytes });
+        }
+        self.store.put_hint(&id, &next)?;
+        if old.is_none() {
+            self.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        self.bytes.fetch_add(next.len() as u64, Ordering::Relaxed);
+        self.bytes.fetch_sub(old_len, Ordering::Relaxed);
         self.stored.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Up to `limit` hints for `owner`, oldest first.
+    /// Up to `limit` hints for `owner`, in key order (an earlier release's first).
     ///
     /// # Errors
     /// [`StorageError`].
     pub fn for_owner(&self, owner: &str, limit: usize) -> Result<Vec<Hint>, StorageError> {
-        let mut prefix = vec![owner.len() as u8];
-        prefix.extend_from_slice(owner.as_bytes());
-        Ok(self
-            .store
-            .hints(&prefix, limit)?
+        let mut legacy = vec![owner.len() as u8];
+        legacy.extend_from_slice(owner.as_bytes());
+        let mut raw = self.store.hints(&legacy, limit)?;
+        if raw.len() < limit {
+            raw.extend(self.store.hints(&owner_prefix(owner), limit - raw.len())?);
+        }
+        Ok(raw
             .into_iter()
             .filter_map(|(id, object)| {
                 let (o, key) = parse_hint_key(&id)?;
@@ -125,39 +221,29 @@ impl Hints {
             .collect())
     }
 
-    /// Up to `limit` hints, grouped by owner.
+    /// Drops a delivered hint, unless a newer state was merged into it since it was
+    /// read (that one is delivered next round). Returns whether it was dropped.
     ///
     /// # Errors
     /// [`StorageError`].
-    pub fn batch(&self, limit: usize) -> Result<BTreeMap<String, Vec<Hint>>, StorageError> {
-        let mut out: BTreeMap<String, Vec<Hint>> = BTreeMap::new();
-        for (id, object) in self.store.hints(&[], limit)? {
-            match parse_hint_key(&id) {
-                Some((owner, key)) => out.entry(owner.clone()).or_default().push(Hint {
-                    id,
-                    owner,
-                    key,
-                    object,
-                }),
-                None => {
-                    tracing::warn!("dropping an unreadable hint");
-                    self.remove(&id)?;
-                }
-            }
+    pub fn remove_delivered(&self, hint: &Hint) -> Result<bool, StorageError> {
+        let _lock = self.stripe(&hint.id);
+        match self.store.hint(&hint.id)? {
+            Some(current) if current == hint.object => {}
+            Some(_) => return Ok(false),
+            None => return Ok(true),
         }
-        Ok(out)
-    }
-
-    /// Drops a delivered hint.
-    ///
-    /// # Errors
-    /// [`StorageError`].
-    pub fn remove(&self, id: &[u8]) -> Result<(), StorageError> {
-        self.store.remove_hint(id)?;
+        self.store.remove_hint(&hint.id)?;
         let _ = self
             .pending
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| p.checked_sub(1));
-        Ok(())
+        let len = hint.object.len() as u64;
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(len))
+            });
+        Ok(true)
     }
 }
 
@@ -167,27 +253,114 @@ pub type SharedHints = Arc<Hints>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::object::Register;
+    use crdts::VClock;
+
+    fn state(actor: u64, value: &[u8]) -> Vec<u8> {
+        let mut r = Register::new();
+        r.write(actor, &VClock::new(), Some(value.to_vec()))
+            .expect("write");
+        Object::Register(r).encode().expect("encode")
+    }
 
     #[test]
-    fn hints_survive_reopen_and_parse_back() {
+    fn hints_survive_reopen_and_merge_per_owner_and_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let store = Store::open(ringkv_storage::StoreConfig::new(dir.path())).expect("open");
-            let h = Hints::open(store, 1).expect("hints");
-            h.put("node-a", b"k1", b"o1").expect("put");
-            h.put("node-b", b"k2", b"o2").expect("put");
-            h.put("node-a", b"k1", b"o3").expect("put");
-            assert_eq!(h.pending(), 3);
+            let h = Hints::open(store).expect("hints");
+            h.put("node-a", b"k1", &state(1, b"o1")).expect("put");
+            h.put("node-b", b"k2", &state(1, b"o2")).expect("put");
+            h.put("node-a", b"k1", &state(2, b"o3")).expect("put");
+            assert_eq!(h.pending(), 2, "one hint per owner and key");
         }
         let store = Store::open(ringkv_storage::StoreConfig::new(dir.path())).expect("open");
-        let h = Hints::open(store, 2).expect("hints");
-        assert_eq!(h.pending(), 3);
-        let b = h.batch(10).expect("batch");
-        assert_eq!(b["node-a"].len(), 2);
-        assert_eq!(b["node-a"][1].object, b"o3");
-        assert_eq!(b["node-b"][0].key, b"k2");
-        h.remove(&b["node-b"][0].id).expect("remove");
+        let h = Hints::open(store).expect("hints");
         assert_eq!(h.pending(), 2);
+        assert_eq!(h.bytes(), h.store.hint_bytes());
+        let a = h.for_owner("node-a", 10).expect("hints");
+        assert_eq!(a.len(), 1);
+        match Object::decode(&a[0].object).expect("decode") {
+            Object::Register(r) => assert_eq!(r.values(), vec![&b"o1"[..], &b"o3"[..]]),
+            other => panic!("{other:?}"),
+        }
+        let b = h.for_owner("node-b", 10).expect("hints");
+        assert_eq!(b[0].key, b"k2");
+        assert!(h.remove_delivered(&b[0]).expect("remove"));
+        assert_eq!(h.pending(), 1);
         assert_eq!(parse_hint_key(&[200]), None);
+        assert_eq!(parse_hint_key(&[KEYED, 9, b'x']), None);
+    }
+
+    #[test]
+    fn a_hint_merged_into_after_it_was_read_is_not_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(ringkv_storage::StoreConfig::new(dir.path())).expect("open");
+        let h = Hints::open(store).expect("hints");
+        h.put("n", b"k", &state(1, b"v1")).expect("put");
+        let read = h.for_owner("n", 10).expect("hints").remove(0);
+        h.put("n", b"k", &state(2, b"v2")).expect("put");
+        assert!(
+            !h.remove_delivered(&read).expect("remove"),
+            "v2 is still to deliver"
+        );
+        assert_eq!(h.pending(), 1);
+        let again = h.for_owner("n", 10).expect("hints").remove(0);
+        assert!(h.remove_delivered(&again).expect("remove"));
+        assert_eq!((h.pending(), h.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_hot_key_costs_one_hint_and_the_bytes_are_bounded() {
+        // Review A8: one full object per write, capped only by count.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(ringkv_storage::StoreConfig::new(dir.path())).expect("open");
+        let h = Hints::open_with_limit(store, 64 << 10).expect("hints");
+        let mut r = Register::new();
+        for i in 0..1000u32 {
+            let ctx = r.context().clone();
+            r.write(1, &ctx, Some(vec![i as u8; 1000])).expect("write");
+            h.put(
+                "owner",
+                b"hot",
+                &Object::Register(r.clone()).encode().expect("encode"),
+            )
+            .expect("put");
+        }
+        assert_eq!(h.pending(), 1);
+        assert!(h.bytes() < 2_000, "one object: {} bytes", h.bytes());
+        let mut refused = 0;
+        for i in 0..200u32 {
+            match h.put(
+                "owner",
+                format!("cold-{i}").as_bytes(),
+                &state(1, &[0; 1000]),
+            ) {
+                Ok(()) => {}
+                Err(HintError::Full { .. }) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(refused > 100, "beyond 64 KiB hints are refused ({refused})");
+        assert!(h.bytes() <= 64 << 10);
+    }
+
+    #[test]
+    fn hints_of_an_earlier_release_are_still_delivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(ringkv_storage::StoreConfig::new(dir.path())).expect("open");
+        let mut old = vec![1u8, b'n'];
+        old.extend_from_slice(&7u64.to_be_bytes());
+        old.extend_from_slice(b"k");
+        store.put_hint(&old, &state(1, b"v")).expect("put");
+        let h = Hints::open(store).expect("hints");
+        h.put("n", b"j", &state(1, b"w")).expect("put");
+        let all = h.for_owner("n", 10).expect("hints");
+        let keys: Vec<&[u8]> = all.iter().map(|h| h.key.as_slice()).collect();
+        assert_eq!(keys, vec![&b"k"[..], &b"j"[..]]);
+        for hint in &all {
+            assert!(h.remove_delivered(hint).expect("remove"));
+        }
+        assert_eq!(h.pending(), 0);
     }
 }

@@ -173,6 +173,9 @@ pub struct Stats {
     pub bad_frames: AtomicU64,
     /// Peer connections refused at the handshake.
     pub peer_handshakes_refused: AtomicU64,
+    /// Peer requests refused (from removed nodes, or operators' tools asking for more
+    /// than membership changes).
+    pub peer_requests_refused: AtomicU64,
 }
 
 impl Stats {
@@ -300,7 +303,7 @@ impl Node {
         }
         let generation = read_u64(&store, "generation")?.unwrap_or(0) + 1;
         store.set_meta("generation", &generation.to_be_bytes())?;
-        let hints = Arc::new(Hints::open(store.clone(), generation)?);
+        let hints = Arc::new(Hints::open(store.clone())?);
         let settings = config.cluster.settings;
         let (cluster, _gossip) = crate::cluster::shell::start(
             &net,
@@ -325,7 +328,12 @@ impl Node {
         if config.unsafe_lww {
             tracing::warn!("registers resolve by last writer wins: concurrent writes WILL be lost");
         }
-        let peers = Peers::new(net, config.cluster.key.clone(), config.limits.frame_bytes());
+        let peers = Peers::new(
+            net,
+            config.cluster.key.clone(),
+            node_id.clone(),
+            config.limits.frame_bytes(),
+        );
         let contexts = crate::object::ContextKey::of_cluster(&config.cluster.key);
         let coordinator = Coordinator::new(replica, cluster, peers, hints, settings, contexts);
         tokio::spawn(crate::coordinator::deliver_hints(
@@ -427,6 +435,7 @@ impl Node {
             r: s.r,
             w: s.w,
             hints_pending: hints.pending(),
+            hints_bytes: hints.bytes(),
             hints_stored: hints.stored.load(Ordering::Relaxed),
             hints_delivered: hints.delivered.load(Ordering::Relaxed),
             forwarded: stats.forwarded.load(Ordering::Relaxed),
@@ -437,6 +446,7 @@ impl Node {
             gossip_rejected_oversized: g.rejected_oversized,
             gossip_rejected_malformed: g.rejected_malformed,
             peer_handshakes_refused: self.stats.peer_handshakes_refused.load(Ordering::Relaxed),
+            peer_requests_refused: self.stats.peer_requests_refused.load(Ordering::Relaxed),
         }
     }
 

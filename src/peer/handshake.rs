@@ -1,7 +1,19 @@
 //! The handshake that opens a peer connection: both sides prove they hold the
 //! cluster key without revealing it, over fresh nonces from both, before any request
-//! is read. Client connections never start with [`MAGIC`] (their first four bytes are
-//! a frame length far below it), so one port serves both.
+//! is read. The connecting side names itself (its node id, or nothing for an
+//! operator's tool), inside what the proofs cover, so the accepting side can refuse
+//! nodes an operator removed: a removed node that still runs (partitioned while it
+//! was removed, or restarted later from its old disk) must not push its stale data
+//! back into the cluster (review A9). Client connections never start with [`MAGIC`]
+//! (their first four bytes are a frame length far below it), so one port serves both.
+//!
+//! ```text
+//! initiator  MAGIC | VERSION | nonce (32) | u8 id length | id
+//! acceptor   nonce (32) | tag("peer handshake acceptor", transcript)
+//! initiator  tag("peer handshake initiator", transcript)
+//! acceptor   1 (admitted) | 0 (wrong proof) | 2 (this node id was removed)
+//! transcript initiator nonce | acceptor nonce | u8 id length | id
+//! ```
 
 use std::io;
 use std::time::Duration;
@@ -13,8 +25,16 @@ use crate::net::Stream;
 
 /// First bytes of a peer connection.
 pub const MAGIC: [u8; 4] = *b"RKVP";
-/// Handshake version (after the magic).
-pub const VERSION: u8 = 1;
+/// Handshake version (after the magic): 2 names the connecting node.
+pub const VERSION: u8 = 2;
+/// Longest node id a handshake carries (as membership records allow).
+const MAX_ID: usize = ringkv_gossip::membership::MAX_RECORD_FIELD_BYTES;
+/// Final byte: admitted.
+const ADMITTED: u8 = 1;
+/// Final byte: the proof was wrong.
+const BAD_PROOF: u8 = 0;
+/// Final byte: the connecting node id was removed from the cluster.
+const REMOVED: u8 = 2;
 /// Longest a handshake may take.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -28,10 +48,12 @@ fn nonce() -> [u8; 32] {
     rand::random()
 }
 
-fn transcript(a: &[u8; 32], b: &[u8; 32]) -> [u8; 64] {
-    let mut t = [0u8; 64];
-    t[..32].copy_from_slice(a);
-    t[32..].copy_from_slice(b);
+fn transcript(initiator: &[u8; 32], acceptor: &[u8; 32], id: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(65 + id.len());
+    t.extend_from_slice(initiator);
+    t.extend_from_slice(acceptor);
+    t.push(id.len() as u8);
+    t.extend_from_slice(id);
     t
 }
 
@@ -39,54 +61,83 @@ fn equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Opens a peer connection on `stream` (the connecting side).
+/// Opens a peer connection on `stream` (the connecting side), as node `id` (empty
+/// for an operator's tool, which may only ask for membership changes).
 ///
 /// # Errors
-/// I/O errors, a timeout, or `PermissionDenied` if the other side does not hold `key`.
-pub async fn initiate<S: Stream>(stream: &mut S, key: &ClusterKey) -> io::Result<()> {
+/// I/O errors, a timeout, `PermissionDenied` if the other side does not hold `key`
+/// or refuses `id` (removed from the cluster), `InvalidInput` for an id over 128 bytes.
+pub async fn initiate<S: Stream>(stream: &mut S, key: &ClusterKey, id: &str) -> io::Result<()> {
+    if id.len() > MAX_ID {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "node id over 128 bytes",
+        ));
+    }
     tokio::time::timeout(TIMEOUT, async {
         let mine = nonce();
-        let mut hello = Vec::with_capacity(37);
+        let mut hello = Vec::with_capacity(38 + id.len());
         hello.extend_from_slice(&MAGIC);
         hello.push(VERSION);
         hello.extend_from_slice(&mine);
+        hello.push(id.len() as u8);
+        hello.extend_from_slice(id.as_bytes());
         stream.write_all(&hello).await?;
         let mut reply = [0u8; 64];
         stream.read_exact(&mut reply).await?;
         let theirs: [u8; 32] = reply[..32].try_into().map_err(|_| refused("short reply"))?;
         let proof: [u8; 32] = reply[32..].try_into().map_err(|_| refused("short reply"))?;
-        let t = transcript(&mine, &theirs);
+        let t = transcript(&mine, &theirs, id.as_bytes());
         if !equal(&proof, &key.tag(b"peer handshake acceptor", &t)) {
             return Err(refused("peer does not hold the cluster secret"));
         }
         stream
             .write_all(&key.tag(b"peer handshake initiator", &t))
             .await?;
-        let mut ok = [0u8; 1];
-        stream.read_exact(&mut ok).await?;
-        if ok[0] != 1 {
-            return Err(refused("peer refused our proof"));
+        let mut verdict = [0u8; 1];
+        stream.read_exact(&mut verdict).await?;
+        match verdict[0] {
+            ADMITTED => Ok(()),
+            REMOVED => Err(refused(
+                "this node was removed from the cluster; its peers refuse it",
+            )),
+            _ => Err(refused("peer refused our proof")),
         }
-        Ok(())
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer handshake timed out"))?
 }
 
-/// Accepts a peer connection whose [`MAGIC`] has already been read.
+/// Accepts a peer connection whose [`MAGIC`] has already been read; returns the id
+/// the other side proved it connects as (empty: an operator's tool). `admit` is
+/// asked about that id once the proof holds; a `false` is answered as "removed".
 ///
 /// # Errors
-/// I/O errors, a timeout, or `PermissionDenied` if the other side does not hold `key`.
-pub async fn accept<S: Stream>(stream: &mut S, key: &ClusterKey) -> io::Result<()> {
+/// I/O errors, a timeout, or `PermissionDenied` if the other side does not hold `key`
+/// or `admit` refuses it.
+pub async fn accept<S: Stream>(
+    stream: &mut S,
+    key: &ClusterKey,
+    admit: impl FnOnce(&str) -> bool,
+) -> io::Result<String> {
     tokio::time::timeout(TIMEOUT, async {
-        let mut hello = [0u8; 33];
+        let mut hello = [0u8; 34];
         stream.read_exact(&mut hello).await?;
         if hello[0] != VERSION {
             return Err(refused("unknown peer handshake version"));
         }
-        let theirs: [u8; 32] = hello[1..].try_into().map_err(|_| refused("short hello"))?;
+        let theirs: [u8; 32] = hello[1..33]
+            .try_into()
+            .map_err(|_| refused("short hello"))?;
+        let len = usize::from(hello[33]);
+        if len > MAX_ID {
+            return Err(refused("node id over 128 bytes"));
+        }
+        let mut id = vec![0u8; len];
+        stream.read_exact(&mut id).await?;
+        let id = String::from_utf8(id).map_err(|_| refused("node id is not UTF-8"))?;
         let mine = nonce();
-        let t = transcript(&theirs, &mine);
+        let t = transcript(&theirs, &mine, id.as_bytes());
         let mut reply = Vec::with_capacity(64);
         reply.extend_from_slice(&mine);
         reply.extend_from_slice(&key.tag(b"peer handshake acceptor", &t));
@@ -94,11 +145,15 @@ pub async fn accept<S: Stream>(stream: &mut S, key: &ClusterKey) -> io::Result<(
         let mut proof = [0u8; 32];
         stream.read_exact(&mut proof).await?;
         if !equal(&proof, &key.tag(b"peer handshake initiator", &t)) {
-            let _ = stream.write_all(&[0]).await;
+            let _ = stream.write_all(&[BAD_PROOF]).await;
             return Err(refused("peer does not hold the cluster secret"));
         }
-        stream.write_all(&[1]).await?;
-        Ok(())
+        if !admit(&id) {
+            let _ = stream.write_all(&[REMOVED]).await;
+            return Err(refused("the connecting node was removed from the cluster"));
+        }
+        stream.write_all(&[ADMITTED]).await?;
+        Ok(id)
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer handshake timed out"))?
@@ -108,7 +163,12 @@ pub async fn accept<S: Stream>(stream: &mut S, key: &ClusterKey) -> io::Result<(
 mod tests {
     use super::*;
 
-    async fn pair(a: &'static [u8], b: &'static [u8]) -> (io::Result<()>, io::Result<()>) {
+    async fn pair(
+        a: &'static [u8],
+        b: &'static [u8],
+        id: &'static str,
+        removed: &'static str,
+    ) -> (io::Result<()>, io::Result<String>) {
         let (mut x, mut y) = tokio::io::duplex(1024);
         let ka = ClusterKey::derive(a);
         let kb = ClusterKey::derive(b);
@@ -116,19 +176,39 @@ mod tests {
             let mut magic = [0u8; 4];
             y.read_exact(&mut magic).await?;
             assert_eq!(magic, MAGIC);
-            accept(&mut y, &kb).await
+            accept(&mut y, &kb, |who| who != removed).await
         });
-        let c = initiate(&mut x, &ka).await;
+        let c = initiate(&mut x, &ka, id).await;
         drop(x);
         (c, server.await.expect("join"))
     }
 
     #[tokio::test]
     async fn same_secret_opens_and_different_secrets_are_refused() {
-        let (c, s) = pair(b"one", b"one").await;
-        assert!(c.is_ok() && s.is_ok());
-        let (c, s) = pair(b"one", b"two").await;
+        let (c, s) = pair(b"one", b"one", "n1", "").await;
+        assert!(c.is_ok());
+        assert_eq!(s.expect("admitted"), "n1");
+        let (c, s) = pair(b"one", b"two", "n1", "").await;
         assert!(c.is_err());
         assert!(s.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_removed_node_is_refused_and_told_why() {
+        let (c, s) = pair(b"one", b"one", "n4", "n4").await;
+        let err = c.expect_err("refused");
+        assert!(err.to_string().contains("removed"), "{err}");
+        assert!(s.is_err());
+        // Operators' tools name no node.
+        let (c, s) = pair(b"one", b"one", "", "n4").await;
+        assert!(c.is_ok());
+        assert_eq!(s.expect("admitted"), "");
+        let mut x = tokio::io::duplex(64).0;
+        let long = "x".repeat(129);
+        assert!(
+            initiate(&mut x, &ClusterKey::derive(b"one"), &long)
+                .await
+                .is_err()
+        );
     }
 }

@@ -53,6 +53,8 @@ pub enum PeerError {
 pub struct Peers {
     dialer: Dialer,
     key: ClusterKey,
+    /// The node id this pool's connections prove (empty: an operator's tool).
+    id: Arc<str>,
     max_frame: usize,
     conns: Arc<Mutex<HashMap<SocketAddr, (u64, PeerClient)>>>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
@@ -62,11 +64,13 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// A pool dialing through `net`, proving `key`, with frames up to `max_frame` bytes.
-    pub fn new<N: Network>(net: N, key: ClusterKey, max_frame: usize) -> Peers {
+    /// A pool dialing through `net`, proving `key` as node `id` (empty for an
+    /// operator's tool), with frames up to `max_frame` bytes.
+    pub fn new<N: Network>(net: N, key: ClusterKey, id: String, max_frame: usize) -> Peers {
         Peers {
             dialer: Dialer::new(net),
             key,
+            id: id.into(),
             max_frame,
             conns: Arc::new(Mutex::new(HashMap::new())),
             next_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
@@ -119,7 +123,7 @@ impl Peers {
                 .await
                 .map_err(|_| err("connect timed out".into()))?
                 .map_err(|e| err(e.to_string()))?;
-            handshake::initiate(&mut stream, &self.key)
+            handshake::initiate(&mut stream, &self.key, &self.id)
                 .await
                 .map_err(|e| err(e.to_string()))?;
             Ok::<_, PeerError>(stream)

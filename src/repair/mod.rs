@@ -37,6 +37,7 @@ use crate::cluster::{ClusterView, walk_of};
 use crate::coordinator::Coordinator;
 use crate::object::Object;
 use crate::peer::pool::PeerError;
+pub use crate::rpc::api::RoundReport;
 use exchange::{Exchange, Need};
 
 /// Keys moved per fetch or merge request at most.
@@ -96,21 +97,6 @@ pub struct RepairStatus {
     pub tombstones_reaped: u64,
     /// Tombstones waiting to be reaped.
     pub tombstones_pending: u64,
-}
-
-/// What one round did (answer to `ringkv repair`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoundReport {
-    /// Partitions whose roots were compared.
-    pub compared: u64,
-    /// Partitions whose roots differed.
-    pub exchanges: u64,
-    /// Keys repaired.
-    pub keys_repaired: u64,
-    /// Partitions handed off.
-    pub handed_off: u64,
-    /// Tombstones reaped.
-    pub reaped: u64,
 }
 
 #[derive(Default)]
@@ -274,6 +260,12 @@ impl Repair {
 
     async fn round(&self, only: Option<u32>) -> RoundReport {
         let mut report = RoundReport::default();
+        if self.coordinator.cluster().is_removed() {
+            // Its data was declared lost when an operator removed it: pushing any of
+            // it back (anti-entropy, handoff) would bring back what was deleted and
+            // reaped since (review A9).
+            return report;
+        }
         let view = self.coordinator.cluster().view();
         let Some(ring) = view.ring.clone() else {
             return report;

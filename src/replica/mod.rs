@@ -809,6 +809,53 @@ mod tests {
     }
 
     #[test]
+    fn merges_past_the_sibling_limit_are_kept_and_writes_must_resolve_them() {
+        // Review B4: the limit binds coordinated writes only. A merge is never
+        // refused for its sibling count: refusing would leave the replicas apart
+        // for good (anti-entropy retrying every round), dropping siblings would
+        // lose acknowledged writes. What the limit then does is make the next
+        // write resolve them: a write that adds a sibling is refused, one with the
+        // read's context replaces them all.
+        let limits = Limits {
+            max_siblings: 10,
+            warn_siblings: 5,
+            ..Limits::default()
+        };
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let a = replica(da.path(), limits);
+        let b = Replica::new(
+            Store::open(StoreConfig::new(db.path())).expect("open"),
+            8,
+            limits,
+            256,
+        )
+        .expect("replica");
+        for i in 0..10u8 {
+            a.write_register(b"k", Some(vec![b'a', i]), &VClock::new())
+                .expect("a");
+            b.write_register(b"k", Some(vec![b'b', i]), &VClock::new())
+                .expect("b");
+        }
+        let theirs = b.get(b"k").expect("get").expect("held");
+        let merged = register(a.merge(b"k", &theirs).expect("a merge is never refused"));
+        assert_eq!(merged.values().len(), 20);
+        assert!(matches!(
+            a.write_register(b"k", Some(b"one more".to_vec()), &VClock::new()),
+            Err(ReplicaError::Object(ObjectError::TooManySiblings {
+                count: 21,
+                limit: 10
+            }))
+        ));
+        let resolved = a
+            .write_register(b"k", Some(b"resolved".to_vec()), merged.context())
+            .expect("a resolving write");
+        assert_eq!(resolved.values(), vec![&b"resolved"[..]]);
+    }
+
+    #[test]
     fn deleting_a_missing_key_stores_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = replica(dir.path(), Limits::default());

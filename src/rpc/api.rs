@@ -121,6 +121,8 @@ pub struct ClusterStatus {
     pub w: u8,
     /// Hints waiting for their owners.
     pub hints_pending: u64,
+    /// Bytes of those hints (one merged state per owner and key).
+    pub hints_bytes: u64,
     /// Hints stored since start.
     pub hints_stored: u64,
     /// Hints delivered since start.
@@ -141,6 +143,8 @@ pub struct ClusterStatus {
     pub gossip_rejected_malformed: u64,
     /// Peer connections refused at the handshake.
     pub peer_handshakes_refused: u64,
+    /// Peer requests refused (from removed nodes, or operators' tools).
+    pub peer_requests_refused: u64,
 }
 
 impl RingInfo {
@@ -206,6 +210,21 @@ pub struct StorageStatus {
     pub trees_from_checkpoint: u64,
     /// Partitions whose hash tree was recomputed from leaves after an unclean stop.
     pub trees_rebuilt_from_leaves: u64,
+}
+
+/// What one round did (answer to `ringkv repair`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundReport {
+    /// Partitions whose roots were compared.
+    pub compared: u64,
+    /// Partitions whose roots differed.
+    pub exchanges: u64,
+    /// Keys repaired.
+    pub keys_repaired: u64,
+    /// Partitions handed off.
+    pub handed_off: u64,
+    /// Tombstones reaped.
+    pub reaped: u64,
 }
 
 /// Errors a client can receive, with enough detail to act on.
@@ -408,7 +427,7 @@ pub trait Kv {
     /// Root hashes of every partition's tree on this node, by partition (diagnostics).
     async fn partition_roots() -> Result<Vec<[u8; 32]>, ApiError>;
     /// Runs an anti-entropy round now (all partitions, or one) and reports it.
-    async fn repair(partition: Option<u32>) -> Result<crate::repair::RoundReport, ApiError>;
+    async fn repair(partition: Option<u32>) -> Result<RoundReport, ApiError>;
 }
 
 /// Bytes that travel as one byte string: postcard writes the length, then the

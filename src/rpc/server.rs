@@ -163,7 +163,7 @@ impl Kv for KvServer {
         self,
         _: context::Context,
         partition: Option<u32>,
-    ) -> Result<crate::repair::RoundReport, ApiError> {
+    ) -> Result<super::api::RoundReport, ApiError> {
         self.node
             .repair()
             .run_now(partition)
@@ -190,6 +190,52 @@ async fn membership(
 #[derive(Clone)]
 pub struct PeerServer {
     node: SharedNode,
+    /// The node id the other side proved in the handshake (empty: an operator's tool).
+    peer: std::sync::Arc<str>,
+}
+
+impl PeerServer {
+    /// Refuses replica traffic that must not be taken: from an operator's tool (it
+    /// may only change membership), from a node an operator removed (its data was
+    /// declared lost, review A9: it must not come back through anti-entropy,
+    /// handoff or hints), or to this node if it was removed (a coordinator that does
+    /// not know yet must not count it toward a quorum).
+    fn admit(&self) -> Result<(), ApiError> {
+        let refused = self.refusal();
+        if refused.is_err() {
+            self.node
+                .stats
+                .peer_requests_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        refused
+    }
+
+    fn refusal(&self) -> Result<(), ApiError> {
+        if self.node.cluster().is_removed() {
+            return Err(ApiError::Membership {
+                reason: format!(
+                    "node {} was removed from the cluster and takes no replica traffic",
+                    self.node.node_id()
+                ),
+            });
+        }
+        if self.peer.is_empty() {
+            return Err(ApiError::Membership {
+                reason: "a connection that names no node may only ask for membership changes"
+                    .into(),
+            });
+        }
+        if self.node.cluster().view().is_removed(&self.peer) {
+            return Err(ApiError::Membership {
+                reason: format!(
+                    "node {} was removed from the cluster; its requests are refused",
+                    self.peer
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Peer for PeerServer {
@@ -199,6 +245,7 @@ impl Peer for PeerServer {
         request: WriteRequest,
         opts: RequestOptions,
     ) -> Result<WriteReply, ApiError> {
+        self.admit()?;
         self.node.coordinator().write(request, opts, true).await
     }
 
@@ -208,6 +255,7 @@ impl Peer for PeerServer {
         key: Vec<u8>,
         object: Blob,
     ) -> Result<(), ApiError> {
+        self.admit()?;
         self.node.coordinator().replicate(key, object.0).await
     }
 
@@ -218,6 +266,7 @@ impl Peer for PeerServer {
         key: Vec<u8>,
         object: Blob,
     ) -> Result<(), ApiError> {
+        self.admit()?;
         self.node
             .coordinator()
             .store_hint(owner, key, object.0)
@@ -225,6 +274,7 @@ impl Peer for PeerServer {
     }
 
     async fn read(self, _: context::Context, key: Vec<u8>) -> Result<Option<Blob>, ApiError> {
+        self.admit()?;
         let bytes = self.node.coordinator().read_local_bytes(key).await?;
         Ok(bytes.map(Blob))
     }
@@ -234,6 +284,7 @@ impl Peer for PeerServer {
         _: context::Context,
         partitions: Vec<u32>,
     ) -> Result<(String, Vec<[u8; 32]>), ApiError> {
+        self.admit()?;
         crate::repair::local::roots(self.node.coordinator(), &partitions)
     }
 
@@ -243,6 +294,7 @@ impl Peer for PeerServer {
         partition: u32,
         nodes: Vec<(u8, u32)>,
     ) -> Result<Vec<Vec<[u8; 32]>>, ApiError> {
+        self.admit()?;
         crate::repair::local::children(self.node.coordinator(), partition, &nodes)
     }
 
@@ -252,6 +304,7 @@ impl Peer for PeerServer {
         partition: u32,
         segments: Vec<u16>,
     ) -> Result<Vec<crate::peer::KeyDigests>, ApiError> {
+        self.admit()?;
         crate::repair::local::segments(self.node.coordinator(), partition, &segments)
     }
 
@@ -260,6 +313,7 @@ impl Peer for PeerServer {
         _: context::Context,
         keys: Vec<Vec<u8>>,
     ) -> Result<crate::peer::Fetched, ApiError> {
+        self.admit()?;
         crate::repair::local::fetch(self.node.coordinator(), keys)
     }
 
@@ -268,6 +322,7 @@ impl Peer for PeerServer {
         _: context::Context,
         items: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), ApiError> {
+        self.admit()?;
         if items.len() > crate::repair::local::MAX_KEYS {
             return Err(ApiError::InvalidOptions {
                 reason: "too many objects in one request".into(),
@@ -292,6 +347,7 @@ impl Peer for PeerServer {
         _: context::Context,
         keys: Vec<Vec<u8>>,
     ) -> Result<crate::peer::HeldDigests, ApiError> {
+        self.admit()?;
         crate::repair::local::digests(self.node.coordinator(), &keys)
     }
 
@@ -300,6 +356,7 @@ impl Peer for PeerServer {
         _: context::Context,
         items: Vec<(Vec<u8>, [u8; 32])>,
     ) -> Result<u64, ApiError> {
+        self.admit()?;
         let n = crate::repair::local::reap(self.node.coordinator(), &items)?;
         self.node.repair().count_reaped(n);
         Ok(n)
@@ -410,15 +467,24 @@ async fn connection<S: Stream>(
     }
     if first == handshake::MAGIC {
         let key = node.config().cluster.key.clone();
-        if let Err(error) = handshake::accept(&mut stream, &key).await {
-            node.stats
-                .peer_handshakes_refused
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, %error, "peer connection refused");
-            return;
-        }
+        let view = node.cluster().view();
+        let admitted = handshake::accept(&mut stream, &key, |id| !view.is_removed(id)).await;
+        drop(view);
+        let id = match admitted {
+            Ok(id) => id,
+            Err(error) => {
+                node.stats
+                    .peer_handshakes_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, %error, "peer connection refused");
+                return;
+            }
+        };
         let transport = counted(stream, per_conn, node.clone(), peer);
-        let server = PeerServer { node };
+        let server = PeerServer {
+            node,
+            peer: id.into(),
+        };
         BaseChannel::with_defaults(transport)
             .max_concurrent_requests(per_conn.in_flight)
             .execute(server.serve())

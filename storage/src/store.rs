@@ -525,6 +525,19 @@ impl Store {
         }])
     }
 
+    /// One hint, if stored.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] or [`StorageError::Corrupt`] on a failed read.
+    pub fn hint(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.log.get(Space::Hints, key)
+    }
+
+    /// Bytes of all stored hints (their values).
+    pub fn hint_bytes(&self) -> u64 {
+        self.inner.log.value_bytes(Space::Hints)
+    }
+
     /// How many hints are stored (a scan, without copying them out).
     ///
     /// # Errors

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Path of the `ringkv` binary cargo built for these tests.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ringkv")
+/// Path of the `ringkv` binary cargo built for these tests (or `RINGKV_TEST_BIN`, to
+/// run a test against another build, say the one before a fix).
+pub fn bin() -> String {
+    std::env::var("RINGKV_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ringkv").to_string())
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough on loopback).
@@ -119,6 +120,20 @@ impl Server {
         None
     }
 
+    /// SIGSTOP: the process stays, frozen (a partition it cannot notice).
+    pub fn pause(&self) {
+        let _ = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// SIGCONT after [`Server::pause`].
+    pub fn resume(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+    }
+
     /// Starts the same node again (same directory, address and flags).
     pub fn restart(&mut self) {
         self.child = spawn(&self.dir, &self.addr, &self.args);
@@ -128,6 +143,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A paused process would not die of SIGKILL until resumed on some systems.
+        self.resume();
         self.kill9();
     }
 }
@@ -345,6 +362,19 @@ impl Cluster {
     pub fn primaries(&self, key: &[u8]) -> Vec<String> {
         let (r, n) = self.ring();
         ringkv::cluster::walk_of(&r, ringkv::ring::partition_of(key, r.ring_size()), n).0
+    }
+
+    /// The cluster key, as the nodes derive it from the secret file.
+    pub fn key(&self) -> ringkv_gossip::ClusterKey {
+        let raw = std::fs::read(&self.secret_file).expect("secret");
+        ringkv_gossip::ClusterKey::derive(raw.trim_ascii())
+    }
+
+    /// Sum of a repair counter over the nodes in `up`.
+    pub fn repair_sum(&self, up: &[usize], counter: &str) -> u64 {
+        up.iter()
+            .map(|&i| self.status(i)["repair"][counter].as_u64().unwrap_or(0))
+            .sum()
     }
 
     /// Index of node `id` (`n3` is 2).

@@ -558,6 +558,19 @@ impl Log {
         found
     }
 
+    /// Bytes of the live values of `space`.
+    pub(crate) fn value_bytes(&self, space: Space) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| {
+                read(s).maps[space as usize]
+                    .values()
+                    .map(|e| u64::from(e.len))
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     /// Live keys in `space`.
     pub(crate) fn len(&self, space: Space) -> usize {
         self.shards

@@ -1,0 +1,72 @@
+//! Operator commands that change membership (`leave`, `remove`): they go over the
+//! authenticated peer channel, so they need the cluster key.
+
+use ringkv_gossip::ClusterKey;
+
+use super::ClientError;
+use crate::net::TokioNetwork;
+use crate::peer::Peers;
+use crate::peer::pool::PeerError;
+
+fn admin_error(e: PeerError) -> ClientError {
+    match e {
+        PeerError::Connect { addr, reason } => ClientError::Connect {
+            addr: addr.to_string(),
+            reason,
+        },
+        PeerError::Lost { addr, reason } => ClientError::Unavailable {
+            addr: addr.to_string(),
+            reason,
+        },
+        PeerError::Api(api) => ClientError::Api(api),
+    }
+}
+
+async fn admin_addr(addr: &str) -> Result<std::net::SocketAddr, ClientError> {
+    let err = |reason: String| ClientError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("address resolves to nothing".into()))
+}
+
+/// Operator command: the node at `addr` leaves the cluster. Needs the cluster key:
+/// membership changes are not for anyone who can reach the client port.
+///
+/// # Errors
+/// [`ClientError::Connect`] also when the node refuses the key.
+pub async fn leave(addr: &str, key: ClusterKey) -> Result<String, ClientError> {
+    let a = admin_addr(addr).await?;
+    // An operator's tool names no node: peers let it ask for membership changes
+    // only.
+    let peers = Peers::new(TokioNetwork, key, String::new(), 1 << 20);
+    peers
+        .call_no_retry(a, super::DEFAULT_TIMEOUT, |c, ctx| async move {
+            c.leave(ctx).await
+        })
+        .await
+        .map_err(admin_error)
+}
+
+/// Operator command: remove `node_id` from the cluster, through the node at `addr`.
+///
+/// # Errors
+/// [`ClientError::Connect`] also when the node refuses the key; unknown ids and the
+/// node itself are refused with [`crate::rpc::api::ApiError::Membership`].
+pub async fn remove(addr: &str, key: ClusterKey, node_id: &str) -> Result<(), ClientError> {
+    let a = admin_addr(addr).await?;
+    // An operator's tool names no node: peers let it ask for membership changes
+    // only.
+    let peers = Peers::new(TokioNetwork, key, String::new(), 1 << 20);
+    let id = node_id.to_string();
+    peers
+        .call_no_retry(a, super::DEFAULT_TIMEOUT, |c, ctx| async move {
+            c.remove(ctx, id).await
+        })
+        .await
+        .map_err(admin_error)
+}
