@@ -304,3 +304,46 @@ fn a_forwarded_write_to_a_node_that_is_no_primary_is_refused_unapplied() {
     assert_eq!(code(&c.nodes[2].cli(&["put", "through-n3", "v"])), 0);
     assert_eq!(stdout(&c.nodes[0].cli(&["get", "through-n3"])), "v\n");
 }
+
+/// Review A6: connections that send four bytes and go silent hold client slots, but
+/// never the slots of peers (they have their own, taken once the cluster key is
+/// proven), so replication goes on while anonymous connections fill the rest.
+#[test]
+fn idle_anonymous_connections_cannot_lock_peers_out() {
+    use std::io::Write;
+    let c = Cluster::start(2, &["--max-connections", "4"]);
+    c.wait_converged(&[0, 1], 2);
+    let idle: Vec<std::net::TcpStream> = (0..6)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&c.nodes[1].addr).expect("connect");
+            s.write_all(&[0, 0, 0, 16]).expect("write");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let client = c.nodes[1].cli(&["get", "k", "--timeout-ms", "2000"]);
+    assert_eq!(
+        code(&client),
+        3,
+        "client slots are full: {}",
+        stderr(&client)
+    );
+    let rt = runtime();
+    let replicated = rt.block_on(async {
+        let peers =
+            ringkv::peer::Peers::new(ringkv::net::TokioNetwork, c.key(), "n1".into(), 1 << 20);
+        let addr = c.nodes[1].addr.parse().expect("addr");
+        peers
+            .call(addr, Duration::from_secs(5), |p, ctx| async move {
+                p.read(ctx, b"k".to_vec()).await
+            })
+            .await
+    });
+    assert!(replicated.is_ok(), "a peer still gets in: {replicated:?}");
+    // Writes through the other node replicate to this one as usual.
+    assert_eq!(code(&c.nodes[0].cli(&["put", "k", "v", "--w", "2"])), 0);
+    drop(idle);
+    wait_until("client slots free again", Duration::from_secs(10), || {
+        stdout(&c.nodes[1].cli(&["get", "k", "--local"])) == "v\n"
+    });
+}

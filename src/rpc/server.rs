@@ -392,17 +392,39 @@ pub async fn bind<N: Network>(net: &N, node: &Node) -> Result<N::Listener, NodeE
         .map_err(|source| NodeError::Bind { addr, source })
 }
 
+/// Peer connections served at once (one per member and direction, plus tools).
+pub const MAX_PEER_CONNECTIONS: usize = ringkv_gossip::membership::MAX_MEMBERS;
+
+/// The connection slots of one listener. A new connection holds a slot of
+/// `unidentified` until its first bytes say what it is (at most
+/// [`FIRST_BYTES_TIMEOUT`], plus the handshake's few seconds for a peer); then one
+/// of `clients` or, once it proved the cluster key, of `peers`. Anyone who can
+/// reach the port can fill the client slots, but never the peers': replication,
+/// repair and handoff go on (review A6).
+#[derive(Clone)]
+struct Slots {
+    unidentified: Arc<Semaphore>,
+    clients: Arc<Semaphore>,
+    peers: Arc<Semaphore>,
+}
+
 /// Serves clients on `listener` until `shutdown` completes.
 ///
-/// Connections beyond `max_connections` are closed at once; each connection carries
-/// at most `max_in_flight_per_connection` requests; a malformed or oversized frame
-/// closes only its own connection.
+/// Client connections beyond `max_connections` are closed at once, and so are peer
+/// connections beyond [`MAX_PEER_CONNECTIONS`]: each kind has its own slots. Each
+/// connection carries at most `max_in_flight_per_connection` requests; a malformed
+/// or oversized frame closes only its own connection.
 pub async fn serve<L: Listener>(
     mut listener: L,
     node: SharedNode,
     shutdown: impl Future<Output = ()>,
 ) {
-    let slots = Arc::new(Semaphore::new(node.config().max_connections));
+    let max = node.config().max_connections;
+    let slots = Slots {
+        unidentified: Arc::new(Semaphore::new(max + MAX_PEER_CONNECTIONS)),
+        clients: Arc::new(Semaphore::new(max)),
+        peers: Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS)),
+    };
     let per_conn = PerConnection {
         max_frame: node.config().limits.frame_bytes(),
         in_flight: node.config().max_in_flight_per_connection,
@@ -424,19 +446,16 @@ pub async fn serve<L: Listener>(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            node.stats
-                .connections_refused
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, "connection limit reached; closing new connection");
+        let Ok(permit) = slots.unidentified.clone().try_acquire_owned() else {
+            refuse(&node, peer, "new");
             drop(stream);
             continue;
         };
         let node = node.clone();
+        let slots = slots.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             node.stats.connections_open.fetch_add(1, Ordering::Relaxed);
-            connection(stream, peer, node.clone(), per_conn).await;
+            connection(stream, peer, node.clone(), per_conn, slots, permit).await;
             node.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -453,11 +472,20 @@ struct PerConnection {
 /// Longest a new connection may stay silent before its first bytes.
 const FIRST_BYTES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+fn refuse(node: &Node, peer: std::net::SocketAddr, kind: &str) {
+    node.stats
+        .connections_refused
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(%peer, kind, "connection limit reached; closing new connection");
+}
+
 async fn connection<S: Stream>(
     mut stream: S,
     peer: std::net::SocketAddr,
     node: SharedNode,
     per_conn: PerConnection,
+    slots: Slots,
+    unidentified: tokio::sync::OwnedSemaphorePermit,
 ) {
     use tokio::io::AsyncReadExt;
     let mut first = [0u8; 4];
@@ -480,6 +508,11 @@ async fn connection<S: Stream>(
                 return;
             }
         };
+        let Ok(_slot) = slots.peers.try_acquire_owned() else {
+            refuse(&node, peer, "peer");
+            return;
+        };
+        drop(unidentified);
         let transport = counted(stream, per_conn, node.clone(), peer);
         let server = PeerServer {
             node,
@@ -492,6 +525,11 @@ async fn connection<S: Stream>(
             .await;
         return;
     }
+    let Ok(_slot) = slots.clients.try_acquire_owned() else {
+        refuse(&node, peer, "client");
+        return;
+    };
+    drop(unidentified);
     let stream = Prefixed {
         prefix: first,
         read: 0,
