@@ -212,6 +212,27 @@ impl Coordinator {
         }
     }
 
+    /// Makes everything written so far durable, on the blocking pool, so an fsync
+    /// never holds up a runtime worker and the requests queued on it (review C14).
+    /// Inline for a store driven by its caller (the simulation, whose disk syncs
+    /// cost nothing and whose threads must all be its own).
+    ///
+    /// # Errors
+    /// [`ApiError::Storage`] if the sync fails.
+    pub async fn sync_store(&self) -> Result<(), ApiError> {
+        let store = self.inner.replica.store().clone();
+        let storage = |e: ringkv_storage::StorageError| ApiError::Storage {
+            reason: e.to_string(),
+        };
+        if store.driver() == ringkv_storage::Driver::Caller {
+            return store.sync().map_err(storage);
+        }
+        match tokio::task::spawn_blocking(move || store.sync()).await {
+            Ok(r) => r.map_err(storage),
+            Err(join) => Err(unavailable(format!("sync task failed: {join}"))),
+        }
+    }
+
     /// The local replica.
     pub fn replica(&self) -> &Replica {
         &self.inner.replica

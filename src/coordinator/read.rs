@@ -145,8 +145,8 @@ impl Coordinator {
         // Within half the deadline at most: a short deadline must leave the spares
         // time to answer when a first replica stalls without failing.
         let speculate_at = Instant::now() + SPECULATE_AFTER.min(timeout / 2);
-        // A ring change moves keys to owners that may not hold them yet (until
-        // ownership handoff exists, earlier owners keep their copies): ask the earlier
+        // A ring change moves keys to owners that may not hold them yet (earlier
+        // owners keep their copies until their handoff is done): ask the earlier
         // primaries too. They never count toward R; what they hold is merged in.
         // Only live ones: a dead or forgotten earlier owner would hold every such read
         // for the whole grace period.

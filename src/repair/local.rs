@@ -135,7 +135,10 @@ pub fn fetch(c: &Coordinator, keys: Vec<Vec<u8>>) -> Result<crate::peer::Fetched
 ///
 /// # Errors
 /// [`ApiError`] for bad keys or storage failures.
-pub fn digests(c: &Coordinator, keys: &[Vec<u8>]) -> Result<crate::peer::HeldDigests, ApiError> {
+pub async fn digests(
+    c: &Coordinator,
+    keys: &[Vec<u8>],
+) -> Result<crate::peer::HeldDigests, ApiError> {
     if keys.len() > MAX_KEYS {
         return Err(bad(format!("more than {MAX_KEYS} keys in one request")));
     }
@@ -151,7 +154,7 @@ pub fn digests(c: &Coordinator, keys: &[Vec<u8>]) -> Result<crate::peer::HeldDig
         out.push(raw.map(|b| object_digest(key, &b)));
     }
     // Reaping relies on this answer: it must survive a crash of this node.
-    c.replica().store().sync().map_err(storage)?;
+    c.sync_store().await?;
     Ok((out, c.hints().pending() + c.keys_in_flight(keys)))
 }
 

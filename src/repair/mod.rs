@@ -771,7 +771,9 @@ impl Repair {
         for pass in 0..2 {
             for m in &members {
                 let answer = if *m == me {
-                    local::digests(&self.coordinator, &ks).map_err(|e| e.to_string())
+                    local::digests(&self.coordinator, &ks)
+                        .await
+                        .map_err(|e| e.to_string())
                 } else if let Some(addr) = view.address(m) {
                     self.coordinator
                         .peers()

@@ -16,7 +16,7 @@
 //! global epoch and a per-partition epoch. The global epoch rises on every open that
 //! follows an unclean stop or found damage (any key may have lost versions); a
 //! partition's epoch rises before this node drops keys of it (handoff away) or a
-//! damaged value of it. Within one epoch the local copy of a key loses nothing but
+//! damaged value of it, if its actor minted anything since its last epoch. Within one epoch the local copy of a key loses nothing but
 //! tombstones that every replica agreed to reap, and the node-wide dot floor keeps
 //! dots after a reap above the old ones. The cost is one more clock entry for keys
 //! written after an epoch changes (one per crash, or per handoff of their partition),
@@ -109,7 +109,12 @@ const DOT_BLOCK: u64 = 1 << 20;
 /// The node-wide dot counter of this replica's actor (see [`Register::write_at`]).
 struct Dots {
     next: std::sync::atomic::AtomicU64,
-    reserved: std::sync::Mutex<u64>,
+    /// Every dot below this is reserved on disk (raised only once that is durable).
+    reserved: std::sync::atomic::AtomicU64,
+    /// Serialises writers of the reservation.
+    extending: std::sync::Mutex<()>,
+    /// A reservation is being written in the background.
+    ahead: std::sync::atomic::AtomicBool,
 }
 
 /// Metadata names of the epochs.
@@ -125,6 +130,26 @@ struct Epochs {
     partitions: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
     /// The current actor of each partition.
     actors: Box<[std::sync::atomic::AtomicU64]>,
+    /// Whether the current actor of a partition may have minted a version (true
+    /// after every open: earlier runs may have). A partition whose actor minted
+    /// nothing holds no version of it, so dropping its keys needs no new epoch.
+    used: Box<[std::sync::atomic::AtomicBool]>,
+}
+
+/// Hands the actor of a key's partition to a write, under the key's stripe lock,
+/// and notes that it minted with it.
+struct Minter<'a> {
+    epochs: &'a Epochs,
+    partition: u32,
+}
+
+impl Minter<'_> {
+    fn actor(&self) -> Actor {
+        use std::sync::atomic::Ordering::SeqCst;
+        let i = self.partition as usize % self.epochs.actors.len();
+        self.epochs.used[i].store(true, SeqCst);
+        self.epochs.actors[i].load(SeqCst)
+    }
 }
 
 /// The actor of `partition` in the given epochs: a hash, so actors of different
@@ -211,6 +236,9 @@ impl Replica {
                 std::sync::atomic::AtomicU64::new(derive_actor(base, global, p, epoch))
             })
             .collect();
+        let used = (0..ring_size)
+            .map(|_| std::sync::atomic::AtomicBool::new(true))
+            .collect();
         Ok(Replica {
             store,
             epochs: std::sync::Arc::new(Epochs {
@@ -218,12 +246,15 @@ impl Replica {
                 global,
                 partitions: std::sync::Mutex::new(partitions),
                 actors,
+                used,
             }),
             limits,
             ring_size,
             dots: std::sync::Arc::new(Dots {
                 next: std::sync::atomic::AtomicU64::new(next),
-                reserved: std::sync::Mutex::new(block),
+                reserved: std::sync::atomic::AtomicU64::new(block),
+                extending: std::sync::Mutex::new(()),
+                ahead: std::sync::atomic::AtomicBool::new(false),
             }),
             unsafe_lww: false,
         })
@@ -253,11 +284,32 @@ impl Replica {
     /// [`ReplicaError::Storage`] if the epoch cannot be persisted (then nothing may
     /// be dropped).
     pub fn retire_actor(&self, partition: u32) -> Result<(), ReplicaError> {
+        use std::sync::atomic::Ordering::SeqCst;
         let mut epochs = self
             .epochs
             .partitions
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let i = partition as usize % self.epochs.actors.len();
+        // Nothing minted with the current actor since the last epoch: no key of the
+        // partition holds a version of it, whatever is dropped. (A write minting
+        // after this check changes its key, so a drop guarded by the key's digest
+        // leaves that key alone; the next handoff pass then starts an epoch.)
+        if !self.epochs.used[i].swap(false, SeqCst) {
+            return Ok(());
+        }
+        let bumped = self.bump_epoch(&mut epochs, partition);
+        if bumped.is_err() {
+            self.epochs.used[i].store(true, SeqCst);
+        }
+        bumped
+    }
+
+    fn bump_epoch(
+        &self,
+        epochs: &mut std::collections::BTreeMap<u32, u64>,
+        partition: u32,
+    ) -> Result<(), ReplicaError> {
         let mut next = epochs.clone();
         let epoch = next.entry(partition).or_insert(0);
         *epoch = epoch.checked_add(1).ok_or(ObjectError::DotsExhausted {
@@ -285,19 +337,60 @@ impl Replica {
         self
     }
 
-    /// The next node-wide dot counter, reserving a new block on disk when needed.
+    /// The next node-wide dot counter. The next block is reserved on disk once half
+    /// of this one is used, on a thread of its own, so no write waits for that fsync
+    /// (review C14) unless a whole half block goes by during it.
     fn next_dot(&self) -> Result<u64, ReplicaError> {
-        let n = self
-            .dots
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut reserved = self.dots.reserved.lock().unwrap_or_else(|p| p.into_inner());
-        if n >= *reserved {
-            let block = n + DOT_BLOCK;
-            self.store.set_meta("dot_reserved", &block.to_be_bytes())?;
-            *reserved = block;
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.dots.next.fetch_add(1, SeqCst);
+        let reserved = self.dots.reserved.load(SeqCst);
+        if n.saturating_add(DOT_BLOCK / 2) >= reserved && !self.dots.ahead.swap(true, SeqCst) {
+            if self.store.driver() == ringkv_storage::Driver::Caller {
+                // The simulation: no thread of its own (when it lands must not
+                // depend on the host), and the metadata write costs nothing.
+                let r = self.extend_reservation(reserved);
+                self.dots.ahead.store(false, SeqCst);
+                r?;
+            } else {
+                let this = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("ringkv-dots".into())
+                    .spawn(move || {
+                        if let Err(error) = this.extend_reservation(reserved) {
+                            tracing::error!(%error, "cannot reserve dot counters ahead");
+                        }
+                        this.dots.ahead.store(false, SeqCst);
+                    });
+                if spawned.is_err() {
+                    self.dots.ahead.store(false, SeqCst);
+                }
+            }
+        }
+        while n >= self.dots.reserved.load(SeqCst) {
+            self.extend_reservation(self.dots.reserved.load(SeqCst))?;
         }
         Ok(n)
+    }
+
+    /// Reserves the block after `from` (if nobody did meanwhile), durably.
+    fn extend_reservation(&self, from: u64) -> Result<(), ReplicaError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _one = self
+            .dots
+            .extending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.dots.reserved.load(SeqCst) > from {
+            return Ok(());
+        }
+        let block = from
+            .checked_add(DOT_BLOCK)
+            .ok_or(ObjectError::DotsExhausted {
+                actor: self.epochs.base,
+            })?;
+        self.store.set_meta("dot_reserved", &block.to_be_bytes())?;
+        self.dots.reserved.store(block, SeqCst);
+        Ok(())
     }
 
     /// Partitions on the ring.
@@ -364,7 +457,7 @@ impl Replica {
         &self,
         key: &[u8],
         kind: Kind,
-        f: impl FnOnce(&mut Object, Actor) -> Result<(bool, R), ReplicaError>,
+        f: impl FnOnce(&mut Object, &Minter<'_>) -> Result<(bool, R), ReplicaError>,
     ) -> Result<(Object, R), ReplicaError> {
         self.check_key(key)?;
         let limit = self.limits.max_object_bytes;
@@ -381,7 +474,11 @@ impl Replica {
                     requested: kind,
                 }));
             }
-            let (write, r) = f(&mut obj, self.actor_of(partition))?;
+            let mint = Minter {
+                epochs: &self.epochs,
+                partition,
+            };
+            let (write, r) = f(&mut obj, &mint)?;
             if lww && let Object::Register(reg) = &mut obj {
                 reg.keep_last_writer();
             }
@@ -417,7 +514,7 @@ impl Replica {
         }
         let limits = self.limits;
         let deleting = value.is_none();
-        let (obj, ()) = self.modify(key, Kind::Register, |obj, actor| {
+        let (obj, ()) = self.modify(key, Kind::Register, |obj, mint| {
             let Object::Register(reg) = obj else {
                 unreachable!("modify checked the kind")
             };
@@ -433,7 +530,7 @@ impl Replica {
             // and a write after a reap reuse a dot).
             let floor = self.next_dot()?;
             let mut next = reg.clone();
-            next.write_at(actor, floor, context, value)?;
+            next.write_at(mint.actor(), floor, context, value)?;
             let count = next.siblings().len();
             if count > limits.max_siblings && count > reg.siblings().len() {
                 return Err(ObjectError::TooManySiblings {
@@ -459,9 +556,9 @@ impl Replica {
     /// # Errors
     /// Limits, [`ObjectError::WrongKind`], or storage failures.
     pub fn counter_add(&self, key: &[u8], delta: i64) -> Result<Counter, ReplicaError> {
-        let (obj, ()) = self.modify(key, Kind::Counter, |obj, actor| {
+        let (obj, ()) = self.modify(key, Kind::Counter, |obj, mint| {
             if let Object::Counter(c) = obj {
-                c.add(actor, delta)?;
+                c.add(mint.actor(), delta)?;
             }
             Ok((true, ()))
         })?;
@@ -488,12 +585,12 @@ impl Replica {
                 limit: self.limits.max_key_bytes,
             });
         }
-        let (obj, present) = self.modify(key, Kind::Set, |obj, actor| {
+        let (obj, present) = self.modify(key, Kind::Set, |obj, mint| {
             let Object::Set(s) = obj else {
                 unreachable!("modify checked the kind")
             };
             if add {
-                s.add(actor, member.to_vec())?;
+                s.add(mint.actor(), member.to_vec())?;
                 Ok((true, true))
             } else {
                 let present = s.remove(member);
@@ -761,6 +858,9 @@ mod tests {
         let before = x.actor_of(p);
         x.retire_actor(p).expect("retire");
         assert_ne!(x.actor_of(p), before);
+        let retired = x.actor_of(p);
+        x.retire_actor(p).expect("retire");
+        assert_eq!(x.actor_of(p), retired, "nothing minted since: no new epoch");
         let digest = Object::Counter(c1).digest(b"c").expect("digest");
         assert!(x.store().remove_if(p, b"c", &digest).expect("drop"));
         let c2 = x.counter_add(b"c", 1).expect("add");
@@ -906,6 +1006,31 @@ mod tests {
         };
         let r = replica(dir.path(), Limits::default());
         assert!(r.next_dot().expect("dot") > first + DOT_BLOCK - 1);
+    }
+
+    #[test]
+    fn the_next_dot_block_is_reserved_ahead_without_holding_up_writes() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = replica(dir.path(), Limits::default());
+        let first_block = r.dots.reserved.load(SeqCst);
+        let start = r.next_dot().expect("dot");
+        // Jump to just past half the block, as that many writes would.
+        r.dots.next.store(first_block - DOT_BLOCK / 2, SeqCst);
+        r.next_dot().expect("dot");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while r.dots.reserved.load(SeqCst) == first_block {
+            assert!(std::time::Instant::now() < deadline, "never reserved ahead");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(r.dots.reserved.load(SeqCst), first_block + DOT_BLOCK);
+        let on_disk = read_meta_u64(r.store(), "dot_reserved").expect("meta");
+        assert_eq!(on_disk, Some(first_block + DOT_BLOCK));
+        // Past the whole block at once: reserved in line, never handed out twice.
+        r.dots.next.store(first_block + 3 * DOT_BLOCK, SeqCst);
+        let far = r.next_dot().expect("dot");
+        assert!(far < r.dots.reserved.load(SeqCst));
+        assert!(far > start);
     }
 
     #[test]

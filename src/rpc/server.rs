@@ -332,14 +332,7 @@ impl Peer for PeerServer {
             self.node.coordinator().replicate(key, object).await?;
         }
         // Handoff drops the giver's copy once this answer arrives: make it durable.
-        self.node
-            .coordinator()
-            .replica()
-            .store()
-            .sync()
-            .map_err(|e| ApiError::Storage {
-                reason: e.to_string(),
-            })
+        self.node.coordinator().sync_store().await
     }
 
     async fn digests(
@@ -348,7 +341,7 @@ impl Peer for PeerServer {
         keys: Vec<Vec<u8>>,
     ) -> Result<crate::peer::HeldDigests, ApiError> {
         self.admit()?;
-        crate::repair::local::digests(self.node.coordinator(), &keys)
+        crate::repair::local::digests(self.node.coordinator(), &keys).await
     }
 
     async fn reap(

@@ -1,6 +1,7 @@
 //! The client workload: registers written blind and read-modify-write (with the
 //! context of a read), deletes with a context, counter increments, set adds and
-//! removes, and reads of all three. Some deletes with a read's context go through a
+//! removes, and reads of all three; some puts carry a stale context (the first one
+//! the client read of the key). Some deletes with a read's context go through a
 //! node picked at random (which may be a primary that lacks the key);
 //! some writes carry contexts no node may accept (another key's, truncated, a
 //! flipped byte, an unsigned one with a forged entry). Every value and member is
@@ -72,6 +73,7 @@ async fn run(
         n: 0,
         client,
         direct: Vec::new(),
+        first_seen: RefCell::default(),
         h: history.clone(),
     };
     while start.elapsed() < until {
@@ -99,9 +101,18 @@ async fn run(
                 let pick = rng.random_range(0..u32::MAX);
                 w.set_remove(key, pick).await;
             }
-            83..92 => {
+            83..90 => {
                 let key = format!("r{}", rng.random_range(0..REGISTER_KEYS));
                 w.read(&key).await;
+            }
+            90..92 => {
+                // A stale context: the first this client read of the key. Genuine,
+                // so accepted; it covers only what was there then.
+                let key = format!("r{}", rng.random_range(0..REGISTER_KEYS));
+                let stale = w.first_seen.borrow().get(&key).cloned();
+                if let Some(ctx) = stale {
+                    w.put(key, Some(ctx)).await;
+                }
             }
             92..100 => {
                 let key = format!("s{}", rng.random_range(0..SET_KEYS));
@@ -200,6 +211,8 @@ struct Worker {
     client: Client,
     /// Clients that send everything to one node (index = node - 1), made on first use.
     direct: Vec<Option<Client>>,
+    /// The first context this client read of each key (for stale writes).
+    first_seen: RefCell<std::collections::BTreeMap<String, Context>>,
     h: Rc<RefCell<History>>,
 }
 
@@ -373,6 +386,10 @@ impl Worker {
                 for v in values {
                     h.read_values.push((key.to_string(), v));
                 }
+                self.first_seen
+                    .borrow_mut()
+                    .entry(key.to_string())
+                    .or_insert_with(|| got.context.clone());
                 Some(got.context)
             }
             Err(_) => {

@@ -7,9 +7,10 @@
 //!         | key | value (empty for a delete)
 //! ```
 //!
-//! A record is applied whole or not at all: recovery stops a segment at the first
-//! record whose length or checksum does not hold (a torn append), so an object and
-//! its Merkle leaf, written in one batch, never come back one without the other.
+//! A record is applied whole or not at all: recovery never applies a record whose
+//! length or checksum does not hold (it skips to the next whole one, or cuts a torn
+//! append at the end of the last segment), so an object and its Merkle leaf,
+//! written in one batch, never come back one without the other.
 
 use super::Space;
 

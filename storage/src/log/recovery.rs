@@ -1,5 +1,11 @@
 //! Rebuilding the in-memory directory from the segment files on open.
 //!
+//! Damage never costs more than itself: a record that fails its checksum, or whose
+//! length field is damaged (so the next boundary is unknown), is skipped up to the
+//! next whole record, found by scanning (review A4: cutting there had thrown away
+//! the fsynced rest of a sealed segment). Only a torn append at the end of the last
+//! segment, with nothing whole after it, is cut off; a sealed segment is never cut.
+//!
 //! Segments are read whole, in id order. Records carry sequence numbers and a merge
 //! copies records with their original ones, so the newest write of a key is the one
 //! with the highest sequence number, whichever segment holds it; deletes are kept
