@@ -8,17 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, code, json, stderr};
+use common::{Cluster, code, json, runtime, stderr};
 use ringkv::rpc::api::{ApiError, RequestOptions};
 use ringkv::{Client, ClientError};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 #[test]
 fn five_nodes_agree_on_members_and_one_ring() {

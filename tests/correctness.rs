@@ -6,26 +6,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, code, json, stderr, stdout};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// Waits (bounded) until `ok` holds, polling every 200 ms.
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use common::{Cluster, code, json, runtime, stderr, stdout, wait_until};
 
 /// Active members of node `i`'s ring.
 fn ring_members(c: &Cluster, i: usize) -> Vec<String> {

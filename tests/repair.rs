@@ -6,16 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, code, json, stderr};
+use common::{Cluster, code, json, runtime, stderr};
 use ringkv::Client;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// Roots of every partition on every node in `up`.
 async fn roots(c: &Cluster, up: &[usize]) -> BTreeMap<usize, Vec<[u8; 32]>> {

@@ -628,6 +628,17 @@ mod tests {
         Replica::new(Store::open(cfg).expect("open"), 7, limits, 256).expect("replica")
     }
 
+    /// Another replica (another data directory's actor).
+    fn second(dir: &std::path::Path, limits: Limits) -> Replica {
+        Replica::new(
+            Store::open(StoreConfig::new(dir)).expect("open"),
+            8,
+            limits,
+            256,
+        )
+        .expect("replica")
+    }
+
     #[test]
     fn sibling_limit_refuses_growth_but_allows_resolution() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -748,13 +759,7 @@ mod tests {
             tempfile::tempdir().expect("dir"),
         );
         let a = replica(da.path(), Limits::default());
-        let b = Replica::new(
-            Store::open(StoreConfig::new(db.path())).expect("open"),
-            8,
-            Limits::default(),
-            256,
-        )
-        .expect("replica");
+        let b = second(db.path(), Limits::default());
         let r = a
             .write_register(b"k", Some(b"v".to_vec()), &VClock::new())
             .expect("put");
@@ -845,13 +850,7 @@ mod tests {
             tempfile::tempdir().expect("dir"),
         );
         let x = replica(dx.path(), Limits::default());
-        let a = Replica::new(
-            Store::open(StoreConfig::new(da.path())).expect("open"),
-            8,
-            Limits::default(),
-            256,
-        )
-        .expect("replica");
+        let a = second(da.path(), Limits::default());
         let p = partition_of(b"c", 256);
         let c1 = x.counter_add(b"c", 5).expect("add");
         a.merge(b"c", &Object::Counter(c1.clone())).expect("merge");
@@ -886,13 +885,7 @@ mod tests {
             tempfile::tempdir().expect("dir"),
         );
         let a = replica(da.path(), Limits::default());
-        let b = Replica::new(
-            Store::open(StoreConfig::new(db.path())).expect("open"),
-            8,
-            Limits::default(),
-            256,
-        )
-        .expect("replica");
+        let b = second(db.path(), Limits::default());
         let b_actor = b.actor_of(partition_of(b"k", 256));
         let mut poisoned = VClock::new();
         crdts::CmRDT::apply(&mut poisoned, crdts::Dot::new(b_actor, u64::MAX));
@@ -926,13 +919,7 @@ mod tests {
             tempfile::tempdir().expect("dir"),
         );
         let a = replica(da.path(), limits);
-        let b = Replica::new(
-            Store::open(StoreConfig::new(db.path())).expect("open"),
-            8,
-            limits,
-            256,
-        )
-        .expect("replica");
+        let b = second(db.path(), limits);
         for i in 0..10u8 {
             a.write_register(b"k", Some(vec![b'a', i]), &VClock::new())
                 .expect("a");
@@ -1038,13 +1025,7 @@ mod tests {
         let a_dir = tempfile::tempdir().expect("tempdir");
         let b_dir = tempfile::tempdir().expect("tempdir");
         let a = replica(a_dir.path(), Limits::default()).with_unsafe_lww(true);
-        let b = Replica::new(
-            Store::open(StoreConfig::new(b_dir.path())).expect("open"),
-            8,
-            Limits::default(),
-            256,
-        )
-        .expect("replica");
+        let b = second(b_dir.path(), Limits::default());
         a.write_register(b"k", Some(b"1".to_vec()), &VClock::new())
             .expect("write");
         let reg = a
@@ -1077,13 +1058,7 @@ mod tests {
         let a_dir = tempfile::tempdir().expect("tempdir");
         let b_dir = tempfile::tempdir().expect("tempdir");
         let a = replica(a_dir.path(), Limits::default());
-        let b = Replica::new(
-            Store::open(StoreConfig::new(b_dir.path())).expect("open"),
-            8,
-            Limits::default(),
-            256,
-        )
-        .expect("replica");
+        let b = second(b_dir.path(), Limits::default());
         a.counter_add(b"c", 5).expect("add");
         b.counter_add(b"c", -2).expect("add");
         let sa = a.get(b"c").expect("get").expect("found");

@@ -11,6 +11,24 @@ pub fn bin() -> String {
     std::env::var("RINGKV_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ringkv").to_string())
 }
 
+/// A small runtime for tests that call the Rust client or peer API.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Waits (bounded) until `ok` holds, polling every 200 ms.
+pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; good enough on loopback).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
