@@ -9,7 +9,6 @@ use ringkv_gossip::{Liveness, Status};
 use super::Coordinator;
 use crate::hints::{DELIVERY_INTERVAL, DELIVERY_RATE, Hint};
 use crate::peer::pool::PeerError;
-use crate::rpc::api::Blob;
 
 /// Hints handed to one owner per round at most.
 const PER_ROUND: usize = DELIVERY_RATE * DELIVERY_INTERVAL.as_millis() as usize / 1000;
@@ -51,12 +50,8 @@ pub async fn deliver_hints(coordinator: Coordinator, shutdown: impl Future<Outpu
                     break;
                 }
             };
-            for hint in hints {
-                budget -= 1;
-                if !coordinator.hand_over(&view, &record.node_id, &hint).await {
-                    break;
-                }
-            }
+            budget -= hints.len();
+            coordinator.hand_over(&view, &record.node_id, hints).await;
         }
         // Now and then, sweep for hints whose owner was removed from the cluster: they
         // go to the key's current primaries instead. (Owners merely unknown here are
@@ -80,7 +75,8 @@ pub async fn deliver_hints(coordinator: Coordinator, shutdown: impl Future<Outpu
                     let (primaries, _) = view.walk(&hint.key);
                     let mut delivered = !primaries.is_empty();
                     for p in primaries {
-                        match coordinator.send_hint(&view, &p, &hint).await {
+                        let state = vec![(hint.key.clone(), hint.object.clone())];
+                        match coordinator.send_states(&view, &p, state).await {
                             Ok(()) | Err(Delivery::Refused) => {}
                             Err(Delivery::Later) => delivered = false,
                         }
@@ -103,24 +99,38 @@ enum Delivery {
     Refused,
 }
 
+/// Hints sent to an owner in one request at most, and their bytes.
+const BATCH_HINTS: usize = 64;
+const BATCH_BYTES: usize = 4 << 20;
+
 impl Coordinator {
-    /// Sends one hint's state to `node`.
-    async fn send_hint(
+    /// Sends states to `node`, durable there before it answers (as a handoff push
+    /// is): a hint is dropped once delivered, so its copy must not depend on the
+    /// owner's next interval sync.
+    async fn send_states(
         &self,
         view: &crate::cluster::ClusterView,
         node: &str,
-        hint: &Hint,
+        states: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), Delivery> {
         let sent = if node == view.self_id {
-            self.replicate(hint.key.clone(), hint.object.clone()).await
+            // Here the drop of the hint is logged after the merge: a power loss
+            // that keeps the drop keeps the merge.
+            let mut r = Ok(());
+            for (k, o) in states {
+                r = self.replicate(k, o).await;
+                if r.is_err() {
+                    break;
+                }
+            }
+            r
         } else if let Some(addr) = view.address(node) {
-            let (k, o) = (hint.key.clone(), hint.object.clone());
             match self
                 .inner
                 .peers
-                .call(addr, Duration::from_secs(2), |c, ctx| {
-                    let (k, o) = (k.clone(), o.clone());
-                    async move { c.replicate(ctx, k, Blob(o)).await }
+                .call(addr, Duration::from_secs(5), |c, ctx| {
+                    let states = states.clone();
+                    async move { c.replicate_many(ctx, states).await }
                 })
                 .await
             {
@@ -137,7 +147,7 @@ impl Coordinator {
         match sent {
             Ok(()) => Ok(()),
             Err(api) if super::write::permanent(&api) => {
-                tracing::warn!(%node, error = %api, key = ?String::from_utf8_lossy(&hint.key), "owner refuses a hint; dropping it");
+                tracing::warn!(%node, error = %api, "owner refuses a hinted state");
                 Err(Delivery::Refused)
             }
             Err(api) => {
@@ -163,11 +173,48 @@ impl Coordinator {
         }
     }
 
-    /// Hands one hint to its owner; removes it once delivered (or refused for good).
-    async fn hand_over(&self, view: &crate::cluster::ClusterView, node: &str, hint: &Hint) -> bool {
-        match self.send_hint(view, node, hint).await {
-            Ok(()) | Err(Delivery::Refused) => self.drop_hint(hint),
-            Err(Delivery::Later) => false,
+    /// Hands hints to their owner in batches; removes each once delivered (or
+    /// refused for good). Stops at the first batch that must wait.
+    async fn hand_over(&self, view: &crate::cluster::ClusterView, node: &str, hints: Vec<Hint>) {
+        let mut rest = hints.as_slice();
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < rest.len()
+                && n < BATCH_HINTS
+                && (n == 0 || bytes + rest[n].object.len() <= BATCH_BYTES)
+            {
+                bytes += rest[n].object.len();
+                n += 1;
+            }
+            let (batch, later) = rest.split_at(n);
+            rest = later;
+            let states = batch
+                .iter()
+                .map(|h| (h.key.clone(), h.object.clone()))
+                .collect();
+            match self.send_states(view, node, states).await {
+                Ok(()) => {
+                    for hint in batch {
+                        self.drop_hint(hint);
+                    }
+                }
+                // One of them is refused for good: find which, one at a time.
+                Err(Delivery::Refused) => {
+                    for hint in batch {
+                        let one = vec![(hint.key.clone(), hint.object.clone())];
+                        match self.send_states(view, node, one).await {
+                            Ok(()) => {}
+                            Err(Delivery::Refused) => {
+                                tracing::warn!(%node, key = ?String::from_utf8_lossy(&hint.key), "owner refuses a hint; dropping it")
+                            }
+                            Err(Delivery::Later) => return,
+                        }
+                        self.drop_hint(hint);
+                    }
+                }
+                Err(Delivery::Later) => return,
+            }
         }
     }
 }

@@ -554,6 +554,7 @@ impl Coordinator {
         };
         r.map_err(|e| match e {
             crate::hints::HintError::Full { .. } => unavailable(e.to_string()),
+            crate::hints::HintError::Conflict { reason } => ApiError::Corrupt { reason },
             crate::hints::HintError::Storage(e) => ApiError::Storage {
                 reason: e.to_string(),
             },

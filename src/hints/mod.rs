@@ -46,6 +46,13 @@ pub enum HintError {
         /// Their bytes.
         bytes: u64,
     },
+    /// The state does not merge with the one kept for the same owner and key
+    /// (another object kind, or bytes that do not decode): neither is replaced.
+    #[error("a hinted state does not merge with the one kept for the same owner and key: {reason}")]
+    Conflict {
+        /// Why.
+        reason: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -109,11 +116,15 @@ fn parse_hint_key(k: &[u8]) -> Option<(String, Vec<u8>)> {
 }
 
 /// The state to keep for one owner and key: the merge of the one kept and the new
-/// one (`None`: they do not merge, so the new one replaces it).
-fn merged(old: &[u8], new: &[u8]) -> Option<Vec<u8>> {
-    let mut a = Object::decode(old).ok()?;
-    a.merge(&Object::decode(new).ok()?).ok()?;
-    a.encode().ok()
+/// one.
+fn merged(old: &[u8], new: &[u8]) -> Result<Vec<u8>, HintError> {
+    let conflict = |e: crate::object::ObjectError| HintError::Conflict {
+        reason: e.to_string(),
+    };
+    let mut a = Object::decode(old).map_err(conflict)?;
+    a.merge(&Object::decode(new).map_err(conflict)?)
+        .map_err(conflict)?;
+    a.encode().map_err(conflict)
 }
 
 impl Hints {
@@ -164,7 +175,8 @@ impl Hints {
     /// them (durable before returning, per the sync policy).
     ///
     /// # Errors
-    /// [`HintError::Full`] at a bound (nothing changed), or [`HintError::Storage`].
+    /// [`HintError::Full`] at a bound, [`HintError::Conflict`] (nothing changed in
+    /// either case), or [`HintError::Storage`].
     pub fn put(&self, owner: &str, key: &[u8], object: &[u8]) -> Result<(), HintError> {
         debug_assert!(owner.len() <= usize::from(u8::MAX));
         let id = hint_key(owner, key);
@@ -172,13 +184,7 @@ impl Hints {
         let old = self.store.hint(&id)?;
         let next = match &old {
             None => object.to_vec(),
-            Some(old) => merged(old, object).unwrap_or_else(|| {
-                tracing::warn!(
-                    %owner,
-                    "a hinted state does not merge with the one kept; keeping the newer"
-                );
-                object.to_vec()
-            }),
+            Some(old) => merged(old, object)?,
         };
         let old_len = old.as_ref().map_or(0, |o| o.len() as u64);
         let (pending, bytes) = (self.pending(), self.bytes());
@@ -343,6 +349,23 @@ mod tests {
         }
         assert!(refused > 100, "beyond 64 KiB hints are refused ({refused})");
         assert!(h.bytes() <= 64 << 10);
+    }
+
+    #[test]
+    fn a_state_that_does_not_merge_replaces_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(ringkv_storage::StoreConfig::new(dir.path())).expect("open");
+        let h = Hints::open(store).expect("hints");
+        let reg = state(1, b"v");
+        h.put("n", b"k", &reg).expect("put");
+        let counter = Object::Counter(crate::object::Counter::new())
+            .encode()
+            .expect("encode");
+        assert!(matches!(
+            h.put("n", b"k", &counter),
+            Err(HintError::Conflict { .. })
+        ));
+        assert_eq!(h.for_owner("n", 10).expect("hints")[0].object, reg);
     }
 
     #[test]

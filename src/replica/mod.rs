@@ -15,8 +15,8 @@
 //! So the actor is not fixed: it is derived from the data directory's random id, a
 //! global epoch and a per-partition epoch. The global epoch rises on every open that
 //! follows an unclean stop or found damage (any key may have lost versions); a
-//! partition's epoch rises before this node drops keys of it (handoff away) or a
-//! damaged value of it, if its actor minted anything since its last epoch. Within one epoch the local copy of a key loses nothing but
+//! partition's epoch rises before this node drops keys of it (handoff away), if
+//! its actor minted anything since its last epoch. Within one epoch the local copy of a key loses nothing but
 //! tombstones that every replica agreed to reap, and the node-wide dot floor keeps
 //! dots after a reap above the old ones. The cost is one more clock entry for keys
 //! written after an epoch changes (one per crash, or per handoff of their partition),
@@ -147,8 +147,13 @@ impl Minter<'_> {
     fn actor(&self) -> Actor {
         use std::sync::atomic::Ordering::SeqCst;
         let i = self.partition as usize % self.epochs.actors.len();
+        // The actor first, then the mark: a retire between the two either started
+        // its epoch after this load (the mark then makes the next retire start
+        // another) or saw the mark of an earlier write. Marking first could let a
+        // retire clear the mark and this write then mint with the new actor unseen.
+        let actor = self.epochs.actors[i].load(SeqCst);
         self.epochs.used[i].store(true, SeqCst);
-        self.epochs.actors[i].load(SeqCst)
+        actor
     }
 }
 
@@ -217,10 +222,18 @@ impl Replica {
             );
         }
         // Both durable before the first write: a crash now repeats this, never less.
-        store.set_metas(&[
+        // The store keeps saying "unclean" on every open until the new epoch is
+        // written, in the same write (a start that fails before this point must
+        // not let the next one look clean).
+        let entries: [(&str, &[u8]); 2] = [
             ("dot_reserved", &block.to_be_bytes()),
             (META_GLOBAL_EPOCH, &global.to_be_bytes()),
-        ])?;
+        ];
+        if store.opened_clean() {
+            store.set_metas(&entries)?;
+        } else {
+            store.acknowledge_unclean_open(&entries)?;
+        }
         let partitions: std::collections::BTreeMap<u32, u64> =
             match store.meta(META_PARTITION_EPOCHS)? {
                 None => Default::default(),

@@ -245,6 +245,13 @@ impl Peer for PeerServer {
         request: WriteRequest,
         opts: RequestOptions,
     ) -> Result<WriteReply, ApiError> {
+        if self.node.cluster().is_removed() {
+            // Nothing applied: the forwarder, whose view still lists this node as a
+            // primary, tries the next one.
+            return Err(ApiError::NotPrimary {
+                node: self.node.node_id().to_string(),
+            });
+        }
         self.admit()?;
         self.node.coordinator().write(request, opts, true).await
     }

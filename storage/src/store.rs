@@ -14,6 +14,13 @@ use crate::tree::{TreeStats, Trees};
 
 /// Metadata entry saying the store was closed cleanly (`[1]`); `[0]` while open.
 const META_CLEAN: &str = "clean_shutdown";
+/// Metadata entry set (`[1]`) by an open that was not clean, until the caller has
+/// acted on it ([`Store::acknowledge_unclean_open`]): a later clean close, even one
+/// that follows a failed start, must not make the next open look clean.
+const META_UNCLEAN_PENDING: &str = "unclean_pending";
+/// Metadata entry listing the damaged stretches of segments that an earlier open
+/// already skipped and accounted for (they are not read again, and are not new).
+const META_KNOWN_DAMAGE: &str = "known_damage";
 
 /// Number of lock stripes for read-merge-write. Keys of one Merkle segment share a
 /// stripe, so the stripe lock also serialises updates of that segment's leaf.
@@ -171,15 +178,27 @@ impl Store {
             meta.set_all(old.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
         }
         let trees = Arc::new(Trees::new(log.clone()));
-        let damage = log.stats();
-        let damaged = damage.truncated_bytes > 0 || damage.skipped_records > 0;
+        // A damaged stretch an earlier open skipped is skipped again on every open
+        // until a merge rewrites its segment: only new damage lost anything now.
+        let known: Vec<(u32, u64)> = meta
+            .get(META_KNOWN_DAMAGE)
+            .and_then(|raw| postcard::from_bytes(&raw).ok())
+            .unwrap_or_default();
+        let skipped = log.skipped_at().to_vec();
+        let damaged = log.stats().truncated_bytes > 0 || skipped.iter().any(|d| !known.contains(d));
         if trees.needs_rebuild(damaged)? {
             trees.rebuild_leaves()?;
         }
         let was_clean = meta.get(META_CLEAN).as_deref() == Some(&[1u8][..]);
-        let opened_clean = (fresh || was_clean) && !damaged;
+        let pending = meta.get(META_UNCLEAN_PENDING).as_deref() == Some(&[1u8][..]);
+        let opened_clean = (fresh || was_clean) && !damaged && !pending;
+        let skipped_raw = postcard::to_stdvec(&skipped).map_err(|_| StorageError::MetaTooLarge)?;
         // From now until a clean close, a crash must be noticed on the next open.
-        meta.set_all([(META_CLEAN, &[0u8][..])])?;
+        meta.set_all([
+            (META_CLEAN, &[0u8][..]),
+            (META_UNCLEAN_PENDING, &[u8::from(!opened_clean)][..]),
+            (META_KNOWN_DAMAGE, &skipped_raw[..]),
+        ])?;
         let background = match config.driver {
             Driver::Caller => None,
             Driver::Threads => {
@@ -212,11 +231,23 @@ impl Store {
     }
 
     /// Whether the previous run of this directory ended with a clean close and
-    /// recovery found no damage (a new directory counts as clean). After a crash,
-    /// a power loss or damage, some record this store once held may be gone: a
-    /// replica must then not build new versions on what it holds (Riak's kv679).
+    /// recovery found no new damage (a new directory counts as clean). After a
+    /// crash, a power loss or damage, some record this store once held may be
+    /// gone: a replica must then not build new versions on what it holds (Riak's
+    /// kv679). It stays false on every open until [`Store::acknowledge_unclean_open`].
     pub fn opened_clean(&self) -> bool {
         self.inner.opened_clean
+    }
+
+    /// Writes `entries` (what the caller did about an unclean open: a new actor
+    /// epoch) and, in the same write, forgets that the open was unclean.
+    ///
+    /// # Errors
+    /// As [`Store::set_meta`].
+    pub fn acknowledge_unclean_open(&self, entries: &[(&str, &[u8])]) -> Result<()> {
+        let mut all = entries.to_vec();
+        all.push((META_UNCLEAN_PENDING, &[0u8][..]));
+        self.set_metas(&all)
     }
 
     /// Runs the periodic work of a store opened with [`Driver::Caller`]: an interval
@@ -841,6 +872,7 @@ mod tests {
             root = xor(&root, &object_digest(&k, &v));
         }
         assert_eq!(s.root(1).expect("root"), root);
+        s.acknowledge_unclean_open(&[]).expect("ack");
         drop(s);
         let s = simulated(dir.path(), &disk);
         assert!(s.opened_clean(), "a clean close is noticed too");
@@ -853,6 +885,63 @@ mod tests {
         assert!(s.log_stats().truncated_bytes > 0);
         assert_eq!(s.get(2, b"torn").expect("get"), None);
         assert!(!s.opened_clean());
+    }
+
+    #[test]
+    fn an_unclean_open_stays_unclean_until_acknowledged() {
+        // A start that fails after opening (a wrong flag, a busy port) closes the
+        // store cleanly: the next start must still know what the crash lost.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = crate::disk::SimulatedDisk::new();
+        let s = simulated(dir.path(), &disk);
+        put(&s, 1, b"k", b"v");
+        disk.power_off();
+        drop(s);
+        disk.restore(None).expect("restore");
+        let s = simulated(dir.path(), &disk);
+        assert!(!s.opened_clean());
+        drop(s);
+        let s = simulated(dir.path(), &disk);
+        assert!(!s.opened_clean(), "still owed an answer");
+        s.acknowledge_unclean_open(&[("epoch", &[1u8][..])])
+            .expect("ack");
+        drop(s);
+        let s = simulated(dir.path(), &disk);
+        assert!(s.opened_clean());
+        assert_eq!(s.meta("epoch").expect("meta").as_deref(), Some(&[1u8][..]));
+    }
+
+    #[test]
+    fn damage_an_earlier_open_accounted_for_is_not_new() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = open(dir.path());
+            for i in 0..20u32 {
+                put(&s, 0, &i.to_be_bytes(), format!("value-{i:05}").as_bytes());
+            }
+        }
+        let seg = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".seg"))
+            .min()
+            .expect("segment");
+        let path = dir.path().join(seg);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let at = bytes
+            .windows(11)
+            .position(|w| w == b"value-00007")
+            .expect("on disk");
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes).expect("write");
+        let s = open(dir.path());
+        assert!(!s.opened_clean(), "new damage");
+        s.acknowledge_unclean_open(&[]).expect("ack");
+        drop(s);
+        let s = open(dir.path());
+        assert_eq!(s.log_stats().skipped_records, 1, "still skipped");
+        assert!(s.opened_clean(), "but not new");
+        assert_eq!(s.tree_stats().rebuilt_from_leaves, 0, "no rebuild again");
     }
 
     #[test]

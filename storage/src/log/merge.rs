@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::record::{self, Op};
 use super::recovery::{MERGE_MANIFEST, MERGE_MANIFEST_TMP, MERGE_SUFFIX, finish_merge};
 use super::{
-    Entry, Log, SEGMENT_MAGIC, Segment, Shard, Space, fsync_dir, read, read_value, segment_path,
-    write,
+    Entry, Log, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, Segment, Shard, Space, fsync_dir, new_salt,
+    read, read_value, segment_path, write,
 };
 use crate::error::{Result, StorageError};
 use crate::store::lock;
@@ -59,6 +59,7 @@ struct Output {
     id: u32,
     file: File,
     len: u64,
+    salt: [u8; 8],
 }
 
 struct Moved {
@@ -194,9 +195,8 @@ impl Log {
                         value: Some(value),
                     };
                     let (mut rec, at) = record::encode(std::slice::from_ref(&op));
-                    record::seal(&mut rec, old.seq);
                     let full = outputs.last().is_none_or(|o| {
-                        o.len > SEGMENT_MAGIC.len() as u64
+                        o.len > SEGMENT_HEADER_LEN
                             && o.len + rec.len() as u64 > self.config.segment_bytes
                     });
                     if full {
@@ -216,18 +216,23 @@ impl Log {
                             file.try_clone()
                                 .map_err(StorageError::io("creating a merge output"))?,
                         );
+                        let salt = new_salt()?;
                         w.write_all(SEGMENT_MAGIC)
+                            .and_then(|()| w.write_all(&salt))
                             .map_err(StorageError::io("writing a merge"))?;
                         writer = Some(w);
                         outputs.push(Output {
                             id,
                             file,
-                            len: SEGMENT_MAGIC.len() as u64,
+                            len: SEGMENT_HEADER_LEN,
+                            salt,
                         });
                     }
                     let (Some(out), Some(w)) = (outputs.last_mut(), writer.as_mut()) else {
                         unreachable!("an output was just opened");
                     };
+                    // The original sequence number, under the output's salt.
+                    record::seal(&mut rec, old.seq, &Some(out.salt));
                     let before = out.len;
                     w.write_all(&rec)
                         .map_err(StorageError::io("writing a merge"))?;
@@ -296,6 +301,7 @@ impl Log {
                     id: out.id,
                     file: out.file,
                     len: AtomicU64::new(out.len),
+                    salt: Some(out.salt),
                 };
                 segments.insert(out.id, Arc::new(segment));
             }

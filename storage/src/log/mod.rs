@@ -21,7 +21,7 @@
 //! directory.
 //!
 //! On disk: `NNNNNNNN.seg` segment files of [`record`]s, each starting with
-//! [`SEGMENT_MAGIC`]; a `LOCK` file held with `flock`; `MERGE`, present only between
+//! [`SEGMENT_MAGIC`] and a random salt; a `LOCK` file held with `flock`; `MERGE`, present only between
 //! a merge's commit and the removal of the segments it replaced.
 
 mod merge;
@@ -41,8 +41,24 @@ use crate::error::{Result, StorageError};
 use crate::store::lock;
 pub(crate) use record::Op;
 
-/// First bytes of every segment file: a name and the format version.
-pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"RKVSEG\x00\x01";
+/// First bytes of every segment file: a name and the format version. Format 2 is
+/// followed by the segment's random salt (8 bytes), mixed into every record
+/// checksum of the segment; format 1 (read, never written) has no salt.
+pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"RKVSEG\x00\x02";
+/// The magic of format 1 segments.
+pub(crate) const SEGMENT_MAGIC_V1: &[u8; 8] = b"RKVSEG\x00\x01";
+/// Bytes before the first record of a segment this build writes.
+pub(crate) const SEGMENT_HEADER_LEN: u64 = 16;
+
+/// A fresh random salt for a new segment (from the OS, so no client can guess it).
+pub(crate) fn new_salt() -> Result<[u8; 8]> {
+    use std::io::Read;
+    let mut salt = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut salt))
+        .map_err(StorageError::io("reading random bytes for a segment salt"))?;
+    Ok(salt)
+}
 
 /// The keyspaces of a node's log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,6 +160,8 @@ pub(crate) struct Segment {
     pub(crate) file: File,
     /// Bytes written (the file's length once sealed).
     pub(crate) len: AtomicU64,
+    /// Mixed into the checksum of every record (`None` in format 1 segments).
+    pub(crate) salt: record::Salt,
 }
 
 pub(crate) fn segment_path(dir: &Path, id: u32) -> PathBuf {
@@ -160,12 +178,16 @@ impl Segment {
             .open(&path)
             .map_err(StorageError::io("creating a log segment"))?;
         disk.created(&path);
-        file.write_all_at(SEGMENT_MAGIC, 0)
+        let salt = new_salt()?;
+        let mut header = SEGMENT_MAGIC.to_vec();
+        header.extend_from_slice(&salt);
+        file.write_all_at(&header, 0)
             .map_err(StorageError::io("creating a log segment"))?;
         Ok(Segment {
             id,
             file,
-            len: AtomicU64::new(SEGMENT_MAGIC.len() as u64),
+            len: AtomicU64::new(SEGMENT_HEADER_LEN),
+            salt: Some(salt),
         })
     }
 }
@@ -259,6 +281,8 @@ pub(crate) struct Log {
     truncated_bytes: u64,
     skipped_records: u64,
     skipped_bytes: u64,
+    /// Where recovery skipped damaged stretches: (segment, offset).
+    skipped_at: Vec<(u32, u64)>,
     /// Recovery found no segment with a record in it.
     recovered_nothing: bool,
     /// Fsyncs, directory syncs and renames go through it.
@@ -336,7 +360,7 @@ impl Log {
             config,
             writer: Mutex::new(Writer {
                 active,
-                len: SEGMENT_MAGIC.len() as u64,
+                len: SEGMENT_HEADER_LEN,
                 next_seq: recovered.next_seq,
                 unsynced: Vec::new(),
                 dir_dirty: false,
@@ -352,10 +376,16 @@ impl Log {
             truncated_bytes: recovered.truncated_bytes,
             skipped_records: recovered.skipped_records,
             skipped_bytes: recovered.skipped_bytes,
+            skipped_at: recovered.skipped_at,
             recovered_nothing,
             disk,
             _lock_file: lock_file,
         })
+    }
+
+    /// Where recovery skipped damaged stretches when the log was opened.
+    pub(crate) fn skipped_at(&self) -> &[(u32, u64)] {
+        &self.skipped_at
     }
 
     /// Whether the directory held no record when the log was opened.
@@ -390,13 +420,11 @@ impl Log {
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
         }
-        if w.len > SEGMENT_MAGIC.len() as u64
-            && w.len + rec.len() as u64 > self.config.segment_bytes
-        {
+        if w.len > SEGMENT_HEADER_LEN && w.len + rec.len() as u64 > self.config.segment_bytes {
             self.rotate(&mut w)?;
         }
         let seq = w.next_seq;
-        record::seal(&mut rec, seq);
+        record::seal(&mut rec, seq, &w.active.salt);
         let start = w.len;
         // On failure the length is not advanced: the next record overwrites whatever
         // part of this one reached the file, and recovery cuts a torn tail.
@@ -441,7 +469,7 @@ impl Log {
         write(&self.segments).insert(id, fresh.clone());
         let sealed = std::mem::replace(&mut w.active, fresh);
         w.unsynced.push(sealed);
-        w.len = SEGMENT_MAGIC.len() as u64;
+        w.len = SEGMENT_HEADER_LEN;
         w.dir_dirty = true;
         Ok(())
     }

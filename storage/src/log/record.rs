@@ -1,7 +1,7 @@
 //! The on-disk record: one atomic batch of puts and deletes.
 //!
 //! ```text
-//! header  u32 LE body length | u32 LE crc32 of the body
+//! header  u32 LE body length | u32 LE crc32 of the segment's salt and the body
 //! body    u8 format (1) | u64 LE sequence number | u16 LE op count | ops
 //! op      u8 space | u8 kind (0 put, 1 delete) | u32 LE key length | u32 LE value length
 //!         | key | value (empty for a delete)
@@ -87,11 +87,26 @@ pub(crate) fn encode(ops: &[Op]) -> (Vec<u8>, Vec<ValueAt>) {
     (out, at)
 }
 
+/// A segment's random salt, mixed into every record checksum of it (segments of
+/// format 1 have none). Bytes a client stored inside a value can hold a whole
+/// record, checksum included: without the salt, recovery skipping damage could take
+/// it for a real one and apply whatever it says.
+pub(crate) type Salt = Option<[u8; 8]>;
+
+fn checksum(salt: &Salt, body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    if let Some(salt) = salt {
+        h.update(salt);
+    }
+    h.update(body);
+    h.finalize()
+}
+
 /// Writes the sequence number, body length and checksum into an encoded record.
-pub(crate) fn seal(record: &mut [u8], seq: u64) {
+pub(crate) fn seal(record: &mut [u8], seq: u64, salt: &Salt) {
     record[HEADER_LEN + 1..HEADER_LEN + 9].copy_from_slice(&seq.to_le_bytes());
     let body_len = (record.len() - HEADER_LEN) as u32;
-    let crc = crc32fast::hash(&record[HEADER_LEN..]);
+    let crc = checksum(salt, &record[HEADER_LEN..]);
     record[..4].copy_from_slice(&body_len.to_le_bytes());
     record[4..8].copy_from_slice(&crc.to_le_bytes());
 }
@@ -123,8 +138,12 @@ pub(crate) fn body_len(header: &[u8; HEADER_LEN]) -> usize {
     u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize
 }
 
-/// Checks and decodes a whole record (header and body). Never panics on any input.
-pub(crate) fn decode(record: &[u8]) -> Result<(u64, Vec<DecodedOp<'_>>), Invalid> {
+/// Checks and decodes a whole record (header and body) of a segment with `salt`.
+/// Never panics on any input.
+pub(crate) fn decode<'a>(
+    record: &'a [u8],
+    salt: &Salt,
+) -> Result<(u64, Vec<DecodedOp<'a>>), Invalid> {
     let header: &[u8; HEADER_LEN] = record
         .get(..HEADER_LEN)
         .and_then(|h| h.try_into().ok())
@@ -134,7 +153,7 @@ pub(crate) fn decode(record: &[u8]) -> Result<(u64, Vec<DecodedOp<'_>>), Invalid
         .get(HEADER_LEN..HEADER_LEN + len)
         .ok_or(Invalid::Short)?;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if crc32fast::hash(body) != crc {
+    if checksum(salt, body) != crc {
         return Err(Invalid::Checksum);
     }
     let mut r = Reader { buf: body, pos: 0 };
@@ -213,6 +232,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const SALT: Salt = Some(*b"saltsalt");
+
     fn op(space: Space, key: &[u8], value: Option<&[u8]>) -> Op {
         Op {
             space,
@@ -229,8 +250,8 @@ mod tests {
             op(Space::Hints, b"gone", None),
         ];
         let (mut rec, at) = encode(&ops);
-        seal(&mut rec, 42);
-        let (seq, decoded) = decode(&rec).expect("decodes");
+        seal(&mut rec, 42, &SALT);
+        let (seq, decoded) = decode(&rec, &SALT).expect("decodes");
         assert_eq!(seq, 42);
         assert_eq!(decoded.len(), 3);
         for ((d, o), a) in decoded.iter().zip(&ops).zip(&at) {
@@ -246,30 +267,41 @@ mod tests {
     #[test]
     fn torn_and_flipped_records_are_refused() {
         let (mut rec, _) = encode(&[op(Space::Objects, b"k", Some(b"v"))]);
-        seal(&mut rec, 1);
+        seal(&mut rec, 1, &SALT);
         for cut in 0..rec.len() {
-            assert_eq!(decode(&rec[..cut]), Err(Invalid::Short), "cut at {cut}");
+            assert_eq!(
+                decode(&rec[..cut], &SALT),
+                Err(Invalid::Short),
+                "cut at {cut}"
+            );
         }
         for i in HEADER_LEN..rec.len() {
             let mut bad = rec.clone();
             bad[i] ^= 0x10;
-            assert_eq!(decode(&bad), Err(Invalid::Checksum), "flip at {i}");
+            assert_eq!(decode(&bad, &SALT), Err(Invalid::Checksum), "flip at {i}");
         }
+        // Under another segment's salt (or none) the same bytes are no record.
+        assert_eq!(decode(&rec, &Some([9; 8])), Err(Invalid::Checksum));
+        assert_eq!(decode(&rec, &None), Err(Invalid::Checksum));
+        let (mut old, _) = encode(&[op(Space::Objects, b"k", Some(b"v"))]);
+        seal(&mut old, 1, &None);
+        assert!(decode(&old, &None).is_ok(), "format 1 segments still read");
     }
 
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = decode(&bytes);
+            let _ = decode(&bytes, &SALT);
+            let _ = decode(&bytes, &None);
         }
 
         #[test]
         fn well_checksummed_garbage_never_panics(body in proptest::collection::vec(any::<u8>(), 0..128)) {
             let mut rec = Vec::new();
             rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            rec.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            rec.extend_from_slice(&checksum(&SALT, &body).to_le_bytes());
             rec.extend_from_slice(&body);
-            let _ = decode(&rec);
+            let _ = decode(&rec, &SALT);
         }
 
         #[test]
@@ -285,8 +317,8 @@ mod tests {
                 .map(|(s, k, v)| Op { space: Space::from_byte(s).expect("space"), key: k, value: v })
                 .collect();
             let (mut rec, _) = encode(&ops);
-            seal(&mut rec, seq);
-            let (got_seq, decoded) = decode(&rec).expect("decodes");
+            seal(&mut rec, seq, &SALT);
+            let (got_seq, decoded) = decode(&rec, &SALT).expect("decodes");
             prop_assert_eq!(got_seq, seq);
             let back: Vec<Op> = decoded
                 .iter()

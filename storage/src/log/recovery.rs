@@ -19,7 +19,8 @@ use std::path::Path;
 
 use super::record::{self, HEADER_LEN, Invalid, MAX_BODY_LEN};
 use super::{
-    Entry, SEGMENT_MAGIC, SHARDS, SPACES, Segment, Shard, fsync_dir, segment_path, shard_of,
+    Entry, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_MAGIC_V1, SHARDS, SPACES, Segment, Shard,
+    fsync_dir, segment_path, shard_of,
 };
 use crate::disk::Disk;
 use crate::error::{Result, StorageError};
@@ -33,6 +34,8 @@ pub(crate) struct Recovered {
     pub(crate) truncated_bytes: u64,
     pub(crate) skipped_records: u64,
     pub(crate) skipped_bytes: u64,
+    /// Where each skipped stretch begins: (segment, offset).
+    pub(crate) skipped_at: Vec<(u32, u64)>,
 }
 
 /// Name of the file listing the segments a committed merge replaced.
@@ -136,15 +139,20 @@ struct Scan {
     records: u64,
     /// Damaged stretches skipped (good records followed) and their bytes.
     skipped: (u64, u64),
+    /// Where they begin.
+    skipped_at: Vec<u64>,
     /// Where damage began that no good record of this file follows.
     tail: Option<u64>,
 }
 
 /// Reads the records of one segment into `slots`, resynchronising after damage on
 /// the next whole record.
+#[allow(clippy::too_many_arguments)]
 fn scan_segment(
     file: &std::fs::File,
     id: u32,
+    header_len: u64,
+    salt: &record::Salt,
     file_len: u64,
     slots: &mut Slots,
     max_seq: &mut u64,
@@ -152,15 +160,16 @@ fn scan_segment(
     use std::io::{Seek, SeekFrom};
     let mut reader = BufReader::with_capacity(1 << 20, file);
     reader
-        .seek(SeekFrom::Start(SEGMENT_MAGIC.len() as u64))
+        .seek(SeekFrom::Start(header_len))
         .map_err(StorageError::io("reading a log segment"))?;
     let mut scan = Scan {
-        end: SEGMENT_MAGIC.len() as u64,
+        end: header_len,
         records: 0,
         skipped: (0, 0),
+        skipped_at: Vec::new(),
         tail: None,
     };
-    let mut pos = SEGMENT_MAGIC.len() as u64;
+    let mut pos = header_len;
     let mut buf = Vec::new();
     while pos < file_len {
         let damaged = 'record: {
@@ -181,7 +190,7 @@ fn scan_segment(
             reader
                 .read_exact(&mut buf[HEADER_LEN..])
                 .map_err(StorageError::io("reading a log segment"))?;
-            let (seq, ops) = match record::decode(&buf) {
+            let (seq, ops) = match record::decode(&buf, salt) {
                 Ok(decoded) => decoded,
                 Err(Invalid::Malformed(reason)) => {
                     return Err(StorageError::Corrupt {
@@ -227,7 +236,7 @@ fn scan_segment(
         // A damaged length field makes the next record boundary unknown: look for
         // the next whole record rather than give up on the rest of the file (a
         // sealed segment holds fsynced, acknowledged writes after the damage).
-        match next_record(file, pos + 1, file_len) {
+        match next_record(file, pos + 1, file_len, salt) {
             Some(next) => {
                 tracing::error!(
                     segment = id,
@@ -237,6 +246,7 @@ fn scan_segment(
                 );
                 scan.skipped.0 += 1;
                 scan.skipped.1 += next - pos;
+                scan.skipped_at.push(pos);
                 pos = next;
                 reader
                     .seek(SeekFrom::Start(pos))
@@ -258,11 +268,12 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
     // Hash maps while reading (two lookups per op, no key comparisons along a tree
     // path); each sorted once into its shard's tree at the end.
     let mut slots: Slots = (0..SHARDS).map(|_| Default::default()).collect();
-    let mut read: Vec<(u32, std::fs::File, u64, Scan)> = Vec::new();
+    let mut read: Vec<(u32, std::fs::File, u64, Scan, record::Salt)> = Vec::new();
     let mut max_seq = 0u64;
     let mut truncated_bytes = 0u64;
     let mut skipped_records = 0u64;
     let mut skipped_bytes = 0u64;
+    let mut skipped_at = Vec::new();
     let mut removed_any = false;
     let remove = |path: &Path| -> Result<()> {
         std::fs::remove_file(path).map_err(StorageError::io("removing an empty segment"))?;
@@ -302,21 +313,43 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
             removed_any = true;
             continue;
         }
-        if &magic != SEGMENT_MAGIC {
+        let (header_len, salt) = if &magic == SEGMENT_MAGIC_V1 {
+            (SEGMENT_MAGIC.len() as u64, None)
+        } else if &magic == SEGMENT_MAGIC {
+            let mut salt = [0u8; 8];
+            use std::os::unix::fs::FileExt;
+            if file_len < SEGMENT_HEADER_LEN || file.read_exact_at(&mut salt, 8).is_err() {
+                // Its header was never whole: created just before the process died.
+                drop(file);
+                remove(&path)?;
+                removed_any = true;
+                continue;
+            }
+            (SEGMENT_HEADER_LEN, Some(salt))
+        } else {
             return Err(StorageError::Corrupt {
                 segment: id,
                 offset: 0,
                 reason: "not a ringkv log segment (or an unknown format version)",
             });
-        }
-        let scan = scan_segment(&file, id, file_len, &mut slots, &mut max_seq)?;
+        };
+        let scan = scan_segment(
+            &file,
+            id,
+            header_len,
+            &salt,
+            file_len,
+            &mut slots,
+            &mut max_seq,
+        )?;
         skipped_records += scan.skipped.0;
         skipped_bytes += scan.skipped.1;
-        read.push((id, file, file_len, scan));
+        skipped_at.extend(scan.skipped_at.iter().map(|&at| (id, at)));
+        read.push((id, file, file_len, scan, salt));
     }
     let last = read.len().checked_sub(1);
     let mut segments = BTreeMap::new();
-    for (i, (id, file, file_len, scan)) in read.into_iter().enumerate() {
+    for (i, (id, file, file_len, scan, salt)) in read.into_iter().enumerate() {
         let path = segment_path(dir, id);
         let mut len = file_len;
         if let Some(at) = scan.tail {
@@ -347,6 +380,7 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
                 );
                 skipped_records += 1;
                 skipped_bytes += file_len - at;
+                skipped_at.push((id, at));
             }
         }
         if scan.records == 0 && len <= scan.end {
@@ -360,6 +394,7 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
             id,
             file,
             len: std::sync::atomic::AtomicU64::new(len),
+            salt,
         };
         segments.insert(id, std::sync::Arc::new(segment));
     }
@@ -404,6 +439,7 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
         truncated_bytes,
         skipped_records,
         skipped_bytes,
+        skipped_at,
     })
 }
 
@@ -418,7 +454,7 @@ const PROBE_LEN: usize = HEADER_LEN + record::BODY_PREFIX_LEN + 2;
 /// Candidates are first filtered on bytes already read (a plausible length, format
 /// version 1, at least one op of a known space and kind), so damaged stretches of
 /// random bytes cost about one checksum per 2^27 offsets, not one per offset.
-fn next_record(file: &std::fs::File, from: u64, file_len: u64) -> Option<u64> {
+fn next_record(file: &std::fs::File, from: u64, file_len: u64, salt: &record::Salt) -> Option<u64> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; RESYNC_WINDOW + PROBE_LEN];
     let mut at = from;
@@ -439,7 +475,7 @@ fn next_record(file: &std::fs::File, from: u64, file_len: u64) -> Option<u64> {
                 && space < SPACES as u8
                 && kind < 2
                 && fits(len, q, file_len)
-                && whole_record_at(file, q, file_len)
+                && whole_record_at(file, q, file_len, salt)
             {
                 return Some(q);
             }
@@ -450,7 +486,7 @@ fn next_record(file: &std::fs::File, from: u64, file_len: u64) -> Option<u64> {
 }
 
 /// Whether a well-formed record starts at `at` (read without moving the scan).
-fn whole_record_at(file: &std::fs::File, at: u64, file_len: u64) -> bool {
+fn whole_record_at(file: &std::fs::File, at: u64, file_len: u64, salt: &record::Salt) -> bool {
     use std::os::unix::fs::FileExt;
     let mut header = [0u8; HEADER_LEN];
     if at + HEADER_LEN as u64 > file_len || file.read_exact_at(&mut header, at).is_err() {
@@ -461,7 +497,7 @@ fn whole_record_at(file: &std::fs::File, at: u64, file_len: u64) -> bool {
         return false;
     }
     let mut rec = vec![0u8; HEADER_LEN + len];
-    file.read_exact_at(&mut rec, at).is_ok() && record::decode(&rec).is_ok()
+    file.read_exact_at(&mut rec, at).is_ok() && record::decode(&rec, salt).is_ok()
 }
 
 /// Whether a header announcing `body_len` bytes at `at` can be a whole record: no
