@@ -143,6 +143,52 @@ fn a_counter_increment_that_would_wrap_is_refused() {
     );
 }
 
+/// Review C8: a request's deadline is bounded (its tasks, state copies and the
+/// guard that blocks reaping its key live until then).
+#[test]
+fn request_deadlines_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(dir.path(), &[]);
+    let out = s.cli(&["put", "k", "v", "--timeout-ms", "4294967295"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let out = s.cli(&["get", "k", "--timeout-ms", "66666"]);
+    assert_eq!(code(&out), 1, "within the bound: {}", stderr(&out));
+    // The node refuses it too, whatever the client checked.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let refused = rt.block_on(async {
+        let mut c = ringkv::Client::connect(&s.addr).await.expect("connect");
+        c.set_options(ringkv::rpc::api::RequestOptions {
+            timeout_ms: Some(3_600_000),
+            ..Default::default()
+        });
+        c.put(b"k", b"v", None).await
+    });
+    assert!(
+        matches!(
+            refused,
+            Err(ringkv::ClientError::Api(
+                ringkv::rpc::api::ApiError::InvalidOptions { .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(code(&s.cli(&["get", "k"])), 1, "nothing was written");
+    let out = common::run_cli(
+        &[
+            "serve",
+            "--request-timeout-ms",
+            "600000",
+            "--listen",
+            "127.0.0.1:1",
+        ],
+        None,
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+}
+
 #[test]
 fn counters_sets_and_status() {
     let dir = tempfile::tempdir().expect("tempdir");

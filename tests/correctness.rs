@@ -21,9 +21,10 @@ fn ring_members(c: &Cluster, i: usize) -> Vec<String> {
     ids
 }
 
-/// Review A1: a primary that missed a put (it was down; hints are off) coordinates
-/// the delete, with the put's context or without one. Before the fix it stored
-/// nothing, answered OK, and the value stayed.
+/// Review A1 and C1: a primary that missed a put (it was down; hints are off)
+/// coordinates the delete, with the put's context or without one, and a set
+/// remove. Before the fixes each stored nothing, answered OK, and the value (or
+/// member) stayed.
 #[test]
 fn a_delete_through_a_primary_that_missed_the_put_deletes_it() {
     let mut c = Cluster::start(
@@ -36,26 +37,43 @@ fn a_delete_through_a_primary_that_missed_the_put_deletes_it() {
         ],
     );
     c.wait_converged(&[0, 1, 2], 3);
+    // Keys n3 coordinates (the client sends each request to the first primary).
+    let led_by_n3 = |prefix: &str| {
+        (0..10_000)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|k| c.primaries(k.as_bytes())[0] == "n3")
+            .expect("a key n3 leads")
+    };
+    let (with, without, set) = (led_by_n3("with"), led_by_n3("without"), led_by_n3("set"));
     c.nodes[2].kill9();
-    let put = c.nodes[0].cli(&["put", "with-context", "v"]);
+    let put = c.nodes[0].cli(&["put", &with, "v"]);
     assert_eq!(code(&put), 0, "{}", stderr(&put));
     let ctx = stdout(&put).trim().to_string();
-    assert_eq!(code(&c.nodes[0].cli(&["put", "without-context", "v"])), 0);
+    assert_eq!(code(&c.nodes[0].cli(&["put", &without, "v"])), 0);
+    assert_eq!(code(&c.nodes[0].cli(&["set", "add", &set, "m"])), 0);
     c.nodes[2].restart();
     c.wait_converged(&[0, 1, 2], 3);
-    for key in ["with-context", "without-context"] {
+    for key in [&with, &without] {
         let local = c.nodes[2].cli(&["get", key, "--local"]);
         assert_eq!(code(&local), 1, "n3 missed {key}");
     }
-    let del = c.nodes[2].cli(&["delete", "with-context", "--context", &ctx]);
+    let del = c.nodes[2].cli(&["delete", &with, "--context", &ctx]);
     assert_eq!(code(&del), 0, "{}", stderr(&del));
-    let del = c.nodes[2].cli(&["delete", "without-context"]);
+    let del = c.nodes[2].cli(&["delete", &without]);
     assert_eq!(code(&del), 0, "{}", stderr(&del));
-    for key in ["with-context", "without-context"] {
+    // Review C1: a set remove coordinated by a replica without the member.
+    let rm = c.nodes[2].cli(&["set", "remove", &set, "m", "--json"]);
+    assert_eq!(code(&rm), 0, "{}", stderr(&rm));
+    assert_eq!(json(&rm)["removed"], true, "it saw the member");
+    for key in [&with, &without] {
         for i in 0..3 {
             let got = c.nodes[i].cli(&["get", key, "--r", "3"]);
             assert_eq!(code(&got), 1, "{key} via n{}: {}", i + 1, stdout(&got));
         }
+    }
+    for i in 0..3 {
+        let got = c.nodes[i].cli(&["set", "members", &set, "--r", "3"]);
+        assert_eq!(stdout(&got), "", "the member is gone via n{}", i + 1);
     }
 }
 

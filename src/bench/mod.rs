@@ -257,8 +257,12 @@ impl BenchConfig {
         if self.r == Some(0) || self.w == Some(0) {
             return Err(invalid("--r/--w", "quorums must be at least 1"));
         }
-        if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
-            return Err(invalid("--timeout-ms", "must be between 1 and 600000"));
+        let max = u64::from(crate::coordinator::MAX_TIMEOUT_MS) * 10 / 9;
+        if self.timeout_ms == 0 || self.timeout_ms > max {
+            return Err(invalid(
+                "--timeout-ms",
+                format!("must be between 1 and {max}"),
+            ));
         }
         if let Some(f) = &self.fault {
             if let Some(back) = f.restart_at

@@ -51,8 +51,12 @@ async fn connect(opts: &ClientOpts) -> Result<Client, Failure> {
         timeout_ms: None,
     };
     if let Some(ms) = opts.timeout_ms {
-        if ms == 0 || ms > 600_000 {
-            return Err(Failure::usage("--timeout-ms must be between 1 and 600000"));
+        // The node is given 90 % of it, at most its own limit.
+        let max = u64::from(ringkv::coordinator::MAX_TIMEOUT_MS) * 10 / 9;
+        if ms == 0 || ms > max {
+            return Err(Failure::usage(format!(
+                "--timeout-ms must be between 1 and {max}"
+            )));
         }
         // The node gets a little less than the client waits, so its answer (say, a
         // quorum failure naming the replicas) arrives before the client gives up.

@@ -177,10 +177,11 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
         )));
     }
     if let Some(ms) = args.request_timeout_ms.or(file.request_timeout_ms) {
-        if ms == 0 || ms > 600_000 {
-            return Err(Failure::usage(
-                "--request-timeout-ms must be between 1 and 600000",
-            ));
+        let max = u64::from(ringkv::coordinator::MAX_TIMEOUT_MS);
+        if ms == 0 || ms > max {
+            return Err(Failure::usage(format!(
+                "--request-timeout-ms must be between 1 and {max}"
+            )));
         }
         s.timeout = Duration::from_millis(ms);
     }

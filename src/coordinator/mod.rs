@@ -29,6 +29,12 @@ use crate::rpc::api::{ApiError, GetReply, RequestOptions};
 
 pub use delivery::deliver_hints;
 
+/// Longest deadline a request may ask for. A request's tasks, the copies of the
+/// states it sends and the guard that keeps its key from being reaped live until
+/// its deadline when a replica takes a request and never answers (review C8: up to
+/// 49 days were accepted).
+pub const MAX_TIMEOUT_MS: u32 = 60_000;
+
 /// Cluster-wide request defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -373,6 +379,11 @@ impl Coordinator {
             Some(0) => {
                 return Err(ApiError::InvalidOptions {
                     reason: "timeout_ms must be at least 1".into(),
+                });
+            }
+            Some(ms) if ms > MAX_TIMEOUT_MS => {
+                return Err(ApiError::InvalidOptions {
+                    reason: format!("timeout_ms={ms} is over the limit of {MAX_TIMEOUT_MS}"),
                 });
             }
             Some(ms) => Duration::from_millis(u64::from(ms)),

@@ -100,19 +100,41 @@ impl Coordinator {
                 .forward(&view, &primaries, request, opts, deadline)
                 .await;
         }
+        // Removals without a context remove what a read quorum sees, not only what
+        // this replica holds: the read gets half the time left; replication needs
+        // the rest.
+        let half = deadline.saturating_duration_since(Instant::now()) / 2;
+        let read_opts = RequestOptions {
+            timeout_ms: Some(half.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
+            ..opts
+        };
         let request = match request {
+            WriteRequest::SetUpdate {
+                key,
+                member,
+                add: false,
+            } => {
+                // An observed remove observes what the coordinator holds: first the
+                // merge of a read quorum into it, or a member added on the other
+                // replicas stays (review C1: acknowledged, removed nothing).
+                if let Some(seen) = self.read(key.clone(), read_opts).await? {
+                    if seen.kind() != crate::object::Kind::Set {
+                        return Err(super::wrong_kind(&seen, crate::object::Kind::Set));
+                    }
+                    self.replicate_object(key.clone(), seen).await?;
+                }
+                WriteRequest::SetUpdate {
+                    key,
+                    member,
+                    add: false,
+                }
+            }
             WriteRequest::Put {
                 key,
                 value: None,
                 context: None,
             } => {
-                // "Delete what is visible": what a read quorum sees, not only this replica.
-                // The read gets half the time left; replication needs the rest.
-                let half = deadline.saturating_duration_since(Instant::now()) / 2;
-                let read_opts = RequestOptions {
-                    timeout_ms: Some(half.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
-                    ..opts
-                };
+                // "Delete what is visible" (see above).
                 let seen = self.read(key.clone(), read_opts).await?;
                 let context = match seen {
                     Some(Object::Register(reg)) => {
