@@ -414,6 +414,7 @@ impl Node {
                     skipped_records: log.skipped_records,
                     skipped_bytes: log.skipped_bytes,
                     opened_clean: store.opened_clean(),
+                    damaged_values_dropped: store.damaged_dropped(),
                     trees_from_checkpoint: trees.loaded_from_checkpoint,
                     trees_rebuilt_from_leaves: trees.rebuilt_from_leaves,
                 }

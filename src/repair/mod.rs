@@ -266,6 +266,15 @@ impl Repair {
             // reaped since (review A9).
             return report;
         }
+        // Values found damaged since the last round are dropped (under a new epoch
+        // of their partition), so the exchanges below fetch them from a replica.
+        let healed = self.coordinator.replica().heal_damaged();
+        if healed > 0 {
+            tracing::warn!(
+                healed,
+                "dropped damaged values; anti-entropy brings them back"
+            );
+        }
         let view = self.coordinator.cluster().view();
         let Some(ring) = view.ring.clone() else {
             return report;

@@ -206,6 +206,8 @@ pub struct StorageStatus {
     pub skipped_bytes: u64,
     /// Whether the previous run ended with a clean close and recovery found no damage.
     pub opened_clean: bool,
+    /// Values whose checksum failed at run time, dropped (and repaired from replicas).
+    pub damaged_values_dropped: u64,
     /// Partitions whose hash tree came from a checkpoint since start.
     pub trees_from_checkpoint: u64,
     /// Partitions whose hash tree was recomputed from leaves after an unclean stop.

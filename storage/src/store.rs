@@ -1,6 +1,7 @@
 //! The node's store: objects, Merkle leaves, hints and metadata in one log.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::disk::Disk;
@@ -108,6 +109,8 @@ struct Inner {
     opened_clean: bool,
     /// Set once [`Store::close`] has run.
     closed: std::sync::atomic::AtomicBool,
+    /// Damaged values dropped since open.
+    damaged_dropped: AtomicU64,
     // Stopped first on close: it checkpoints the trees and syncs once more.
     background: Mutex<Option<Background>>,
 }
@@ -225,6 +228,7 @@ impl Store {
                 path: config.path,
                 opened_clean,
                 closed: std::sync::atomic::AtomicBool::new(false),
+                damaged_dropped: AtomicU64::new(0),
                 background: Mutex::new(background),
             }),
         })
@@ -394,7 +398,12 @@ impl Store {
     pub fn remove_if(&self, partition: u32, key: &[u8], expected: &Hash) -> Result<bool> {
         let (segment, okey) = (segment_of(key), object_key(partition, key));
         let guard = lock(self.stripe(partition, segment));
-        let current = self.read_raw(&okey)?;
+        let current = match self.read_raw(&okey) {
+            // Damaged: it cannot be what the caller saw (the log remembers it for
+            // [`Store::damaged`]).
+            Err(StorageError::Corrupt { .. }) => return Ok(false),
+            other => other?,
+        };
         let Some(current) = current else {
             return Ok(false);
         };
@@ -469,7 +478,11 @@ impl Store {
             &segment_prefix(partition, segment),
             usize::MAX,
         ) {
-            let v = item.value()?;
+            // A damaged value is left out (as if absent), so the peer sends its
+            // copy; the log remembers it for [`Store::damaged`].
+            let Some(v) = item.value_or_damaged(&self.inner.log, Space::Objects)? else {
+                continue;
+            };
             let user = item.key.get(PREFIX_LEN..).ok_or(StorageError::CorruptKey {
                 len: item.key.len(),
             })?;
@@ -480,21 +493,135 @@ impl Store {
 
     /// Iterates over every `(user key, value)` of a partition, in key-layout order:
     /// the keys present when it was called, each value read when its turn comes.
+    /// Damaged values are left out (see [`Store::damaged`]).
     pub fn scan_partition(
         &self,
         partition: u32,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + use<> {
+        let log = self.inner.log.clone();
         self.inner
             .log
             .prefix(Space::Objects, &partition.to_be_bytes(), usize::MAX)
             .into_iter()
-            .map(|item| {
-                let v = item.value()?;
-                let user = item.key.get(PREFIX_LEN..).ok_or(StorageError::CorruptKey {
-                    len: item.key.len(),
-                })?;
-                Ok((user.to_vec(), v))
+            .filter_map(move |item| {
+                let v = match item.value_or_damaged(&log, Space::Objects) {
+                    Ok(Some(v)) => v,
+                    Ok(None) => return None,
+                    Err(e) => return Some(Err(e)),
+                };
+                let user = match item.key.get(PREFIX_LEN..) {
+                    Some(u) => u,
+                    None => {
+                        return Some(Err(StorageError::CorruptKey {
+                            len: item.key.len(),
+                        }));
+                    }
+                };
+                Some(Ok((user.to_vec(), v)))
             })
+    }
+
+    /// Up to `n` objects found damaged (their checksum failed when read by a
+    /// request, a scan or a merge), as (partition, user key). The owner of the store
+    /// drops each with [`Store::drop_damaged`] once it is safe to (a replica first
+    /// makes sure nothing it writes later can claim versions the value held), and
+    /// anti-entropy or read repair brings the key back from another replica.
+    /// Damaged hints are dropped here (a hint is an extra copy; the replicas it was
+    /// for still get the state from anti-entropy).
+    pub fn damaged(&self, n: usize) -> Vec<(u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (space, key) in self.inner.log.damaged(n) {
+            match space {
+                Space::Objects => match crate::keys::split_object_key(&key) {
+                    Some((partition, _, user)) => out.push((partition, user.to_vec())),
+                    None => self.inner.log.damage_resolved(space, &key),
+                },
+                Space::Hints => {
+                    let dropped = self.inner.log.commit(&[Op {
+                        space,
+                        key: key.to_vec(),
+                        value: None,
+                    }]);
+                    if dropped.is_ok() {
+                        self.inner
+                            .damaged_dropped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.inner.log.damage_resolved(space, &key);
+                    }
+                }
+                // Hash-tree values are rewritten by the next write of their
+                // partition segment, or rebuilt from the objects on the next open
+                // (recovery finds the damaged record): nothing to drop here.
+                Space::Merkle | Space::Meta => {}
+            }
+        }
+        out
+    }
+
+    /// Drops a damaged object (if it still is damaged) and recomputes its leaf
+    /// from the other objects of its segment: the leaf holds the lost value's
+    /// digest, which cannot be read back to take it out. Returns whether it was
+    /// dropped.
+    ///
+    /// # Errors
+    /// [`StorageError`] if the drop cannot be written.
+    pub fn drop_damaged(&self, partition: u32, key: &[u8]) -> Result<bool> {
+        let (segment, okey) = (segment_of(key), object_key(partition, key));
+        let guard = lock(self.stripe(partition, segment));
+        match self.read_raw(&okey) {
+            Err(StorageError::Corrupt { .. }) => {}
+            // Gone or rewritten meanwhile: nothing damaged is left.
+            Ok(_) => {
+                drop(guard);
+                self.inner.log.damage_resolved(Space::Objects, &okey);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        let mut fresh = crate::merkle::EMPTY;
+        for item in self.inner.log.prefix(
+            Space::Objects,
+            &segment_prefix(partition, segment),
+            usize::MAX,
+        ) {
+            if item.key[..] == okey[..] {
+                continue;
+            }
+            // Another damaged value of the same leaf is left out too (and dropped
+            // in its turn).
+            if let Some(v) = item.value_or_damaged(&self.inner.log, Space::Objects)?
+                && let Some(user) = item.key.get(PREFIX_LEN..)
+            {
+                fresh = xor(&fresh, &object_digest(user, &v));
+            }
+        }
+        let delta = xor(&self.inner.trees.leaf(partition, segment)?, &fresh);
+        let batch = vec![Op {
+            space: Space::Objects,
+            key: okey.clone(),
+            value: None,
+        }];
+        self.inner.trees.commit(batch, partition, segment, &delta)?;
+        let ticket = self.ticket(true);
+        drop(guard);
+        self.make_durable(ticket)?;
+        self.inner.log.damage_resolved(Space::Objects, &okey);
+        self.inner
+            .damaged_dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            partition,
+            key = ?String::from_utf8_lossy(key),
+            "dropped a damaged value; a replica will bring it back"
+        );
+        Ok(true)
+    }
+
+    /// Damaged values dropped since open.
+    pub fn damaged_dropped(&self) -> u64 {
+        self.inner
+            .damaged_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Number of stored objects (tombstones of the object model included: they are
@@ -582,12 +709,16 @@ impl Store {
     /// # Errors
     /// [`StorageError::Io`] on an I/O failure.
     pub fn hints(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner
-            .log
-            .prefix(Space::Hints, prefix, limit)
-            .into_iter()
-            .map(|item| Ok((item.key.to_vec(), item.value()?)))
-            .collect()
+        let mut out = Vec::new();
+        for item in self.inner.log.prefix(Space::Hints, prefix, limit) {
+            // A damaged hint is skipped, so the ones after it are still delivered
+            // (review C5: one stalled every hint to its owner), and dropped by
+            // [`Store::damaged`].
+            if let Some(v) = item.value_or_damaged(&self.inner.log, Space::Hints)? {
+                out.push((item.key.to_vec(), v));
+            }
+        }
+        Ok(out)
     }
 
     /// Forces everything written so far to disk.
@@ -942,6 +1073,72 @@ mod tests {
         assert_eq!(s.log_stats().skipped_records, 1, "still skipped");
         assert!(s.opened_clean(), "but not new");
         assert_eq!(s.tree_stats().rebuilt_from_leaves, 0, "no rebuild again");
+    }
+
+    /// Flips the first byte of `needle` in the store's segment files.
+    fn damage(dir: &Path, needle: &[u8]) {
+        for e in std::fs::read_dir(dir).expect("list") {
+            let path = e.expect("entry").path();
+            if path.extension().is_some_and(|x| x == "seg") {
+                let mut bytes = std::fs::read(&path).expect("read");
+                if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+                    bytes[at] ^= 0x01;
+                    std::fs::write(&path, &bytes).expect("write");
+                    return;
+                }
+            }
+        }
+        panic!("not on disk");
+    }
+
+    #[test]
+    fn a_damaged_value_is_skipped_by_scans_and_dropped_with_its_leaf_recomputed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        for i in 0..50u32 {
+            put(&s, 3, &i.to_be_bytes(), format!("value-{i:05}").as_bytes());
+        }
+        s.put_hint(b"h1", b"hint-one").expect("hint");
+        s.put_hint(b"h2", b"hint-two").expect("hint");
+        damage(dir.path(), b"value-00007");
+        damage(dir.path(), b"hint-one");
+        let seven = 7u32.to_be_bytes();
+        assert!(matches!(
+            s.get(3, &seven),
+            Err(StorageError::Corrupt { .. })
+        ));
+        // Scans, digests and hints go on around it.
+        let scanned: Vec<_> = s.scan_partition(3).collect::<Result<_>>().expect("scan");
+        assert_eq!(scanned.len(), 49);
+        let seg = segment_of(&seven);
+        assert!(
+            s.segment_digests(3, seg)
+                .expect("digests")
+                .iter()
+                .all(|(k, _)| k != &seven)
+        );
+        assert_eq!(s.hints(b"h", 10).expect("hints").len(), 1, "the good one");
+        assert!(!s.remove_if(3, &seven, &EMPTY).expect("remove_if"));
+        // The owner drops it; the tree again matches what is held.
+        assert_eq!(s.damaged(10), vec![(3, seven.to_vec())]);
+        assert!(s.drop_damaged(3, &seven).expect("drop"));
+        assert_eq!(s.get(3, &seven).expect("get"), None);
+        assert_eq!(
+            s.damaged(10),
+            Vec::new(),
+            "the damaged hint was dropped too"
+        );
+        assert_eq!(s.damaged_dropped(), 2);
+        let mut root = EMPTY;
+        for item in s.scan_partition(3) {
+            let (k, v) = item.expect("scan");
+            root = xor(&root, &object_digest(&k, &v));
+        }
+        assert_eq!(s.root(3).expect("root"), root);
+        assert!(
+            !s.drop_damaged(3, &seven).expect("again"),
+            "nothing left to drop"
+        );
     }
 
     #[test]

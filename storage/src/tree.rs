@@ -123,7 +123,7 @@ impl Trees {
         self.log.get(Space::Merkle, key)
     }
 
-    fn leaf(&self, partition: u32, segment: u16) -> Result<Hash> {
+    pub(crate) fn leaf(&self, partition: u32, segment: u16) -> Result<Hash> {
         match self.get(&leaf_key(partition, segment))? {
             None => Ok(EMPTY),
             Some(v) => decode(partition, DEPTH, segment, &v),

@@ -30,7 +30,7 @@ use super::record::{self, Op};
 use super::recovery::{MERGE_MANIFEST, MERGE_MANIFEST_TMP, MERGE_SUFFIX, finish_merge};
 use super::{
     Entry, Log, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, Segment, Shard, Space, fsync_dir, new_salt,
-    read, read_value, segment_path, write,
+    read, read_unchecked, segment_path, write,
 };
 use crate::error::{Result, StorageError};
 use crate::store::lock;
@@ -99,54 +99,69 @@ impl Log {
         self.merge_if(|_, _| true)
     }
 
-    fn merge_if(&self, due: impl FnOnce(u64, u64) -> bool) -> Result<Option<Merged>> {
+    fn merge_if(&self, due: impl Fn(u64, u64) -> bool) -> Result<Option<Merged>> {
         let _one = lock(&self.merge_lock);
         // A previous merge that failed after committing left its manifest: its
         // segments are out of the directory already; remove them before another
         // manifest could replace that list (they would come back on a restart, their
         // tombstones gone).
         finish_merge(&self.dir, &self.disk)?;
-        let (victims, total) = {
-            // The writer lock first (the order commits take): no rotation can slip a
-            // new segment in between reading the active id and listing the others.
-            let w = lock(&self.writer);
-            let segments = read(&self.segments);
-            let victims: Vec<&Arc<Segment>> =
-                segments.values().filter(|s| s.id != w.active.id).collect();
-            let total: u64 = victims.iter().map(|s| s.len.load(Ordering::Acquire)).sum();
-            (victims.iter().map(|s| s.id).collect::<Vec<u32>>(), total)
-        };
-        let live: u64 = self
-            .shards
-            .iter()
-            .map(|shard| {
-                let shard = read(shard);
-                victims
-                    .iter()
-                    .filter_map(|id| shard.live.get(id))
-                    .sum::<u64>()
-            })
-            .sum();
-        if victims.is_empty() || !due(total.saturating_sub(live), live) {
-            return Ok(None);
-        }
-        let mut outputs = Vec::new();
-        match self.copy_live(&victims, &mut outputs) {
-            Ok((moved, merged)) => self
-                .install(victims, outputs, moved, merged, total)
-                .map(Some),
-            Err(e) => {
-                // Not installed, so nothing refers to them, renamed or not.
-                for out in &outputs {
-                    for path in [
-                        merging_path(&self.dir, out.id),
-                        segment_path(&self.dir, out.id),
-                    ] {
-                        let _ = std::fs::remove_file(&path);
-                        self.disk.removed(&path);
-                    }
+        // A damaged value found while copying holds its segment back; the merge then
+        // runs again without it (bounded: each retry holds back one more segment).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (victims, total) = {
+                // The writer lock first (the order commits take): no rotation can
+                // slip a new segment in between reading the active id and listing
+                // the others.
+                let w = lock(&self.writer);
+                let segments = read(&self.segments);
+                let held = self.held_back();
+                let victims: Vec<&Arc<Segment>> = segments
+                    .values()
+                    .filter(|s| s.id != w.active.id && !held.contains(&s.id))
+                    .collect();
+                let total: u64 = victims.iter().map(|s| s.len.load(Ordering::Acquire)).sum();
+                (victims.iter().map(|s| s.id).collect::<Vec<u32>>(), total)
+            };
+            let live: u64 = self
+                .shards
+                .iter()
+                .map(|shard| {
+                    let shard = read(shard);
+                    victims
+                        .iter()
+                        .filter_map(|id| shard.live.get(id))
+                        .sum::<u64>()
+                })
+                .sum();
+            if victims.is_empty() || !due(total.saturating_sub(live), live) {
+                return Ok(None);
+            }
+            let mut outputs = Vec::new();
+            let copied = self.copy_live(&victims, &mut outputs);
+            let e = match copied {
+                Ok((moved, merged)) => {
+                    return self
+                        .install(victims, outputs, moved, merged, total)
+                        .map(Some);
                 }
-                Err(e)
+                Err(e) => e,
+            };
+            // Not installed, so nothing refers to them, renamed or not.
+            for out in &outputs {
+                for path in [
+                    merging_path(&self.dir, out.id),
+                    segment_path(&self.dir, out.id),
+                ] {
+                    let _ = std::fs::remove_file(&path);
+                    self.disk.removed(&path);
+                }
+            }
+            let held_more = matches!(e, StorageError::Corrupt { segment, .. } if self.held_back().contains(&segment));
+            if !held_more || attempt >= 8 {
+                return Err(e);
             }
         }
     }
@@ -188,7 +203,18 @@ impl Log {
                         .collect()
                 };
                 for (key, old, segment) in chunk {
-                    let value = read_value(&segment, &old)?;
+                    let value = read_unchecked(&segment, &old)?;
+                    if crc32fast::hash(&value) != old.crc {
+                        // A damaged value: copying it would hide the damage under a
+                        // fresh checksum. Its segment is left out of merges until the
+                        // value is dropped; this merge is retried without it.
+                        self.note_damaged(space, &key, segment.id);
+                        return Err(StorageError::Corrupt {
+                            segment: segment.id,
+                            offset: old.offset,
+                            reason: "value checksum mismatch (its segment is held back from merges until the value is repaired)",
+                        });
+                    }
                     let op = Op {
                         space,
                         key: key.to_vec(),

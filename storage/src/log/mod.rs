@@ -287,8 +287,24 @@ pub(crate) struct Log {
     recovered_nothing: bool,
     /// Fsyncs, directory syncs and renames go through it.
     pub(crate) disk: Disk,
+    /// Values found damaged at run time, for the store's owner to drop and repair.
+    damage: Mutex<Damage>,
     _lock_file: File,
 }
+
+/// Values whose checksum failed when read, not yet dropped.
+#[derive(Default)]
+pub(crate) struct Damage {
+    /// (space, key, segment) in the order found, each once.
+    found: std::collections::VecDeque<(Space, Box<[u8]>, u32)>,
+    /// Segments holding such a value, and how many: merges leave them alone (a
+    /// merge that copied a damaged value would write it under a fresh checksum
+    /// and hide the damage) until their values are dropped.
+    held: BTreeMap<u32, usize>,
+}
+
+/// Damaged values remembered at most (beyond, they are found again when read).
+const MAX_DAMAGED: usize = 4096;
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     // Every critical section leaves the directory consistent before it can panic.
@@ -379,8 +395,60 @@ impl Log {
             skipped_at: recovered.skipped_at,
             recovered_nothing,
             disk,
+            damage: Mutex::new(Damage::default()),
             _lock_file: lock_file,
         })
+    }
+
+    /// Remembers a value whose checksum failed (read by a request, a scan or a
+    /// merge), once.
+    pub(crate) fn note_damaged(&self, space: Space, key: &[u8], segment: u32) {
+        let mut d = lock(&self.damage);
+        if d.found.len() >= MAX_DAMAGED
+            || d.found.iter().any(|(s, k, _)| *s == space && &k[..] == key)
+        {
+            return;
+        }
+        tracing::error!(
+            segment,
+            space = ?space,
+            "a stored value fails its checksum; it will be dropped and repaired from a replica"
+        );
+        d.found.push_back((space, key.into(), segment));
+        *d.held.entry(segment).or_default() += 1;
+    }
+
+    /// Up to `n` damaged values found, oldest first: (space, key).
+    pub(crate) fn damaged(&self, n: usize) -> Vec<(Space, Box<[u8]>)> {
+        let d = lock(&self.damage);
+        d.found
+            .iter()
+            .take(n)
+            .map(|(s, k, _)| (*s, k.clone()))
+            .collect()
+    }
+
+    /// Forgets a damaged value (dropped, or no longer damaged); its segment may be
+    /// merged again once none of its values is.
+    pub(crate) fn damage_resolved(&self, space: Space, key: &[u8]) {
+        let mut d = lock(&self.damage);
+        if let Some(i) = d
+            .found
+            .iter()
+            .position(|(s, k, _)| *s == space && &k[..] == key)
+            && let Some((_, _, segment)) = d.found.remove(i)
+            && let Some(n) = d.held.get_mut(&segment)
+        {
+            *n -= 1;
+            if *n == 0 {
+                d.held.remove(&segment);
+            }
+        }
+    }
+
+    /// Segments merges must leave alone for now.
+    pub(crate) fn held_back(&self) -> Vec<u32> {
+        lock(&self.damage).held.keys().copied().collect()
     }
 
     /// Where recovery skipped damaged stretches when the log was opened.
@@ -534,7 +602,11 @@ impl Log {
             // holds off for this one.
             (entry, self.segment(entry.segment)?)
         };
-        read_value(&segment, &entry).map(Some)
+        let read = read_value(&segment, &entry);
+        if let Err(StorageError::Corrupt { .. }) = &read {
+            self.note_damaged(space, key, segment.id);
+        }
+        read.map(Some)
     }
 
     fn segment(&self, id: u32) -> Result<Arc<Segment>> {
@@ -646,15 +718,38 @@ impl Located {
     pub(crate) fn value(&self) -> Result<Vec<u8>> {
         read_value(&self.segment, &self.entry)
     }
+
+    /// Reads the value; a damaged one is remembered in `log` and read as `None`.
+    ///
+    /// # Errors
+    /// Other failures of [`Log::get`].
+    pub(crate) fn value_or_damaged(&self, log: &Log, space: Space) -> Result<Option<Vec<u8>>> {
+        match read_value(&self.segment, &self.entry) {
+            Ok(v) => Ok(Some(v)),
+            Err(StorageError::Corrupt { .. }) => {
+                log.note_damaged(space, &self.key, self.segment.id);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
-/// Reads and checks the value an entry points at.
-pub(crate) fn read_value(segment: &Segment, entry: &Entry) -> Result<Vec<u8>> {
+/// Reads the bytes an entry points at, without checking them (a merge copies a
+/// damaged value as it is, under its original checksum, so the damage stays
+/// visible to readers and one bad value never stops a merge: review C5).
+pub(crate) fn read_unchecked(segment: &Segment, entry: &Entry) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; entry.len as usize];
     segment
         .file
         .read_exact_at(&mut buf, entry.offset)
         .map_err(StorageError::io("reading a value"))?;
+    Ok(buf)
+}
+
+/// Reads and checks the value an entry points at.
+pub(crate) fn read_value(segment: &Segment, entry: &Entry) -> Result<Vec<u8>> {
+    let buf = read_unchecked(segment, entry)?;
     if crc32fast::hash(&buf) != entry.crc {
         return Err(StorageError::Corrupt {
             segment: segment.id,

@@ -557,6 +557,57 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 #[test]
+fn a_value_damaged_at_run_time_holds_back_its_segment_not_the_merge() {
+    // Review C5: one value failing its checksum made every merge fail, forever.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), small(), crate::disk::Disk::Os).expect("open");
+    let a = key_of(Space::Objects, 1);
+    log.commit(&[put(Space::Objects, &a, b"precious-a")])
+        .expect("a");
+    for round in 0..6u8 {
+        for k in 2..6u8 {
+            log.commit(&[put(
+                Space::Objects,
+                &key_of(Space::Objects, k),
+                &[round; 60],
+            )])
+            .expect("garbage");
+        }
+    }
+    // Flip a byte of a's value in its (sealed) segment.
+    let first = *segment_files(dir.path()).first().expect("segment");
+    let path = segment_path(dir.path(), first);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let at = bytes
+        .windows(10)
+        .position(|w| w == b"precious-a")
+        .expect("on disk");
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    let merged = log.merge_now().expect("the merge goes on without it");
+    assert!(merged.is_some());
+    assert_eq!(log.held_back(), vec![first]);
+    assert!(
+        segment_path(dir.path(), first).exists(),
+        "kept for the repair"
+    );
+    assert_eq!(log.damaged(10).len(), 1);
+    for k in 2..6u8 {
+        assert_eq!(
+            log.get(Space::Objects, &key_of(Space::Objects, k))
+                .expect("get"),
+            Some(vec![5; 60])
+        );
+    }
+    // Once the value is dropped, its segment merges again.
+    log.commit(&[del(Space::Objects, &a)]).expect("drop");
+    log.damage_resolved(Space::Objects, &a);
+    assert!(log.held_back().is_empty());
+    log.merge_now().expect("merge");
+    assert!(!segment_path(dir.path(), first).exists());
+}
+
+#[test]
 fn every_crash_state_of_a_merge_recovers_the_same_data() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = with_garbage(dir.path());
