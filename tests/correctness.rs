@@ -348,3 +348,69 @@ fn idle_anonymous_connections_cannot_lock_peers_out() {
         stdout(&c.nodes[1].cli(&["get", "k", "--local"])) == "v\n"
     });
 }
+
+/// Review C9: two replicas that took blind writes apart each hold less than the
+/// object limit, their merge more. Before the fix every replica refused the merge,
+/// so they never converged; now they merge (up to four times the limit), a read
+/// returns every sibling, and a write with its context resolves them.
+#[test]
+fn replicas_apart_converge_past_the_object_limit_and_a_write_resolves_them() {
+    let mut c = Cluster::start(
+        2,
+        &[
+            "--n",
+            "2",
+            "--r",
+            "1",
+            "--w",
+            "1",
+            "--hinted-handoff",
+            "off",
+            "--anti-entropy-interval-ms",
+            "1000",
+            "--max-value-bytes",
+            "1024",
+            "--max-object-bytes",
+            "4096",
+        ],
+    );
+    c.wait_converged(&[0, 1], 2);
+    let blind = |c: &Cluster, i: usize, tag: &str| {
+        for n in 0..3 {
+            let v = format!("{tag}{n}-{}", "x".repeat(990));
+            let out = c.nodes[i].cli(&["put", "wide", &v]);
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+        }
+    };
+    c.nodes[1].kill9();
+    blind(&c, 0, "a");
+    c.nodes[1].restart();
+    c.nodes[0].kill9();
+    blind(&c, 1, "b");
+    c.nodes[0].restart();
+    c.wait_converged(&[0, 1], 2);
+    let local_count = |c: &Cluster, i: usize| {
+        let out = c.nodes[i].cli(&["get", "wide", "--local", "--json"]);
+        json(&out)["values"].as_array().map_or(0, Vec::len)
+    };
+    wait_until(
+        "both replicas hold all six",
+        Duration::from_secs(60),
+        || local_count(&c, 0) == 6 && local_count(&c, 1) == 6,
+    );
+    let read = json(&c.nodes[0].cli(&["get", "wide", "--json", "--r", "2"]));
+    assert_eq!(read["values"].as_array().map(Vec::len), Some(6));
+    let more = c.nodes[0].cli(&["put", "wide", "one more"]);
+    assert_eq!(
+        code(&more),
+        2,
+        "a write that adds to it is refused: {}",
+        stderr(&more)
+    );
+    let ctx = read["context"].as_str().expect("context");
+    let out = c.nodes[0].cli(&["put", "wide", "resolved", "--context", ctx]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    wait_until("resolved everywhere", Duration::from_secs(30), || {
+        (0..2).all(|i| stdout(&c.nodes[i].cli(&["get", "wide", "--local"])) == "resolved\n")
+    });
+}

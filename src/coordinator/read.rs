@@ -251,10 +251,24 @@ impl Coordinator {
         }
         let merged = merge_all(replies.values())?;
         let pending = outstanding + earlier_outstanding;
-        if pending == 0 && replies.values().all(|r| *r == merged) {
+        let settled = replies.values().all(|r| *r == merged);
+        if pending == 0 && settled {
             // Every replica that answered holds the answer already (always so on a
             // single node): nothing to repair, no task to spawn.
             return Ok(merged);
+        }
+        if !settled && let Some(o) = &merged {
+            // Replicas apart can merge past what any of them holds: beyond what a
+            // reply may carry, say so (a reply too large for its frame would close
+            // the client's whole connection, review C9).
+            let size = o.encode()?.len();
+            let limit = self.inner.replica.limits().max_merged_bytes();
+            if size > limit {
+                return Err(ApiError::ObjectTooLarge {
+                    size: size as u64,
+                    limit: limit as u64,
+                });
+            }
         }
         self.spawn_repair(
             key,

@@ -55,10 +55,30 @@ impl Default for Limits {
     }
 }
 
+/// How many times `max_object_bytes` a merge of replicas' states may reach (see
+/// [`Limits::max_merged_bytes`]).
+pub const MERGE_FACTOR: usize = 4;
+
 impl Limits {
-    /// Largest frame the RPC layer must accept to carry any object these limits allow.
+    /// Largest object a merge of replicas' states may store or a read return:
+    /// [`MERGE_FACTOR`] times `max_object_bytes` (at most 1 GiB). A coordinated
+    /// write never takes an object past `max_object_bytes`, but replicas that took
+    /// concurrent writes apart (a partition) each stay under it and their merge
+    /// need not. Refusing that merge would keep them apart for good and make the key
+    /// unreadable through any node (review C9); so merges and reads go up to this,
+    /// and the next write of the key must resolve it (a write that does not bring
+    /// it under `max_object_bytes` is refused).
+    pub fn max_merged_bytes(&self) -> usize {
+        self.max_object_bytes
+            .saturating_mul(MERGE_FACTOR)
+            .min(1 << 30)
+            .max(self.max_object_bytes)
+    }
+
+    /// Largest frame the RPC layer must accept to carry any object these limits
+    /// allow, merged ones included.
     pub fn frame_bytes(&self) -> usize {
-        self.max_object_bytes + self.max_key_bytes + 64 * 1024
+        self.max_merged_bytes() + self.max_key_bytes + 64 * 1024
     }
 }
 
@@ -515,8 +535,18 @@ impl Replica {
         kind: Kind,
         f: impl FnOnce(&mut Object, &Minter<'_>) -> Result<(bool, R), ReplicaError>,
     ) -> Result<(Object, R), ReplicaError> {
+        self.modify_within(key, kind, self.limits.max_object_bytes, f)
+    }
+
+    /// As [`Replica::modify`], storing objects up to `limit` bytes.
+    fn modify_within<R>(
+        &self,
+        key: &[u8],
+        kind: Kind,
+        limit: usize,
+        f: impl FnOnce(&mut Object, &Minter<'_>) -> Result<(bool, R), ReplicaError>,
+    ) -> Result<(Object, R), ReplicaError> {
         self.check_key(key)?;
-        let limit = self.limits.max_object_bytes;
         let lww = self.unsafe_lww;
         let partition = partition_of(key, self.ring_size);
         // Taken once, by whichever attempt reads a current value: a damaged one is
@@ -690,12 +720,15 @@ impl Replica {
         }
     }
 
-    /// Merges a state received from another replica into the local one.
+    /// Merges a state received from another replica into the local one (up to
+    /// [`Limits::max_merged_bytes`]).
     ///
     /// # Errors
-    /// [`ObjectError::WrongKind`] if the kinds differ, or storage failures.
+    /// [`ObjectError::WrongKind`] if the kinds differ, [`ReplicaError::ObjectTooLarge`]
+    /// past the merge limit, or storage failures.
     pub fn merge(&self, key: &[u8], incoming: &Object) -> Result<Object, ReplicaError> {
-        let (obj, ()) = self.modify(key, incoming.kind(), |obj, _| {
+        let limit = self.limits.max_merged_bytes();
+        let (obj, ()) = self.modify_within(key, incoming.kind(), limit, |obj, _| {
             let before = obj.clone();
             obj.merge(incoming)?;
             Ok((*obj != before, ()))
@@ -1058,6 +1091,60 @@ mod tests {
         assert_eq!(r.store().damaged_dropped(), 1);
         let read = register(r.get(b"k").expect("get").expect("held"));
         assert_eq!(read.values(), vec![&b"fresh"[..]]);
+    }
+
+    #[test]
+    fn replicas_apart_merge_past_the_object_limit_and_a_write_must_resolve_them() {
+        // Review C9: each replica holds less than the limit, their merge more; it
+        // was refused everywhere, so they never converged.
+        let limits = Limits {
+            max_value_bytes: 1 << 10,
+            max_object_bytes: 4 << 10,
+            ..Limits::default()
+        };
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let a = replica(da.path(), limits);
+        let b = second(db.path(), limits);
+        for i in 0..3u8 {
+            a.write_register(b"k", Some(vec![i; 1000]), &VClock::new())
+                .expect("a");
+            b.write_register(b"k", Some(vec![10 + i; 1000]), &VClock::new())
+                .expect("b");
+        }
+        let theirs = b.get(b"k").expect("get").expect("held");
+        let merged = register(
+            a.merge(b"k", &theirs)
+                .expect("merged past the object limit"),
+        );
+        assert_eq!(merged.values().len(), 6);
+        assert!(
+            Object::Register(merged.clone())
+                .encode()
+                .expect("encode")
+                .len()
+                > limits.max_object_bytes
+        );
+        assert!(matches!(
+            a.write_register(b"k", Some(vec![99; 1000]), &VClock::new()),
+            Err(ReplicaError::ObjectTooLarge { .. })
+        ));
+        let resolved = a
+            .write_register(b"k", Some(b"resolved".to_vec()), merged.context())
+            .expect("a resolving write");
+        assert_eq!(resolved.values(), vec![&b"resolved"[..]]);
+        // Past the merge limit a merge is still refused, with the reason.
+        let mut big = Register::new();
+        for i in 0..20u64 {
+            big.write(100 + i, &VClock::new(), Some(vec![7; 1000]))
+                .expect("write");
+        }
+        assert!(matches!(
+            a.merge(b"other", &Object::Register(big)),
+            Err(ReplicaError::ObjectTooLarge { .. })
+        ));
     }
 
     #[test]
