@@ -414,3 +414,56 @@ fn replicas_apart_converge_past_the_object_limit_and_a_write_resolves_them() {
         (0..2).all(|i| stdout(&c.nodes[i].cli(&["get", "wide", "--local"])) == "resolved\n")
     });
 }
+
+/// Review C10: liveness belongs to a node, not to an address. A node wiped and
+/// started again at the same address comes back under a new id; the old id must
+/// not look alive (before the fix it did, for good: writes counted it, W=2 could be
+/// met by one disk, and nothing told the operator to remove it).
+#[test]
+fn a_wiped_node_back_at_its_address_does_not_keep_its_old_id_alive() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_converged(&[0, 1, 2], 3);
+    let addr = c.nodes[2].addr.clone();
+    c.nodes[2].kill9();
+    let wiped = c.root.path().join("n3-wiped");
+    std::fs::create_dir_all(&wiped).expect("dir");
+    let secret = c.secret_file.to_string_lossy().into_owned();
+    let seed = c.nodes[0].addr.clone();
+    // No --node-id: the default id of a new directory is new.
+    c.nodes[2] = common::Server::start_at(
+        &wiped,
+        &addr,
+        &[
+            "--cluster-secret-file",
+            &secret,
+            "--probe-ms",
+            "200",
+            "--seed",
+            &seed,
+        ],
+    );
+    let liveness = |c: &Cluster, id: &str| -> Option<String> {
+        let s = c.status(0);
+        s["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["node_id"] == id)
+            .map(|m| m["liveness"].as_str().unwrap_or("").to_string())
+    };
+    let new_id = json(&c.nodes[2].cli(&["status", "--json"]))["node_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_ne!(new_id, "n3");
+    wait_until("the new id is alive", Duration::from_secs(60), || {
+        liveness(&c, &new_id).as_deref() == Some("alive")
+    });
+    wait_until("the old id is not alive", Duration::from_secs(60), || {
+        liveness(&c, "n3").is_some_and(|l| l != "alive")
+    });
+    // And it stays so: the old id is for the operator to remove.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_ne!(liveness(&c, "n3").as_deref(), Some("alive"));
+    let out = c.nodes[0].cli(&["remove", "n3", "--cluster-secret-file", &secret]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

@@ -10,5 +10,7 @@ pub mod membership;
 pub mod record;
 
 pub use auth::{AuthError, ClusterKey};
-pub use membership::{Gossip, GossipConfig, GossipStats, GossipTimer, Identity, Liveness, Output};
+pub use membership::{
+    Gossip, GossipConfig, GossipStats, GossipTimer, Identity, Liveness, Output, node_hash,
+};
 pub use record::{Members, NodeRecord, Status};

@@ -42,14 +42,27 @@ pub const MAX_REMOVED: usize = 4 * MAX_MEMBERS;
 const TAG_FOCA: u8 = 0;
 const TAG_RECORDS: u8 = 1;
 
-/// A node's SWIM identity: its address and a generation that rises on every start,
-/// so a restarted node wins over its previous incarnation at once.
+/// A node's SWIM identity: its address, a generation that rises on every start,
+/// so a restarted node wins over its previous incarnation at once, and which node
+/// it is ([`node_hash`] of its id: 0 while unknown, as for a seed announced to).
+///
+/// The node is part of it so liveness belongs to a node, not to an address: a node
+/// wiped and started again at the same address under a new id must not make the
+/// old id look alive (review C10: W=2 was then met by one disk).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Identity {
     /// UDP address (same port number as the node's RPC address).
     pub addr: SocketAddr,
     /// Start count of the node's data directory.
     pub generation: u64,
+    /// [`node_hash`] of the node id.
+    pub node: u64,
+}
+
+/// The 64-bit hash of a node id that SWIM identities carry.
+pub fn node_hash(node_id: &str) -> u64 {
+    let h = blake3::hash(node_id.as_bytes());
+    u64::from_be_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 impl foca::Identity for Identity {
@@ -57,8 +70,8 @@ impl foca::Identity for Identity {
 
     fn renew(&self) -> Option<Self> {
         Some(Identity {
-            addr: self.addr,
             generation: self.generation + 1,
+            ..*self
         })
     }
 
@@ -67,7 +80,7 @@ impl foca::Identity for Identity {
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.generation > adversary.generation
+        (self.generation, self.node) > (adversary.generation, adversary.node)
     }
 }
 
@@ -435,6 +448,7 @@ impl Gossip {
                 Identity {
                     addr: seed,
                     generation: 0,
+                    node: 0,
                 },
                 &mut self.runtime,
             );
@@ -656,6 +670,7 @@ impl Gossip {
                 Identity {
                     addr: forgotten[i],
                     generation: 0,
+                    node: 0,
                 },
                 &mut self.runtime,
             );
@@ -701,6 +716,28 @@ impl Gossip {
             })
             .collect();
         out.insert(self.foca.identity().addr, Liveness::Alive);
+        out
+    }
+
+    /// SWIM's view of every node it knows, by [`node_hash`] of its id (this node is
+    /// alive). Identities announced to before their node was known are left out.
+    pub fn liveness_by_node(&self) -> BTreeMap<u64, Liveness> {
+        let mut out: BTreeMap<u64, Liveness> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.id().node != 0)
+            .map(|m| {
+                (
+                    m.id().node,
+                    match m.state() {
+                        foca::State::Alive => Liveness::Alive,
+                        foca::State::Suspect => Liveness::Suspect,
+                        foca::State::Down => Liveness::Down,
+                    },
+                )
+            })
+            .collect();
+        out.insert(self.foca.identity().node, Liveness::Alive);
         out
     }
 
@@ -855,6 +892,7 @@ mod tests {
                     Identity {
                         addr: addrs[i],
                         generation: 1,
+                        node: node_hash(&format!("n{i}")),
                     },
                     record(i, addrs[i]),
                     Vec::new(),
@@ -1033,6 +1071,7 @@ mod tests {
             Identity {
                 addr: net.addrs[2],
                 generation: 2,
+                node: node_hash("n2"),
             },
             record(2, net.addrs[2]),
             Vec::new(),
@@ -1049,6 +1088,7 @@ mod tests {
             Identity {
                 addr: net.addrs[2],
                 generation: 3,
+                node: node_hash("n2"),
             },
             record(2, net.addrs[2]),
             Vec::new(),

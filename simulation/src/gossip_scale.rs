@@ -185,6 +185,7 @@ pub fn run(members: usize, seed: u64) -> ScaleReport {
             Identity {
                 addr: addr(i),
                 generation: 1,
+                node: ringkv_gossip::node_hash(&format!("n{i}")),
             },
             record(i, 1),
             Vec::new(),

@@ -52,10 +52,12 @@ pub fn ring_members(members: &Members) -> Vec<Member> {
 
 impl ClusterView {
     /// A view of `members`, reusing `prior`'s ring if the ring members did not change.
+    /// `liveness_by_node` is SWIM's, by [`ringkv_gossip::node_hash`] of node ids: a
+    /// member whose node SWIM does not know is unknown, whoever holds its address.
     pub fn new(
         self_id: String,
         members: Members,
-        liveness_by_addr: &BTreeMap<SocketAddr, Liveness>,
+        liveness_by_node: &BTreeMap<u64, Liveness>,
         ring_size: u32,
         n: usize,
         prior: Option<&ClusterView>,
@@ -70,7 +72,9 @@ impl ClusterView {
             let l = if r.node_id == self_id {
                 Liveness::Alive
             } else {
-                addr.and_then(|a| liveness_by_addr.get(&a).copied())
+                liveness_by_node
+                    .get(&ringkv_gossip::node_hash(&r.node_id))
+                    .copied()
                     .unwrap_or(Liveness::Unknown)
             };
             liveness.insert(r.node_id.clone(), l);

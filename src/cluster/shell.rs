@@ -155,6 +155,7 @@ pub async fn start<N: Network>(
         Identity {
             addr: cfg.address,
             generation: cfg.generation,
+            node: ringkv_gossip::node_hash(&cfg.node_id),
         },
         own.clone(),
         known,
@@ -164,7 +165,7 @@ pub async fn start<N: Network>(
     let view = ClusterView::new(
         cfg.node_id.clone(),
         gossip.members(),
-        &gossip.liveness(),
+        &gossip.liveness_by_node(),
         cfg.ring_size,
         cfg.n,
         None,
@@ -195,7 +196,7 @@ struct Shell {
     store: Store,
     state: Arc<ClusterState>,
     own: NodeRecord,
-    liveness: BTreeMap<SocketAddr, Liveness>,
+    liveness: BTreeMap<u64, Liveness>,
     has_other_seeds: bool,
 }
 
@@ -366,7 +367,7 @@ impl Shell {
             .gossip_stats
             .write()
             .unwrap_or_else(|p| p.into_inner()) = self.gossip.stats();
-        let liveness = self.gossip.liveness();
+        let liveness = self.gossip.liveness_by_node();
         let members = self.gossip.members();
         let current = self.state.view();
         if liveness == self.liveness && members == current.members {

@@ -65,7 +65,12 @@ pub struct Server {
 impl Server {
     /// Starts a node in `dir` with extra flags and waits until it answers.
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
-        let addr = format!("127.0.0.1:{}", free_port());
+        Server::start_at(dir, &format!("127.0.0.1:{}", free_port()), extra)
+    }
+
+    /// As [`Server::start`], listening on `addr`.
+    pub fn start_at(dir: &Path, addr: &str, extra: &[&str]) -> Server {
+        let addr = addr.to_string();
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut s = Server {
             child: spawn(dir, &addr, &args),
