@@ -467,3 +467,58 @@ fn a_wiped_node_back_at_its_address_does_not_keep_its_old_id_alive() {
     let out = c.nodes[0].cli(&["remove", "n3", "--cluster-secret-file", &secret]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// Review C15: a node that left and was then shut down blocked tombstone reaping
+/// everywhere (reaping hears from every member that is not removed). A leaver that
+/// handed everything off now removes itself; `status` names whom reaping waits for.
+#[test]
+fn a_node_that_left_and_stopped_does_not_block_reaping() {
+    let mut c = Cluster::start(4, &["--anti-entropy-interval-ms", "1000"]);
+    c.wait_converged(&[0, 1, 2, 3], 4);
+    for i in 0..10 {
+        assert_eq!(
+            code(&c.nodes[0].cli(&["put", &format!("gone-{i}"), "v"])),
+            0
+        );
+    }
+    let secret = c.secret_file.to_string_lossy().into_owned();
+    let out = c.nodes[3].cli(&["leave", "--cluster-secret-file", &secret]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let status_of = |c: &Cluster, id: &str| -> String {
+        c.status(0)["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["node_id"] == id).cloned())
+            .map(|m| m["status"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    wait_until(
+        "n4 hands off and removes itself",
+        Duration::from_secs(90),
+        || status_of(&c, "n4") == "removed",
+    );
+    assert!(c.nodes[3].log_text().contains("removes itself"));
+    c.nodes[3].kill9();
+    for i in 0..10 {
+        let out = c.nodes[1].cli(&["delete", &format!("gone-{i}")]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let up = [0usize, 1, 2];
+    wait_until(
+        "the tombstones are reaped",
+        Duration::from_secs(120),
+        || c.repair_sum(&up, "tombstones_reaped") >= 30,
+    );
+    for i in 0..10 {
+        let got = c.nodes[0].cli(&["get", &format!("gone-{i}"), "--r", "3"]);
+        assert_eq!(code(&got), 1, "{}", stdout(&got));
+    }
+    let waiting = c.status(0)["repair"]["reap_waiting_for"].clone();
+    assert_eq!(waiting, serde_json::json!([]), "nobody to wait for");
+    // A member that is down is named.
+    c.nodes[2].kill9();
+    wait_until(
+        "status names the node reaping waits for",
+        Duration::from_secs(30),
+        || c.status(0)["repair"]["reap_waiting_for"] == serde_json::json!(["n3"]),
+    );
+}

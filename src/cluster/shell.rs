@@ -24,6 +24,10 @@ pub enum Command {
     Leave(oneshot::Sender<Result<(), String>>),
     /// An operator removes a (dead) node from the cluster.
     Remove(String, oneshot::Sender<Result<(), String>>),
+    /// This node left and holds nothing any more (no partition data, no hints):
+    /// it removes itself, so it no longer counts as a member reaping must hear
+    /// from once it is shut down (review C15).
+    Retire,
 }
 
 /// What the shell needs to start.
@@ -281,6 +285,20 @@ impl Shell {
 
     fn command(&mut self, c: Command) -> Vec<Output> {
         match c {
+            Command::Retire => {
+                if self.own.status != Status::Leaving {
+                    return Vec::new();
+                }
+                tracing::info!(
+                    "this node left and handed everything off: it removes itself from the cluster"
+                );
+                let record = NodeRecord {
+                    version: self.own.version + 1,
+                    status: Status::Removed,
+                    ..self.own.clone()
+                };
+                self.gossip.publish(record)
+            }
             Command::Leave(reply) => {
                 let out = match self.own.status {
                     Status::Leaving => Vec::new(),

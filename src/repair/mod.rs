@@ -97,6 +97,10 @@ pub struct RepairStatus {
     pub tombstones_reaped: u64,
     /// Tombstones waiting to be reaped.
     pub tombstones_pending: u64,
+    /// Members reaping waits for: not removed, and not seen alive (a node that is
+    /// down, or that left and was shut down before it finished handing off, blocks
+    /// reaping everywhere until it is back or an operator removes it).
+    pub reap_waiting_for: Vec<String>,
 }
 
 #[derive(Default)]
@@ -201,6 +205,17 @@ impl Repair {
             handoffs_done: c.handoffs_done.load(Ordering::Relaxed),
             tombstones_reaped: c.tombstones_reaped.load(Ordering::Relaxed),
             tombstones_pending: self.coordinator.tombstones_pending() as u64,
+            reap_waiting_for: {
+                let view = self.coordinator.cluster().view();
+                view.members
+                    .iter()
+                    .filter(|r| {
+                        r.status != ringkv_gossip::Status::Removed
+                            && view.liveness_of(&r.node_id) != Liveness::Alive
+                    })
+                    .map(|r| r.node_id.clone())
+                    .collect()
+            },
         }
     }
 
@@ -411,6 +426,24 @@ impl Repair {
         }
         if settled {
             report.reaped = self.reap(&view).await;
+        }
+        // A node that left and now holds no partition data and no hints is done:
+        // it removes itself, so a shut-down leaver never blocks reaping.
+        let leaving = view
+            .record(&me)
+            .is_some_and(|r| r.status == ringkv_gossip::Status::Leaving);
+        if leaving
+            && settled
+            && only.is_none()
+            && self.counters.handoffs_in_flight.load(Ordering::Relaxed) == 0
+            && self.coordinator.hints().pending() == 0
+            && (0..ring.ring_size()).all(|p| store.root(p).is_ok_and(|r| r == EMPTY))
+        {
+            let _ = self
+                .coordinator
+                .cluster()
+                .command(crate::cluster::shell::Command::Retire)
+                .await;
         }
         report
     }
