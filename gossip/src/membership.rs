@@ -272,11 +272,14 @@ impl BroadcastHandler<Identity> for RecordHandler {
 struct Exchange {
     reply: bool,
     records: Vec<NodeRecord>,
-    /// How the sender holds the receiver, when not alive: `(incarnation, down)`.
-    /// SWIM refutes a suspicion only if the suspected member hears of it; when the
-    /// updates carrying it were lost (a partition, a held link), the suspicion would
-    /// last forever, so the exchange tells the receiver directly.
-    suspected: Option<(u16, bool)>,
+    /// How the sender holds the receiver, when not alive: `(identity, incarnation,
+    /// down)`. SWIM refutes a suspicion only if the suspected member hears of it;
+    /// when the updates carrying it were lost (a partition, a held link), the
+    /// suspicion would last forever, so the exchange tells the receiver directly.
+    /// It names the identity it is about, so a replayed datagram (the MAC has no
+    /// freshness) cannot make the receiver renew its identity again and again: once
+    /// renewed, the old identity is not the receiver's any more (review S4).
+    suspected: Option<(Identity, u16, bool)>,
 }
 
 type FocaInstance = Foca<Identity, foca::PostcardCodec, SmallRng, RecordHandler>;
@@ -473,8 +476,8 @@ impl Gossip {
             .find(|m| m.id().addr == to)
             .and_then(|m| match m.state() {
                 foca::State::Alive => None,
-                foca::State::Suspect => Some((m.incarnation(), false)),
-                foca::State::Down => Some((m.incarnation(), true)),
+                foca::State::Suspect => Some((*m.id(), m.incarnation(), false)),
+                foca::State::Down => Some((*m.id(), m.incarnation(), true)),
             });
         let mut size = 3 + 4;
         for r in records {
@@ -570,10 +573,12 @@ impl Gossip {
             }
             Some((&TAG_RECORDS, body)) => match postcard::from_bytes::<Exchange>(body) {
                 Ok(msg) if msg.records.len() <= RECORDS_PER_DATAGRAM => {
-                    if let Some((incarnation, down)) = msg.suspected {
+                    let me = *self.foca.identity();
+                    if let Some((about, incarnation, down)) = msg.suspected
+                        && about == me
+                    {
                         // Told directly that we are suspected (or down): feed foca that
                         // update about ourselves, so it refutes (or rejoins).
-                        let me = *self.foca.identity();
                         let state = if down {
                             foca::State::Down
                         } else {
@@ -851,6 +856,35 @@ mod tests {
         assert!(m.get("gone-00000").is_none(), "the oldest were forgotten");
         assert!(m.get("later-00000").is_some());
         assert_eq!(m.live_len(), MAX_MEMBERS);
+    }
+
+    #[test]
+    fn a_replayed_suspicion_renews_the_identity_once_at_most() {
+        // Review S4: datagram MACs carry no freshness, so a captured "you are down"
+        // can be replayed; each replay made the receiver renew its identity.
+        let mut net = Net::new(&[b"s".as_slice(); 3]);
+        net.run_until(5_000);
+        let me = *net.nodes[0].foca.identity();
+        let msg = Exchange {
+            reply: false,
+            records: Vec::new(),
+            suspected: Some((me, 0, true)),
+        };
+        let mut payload = vec![TAG_RECORDS];
+        payload.extend(postcard::to_stdvec(&msg).expect("encode"));
+        let datagram = ClusterKey::derive(b"s").seal(&payload).expect("seal");
+        let from = net.addrs[1];
+        let _ = net.nodes[0].handle_datagram(from, &datagram);
+        let renewed = net.nodes[0].foca.identity().generation;
+        assert_eq!(renewed, me.generation + 1, "told it is down, it rejoins");
+        for _ in 0..5 {
+            let _ = net.nodes[0].handle_datagram(from, &datagram);
+        }
+        assert_eq!(
+            net.nodes[0].foca.identity().generation,
+            renewed,
+            "a replay names an identity it no longer has"
+        );
     }
 
     /// Members a node sees alive (itself included).

@@ -318,3 +318,77 @@ fn a_replica_that_lost_its_last_write_in_a_power_loss_erases_nothing() {
     });
     run_with_power_losses(sim, &disks, &requests);
 }
+
+fn no_hints_fast_repair(c: &mut NodeConfig) {
+    c.repair.interval = Duration::from_secs(1);
+    c.cluster.settings.hinted_handoff = false;
+}
+
+/// Review S1: a state stuck on a held link (n1 to n2; both still alive to the
+/// others, through n3) arrives after every replica agreed on the key's tombstone
+/// and reaped it. Before the fix n2 took it and the deleted values were back; now
+/// a reaped tombstone's clock is remembered for a while and refuses states it
+/// covers.
+#[test]
+fn a_state_arriving_after_its_key_was_reaped_does_not_bring_it_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut sim, _) = three_on_disks(
+        dir.path(),
+        23,
+        Duration::from_secs(200),
+        no_hints_fast_repair,
+    );
+    sim.client("client", async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let n1 = direct(1).await?;
+        let n3 = direct(3).await?;
+        // A key n3 leads (it drives the reaping of it).
+        let ring = n1.ring().await?;
+        let r = ring.rebuild().expect("ring");
+        let key = (0..1000)
+            .map(|i| format!("late-{i}"))
+            .find(|k| {
+                let p = ringkv::ring::partition_of(k.as_bytes(), ring.ring_size);
+                ringkv::cluster::walk_of(&r, p, 3)
+                    .0
+                    .first()
+                    .map(String::as_str)
+                    == Some("n3")
+            })
+            .expect("a key n3 leads");
+        let k = key.as_bytes();
+        n1.put(k, b"v1", None).await?;
+        turmoil::hold("n1", "n2");
+        n1.put(k, b"v2", None).await?;
+        let read = n3.get(k).await?;
+        assert_eq!(read.siblings.len(), 2, "{:?}", read.siblings);
+        n3.delete(k, Some(&read.context)).await?;
+        // Every replica holds the tombstone (n2 through n3); once n1's write is no
+        // longer in flight (its deadline and grace), n3 reaps it everywhere.
+        let mut reaped = false;
+        for _ in 0..120 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let s = n3.status().await?;
+            if s.repair.tombstones_reaped > 0 {
+                reaped = true;
+                break;
+            }
+        }
+        assert!(reaped, "the tombstone was reaped");
+        turmoil::release("n1", "n2");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut all = n3.clone();
+        all.set_options(ringkv::rpc::api::RequestOptions {
+            r: Some(3),
+            ..Default::default()
+        });
+        let after = all.get(k).await?;
+        assert!(
+            !after.is_found(),
+            "the deleted values came back: {:?}",
+            after.siblings
+        );
+        Ok(())
+    });
+    sim.run().expect("simulation");
+}

@@ -111,6 +111,25 @@ type TombstoneQueue = (
 /// Tombstones remembered for reaping at most (beyond, they stay until seen again).
 const MAX_TOMBSTONES: usize = 100_000;
 
+/// How long the clock of a reaped tombstone is remembered, to refuse late states it
+/// covers. A state of the key may still be on its way when every replica agreed
+/// to reap (a request stuck in a TCP buffer of a link that stalls one way while
+/// SWIM still sees both ends, then delivered: review S1); applied after the reap
+/// it would bring back what was deleted.
+pub const REAPED_GRACE: Duration = Duration::from_secs(600);
+/// Reaped clocks remembered at most (the oldest are forgotten first).
+const MAX_REAPED: usize = 100_000;
+
+/// Clocks of reaped tombstones by key, with when they were reaped, oldest first.
+#[derive(Default)]
+struct Reaped {
+    by_key: std::collections::HashMap<
+        Vec<u8>,
+        (crdts::VClock<crate::object::Actor>, tokio::time::Instant),
+    >,
+    order: std::collections::VecDeque<(Vec<u8>, tokio::time::Instant)>,
+}
+
 struct Inner {
     busy: BusyKeys,
     /// Keys to consider for reaping, in turn (a queue, so keys that cannot be reaped
@@ -125,6 +144,10 @@ struct Inner {
     stats: CoordinatorStats,
     /// Signs the contexts handed to clients and verifies those they send.
     contexts: ContextKey,
+    /// Tombstones reaped here lately.
+    reaped: std::sync::Mutex<Reaped>,
+    /// Late states refused because a reaped tombstone covered them.
+    late_states: AtomicU64,
 }
 
 /// Whether a storage call may wait on the disk.
@@ -199,6 +222,8 @@ impl Coordinator {
                 settings,
                 stats: CoordinatorStats::default(),
                 contexts,
+                reaped: std::sync::Mutex::new(Reaped::default()),
+                late_states: AtomicU64::new(0),
             }),
         }
     }
@@ -529,12 +554,54 @@ impl Coordinator {
     /// # Errors
     /// [`ApiError`] for wrong kinds or storage failures.
     pub async fn replicate_object(&self, key: Vec<u8>, obj: Object) -> Result<(), ApiError> {
+        if self.covered_by_reaped(&key, &obj) {
+            // Nothing in it that the reaped tombstone had not seen: a late copy of a
+            // state from before the delete. Taking it would resurrect the key.
+            self.inner.late_states.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(key = ?String::from_utf8_lossy(&key), "refused a state older than the reaped tombstone of its key");
+            return Ok(());
+        }
         let k = key.clone();
         let merged = self.run(Io::Write, move |r| r.merge(&k, &obj)).await?;
         if merged.is_tombstone() {
             self.note_tombstone(&key);
         }
         Ok(())
+    }
+
+    /// Remembers the clock of a tombstone reaped here (for [`REAPED_GRACE`]).
+    pub fn remember_reaped(&self, key: &[u8], clock: crdts::VClock<crate::object::Actor>) {
+        let now = tokio::time::Instant::now();
+        let mut r = self.inner.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((k, at)) = r.order.front().cloned() {
+            if now.duration_since(at) < REAPED_GRACE && r.order.len() < MAX_REAPED {
+                break;
+            }
+            r.order.pop_front();
+            if r.by_key.get(&k).is_some_and(|(_, t)| *t == at) {
+                r.by_key.remove(&k);
+            }
+        }
+        r.by_key.insert(key.to_vec(), (clock, now));
+        r.order.push_back((key.to_vec(), now));
+    }
+
+    /// Whether `obj` is a register state every version of which a tombstone reaped
+    /// here within [`REAPED_GRACE`] covered.
+    fn covered_by_reaped(&self, key: &[u8], obj: &Object) -> bool {
+        let Object::Register(reg) = obj else {
+            return false;
+        };
+        let r = self.inner.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((clock, at)) = r.by_key.get(key) else {
+            return false;
+        };
+        at.elapsed() < REAPED_GRACE && reg.context() <= clock
+    }
+
+    /// Late states refused since start (see [`REAPED_GRACE`]).
+    pub fn late_states_refused(&self) -> u64 {
+        self.inner.late_states.load(Ordering::Relaxed)
     }
 
     /// Keeps a state for an unreachable owner.

@@ -69,8 +69,9 @@ pub enum WriteReply {
 pub type KeyDigests = Vec<(Vec<u8>, [u8; 32])>;
 /// Keys with their encoded objects (`None`: absent).
 pub type Fetched = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-/// Digests of keys (`None`: absent) and the number of hints the node holds.
-pub type HeldDigests = (Vec<Option<[u8; 32]>>, u64);
+/// Digests of keys (`None`: absent), the number of hints and states in flight the
+/// node holds, and its ring epoch.
+pub type HeldDigests = (Vec<Option<[u8; 32]>>, u64, String);
 
 /// What nodes ask each other.
 #[tarpc::service]

@@ -151,7 +151,11 @@ pub async fn digests(
     }
     // Reaping relies on this answer: it must survive a crash of this node.
     c.sync_store().await?;
-    Ok((out, c.hints().pending() + c.keys_in_flight(keys)))
+    Ok((
+        out,
+        c.hints().pending() + c.keys_in_flight(keys),
+        c.cluster().view().epoch_hex(),
+    ))
 }
 
 /// Removes each key whose stored object still has the given digest and is a
@@ -168,15 +172,16 @@ pub fn reap(c: &Coordinator, items: &[(Vec<u8>, Hash)]) -> Result<u64, ApiError>
     for (key, digest) in items {
         c.replica().check_key(key)?;
         // Only tombstones are ever reaped, whatever a peer asks.
-        match c.replica().get(key)? {
-            Some(Object::Register(r)) if r.is_deleted() => {}
+        let clock = match c.replica().get(key)? {
+            Some(Object::Register(r)) if r.is_deleted() => r.context().clone(),
             Some(_) | None => continue,
-        }
+        };
         if c.replica()
             .store()
             .remove_if(partition_of(key, q), key, digest)
             .map_err(storage)?
         {
+            c.remember_reaped(key, clock);
             removed += 1;
         }
     }

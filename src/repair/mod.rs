@@ -101,6 +101,9 @@ pub struct RepairStatus {
     /// down, or that left and was shut down before it finished handing off, blocks
     /// reaping everywhere until it is back or an operator removes it).
     pub reap_waiting_for: Vec<String>,
+    /// States refused because a tombstone reaped here covered them (late copies
+    /// from before the delete).
+    pub late_states_refused: u64,
 }
 
 #[derive(Default)]
@@ -205,6 +208,7 @@ impl Repair {
             handoffs_done: c.handoffs_done.load(Ordering::Relaxed),
             tombstones_reaped: c.tombstones_reaped.load(Ordering::Relaxed),
             tombstones_pending: self.coordinator.tombstones_pending() as u64,
+            late_states_refused: self.coordinator.late_states_refused(),
             reap_waiting_for: {
                 let view = self.coordinator.cluster().view();
                 view.members
@@ -518,6 +522,15 @@ impl Repair {
                         .bytes_received
                         .fetch_add(bytes as u64, Ordering::Relaxed);
                     self.throttle(bytes).await;
+                    // A leaf that differs over keys that do not is wrong here or
+                    // there: each side corrects its own (review S2).
+                    for ((&seg, l), r) in segs.iter().zip(&local).zip(&remote) {
+                        if l == r
+                            && let Err(error) = store.verify_leaf(p, seg)
+                        {
+                            tracing::debug!(%error, "cannot check a hash-tree leaf");
+                        }
+                    }
                     x.segments(&local, &remote).map_err(|e| e.to_string())?;
                 }
             }
@@ -805,6 +818,7 @@ impl Repair {
             return 0;
         }
         let ks: Vec<Vec<u8>> = keys.iter().map(|(k, _, _)| k.clone()).collect();
+        let ring_epoch = view.epoch_hex();
         // Asked twice: members answer one after another, so a state fetched from one
         // member before another took the tombstone could still be on its way after
         // the first pass. Anything fetched before the first pass ended is, during the
@@ -829,8 +843,13 @@ impl Repair {
                     Err("no address".to_string())
                 };
                 match answer {
-                    Ok((digests, 0))
+                    // Every member on the reaper's ring: one that knows of a member
+                    // the reaper does not (a node that joined a moment ago, and that
+                    // a coordinator may have used as a fallback) has another ring,
+                    // and that member would not be asked (review S7).
+                    Ok((digests, 0, epoch))
                         if digests.len() == ks.len()
+                            && epoch == ring_epoch
                             && (pass == 0 || held.get(m) == Some(&digests)) =>
                     {
                         held.insert(m.clone(), digests);

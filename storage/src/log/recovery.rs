@@ -313,6 +313,28 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
             removed_any = true;
             continue;
         }
+        if magic == [0u8; 8] {
+            // The first page never reached the disk, later ones did (write-back
+            // order is the kernel's): no fsync of this file ever completed, or it
+            // would have written the header too, so nothing in it was acknowledged
+            // as durable; and without the header's salt nothing in it can be
+            // checked. It is set aside, not read (review S3: this refused the start).
+            let aside = path.with_extension("seg.torn");
+            drop(file);
+            std::fs::rename(&path, &aside).map_err(StorageError::io(
+                "setting aside a segment without its header",
+            ))?;
+            disk.removed(&path);
+            tracing::warn!(
+                segment = id,
+                bytes = file_len,
+                kept_as = %aside.display(),
+                "a log segment lost its header in a crash; set aside"
+            );
+            truncated_bytes += file_len;
+            removed_any = true;
+            continue;
+        }
         let (header_len, salt) = if &magic == SEGMENT_MAGIC_V1 {
             (SEGMENT_MAGIC.len() as u64, None)
         } else if &magic == SEGMENT_MAGIC {

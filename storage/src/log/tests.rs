@@ -444,6 +444,34 @@ fn a_record_hidden_in_a_value_is_never_taken_for_a_real_one() {
 }
 
 #[test]
+fn a_segment_whose_header_never_reached_the_disk_is_set_aside() {
+    // Review S3: later pages written back, the first one not.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_of(Space::Objects, 1);
+    {
+        let log = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os).expect("open");
+        log.commit(&[put(Space::Objects, &key, b"kept")])
+            .expect("commit");
+    }
+    // A later segment whose first page is zeros, the rest not.
+    let last = *segment_files(dir.path()).last().expect("segment");
+    let mut bytes = vec![0u8; 4096];
+    bytes.extend_from_slice(&[7u8; 4096]);
+    std::fs::write(segment_path(dir.path(), last + 1), &bytes).expect("write");
+    let log = Log::open(dir.path(), LogConfig::default(), crate::disk::Disk::Os).expect("opens");
+    assert_eq!(
+        log.get(Space::Objects, &key).expect("get").as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(log.stats().truncated_bytes, 8192);
+    assert!(
+        dir.path()
+            .join(format!("{:08}.seg.torn", last + 1))
+            .exists()
+    );
+}
+
+#[test]
 fn segments_of_format_1_are_still_read() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = key_of(Space::Objects, 1);
