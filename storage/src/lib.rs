@@ -16,6 +16,7 @@ mod meta;
 mod priority;
 mod store;
 mod sync;
+pub mod timing;
 mod tree;
 
 pub use disk::{Disk, SimulatedDisk};
@@ -25,4 +26,5 @@ pub use log::LogStats;
 pub use merkle::{EMPTY, Hash, LEAVES};
 pub use store::{Change, Driver, Store, StoreConfig, Updated};
 pub use sync::SyncPolicy;
+pub use timing::{LATENCY_BUCKETS, LatencySnapshot};
 pub use tree::{CHECKPOINT_INTERVAL, TreeStats};

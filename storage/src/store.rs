@@ -454,6 +454,44 @@ impl Store {
         self.inner.log.stats()
     }
 
+    /// Latencies of the log's fsyncs so far.
+    pub fn fsync_latency(&self) -> crate::timing::LatencySnapshot {
+        self.inner.log.fsyncs.snapshot()
+    }
+
+    /// How long the sync now in flight has been running, if one is (a disk that
+    /// stopped answering shows here).
+    pub fn sync_running_for(&self) -> Option<std::time::Duration> {
+        self.inner.log.syncing.running_for()
+    }
+
+    /// Bytes available to this process and in all on the data directory's file
+    /// system, if the system says.
+    pub fn disk_space(&self) -> Option<(u64, u64)> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.path().as_os_str().as_bytes()).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+        // SAFETY: a NUL-terminated path and a buffer of the right type, which the
+        // call fills when it returns 0.
+        let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: statvfs returned 0, so it filled the buffer.
+        let st = unsafe { st.assume_init() };
+        // u64 on Linux (the only target this is built for).
+        let frsize = st.f_frsize;
+        Some((
+            st.f_bavail.saturating_mul(frsize),
+            st.f_blocks.saturating_mul(frsize),
+        ))
+    }
+
+    /// Whether an fsync failed: the store takes no more writes until restarted.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.log.is_poisoned()
+    }
+
     /// How trees were loaded since open (checkpoint or, after a crash, from leaves).
     pub fn tree_stats(&self) -> TreeStats {
         self.inner.trees.stats()

@@ -276,6 +276,9 @@ pub(crate) struct Log {
     /// could not write and will not report it again, so a later sync that succeeds
     /// proves nothing. Writes are refused from then on, as fjall and PostgreSQL do.
     poisoned: AtomicBool,
+    /// Fsync latencies, and the sync in flight (a stall shows while it lasts).
+    pub(crate) fsyncs: crate::timing::LatencyHistogram,
+    pub(crate) syncing: crate::timing::InFlight,
     /// Set by [`Log::close`]: commits are refused (checked under the writer lock).
     closed: AtomicBool,
     truncated_bytes: u64,
@@ -388,6 +391,8 @@ impl Log {
             next_segment: AtomicU32::new(id + 1),
             merges: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
+            fsyncs: Default::default(),
+            syncing: Default::default(),
             closed: AtomicBool::new(false),
             truncated_bytes: recovered.truncated_bytes,
             skipped_records: recovered.skipped_records,
@@ -558,6 +563,7 @@ impl Log {
                 std::mem::take(&mut w.dir_dirty),
             )
         };
+        let in_flight = self.syncing.start();
         let result = (|| {
             for s in &sealed {
                 self.disk
@@ -572,11 +578,18 @@ impl Log {
             }
             Ok(())
         })();
+        self.fsyncs.observe(in_flight.elapsed());
+        drop(in_flight);
         if let Err(error) = &result {
             tracing::error!(%error, "an fsync failed: the store takes no more writes until restarted");
             self.poisoned.store(true, Ordering::Release);
         }
         result
+    }
+
+    /// Whether an fsync failed (the log takes no more writes).
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
     }
 
     fn check_poisoned(&self) -> Result<()> {
