@@ -10,6 +10,7 @@ pub mod client;
 pub mod cluster;
 pub mod coordinator;
 pub mod hints;
+pub mod http;
 pub mod net;
 pub mod node;
 pub mod object;

@@ -11,6 +11,7 @@ pub mod record;
 
 pub use auth::{AuthError, ClusterKey};
 pub use membership::{
-    Gossip, GossipConfig, GossipStats, GossipTimer, Identity, Liveness, Output, node_hash,
+    Gossip, GossipConfig, GossipStats, GossipTimer, Identity, Liveness, MAX_SEEDS, Output,
+    node_hash,
 };
 pub use record::{Members, NodeRecord, Status};

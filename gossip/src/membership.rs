@@ -153,6 +153,9 @@ pub struct GossipStats {
     pub rejected_malformed: u64,
 }
 
+/// Seed addresses kept at most (a name can stand for many records).
+pub const MAX_SEEDS: usize = 256;
+
 /// Settings of the membership protocol.
 #[derive(Clone, Debug)]
 pub struct GossipConfig {
@@ -780,6 +783,19 @@ impl Gossip {
     /// Members SWIM considers active (alive or suspect), this node excluded.
     pub fn active_count(&self) -> usize {
         self.foca.num_members()
+    }
+
+    /// Replaces the addresses announced to while no other member is known (seeds
+    /// given by name are resolved again on every join attempt); at most
+    /// [`MAX_SEEDS`] are kept.
+    pub fn set_seeds(&mut self, mut seeds: Vec<SocketAddr>) {
+        seeds.truncate(MAX_SEEDS);
+        self.config.seeds = seeds;
+    }
+
+    /// The addresses announced to.
+    pub fn seeds(&self) -> &[SocketAddr] {
+        &self.config.seeds
     }
 
     /// Counters.

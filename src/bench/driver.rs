@@ -122,6 +122,7 @@ pub fn error_kind(e: &ClientError) -> &'static str {
             ApiError::Storage { .. } => "storage",
             ApiError::CounterOverflow { .. } => "counter_overflow",
             ApiError::NotPrimary { .. } => "not_primary",
+            ApiError::ShuttingDown { .. } => "shutting_down",
         },
     }
 }

@@ -109,6 +109,15 @@ pub enum Command {
     },
     /// Make the connected node leave the cluster (needs the cluster secret).
     Leave {
+        /// Print the partitions that would move, and change nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+        /// Block, printing progress, until the node owns and holds nothing.
+        #[arg(long)]
+        wait: bool,
+        /// Longest --wait [default: 1h].
+        #[arg(long, value_parser = parse_duration, requires = "wait")]
+        timeout: Option<std::time::Duration>,
         #[command(flatten)]
         secret: SecretOpts,
         #[command(flatten)]
@@ -118,6 +127,9 @@ pub enum Command {
     Remove {
         /// Id of the node to remove.
         node_id: String,
+        /// Print the partitions that would move, and change nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
         #[command(flatten)]
         secret: SecretOpts,
         #[command(flatten)]
@@ -128,6 +140,47 @@ pub enum Command {
         /// Only this partition.
         #[arg(long)]
         partition: Option<u32>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Probe a node's HTTP port: exit 0 when live (or ready, with --ready), 3 if
+    /// not (the container health check: a scratch image has no curl).
+    Health {
+        /// Check readiness (/readyz) instead of liveness (/livez).
+        #[arg(long)]
+        ready: bool,
+        /// The node's HTTP address [default: RINGKV_HTTP_LISTEN, an unspecified IP
+        /// read as 127.0.0.1, else 127.0.0.1:7480].
+        #[arg(long)]
+        http: Option<String>,
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until every partition has all its replicas up, every member agrees on
+    /// the ring and no hints wait anywhere (the gate between two restarts); exit 0,
+    /// or 3 at the timeout.
+    WaitHealthy {
+        /// Longest wait [default: 5m].
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Hints allowed to wait, summed over the members [default: 0].
+        #[arg(long = "max-hints", default_value_t = 0)]
+        max_hints: u64,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Show handoffs out of the node (keys and bytes left), what repair moved, and
+    /// hints by target.
+    Transfers {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Stop the connected node gracefully, as SIGTERM does (not a leave: no data
+    /// moves; needs the cluster secret).
+    Drain {
+        #[command(flatten)]
+        secret: SecretOpts,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -164,7 +217,7 @@ pub struct DevArgs {
     pub n: u8,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnOff {
     /// Enabled.
@@ -213,7 +266,7 @@ pub enum SetOp {
     },
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncArg {
     /// fsync before acknowledging every write.
@@ -226,84 +279,113 @@ pub enum SyncArg {
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// TOML file with any of the options below (flags win).
-    #[arg(long)]
+    /// TOML file with any of the options below (flags win, then RINGKV_* variables).
+    #[arg(long, env = "RINGKV_CONFIG")]
     pub config: Option<PathBuf>,
     /// Data directory [default: ./ringkv-data].
-    #[arg(long = "data-dir")]
+    #[arg(long = "data-dir", env = "RINGKV_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// RPC address [default: 127.0.0.1:7400].
-    #[arg(long)]
+    /// RPC and gossip address to bind [default: 127.0.0.1:7400].
+    #[arg(long, env = "RINGKV_LISTEN")]
     pub listen: Option<String>,
-    /// Node id [default: stored id, else the listen address].
-    #[arg(long = "node-id")]
+    /// Address peers and clients reach this node at, IP:PORT or NAME:PORT; gossip
+    /// and the ring carry it [default: the listen address].
+    #[arg(long, env = "RINGKV_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// HTTP address for /metrics, /livez, /readyz, /v1/cluster/health and the status
+    /// page [default: 127.0.0.1:7480].
+    #[arg(long = "http-listen", env = "RINGKV_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// On SIGTERM, how long the node reports not ready before it stops taking
+    /// requests, so load balancers route away first [default: 5s].
+    #[arg(long = "shutdown-delay", env = "RINGKV_SHUTDOWN_DELAY")]
+    pub shutdown_delay: Option<String>,
+    /// A storage write stuck this long makes /livez fail [default: 30s].
+    #[arg(long = "stall-threshold", env = "RINGKV_STALL_THRESHOLD")]
+    pub stall_threshold: Option<String>,
+    /// Node id [default: stored id, else the advertised address].
+    #[arg(long = "node-id", env = "RINGKV_NODE_ID")]
     pub node_id: Option<String>,
     /// Sync policy [default: interval].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "RINGKV_SYNC")]
     pub sync: Option<SyncArg>,
     /// Group-commit window of --sync interval [default: 100].
-    #[arg(long = "sync-interval-ms")]
+    #[arg(long = "sync-interval-ms", env = "RINGKV_SYNC_INTERVAL_MS")]
     pub sync_interval_ms: Option<u64>,
     /// Partitions on the ring, a power of two [default: 256].
-    #[arg(long = "ring-size")]
+    #[arg(long = "ring-size", env = "RINGKV_RING_SIZE")]
     pub ring_size: Option<u32>,
     /// Longest key in bytes [default: 1024].
-    #[arg(long = "max-key-bytes")]
+    #[arg(long = "max-key-bytes", env = "RINGKV_MAX_KEY_BYTES")]
     pub max_key_bytes: Option<usize>,
     /// Longest value in bytes [default: 4194304].
-    #[arg(long = "max-value-bytes")]
+    #[arg(long = "max-value-bytes", env = "RINGKV_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
     /// Largest object (all siblings together) in bytes [default: 16777216].
-    #[arg(long = "max-object-bytes")]
+    #[arg(long = "max-object-bytes", env = "RINGKV_MAX_OBJECT_BYTES")]
     pub max_object_bytes: Option<usize>,
     /// Siblings beyond which writes are refused [default: 100].
-    #[arg(long = "max-siblings")]
+    #[arg(long = "max-siblings", env = "RINGKV_MAX_SIBLINGS")]
     pub max_siblings: Option<usize>,
     /// Most client connections at once [default: 1024].
-    #[arg(long = "max-connections")]
+    #[arg(long = "max-connections", env = "RINGKV_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Most requests in flight on one connection; more are refused at once [default: 256].
-    #[arg(long = "max-in-flight")]
+    #[arg(long = "max-in-flight", env = "RINGKV_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
-    /// Address of a node to join through (repeatable).
-    #[arg(long = "seed")]
+    /// Node to join through, IP:PORT or NAME:PORT; a name stands for every address
+    /// it resolves to, resolved again on every join attempt (repeatable).
+    #[arg(long = "seed", value_delimiter = ',', env = "RINGKV_SEEDS")]
     pub seeds: Vec<String>,
     /// Failure zone of this node (replicas spread over zones).
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_ZONE")]
     pub zone: Option<String>,
     /// Replicas per key [default: 3].
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_N")]
     pub n: Option<u8>,
     /// Default read quorum [default: 2].
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_R")]
     pub r: Option<u8>,
     /// Default write quorum [default: 2].
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_W")]
     pub w: Option<u8>,
     /// Default request deadline in milliseconds [default: 5000].
-    #[arg(long = "request-timeout-ms")]
+    #[arg(long = "request-timeout-ms", env = "RINGKV_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
     /// Whether fallbacks take writes for unreachable primaries [default: on].
-    #[arg(long = "hinted-handoff", value_enum)]
+    #[arg(long = "hinted-handoff", value_enum, env = "RINGKV_HINTED_HANDOFF")]
     pub hinted_handoff: Option<OnOff>,
-    /// File holding the cluster secret (or set RINGKV_CLUSTER_SECRET).
-    #[arg(long = "cluster-secret-file")]
+    /// File holding the cluster secret (or put the secret in RINGKV_CLUSTER_SECRET).
+    #[arg(long = "cluster-secret-file", env = "RINGKV_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
     /// Join without a cluster secret (local development only: anyone can join).
-    #[arg(long = "insecure-dev")]
+    #[arg(long = "insecure-dev", env = "RINGKV_INSECURE_DEV")]
     pub insecure_dev: bool,
     /// SWIM probe period in milliseconds [default: 500].
-    #[arg(long = "probe-ms")]
+    #[arg(long = "probe-ms", env = "RINGKV_PROBE_MS")]
     pub probe_ms: Option<u64>,
     /// Time between anti-entropy rounds in milliseconds [default: 10000].
-    #[arg(long = "anti-entropy-interval-ms")]
+    #[arg(
+        long = "anti-entropy-interval-ms",
+        env = "RINGKV_ANTI_ENTROPY_INTERVAL_MS"
+    )]
     pub anti_entropy_interval_ms: Option<u64>,
     /// Anti-entropy exchanges running at once [default: 2].
-    #[arg(long = "anti-entropy-concurrency")]
+    #[arg(
+        long = "anti-entropy-concurrency",
+        env = "RINGKV_ANTI_ENTROPY_CONCURRENCY"
+    )]
     pub anti_entropy_concurrency: Option<usize>,
     /// Repair bandwidth in MiB/s (objects moved by anti-entropy and handoff) [default: 16].
-    #[arg(long = "anti-entropy-mb-per-sec")]
+    #[arg(
+        long = "anti-entropy-mb-per-sec",
+        env = "RINGKV_ANTI_ENTROPY_MB_PER_SEC"
+    )]
     pub anti_entropy_mb_per_sec: Option<u64>,
+    /// Parse the flags, file and environment, print the effective configuration
+    /// (secrets left out) and exit.
+    #[arg(long = "check-config")]
+    pub check_config: bool,
 }
 
 #[derive(Args, Debug)]

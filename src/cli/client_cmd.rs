@@ -24,7 +24,7 @@ fn text(bytes: &[u8], base64: bool) -> String {
     }
 }
 
-fn out(line: &[u8]) -> Result<(), Failure> {
+pub(super) fn out(line: &[u8]) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(line)
@@ -32,7 +32,7 @@ fn out(line: &[u8]) -> Result<(), Failure> {
         .map_err(|e| Failure::other(format!("cannot write output: {e}")))
 }
 
-fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
+pub(super) fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
     out(v.to_string().as_bytes())
 }
 
@@ -41,7 +41,7 @@ fn context_arg(raw: Option<&str>) -> Result<Option<Context>, Failure> {
         .transpose()
 }
 
-async fn connect(opts: &ClientOpts) -> Result<Client, Failure> {
+pub(super) async fn connect(opts: &ClientOpts) -> Result<Client, Failure> {
     let mut client = Client::connect(&opts.connect).await?;
     let mut options = RequestOptions {
         r: opts.r,
@@ -300,7 +300,31 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             }
             Ok(EXIT_OK)
         }
-        Command::Leave { secret, opts } => {
+        Command::Leave {
+            dry_run: true,
+            opts,
+            ..
+        } => {
+            let client = connect(&opts).await?;
+            let id = client.server().node_id.clone();
+            super::ops_cmd::dry_run(&client, &id, "leave", opts.json).await
+        }
+        Command::Remove {
+            node_id,
+            dry_run: true,
+            opts,
+            ..
+        } => {
+            let client = connect(&opts).await?;
+            super::ops_cmd::dry_run(&client, &node_id, "remove", opts.json).await
+        }
+        Command::Leave {
+            wait,
+            timeout,
+            secret,
+            opts,
+            ..
+        } => {
             let key = admin_key(&secret)?;
             let id = ringkv::client::admin::leave(&opts.connect, key).await?;
             if opts.json {
@@ -308,12 +332,17 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             } else {
                 out(format!("{id} is leaving: it no longer owns partitions").as_bytes())?;
             }
+            if wait {
+                let client = connect(&opts).await?;
+                return super::ops_cmd::wait_left(&client, &opts, timeout).await;
+            }
             Ok(EXIT_OK)
         }
         Command::Remove {
             node_id,
             secret,
             opts,
+            ..
         } => {
             let key = admin_key(&secret)?;
             ringkv::client::admin::remove(&opts.connect, key, &node_id).await?;
@@ -325,6 +354,26 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             Ok(EXIT_OK)
         }
         Command::Dev(_) => unreachable!("dev is dispatched before"),
+        Command::Health { ready, http, json } => super::ops_cmd::health(ready, http, json).await,
+        Command::WaitHealthy {
+            timeout,
+            max_hints,
+            opts,
+        } => super::ops_cmd::wait_healthy(&opts, timeout, max_hints).await,
+        Command::Transfers { opts } => {
+            let client = connect(&opts).await?;
+            super::ops_cmd::transfers(&client, opts.json).await
+        }
+        Command::Drain { secret, opts } => {
+            let key = admin_key(&secret)?;
+            let id = ringkv::client::admin::drain(&opts.connect, key).await?;
+            if opts.json {
+                print_json(&json!({"ok": true, "node_id": id}))?;
+            } else {
+                out(format!("{id} is draining: it stops once its requests finish").as_bytes())?;
+            }
+            Ok(EXIT_OK)
+        }
         Command::Repair { partition, opts } => {
             let client = connect(&opts).await?;
             let r = client.repair(partition).await?;

@@ -87,6 +87,11 @@ impl LocalCluster {
             .arg(self.data_dir.join(&node.id))
             .arg("--node-id")
             .arg(&node.id)
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{}", node.port.saturating_add(80)))
+            // Nothing routes to a development node but its own clients.
+            .arg("--shutdown-delay")
+            .arg("0s")
             .arg("--seed")
             .arg(&seed)
             .arg("--n")

@@ -7,6 +7,7 @@ mod args;
 mod client_cmd;
 mod dev;
 mod local;
+mod ops_cmd;
 mod serve;
 
 use clap::Parser;
@@ -64,7 +65,8 @@ impl From<ringkv::ClientError> for Failure {
                 | ApiError::InvalidOptions { .. } => EXIT_USAGE,
                 ApiError::Unavailable { .. }
                 | ApiError::QuorumNotReached(_)
-                | ApiError::NotPrimary { .. } => EXIT_UNAVAILABLE,
+                | ApiError::NotPrimary { .. }
+                | ApiError::ShuttingDown { .. } => EXIT_UNAVAILABLE,
                 ApiError::Membership { .. } => EXIT_USAGE,
                 ApiError::Corrupt { .. } | ApiError::Storage { .. } => EXIT_OTHER,
             },

@@ -8,43 +8,186 @@ use ringkv::net::TokioNetwork;
 use ringkv::node::{Node, NodeConfig};
 use ringkv::ring::check_ring_size;
 use ringkv_storage::SyncPolicy;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::args::{OnOff, ServeArgs, SyncArg};
 use super::{EXIT_OK, Failure};
 
-/// The `--config` file: the same options as the flags.
-#[derive(Deserialize, Debug, Default)]
+/// The `--config` file: the same options as the flags, named as the flags without
+/// their dashes (`max_key_bytes`); `RINGKV_` and the name in capitals is its
+/// environment variable. Also what `--check-config` prints, so its output is a
+/// config file that gives the same node.
+#[derive(Deserialize, Serialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shutdown_delay: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stall_threshold: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     node_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     sync: Option<SyncArg>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     sync_interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     ring_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_key_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_value_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_object_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_siblings: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_connections: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_in_flight: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     seeds: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     zone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     n: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     r: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     w: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     request_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     hinted_handoff: Option<OnOff>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cluster_secret_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     insecure_dev: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     probe_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     anti_entropy_interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     anti_entropy_concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     anti_entropy_mb_per_sec: Option<u64>,
 }
 
-fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
+/// `RINGKV_*` variables `serve` ignores on purpose: the client commands' own, the
+/// test and simulation harnesses', and the cluster secret (read directly, never a
+/// flag, so it shows in no process listing).
+const OTHER_VARIABLES: &[&str] = &[
+    "RINGKV_CLUSTER_SECRET",
+    "RINGKV_TOKEN",
+    "RINGKV_TLS_CA",
+    "RINGKV_CONNECT",
+    "RINGKV_TEST_BIN",
+    "RINGKV_IMAGE",
+];
+const OTHER_PREFIXES: &[&str] = &["RINGKV_SIM_", "RINGKV_TEST_"];
+
+/// Refuses a `RINGKV_*` variable `serve` does not know (a typo would otherwise be
+/// ignored silently, the node starting with a default the operator meant to
+/// change). Returns the names skipped with a warning: Kubernetes makes
+/// `RINGKV_SERVICE_HOST`, `RINGKV_PORT_7400_TCP` and the like for a Service named
+/// `ringkv` in every pod of its namespace, which nobody chose.
+fn check_environment(
+    vars: impl IntoIterator<Item = String>,
+    known: &[String],
+) -> Result<Vec<String>, Failure> {
+    let mut skipped = Vec::new();
+    for name in vars {
+        if !name.starts_with("RINGKV_")
+            || known.contains(&name)
+            || OTHER_VARIABLES.contains(&name.as_str())
+            || OTHER_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
+            continue;
+        }
+        if name.starts_with("RINGKV_SERVICE_") || name.starts_with("RINGKV_PORT") {
+            skipped.push(name);
+            continue;
+        }
+        return Err(Failure::usage(format!(
+            "unknown environment variable {name} (serve --help lists every RINGKV_ variable)"
+        )));
+    }
+    Ok(skipped)
+}
+
+/// The `RINGKV_*` names of `serve`'s flags.
+fn known_variables() -> Vec<String> {
+    use clap::{Args, Command};
+    ServeArgs::augment_args(Command::new("serve"))
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect()
+}
+
+/// Where `serve` reaches and is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Advertise {
+    /// The listen address (no `--advertise`).
+    Listen,
+    /// A numeric address.
+    Addr(SocketAddr),
+    /// A name, resolved once the node starts (a container's own hostname).
+    Name(String),
+}
+
+/// Everything `serve` runs with: the node's configuration and the process's own.
+#[derive(Debug)]
+struct ServeConfig {
+    node: NodeConfig,
+    advertise: Advertise,
+    http_listen: SocketAddr,
+    /// `--http-listen` was given (else a taken default port only warns).
+    http_explicit: bool,
+    shutdown_delay: Duration,
+    stall_threshold: Duration,
+    /// What `--check-config` prints.
+    effective: FileConfig,
+    /// Where the cluster secret came from, if there is one.
+    secret_source: Option<String>,
+}
+
+/// `HOST:PORT` with a name for the host: the name's characters and a port in
+/// 1..=65535.
+fn check_name(flag: &str, text: &str) -> Result<(), Failure> {
+    let bad = || {
+        Failure::usage(format!(
+            "{flag} {text:?} is not IP:PORT or NAME:PORT (a DNS name, then a port)"
+        ))
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let name_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    if port == 0 || host.is_empty() || host.len() > 253 || !host.chars().all(name_chars) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn duration_setting(flag: &str, text: &str, max: Duration) -> Result<Duration, Failure> {
+    let d =
+        super::args::parse_duration(text).map_err(|e| Failure::usage(format!("{flag}: {e}")))?;
+    if d > max {
+        return Err(Failure::usage(format!(
+            "{flag} must be at most {}s",
+            max.as_secs()
+        )));
+    }
+    Ok(d)
+}
+
+fn serve_config(args: ServeArgs) -> Result<ServeConfig, Failure> {
     let file = match &args.config {
         None => FileConfig::default(),
         Some(path) => {
@@ -62,14 +205,54 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
         .unwrap_or_else(|| "127.0.0.1:7400".into());
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
         Failure::usage(format!(
-            "--listen {listen_text:?} is not HOST:PORT with a numeric IP"
+            "--listen {listen_text:?} is not IP:PORT (bind a numeric address; --advertise takes a name)"
         ))
     })?;
+    let advertise_text = args.advertise.or(file.advertise);
+    let advertise = match &advertise_text {
+        None => Advertise::Listen,
+        Some(text) => match text.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_unspecified() || addr.port() == 0 => {
+                return Err(Failure::usage(format!(
+                    "--advertise {text} must be an address peers can reach, not an unspecified IP or port 0"
+                )));
+            }
+            Ok(addr) => Advertise::Addr(addr),
+            Err(_) => {
+                check_name("--advertise", text)?;
+                Advertise::Name(text.clone())
+            }
+        },
+    };
+    let http_given = args.http_listen.or(file.http_listen);
+    let http_explicit = http_given.is_some();
+    let http_text = http_given.unwrap_or_else(|| "127.0.0.1:7480".into());
+    let http_listen: SocketAddr = http_text
+        .parse()
+        .map_err(|_| Failure::usage(format!("--http-listen {http_text:?} is not IP:PORT")))?;
+    let delay_text = args
+        .shutdown_delay
+        .or(file.shutdown_delay)
+        .unwrap_or_else(|| "5s".into());
+    let shutdown_delay =
+        duration_setting("--shutdown-delay", &delay_text, Duration::from_secs(600))?;
+    let stall_text = args
+        .stall_threshold
+        .or(file.stall_threshold)
+        .unwrap_or_else(|| "30s".into());
+    let stall_threshold =
+        duration_setting("--stall-threshold", &stall_text, Duration::from_secs(3600))?;
+    if stall_threshold < Duration::from_secs(1) {
+        return Err(Failure::usage("--stall-threshold must be at least 1s"));
+    }
     let data_dir = args
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("./ringkv-data"));
     let mut cfg = NodeConfig::new(data_dir, listen);
+    if let Advertise::Addr(a) = advertise {
+        cfg.advertise = Some(a);
+    }
     cfg.node_id = args.node_id.or(file.node_id);
     if let Some(id) = &cfg.node_id
         && (id.is_empty() || id.len() > 128 || id.chars().any(char::is_whitespace))
@@ -87,7 +270,8 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
             "--sync-interval-ms must be between 1 and 60000",
         ));
     }
-    cfg.sync = match args.sync.or(file.sync).unwrap_or(SyncArg::Interval) {
+    let sync = args.sync.or(file.sync).unwrap_or(SyncArg::Interval);
+    cfg.sync = match sync {
         SyncArg::Always => SyncPolicy::Always,
         SyncArg::Interval => SyncPolicy::Interval(Duration::from_millis(interval_ms)),
         SyncArg::None => SyncPolicy::None,
@@ -140,20 +324,45 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
         }
         cfg.max_in_flight_per_connection = v;
     }
-    let listen = cfg.listen;
+    let advertised = cfg.advertise;
     let cluster = &mut cfg.cluster;
     let seeds = if args.seeds.is_empty() {
         file.seeds.unwrap_or_default()
     } else {
         args.seeds
     };
+    if seeds.len() > ringkv_gossip::MAX_SEEDS {
+        return Err(Failure::usage(format!(
+            "at most {} seeds",
+            ringkv_gossip::MAX_SEEDS
+        )));
+    }
     for seed in &seeds {
-        let addr = seed.parse::<SocketAddr>().map_err(|_| {
-            Failure::usage(format!(
-                "--seed {seed:?} is not HOST:PORT with a numeric IP"
-            ))
-        })?;
-        cluster.seeds.push(addr);
+        match seed.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_unspecified() || addr.port() == 0 => {
+                return Err(Failure::usage(format!(
+                    "--seed {seed} is not an address a node can be reached at"
+                )));
+            }
+            Ok(addr) => cluster.seeds.push(addr),
+            Err(_) => {
+                check_name("--seed", seed)?;
+                cluster.seed_names.push(seed.clone());
+            }
+        }
+    }
+    // A node that gossips an unspecified address gives its peers nothing to reach
+    // it at: the cluster would see it join and then fail every request to it.
+    let own = match (&advertise, advertised) {
+        (_, Some(a)) => Some(a),
+        (Advertise::Name(_), None) => None,
+        _ => Some(listen),
+    };
+    let has_peers = !cluster.seed_names.is_empty() || cluster.seeds.iter().any(|s| Some(*s) != own);
+    if has_peers && advertise == Advertise::Listen && listen.ip().is_unspecified() {
+        return Err(Failure::usage(format!(
+            "--listen {listen} is unspecified and the node has peers: give --advertise HOST:PORT, the address they reach it at"
+        )));
     }
     if let Some(zone) = args.zone.or(file.zone) {
         if zone.len() > 64 || zone.chars().any(char::is_whitespace) {
@@ -185,11 +394,11 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
         }
         s.timeout = Duration::from_millis(ms);
     }
-    s.hinted_handoff = args
+    let hinted = args
         .hinted_handoff
         .or(file.hinted_handoff)
-        .unwrap_or(OnOff::On)
-        == OnOff::On;
+        .unwrap_or(OnOff::On);
+    s.hinted_handoff = hinted == OnOff::On;
     if let Some(ms) = args.probe_ms.or(file.probe_ms) {
         if !(50..=60_000).contains(&ms) {
             return Err(Failure::usage("--probe-ms must be between 50 and 60000"));
@@ -233,6 +442,11 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
     let cluster = &mut cfg.cluster;
     let secret_file = args.cluster_secret_file.or(file.cluster_secret_file);
     let secret = super::read_secret(secret_file.as_deref())?;
+    let secret_source = match (&secret, &secret_file) {
+        (None, _) => None,
+        (Some(_), Some(path)) => Some(format!("file {}", path.display())),
+        (Some(_), None) => Some("RINGKV_CLUSTER_SECRET".to_string()),
+    };
     let insecure = args.insecure_dev || file.insecure_dev.unwrap_or(false);
     match secret {
         Some(secret) => cluster.key = ringkv_gossip::ClusterKey::derive(&secret),
@@ -242,8 +456,7 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
             );
         }
         None => {
-            let others = cluster.seeds.iter().any(|s| *s != listen);
-            if others {
+            if has_peers {
                 return Err(Failure::usage(
                     "refusing to join a cluster without a secret: give --cluster-secret-file FILE or RINGKV_CLUSTER_SECRET (or --insecure-dev for local development)",
                 ));
@@ -253,7 +466,92 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, Failure> {
             cluster.lone = true;
         }
     }
-    Ok(cfg)
+    let s = cfg.cluster.settings;
+    let effective = FileConfig {
+        data_dir: Some(cfg.data_dir.clone()),
+        listen: Some(listen.to_string()),
+        advertise: advertise_text,
+        http_listen: Some(http_listen.to_string()),
+        shutdown_delay: Some(delay_text),
+        stall_threshold: Some(stall_text),
+        node_id: cfg.node_id.clone(),
+        sync: Some(sync),
+        sync_interval_ms: Some(interval_ms),
+        ring_size: Some(cfg.ring_size),
+        max_key_bytes: Some(cfg.limits.max_key_bytes),
+        max_value_bytes: Some(cfg.limits.max_value_bytes),
+        max_object_bytes: Some(cfg.limits.max_object_bytes),
+        max_siblings: Some(cfg.limits.max_siblings),
+        max_connections: Some(cfg.max_connections),
+        max_in_flight: Some(cfg.max_in_flight_per_connection),
+        seeds: Some(seeds),
+        zone: Some(cfg.cluster.zone.clone()),
+        n: Some(s.n),
+        r: Some(s.r),
+        w: Some(s.w),
+        request_timeout_ms: Some(s.timeout.as_millis() as u64),
+        hinted_handoff: Some(hinted),
+        cluster_secret_file: secret_file,
+        insecure_dev: Some(insecure),
+        probe_ms: Some(cfg.cluster.probe_period.as_millis() as u64),
+        anti_entropy_interval_ms: Some(cfg.repair.interval.as_millis() as u64),
+        anti_entropy_concurrency: Some(cfg.repair.concurrency),
+        anti_entropy_mb_per_sec: Some(cfg.repair.bytes_per_sec >> 20),
+    };
+    Ok(ServeConfig {
+        node: cfg,
+        advertise,
+        http_listen,
+        http_explicit,
+        shutdown_delay,
+        stall_threshold,
+        effective,
+        secret_source,
+    })
+}
+
+/// What `--check-config` prints: the effective configuration as a config file, and
+/// where the secret comes from (never the secret).
+fn render_effective(cfg: &ServeConfig) -> Result<String, Failure> {
+    let body = toml::to_string(&cfg.effective)
+        .map_err(|e| Failure::other(format!("cannot print the configuration: {e}")))?;
+    let secret = match &cfg.secret_source {
+        Some(source) => format!("# cluster secret: set (from {source})\n"),
+        None if cfg.node.cluster.lone => {
+            "# cluster secret: none (alone: a random key nobody else knows)\n".to_string()
+        }
+        None => "# cluster secret: none\n".to_string(),
+    };
+    Ok(format!("{body}{secret}"))
+}
+
+/// Resolves an advertised name to the address it stands for now, retrying for a
+/// while: a container's own name may appear in DNS a moment after it starts.
+async fn resolve_advertised(name: &str) -> Result<SocketAddr, Failure> {
+    const ATTEMPTS: u32 = 30;
+    let mut last = String::new();
+    for attempt in 0..ATTEMPTS {
+        match tokio::net::lookup_host(name).await {
+            Ok(addrs) => {
+                let mut addrs: Vec<SocketAddr> = addrs.collect();
+                // Prefer IPv4 when a name has both, so one node is not known by two
+                // address families on different peers.
+                addrs.sort_by_key(|a| (a.is_ipv6(), *a));
+                if let Some(a) = addrs.first() {
+                    return Ok(*a);
+                }
+                last = "it resolves to no address".into();
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if attempt + 1 < ATTEMPTS {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    Err(Failure {
+        code: super::EXIT_UNAVAILABLE,
+        message: format!("--advertise {name}: cannot resolve ({last})"),
+    })
 }
 
 /// A fresh actor id for a new data directory, from the OS's random source: two
@@ -262,6 +560,7 @@ fn mint_actor() -> u64 {
     rand::random()
 }
 
+/// The next SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -290,40 +589,132 @@ pub fn init_tracing() {
 
 pub fn run(args: ServeArgs) -> Result<i32, Failure> {
     init_tracing();
-    let cfg = node_config(args)?;
+    let skipped = check_environment(
+        std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()),
+        &known_variables(),
+    )?;
+    for name in skipped {
+        tracing::warn!(variable = %name, "ignoring a variable Kubernetes sets for a Service named ringkv");
+    }
+    let check_only = args.check_config;
+    let cfg = serve_config(args)?;
+    if check_only {
+        print!("{}", render_effective(&cfg)?);
+        return Ok(EXIT_OK);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ringkv")
         .build()
         .map_err(|e| Failure::other(format!("cannot start runtime: {e}")))?;
-    runtime.block_on(async move {
-        let minted = mint_actor();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let node = Node::start(cfg, || minted, TokioNetwork, stop.clone())
-            .await
-            .map_err(|e| Failure::other(e.to_string()))?;
-        let listener = ringkv::rpc::server::bind(&TokioNetwork, &node)
-            .await
-            .map_err(|e| Failure {
+    runtime.block_on(serve_node(cfg))
+}
+
+async fn serve_node(cfg: ServeConfig) -> Result<i32, Failure> {
+    let ServeConfig {
+        node: mut node_cfg,
+        advertise,
+        http_listen,
+        http_explicit,
+        shutdown_delay,
+        stall_threshold,
+        ..
+    } = cfg;
+    if let Advertise::Name(name) = &advertise {
+        let addr = resolve_advertised(name).await?;
+        tracing::info!(%name, %addr, "advertised name resolved");
+        node_cfg.advertise = Some(addr);
+    }
+    let minted = mint_actor();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let node = Node::start(node_cfg, || minted, TokioNetwork, stop.clone())
+        .await
+        .map_err(|e| Failure::other(e.to_string()))?;
+    let listener = ringkv::rpc::server::bind(&TokioNetwork, &node)
+        .await
+        .map_err(|e| Failure {
+            code: super::EXIT_UNAVAILABLE,
+            message: e.to_string(),
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::other(e.to_string()))?;
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let http = match ringkv::http::serve(
+        http_listen,
+        node.clone(),
+        stall_threshold,
+        http_stop.clone().cancelled_owned(),
+    )
+    .await
+    {
+        Ok((http_addr, task)) => {
+            tracing::info!(node_id = node.node_id(), %addr, http = %http_addr, "ringkv listening");
+            Some(task)
+        }
+        Err(e) if !http_explicit => {
+            // A second node on one machine with the defaults: it still serves, but
+            // says loudly that it has no metrics or probes.
+            tracing::warn!(error = %e, "no HTTP port (metrics, probes): give each node its own --http-listen");
+            tracing::info!(node_id = node.node_id(), %addr, "ringkv listening");
+            None
+        }
+        Err(e) => {
+            return Err(Failure {
                 code: super::EXIT_UNAVAILABLE,
                 message: e.to_string(),
-            })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Failure::other(e.to_string()))?;
-        tracing::info!(node_id = node.node_id(), %addr, "ringkv listening");
-        ringkv::rpc::server::serve(listener, node.clone(), shutdown_signal()).await;
-        stop.cancel();
-        node.close()
-            .map_err(|e| Failure::other(format!("closing the store failed: {e}")))?;
-        tracing::info!("stopped cleanly");
-        Ok(EXIT_OK)
-    })
+            });
+        }
+    };
+    // The drain (DESIGN: operations): not ready at once, peers told, requests go
+    // on for the shutdown delay so load balancers and ring-aware clients move
+    // away, then new requests are refused (nothing applied: clients retry
+    // elsewhere) and those in flight finish.
+    let drained = {
+        let node = node.clone();
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = node.stop_requested() => tracing::info!("drain asked for by an operator"),
+            }
+            node.begin_drain().await;
+            tracing::info!(
+                delay_ms = shutdown_delay.as_millis() as u64,
+                "waiting the shutdown delay before refusing requests"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(shutdown_delay) => {}
+                () = shutdown_signal() => tracing::warn!("second signal: skipping the rest of the shutdown delay"),
+            }
+            let left = node
+                .close_requests(Duration::from_millis(u64::from(
+                    ringkv::coordinator::MAX_TIMEOUT_MS,
+                )))
+                .await;
+            if left > 0 {
+                tracing::warn!(left, "requests still running at the end of the drain");
+            }
+        }
+    };
+    ringkv::rpc::server::serve(listener, node.clone(), drained).await;
+    stop.cancel();
+    http_stop.cancel();
+    if let Some(task) = http {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    node.close()
+        .map_err(|e| Failure::other(format!("closing the store failed: {e}")))?;
+    tracing::info!("stopped cleanly");
+    Ok(EXIT_OK)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn serve_config_node(args: ServeArgs) -> Result<NodeConfig, Failure> {
+        serve_config(args).map(|c| c.node)
+    }
 
     #[test]
     fn flags_override_the_file_and_bad_values_are_refused() {
@@ -339,20 +730,20 @@ mod tests {
             listen: Some("127.0.0.1:9001".into()),
             ..ServeArgs::default()
         };
-        let cfg = node_config(args).expect("valid");
+        let cfg = serve_config_node(args).expect("valid");
         assert_eq!(cfg.listen.port(), 9001);
         assert_eq!(cfg.sync, SyncPolicy::Always);
         assert_eq!(cfg.limits.max_siblings, 7);
         std::fs::write(&path, "lisen = \"x\"\n").expect("write");
         assert!(
-            node_config(ServeArgs {
+            serve_config_node(ServeArgs {
                 config: Some(path),
                 ..ServeArgs::default()
             })
             .is_err()
         );
         assert!(
-            node_config(ServeArgs {
+            serve_config_node(ServeArgs {
                 ring_size: Some(100),
                 ..ServeArgs::default()
             })
@@ -362,23 +753,121 @@ mod tests {
             max_in_flight: Some(0),
             ..ServeArgs::default()
         };
-        assert!(node_config(no_slots).is_err());
+        assert!(serve_config_node(no_slots).is_err());
         let eight = ServeArgs {
             max_in_flight: Some(8),
             ..ServeArgs::default()
         };
         assert_eq!(
-            node_config(eight)
+            serve_config_node(eight)
                 .expect("valid")
                 .max_in_flight_per_connection,
             8
         );
         assert!(
-            node_config(ServeArgs {
+            serve_config_node(ServeArgs {
                 listen: Some("nohost".into()),
                 ..ServeArgs::default()
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn unknown_variables_are_refused_by_name_and_service_links_skipped() {
+        let known = known_variables();
+        assert!(known.contains(&"RINGKV_ADVERTISE".to_string()));
+        assert!(known.contains(&"RINGKV_SEEDS".to_string()));
+        let ok = check_environment(
+            [
+                "PATH".to_string(),
+                "RINGKV_LISTEN".into(),
+                "RINGKV_CLUSTER_SECRET".into(),
+                "RINGKV_SERVICE_HOST".into(),
+                "RINGKV_PORT_7400_TCP".into(),
+            ],
+            &known,
+        )
+        .expect("known");
+        assert_eq!(ok, vec!["RINGKV_SERVICE_HOST", "RINGKV_PORT_7400_TCP"]);
+        let err = check_environment(["RINGKV_LISTN".to_string()], &known).expect_err("typo");
+        assert_eq!(err.code, crate::cli::EXIT_USAGE);
+        assert!(err.message.contains("RINGKV_LISTN"), "{}", err.message);
+    }
+
+    #[test]
+    fn advertise_and_seeds_take_names_and_refuse_what_peers_cannot_reach() {
+        let named = serve_config(ServeArgs {
+            listen: Some("0.0.0.0:7400".into()),
+            advertise: Some("ringkv-1:7400".into()),
+            seeds: vec!["ringkv-peers:7400".into(), "10.0.0.2:7400".into()],
+            insecure_dev: true,
+            ..ServeArgs::default()
+        })
+        .expect("valid");
+        assert_eq!(named.advertise, Advertise::Name("ringkv-1:7400".into()));
+        assert_eq!(named.node.cluster.seed_names, vec!["ringkv-peers:7400"]);
+        assert_eq!(named.node.cluster.seeds.len(), 1);
+        let unspecified = serve_config(ServeArgs {
+            listen: Some("0.0.0.0:7400".into()),
+            seeds: vec!["10.0.0.2:7400".into()],
+            insecure_dev: true,
+            ..ServeArgs::default()
+        })
+        .expect_err("peers and nothing to reach this node at");
+        assert!(
+            unspecified.message.contains("--advertise"),
+            "{}",
+            unspecified.message
+        );
+        for bad in ["0.0.0.0:7400", "host", "host:0", "bad name:1"] {
+            assert!(
+                serve_config(ServeArgs {
+                    advertise: Some(bad.into()),
+                    ..ServeArgs::default()
+                })
+                .is_err(),
+                "{bad}"
+            );
+        }
+        // A seed name means peers: without a secret the node refuses to start.
+        assert!(
+            serve_config(ServeArgs {
+                seeds: vec!["ringkv-peers:7400".into()],
+                ..ServeArgs::default()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_effective_configuration_reads_back_as_the_same_configuration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123").expect("write");
+        let cfg = serve_config(ServeArgs {
+            listen: Some("127.0.0.1:9100".into()),
+            advertise: Some("10.1.2.3:9100".into()),
+            http_listen: Some("127.0.0.1:9180".into()),
+            shutdown_delay: Some("2s".into()),
+            seeds: vec!["10.1.2.4:9100".into(), "peers.local:9100".into()],
+            zone: Some("a".into()),
+            cluster_secret_file: Some(secret.clone()),
+            ..ServeArgs::default()
+        })
+        .expect("valid");
+        let text = render_effective(&cfg).expect("render");
+        assert!(text.contains("# cluster secret: set (from file"), "{text}");
+        assert!(!text.contains("0123456789abcdef"), "no secret printed");
+        let path = dir.path().join("effective.toml");
+        std::fs::write(&path, &text).expect("write");
+        let again = serve_config(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .expect("reads back");
+        assert_eq!(render_effective(&again).expect("render"), text);
+        assert_eq!(again.shutdown_delay, Duration::from_secs(2));
+        assert_eq!(again.http_listen.port(), 9180);
     }
 }

@@ -70,3 +70,19 @@ pub async fn remove(addr: &str, key: ClusterKey, node_id: &str) -> Result<(), Cl
         .await
         .map_err(admin_error)
 }
+
+/// Operator command: the node at `addr` stops gracefully, as on SIGTERM (readiness
+/// off, peers told, requests finished, store synced, process exits). Returns its id.
+///
+/// # Errors
+/// [`ClientError::Connect`] also when the node refuses the key.
+pub async fn drain(addr: &str, key: ClusterKey) -> Result<String, ClientError> {
+    let a = admin_addr(addr).await?;
+    let peers = Peers::new(TokioNetwork, key, String::new(), 1 << 20);
+    peers
+        .call_no_retry(a, super::DEFAULT_TIMEOUT, |c, ctx| async move {
+            c.drain(ctx).await
+        })
+        .await
+        .map_err(admin_error)
+}

@@ -320,6 +320,12 @@ impl Client {
             };
             match answer {
                 Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e @ ApiError::ShuttingDown { .. })) => {
+                    // Refused before anything was applied: safe to send elsewhere,
+                    // writes included.
+                    self.routing.mark_failed(addr);
+                    last = Some(ClientError::Api(e));
+                }
                 Ok(Err(e)) => return Err(unknown_outcome(e, unknown)),
                 Err(e) => {
                     // Even `Shutdown` may come after the request left (the connection
@@ -348,7 +354,28 @@ impl Client {
         self.routing.refreshing();
         let this = self.clone();
         tokio::spawn(async move {
-            if let Ok(ring) = this.ring().await {
+            // From the connected node, else from any member that answers: the
+            // connected node may be the one restarting.
+            let mut ring = this.ring().await.ok();
+            if ring.is_none() {
+                for addr in this.routing.known_addresses() {
+                    if addr == this.home.addr {
+                        continue;
+                    }
+                    let Ok(conn) = this.routing.conn(addr).await else {
+                        continue;
+                    };
+                    let timeout = this.timeout;
+                    let answer =
+                        tokio::time::timeout(timeout, conn.rpc.ring(crate::rpc::context(timeout)))
+                            .await;
+                    if let Ok(Ok(r)) = answer {
+                        ring = Some(r);
+                        break;
+                    }
+                }
+            }
+            if let Some(ring) = ring {
                 this.routing.learn(&ring);
             }
         });
@@ -358,6 +385,29 @@ impl Client {
     /// closed (the node restarted).
     async fn home(&self) -> Result<Conn, ClientError> {
         self.routing.conn(self.home.addr).await
+    }
+
+    /// The cluster's health as the connected node sees it.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`].
+    pub async fn cluster_health(&self) -> Result<crate::rpc::api::ClusterHealth, ClientError> {
+        self.on_home(self.timeout, |rpc, ctx| async move {
+            rpc.cluster_health(ctx).await
+        })
+        .await
+    }
+
+    /// Handoffs and hints of the connected node.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`].
+    pub async fn transfers(&self) -> Result<crate::rpc::api::Transfers, ClientError> {
+        self.on_home(
+            self.timeout,
+            |rpc, ctx| async move { rpc.transfers(ctx).await },
+        )
+        .await
     }
 
     /// The ring and members as the connected node sees them.

@@ -13,8 +13,10 @@ use crate::net::Dialer;
 use crate::ring::{Ring, partition_of};
 use crate::rpc::api::RingInfo;
 
-/// How often the ring is fetched again.
-const REFRESH: Duration = Duration::from_secs(5);
+/// How often the ring is fetched again: well inside a server's default shutdown
+/// delay (5 s), so a node that announced its stop is routed around before it
+/// starts refusing requests.
+const REFRESH: Duration = Duration::from_secs(2);
 /// How long a node that failed is tried last.
 const PENALTY: Duration = Duration::from_secs(3);
 
@@ -127,6 +129,21 @@ impl Routing {
             addresses,
             down,
         });
+    }
+
+    /// Every member address the table knows, healthy ones first.
+    pub(super) fn known_addresses(&self) -> Vec<SocketAddr> {
+        let guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(t) = guard.as_ref() else {
+            return Vec::new();
+        };
+        let mut out: Vec<(bool, SocketAddr)> = t
+            .addresses
+            .iter()
+            .map(|(id, a)| (t.down.contains(id), *a))
+            .collect();
+        out.sort();
+        out.into_iter().map(|(_, a)| a).collect()
     }
 
     /// Addresses of the primaries of `key`, healthy ones first.

@@ -28,6 +28,13 @@ pub enum Command {
     /// it removes itself, so it no longer counts as a member reaping must hear
     /// from once it is shut down (review C15).
     Retire,
+    /// The node is stopping (a drain): peers see it down at once, not after SWIM's
+    /// suspicion timeout, so they stop sending to it while it still answers. It
+    /// stays a member: when it starts again it is back as itself.
+    Stopping,
+    /// The seeds given by name resolved to these addresses (sent by the shell's
+    /// own resolver).
+    Resolved(Vec<SocketAddr>),
 }
 
 /// What the shell needs to start.
@@ -35,7 +42,9 @@ pub enum Command {
 pub struct ShellConfig {
     /// This node's id.
     pub node_id: String,
-    /// RPC address; gossip binds UDP on the same address.
+    /// Address gossip binds UDP on (the RPC listen address).
+    pub listen: SocketAddr,
+    /// Address this node is known by: gossip and the ring carry it.
     pub address: SocketAddr,
     /// Failure zone.
     pub zone: String,
@@ -45,6 +54,9 @@ pub struct ShellConfig {
     pub key: ClusterKey,
     /// Addresses to join through.
     pub seeds: Vec<SocketAddr>,
+    /// Seeds given by name (`HOST:PORT`): resolved to every address they stand for,
+    /// again on every join attempt.
+    pub seed_names: Vec<String>,
     /// Partitions on the ring.
     pub ring_size: u32,
     /// Replicas per key.
@@ -101,25 +113,20 @@ pub async fn start<N: Network>(
         return Err(ShellError::Removed);
     }
     let socket = net
-        .bind_udp(cfg.address)
+        .bind_udp(cfg.listen)
         .await
         .map_err(|source| ShellError::Bind {
-            addr: cfg.address,
+            addr: cfg.listen,
             source,
         })?;
-    let others: Vec<SocketAddr> = cfg
-        .seeds
-        .iter()
-        .copied()
-        .filter(|s| *s != cfg.address)
-        .collect();
-    // A node that was active stays active across restarts; a new node with seeds is
-    // joining until it has heard from an active member; a node without seeds starts
-    // a cluster of its own.
+    let is_seed = is_a_seed(cfg.address, &cfg.seeds, !cfg.seed_names.is_empty());
+    // A node that was active stays active across restarts; a new node is joining
+    // until it has heard from an active member, unless it is a seed itself (see
+    // `is_a_seed`), which may start a cluster of its own.
     let status = match store.meta(META_STATUS)?.as_deref() {
         Some(b"active") => Status::Active,
         Some(b"leaving") => Status::Leaving,
-        _ if others.is_empty() => Status::Active,
+        _ if is_seed => Status::Active,
         _ => Status::Joining,
     };
     store.set_meta(META_STATUS, status_name(status).as_bytes())?;
@@ -181,6 +188,13 @@ pub async fn start<N: Network>(
         commands: tx,
         removed: std::sync::atomic::AtomicBool::new(false),
     });
+    if !cfg.seed_names.is_empty() {
+        tokio::spawn(resolve_seeds(
+            net.clone(),
+            cfg.seed_names.clone(),
+            Arc::downgrade(&state),
+        ));
+    }
     let shell = Shell {
         gossip,
         cfg,
@@ -188,7 +202,7 @@ pub async fn start<N: Network>(
         state: state.clone(),
         own,
         liveness: BTreeMap::new(),
-        has_other_seeds: !others.is_empty(),
+        is_seed,
     };
     let handle = tokio::spawn(shell.run(socket, rx, first, shutdown));
     Ok((state, handle))
@@ -201,7 +215,72 @@ struct Shell {
     state: Arc<ClusterState>,
     own: NodeRecord,
     liveness: BTreeMap<u64, Liveness>,
-    has_other_seeds: bool,
+    is_seed: bool,
+}
+
+/// Whether a node known by `me` may start a cluster of its own: it has no seeds at
+/// all, or it is one of them. Every node of a cluster started together from one
+/// seed list (a compose file, a headless Service name that resolves to every pod)
+/// is a seed, and seeds that start apart merge once they hear of each other: the
+/// ring is a function of the member set, so there is no layout to agree on first.
+/// Until names resolve (`names_pending`), a node is no seed.
+fn is_a_seed(me: SocketAddr, seeds: &[SocketAddr], names_pending: bool) -> bool {
+    seeds.contains(&me) || (seeds.is_empty() && !names_pending)
+}
+
+/// First and longest pause between resolutions of the seed names while the node
+/// knows no other live member (a join attempt each time), and the pause once it
+/// does (the addresses are kept fresh for the re-announces after a split).
+const RESOLVE_FIRST: Duration = Duration::from_secs(1);
+const RESOLVE_LONGEST: Duration = Duration::from_secs(30);
+
+/// Resolves the seed names again and again, with back-off, and hands the addresses
+/// to the shell; ends with the shell.
+async fn resolve_seeds<N: Network>(
+    net: N,
+    names: Vec<String>,
+    state: std::sync::Weak<ClusterState>,
+) {
+    let mut pause = RESOLVE_FIRST;
+    let mut last: Option<Vec<SocketAddr>> = None;
+    loop {
+        let mut all = Vec::new();
+        for name in &names {
+            match net.resolve(name).await {
+                Ok(addrs) => all.extend(addrs),
+                Err(error) => tracing::warn!(seed = %name, %error, "cannot resolve seed"),
+            }
+        }
+        all.sort();
+        all.dedup();
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        if last.as_ref() != Some(&all) {
+            tracing::info!(seeds = ?all, "seed names resolved");
+            if state
+                .commands
+                .send(Command::Resolved(all.clone()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            last = Some(all);
+        }
+        let view = state.view();
+        drop(state);
+        let alone = !view
+            .liveness
+            .iter()
+            .any(|(id, l)| *id != view.self_id && *l == Liveness::Alive);
+        pause = if alone {
+            (pause * 2).min(RESOLVE_LONGEST)
+        } else {
+            RESOLVE_LONGEST
+        };
+        tokio::time::sleep(pause).await;
+    }
 }
 
 impl Shell {
@@ -285,6 +364,19 @@ impl Shell {
 
     fn command(&mut self, c: Command) -> Vec<Output> {
         match c {
+            Command::Resolved(addrs) => {
+                let mut seeds = self.cfg.seeds.clone();
+                seeds.extend(addrs);
+                seeds.sort();
+                seeds.dedup();
+                self.is_seed = is_a_seed(self.cfg.address, &seeds, false);
+                self.gossip.set_seeds(seeds);
+                Vec::new()
+            }
+            Command::Stopping => {
+                tracing::info!("announcing the stop to gossip peers");
+                self.gossip.leave()
+            }
             Command::Retire => {
                 if self.own.status != Status::Leaving {
                     return Vec::new();
@@ -366,7 +458,7 @@ impl Shell {
             let active_peer = members
                 .iter()
                 .any(|r| r.node_id != self.cfg.node_id && r.status == Status::Active);
-            if active_peer || !self.has_other_seeds {
+            if active_peer || self.is_seed {
                 return self.republish(Status::Active);
             }
         }

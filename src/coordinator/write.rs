@@ -42,7 +42,8 @@ pub(super) fn permanent(e: &ApiError) -> bool {
         ApiError::Storage { .. }
         | ApiError::Unavailable { .. }
         | ApiError::QuorumNotReached(_)
-        | ApiError::NotPrimary { .. } => false,
+        | ApiError::NotPrimary { .. }
+        | ApiError::ShuttingDown { .. } => false,
         ApiError::EmptyKey
         | ApiError::KeyTooLarge { .. }
         | ApiError::ValueTooLarge { .. }
@@ -247,7 +248,9 @@ impl Coordinator {
                 .await;
             match r {
                 Ok(reply) => return Ok(reply),
-                Err(PeerError::Api(api @ ApiError::NotPrimary { .. })) => {
+                Err(PeerError::Api(
+                    api @ (ApiError::NotPrimary { .. } | ApiError::ShuttingDown { .. }),
+                )) => {
                     // Nothing applied there: the next primary may take it.
                     errors.push((p.clone(), api.to_string()));
                 }

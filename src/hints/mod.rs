@@ -69,6 +69,12 @@ pub struct Hints {
     pub stored: AtomicU64,
     /// Hints delivered since start.
     pub delivered: AtomicU64,
+    /// Hints waiting per owner, and since when that owner has had some, counted
+    /// since open (what was kept before is in `inherited`, owner unknown until
+    /// delivered: counting it would mean reading every hint at start).
+    by_owner: Mutex<std::collections::BTreeMap<String, (u64, tokio::time::Instant)>>,
+    inherited: AtomicU64,
+    opened: tokio::time::Instant,
 }
 
 /// One stored hint.
@@ -152,6 +158,9 @@ impl Hints {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             stored: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            by_owner: Mutex::new(std::collections::BTreeMap::new()),
+            inherited: AtomicU64::new(pending),
+            opened: tokio::time::Instant::now(),
         })
     }
 
@@ -195,6 +204,10 @@ impl Hints {
         self.store.put_hint(&id, &next)?;
         if old.is_none() {
             self.pending.fetch_add(1, Ordering::Relaxed);
+            let mut by = self.by_owner.lock().unwrap_or_else(|p| p.into_inner());
+            by.entry(owner.to_string())
+                .or_insert((0, tokio::time::Instant::now()))
+                .0 += 1;
         }
         self.bytes.fetch_add(next.len() as u64, Ordering::Relaxed);
         self.bytes.fetch_sub(old_len, Ordering::Relaxed);
@@ -240,6 +253,22 @@ impl Hints {
             None => return Ok(true),
         }
         self.store.remove_hint(&hint.id)?;
+        {
+            let mut by = self.by_owner.lock().unwrap_or_else(|p| p.into_inner());
+            match by.get_mut(&hint.owner) {
+                Some((n, _)) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    by.remove(&hint.owner);
+                }
+                None => {
+                    let _ =
+                        self.inherited
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            });
+                }
+            }
+        }
         let _ = self
             .pending
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| p.checked_sub(1));
@@ -250,6 +279,37 @@ impl Hints {
                 Some(b.saturating_sub(len))
             });
         Ok(true)
+    }
+}
+
+impl Hints {
+    /// Hints waiting per owner (those kept from before this start, whose owners
+    /// are not counted, under `None`).
+    pub fn by_owner(&self) -> Vec<(Option<String>, u64)> {
+        let by = self.by_owner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(Option<String>, u64)> =
+            by.iter().map(|(o, (n, _))| (Some(o.clone()), *n)).collect();
+        let inherited = self.inherited.load(Ordering::Relaxed);
+        if inherited > 0 {
+            out.push((None, inherited));
+        }
+        out
+    }
+
+    /// How long the oldest waiting hint has waited, at least: an owner's clock
+    /// starts when it got its first waiting hint, and hints kept from before this
+    /// start count from the start. Zero when none waits.
+    pub fn oldest_age(&self) -> Duration {
+        if self.pending() == 0 {
+            return Duration::ZERO;
+        }
+        let by = self.by_owner.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = by.values().map(|(_, since)| *since).min();
+        let oldest = match (oldest, self.inherited.load(Ordering::Relaxed) > 0) {
+            (_, true) => Some(self.opened),
+            (o, false) => o,
+        };
+        oldest.map(|t| t.elapsed()).unwrap_or(Duration::ZERO)
     }
 }
 
@@ -292,8 +352,17 @@ mod tests {
         }
         let b = h.for_owner("node-b", 10).expect("hints");
         assert_eq!(b[0].key, b"k2");
+        assert_eq!(h.by_owner(), vec![(None, 2)], "owners are not read at open");
         assert!(h.remove_delivered(&b[0]).expect("remove"));
         assert_eq!(h.pending(), 1);
+        h.put("node-c", b"k3", &state(1, b"o4")).expect("put");
+        assert_eq!(
+            h.by_owner(),
+            vec![(Some("node-c".to_string()), 1), (None, 1)]
+        );
+        let c = h.for_owner("node-c", 10).expect("hints");
+        assert!(h.remove_delivered(&c[0]).expect("remove"));
+        assert_eq!(h.by_owner(), vec![(None, 1)]);
         assert_eq!(parse_hint_key(&[200]), None);
         assert_eq!(parse_hint_key(&[KEYED, 9, b'x']), None);
     }

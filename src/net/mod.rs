@@ -78,6 +78,22 @@ pub trait Network: Clone + Send + Sync + 'static {
     /// Binds a UDP socket.
     fn bind_udp(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Socket>> + Send;
 
+    /// Every address `host_port` (`HOST:PORT`, HOST a name or an IP) stands for: all
+    /// A and AAAA records of a name. The default takes numeric addresses only, so a
+    /// simulated network never reaches a real resolver.
+    fn resolve(&self, host_port: &str) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send {
+        let parsed = host_port
+            .parse::<SocketAddr>()
+            .map(|a| vec![a])
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{host_port:?} is not a numeric HOST:PORT"),
+                )
+            });
+        std::future::ready(parsed)
+    }
+
     /// Whether RPC frames go out one per write instead of batched into writes of up
     /// to 8 KiB. Real sockets batch (fewer write calls; about 15 % more throughput
     /// on a 3-node cluster). The simulation writes one frame per write: batching cut

@@ -59,6 +59,18 @@ impl Network for TokioNetwork {
     async fn bind_udp(&self, addr: SocketAddr) -> io::Result<UdpSocket> {
         UdpSocket::bind(addr).await
     }
+
+    /// The system resolver (tokio runs it on the blocking pool), every record; a
+    /// numeric address never reaches it.
+    async fn resolve(&self, host_port: &str) -> io::Result<Vec<SocketAddr>> {
+        if let Ok(addr) = host_port.parse::<SocketAddr>() {
+            return Ok(vec![addr]);
+        }
+        let mut all: Vec<SocketAddr> = tokio::net::lookup_host(host_port).await?.collect();
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +95,21 @@ mod tests {
         s.read_exact(&mut buf).await.expect("read");
         assert_eq!(&buf, b"ping");
         client.await.expect("client");
+    }
+
+    #[tokio::test]
+    async fn names_resolve_to_every_address_and_numbers_to_themselves() {
+        let net = TokioNetwork;
+        let one = net.resolve("127.0.0.1:7400").await.expect("numeric");
+        assert_eq!(one, vec!["127.0.0.1:7400".parse().expect("addr")]);
+        let local = net.resolve("localhost:7400").await.expect("localhost");
+        assert!(
+            !local.is_empty()
+                && local
+                    .iter()
+                    .all(|a| a.port() == 7400 && a.ip().is_loopback())
+        );
+        assert!(net.resolve("no-port").await.is_err());
     }
 
     #[tokio::test]

@@ -1,5 +1,8 @@
 //! A running node: its identity, storage, coordinator and counters.
 
+pub mod health;
+pub mod requests;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +33,9 @@ use crate::rpc::api::{
 pub struct ClusterConfig {
     /// Addresses of nodes to join through.
     pub seeds: Vec<SocketAddr>,
+    /// Seeds given by name (`HOST:PORT`), resolved to all their addresses on every
+    /// join attempt (a headless Service name finds every pod).
+    pub seed_names: Vec<String>,
     /// Failure zone of this node.
     pub zone: String,
     /// Request defaults (N, R, W, deadline, hinted handoff).
@@ -48,6 +54,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             seeds: Vec::new(),
+            seed_names: Vec::new(),
             zone: String::new(),
             settings: Settings::default(),
             key: ClusterKey::derive(b"ringkv insecure development cluster"),
@@ -62,8 +69,12 @@ impl Default for ClusterConfig {
 pub struct NodeConfig {
     /// Data directory.
     pub data_dir: PathBuf,
-    /// RPC listen address.
+    /// RPC listen address; gossip binds UDP on it too.
     pub listen: SocketAddr,
+    /// The address peers and clients reach this node at, carried by gossip and the
+    /// ring; `None` means the listen address (which then must not be unspecified
+    /// when the node has peers).
+    pub advertise: Option<SocketAddr>,
     /// Node id; defaults to the one stored in the data directory, else the listen
     /// address with a suffix unique to the directory.
     pub node_id: Option<String>,
@@ -97,6 +108,7 @@ impl NodeConfig {
         NodeConfig {
             data_dir: data_dir.into(),
             listen,
+            advertise: None,
             node_id: None,
             sync: SyncPolicy::Interval(SyncPolicy::DEFAULT_INTERVAL),
             limits: Limits::default(),
@@ -109,6 +121,11 @@ impl NodeConfig {
             disk: Disk::Os,
             store_driver: Driver::Threads,
         }
+    }
+
+    /// The address gossip and the ring carry for this node.
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
     }
 }
 
@@ -200,6 +217,11 @@ pub struct Node {
     started: Instant,
     /// Service counters.
     pub stats: Stats,
+    /// Request latencies by operation and outcome.
+    pub requests: requests::RequestStats,
+    /// Serving, draining or closing; requests in flight.
+    pub lifecycle: requests::Lifecycle,
+    stop: tokio::sync::Notify,
 }
 
 fn read_u64(store: &Store, name: &'static str) -> Result<Option<u64>, NodeError> {
@@ -279,7 +301,7 @@ impl Node {
                 // cluster is final for an id, and a wiped node must come back as new.
                 let id = requested
                     .clone()
-                    .unwrap_or_else(|| format!("{}-{:04x}", config.listen, actor >> 48));
+                    .unwrap_or_else(|| format!("{}-{:04x}", config.advertised(), actor >> 48));
                 store.set_meta("node_id", id.as_bytes())?;
                 id
             }
@@ -309,11 +331,13 @@ impl Node {
             &net,
             ShellConfig {
                 node_id: node_id.clone(),
-                address: config.listen,
+                listen: config.listen,
+                address: config.advertised(),
                 zone: config.cluster.zone.clone(),
                 generation,
                 key: config.cluster.key.clone(),
                 seeds: config.cluster.seeds.clone(),
+                seed_names: config.cluster.seed_names.clone(),
                 ring_size: config.ring_size,
                 n: usize::from(settings.n),
                 probe_period: config.cluster.probe_period,
@@ -354,6 +378,9 @@ impl Node {
             generation,
             started: Instant::now(),
             stats: Stats::default(),
+            requests: Default::default(),
+            lifecycle: Default::default(),
+            stop: tokio::sync::Notify::new(),
         }))
     }
 
@@ -386,7 +413,7 @@ impl Node {
         let store = self.coordinator.replica().store();
         Status {
             node_id: self.node_id.clone(),
-            address: self.config.listen.to_string(),
+            address: self.config.advertised().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             data_dir: self.config.data_dir.display().to_string(),
             sync: match self.config.sync {
@@ -475,6 +502,46 @@ impl Node {
     /// The shared cluster state.
     pub fn cluster(&self) -> &Arc<ClusterState> {
         self.coordinator.cluster()
+    }
+
+    /// Asks the process serving this node to stop as on SIGTERM (`ringkv drain`).
+    pub fn request_stop(&self) {
+        self.stop.notify_one();
+    }
+
+    /// Completes when a stop was asked for with [`Node::request_stop`].
+    pub async fn stop_requested(&self) {
+        self.stop.notified().await;
+    }
+
+    /// Starts a graceful stop: the node reports not ready and tells its peers
+    /// through gossip that it is going down (not a leave: no data moves, and it
+    /// comes back as itself), so coordinators and ring-aware clients send to the
+    /// other replicas. It goes on serving until [`Node::close_requests`].
+    pub async fn begin_drain(&self) {
+        if self.lifecycle.start_draining() {
+            return;
+        }
+        tracing::info!("draining: not ready, telling peers this node is stopping");
+        if let Err(error) = self
+            .cluster()
+            .command(crate::cluster::shell::Command::Stopping)
+            .await
+        {
+            tracing::warn!(%error, "cannot announce the stop");
+        }
+    }
+
+    /// Refuses new client and forwarded requests (nothing applied: clients send
+    /// them elsewhere) and waits, at most `limit`, for those in flight; returns how
+    /// many were still running when it gave up.
+    pub async fn close_requests(&self, limit: Duration) -> u64 {
+        self.lifecycle.close();
+        let deadline = Instant::now() + limit;
+        while self.lifecycle.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.lifecycle.in_flight()
     }
 
     /// Syncs the store (whatever the policy).

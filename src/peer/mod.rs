@@ -109,4 +109,7 @@ pub trait Peer {
     async fn leave() -> Result<String, ApiError>;
     /// Operator: remove a (dead) node from the cluster.
     async fn remove(node_id: String) -> Result<(), ApiError>;
+    /// Operator: stop this node gracefully, as SIGTERM would (not a leave: no data
+    /// moves). Returns its id.
+    async fn drain() -> Result<String, ApiError>;
 }

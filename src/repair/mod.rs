@@ -104,6 +104,11 @@ pub struct RepairStatus {
     /// States refused because a tombstone reaped here covered them (late copies
     /// from before the delete).
     pub late_states_refused: u64,
+    /// Milliseconds since the partition of this node's verified longest ago was
+    /// last found equal on a peer (since start for one never verified).
+    pub oldest_unverified_ms: u64,
+    /// The ring epoch each peer answered the last root comparison with.
+    pub peer_epochs: BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -133,6 +138,14 @@ pub struct Repair {
     throttle: tokio::sync::Mutex<Instant>,
     rounds: AtomicU64,
     trigger: mpsc::Sender<Trigger>,
+    /// The ring epoch each peer answered the last root comparison with: whether the
+    /// cluster agrees on one ring, as far as this node has heard.
+    peer_epochs: Mutex<BTreeMap<String, String>>,
+    /// When each partition was last found equal on this node and a peer (roots
+    /// equal, or an exchange done); `None` until then. The oldest is how stale
+    /// anti-entropy's guarantee is.
+    verified: Mutex<Vec<Option<Instant>>>,
+    started: Instant,
 }
 
 /// Whether to store what the peer has (both ways) or only give ours (handoff).
@@ -163,6 +176,9 @@ impl Repair {
             throttle: tokio::sync::Mutex::new(Instant::now()),
             rounds: AtomicU64::new(0),
             trigger: tx,
+            peer_epochs: Mutex::new(BTreeMap::new()),
+            verified: Mutex::new(Vec::new()),
+            started: Instant::now(),
         });
         tokio::spawn(r.clone().run(rx, shutdown));
         r
@@ -209,6 +225,12 @@ impl Repair {
             tombstones_reaped: c.tombstones_reaped.load(Ordering::Relaxed),
             tombstones_pending: self.coordinator.tombstones_pending() as u64,
             late_states_refused: self.coordinator.late_states_refused(),
+            oldest_unverified_ms: self.oldest_unverified().as_millis() as u64,
+            peer_epochs: self
+                .peer_epochs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             reap_waiting_for: {
                 let view = self.coordinator.cluster().view();
                 view.members
@@ -221,6 +243,39 @@ impl Repair {
                     .collect()
             },
         }
+    }
+
+    /// How long ago the partition of this node's that was verified against a peer
+    /// longest ago was last verified (since start, for one never verified).
+    fn oldest_unverified(&self) -> Duration {
+        let view = self.coordinator.cluster().view();
+        let Some(ring) = &view.ring else {
+            return Duration::ZERO;
+        };
+        let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        (0..ring.ring_size())
+            .filter(|&p| {
+                walk_of(ring, p, view.n)
+                    .0
+                    .iter()
+                    .any(|id| *id == view.self_id)
+            })
+            .map(|p| {
+                let at = verified.get(p as usize).copied().flatten();
+                now.duration_since(at.unwrap_or(self.started))
+            })
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    fn mark_verified(&self, p: u32) {
+        let mut v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let i = p as usize;
+        if v.len() <= i {
+            v.resize(i + 1, None);
+        }
+        v[i] = Some(Instant::now());
     }
 
     async fn run(
@@ -354,7 +409,7 @@ impl Repair {
                     async move { c.ae_roots(ctx, ps).await }
                 })
                 .await;
-            let (_, remote) = match remote {
+            let (their_epoch, remote) = match remote {
                 Ok(r) if r.1.len() == parts.len() => r,
                 Ok(_) => continue,
                 Err(error) => {
@@ -372,9 +427,16 @@ impl Repair {
                 .roots_compared
                 .fetch_add(parts.len() as u64, Ordering::Relaxed);
             report.compared += parts.len() as u64;
+            let same_ring = their_epoch == view.epoch_hex();
+            self.peer_epochs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(peer.clone(), their_epoch);
             for ((p, l), r) in parts.into_iter().zip(local).zip(remote) {
                 if l != r {
                     work.push((addr, p, l, r));
+                } else if same_ring {
+                    self.mark_verified(p);
                 }
             }
         }
@@ -385,7 +447,10 @@ impl Repair {
         let repaired: Vec<u64> = futures::stream::iter(work)
             .map(|(addr, p, l, r)| async move {
                 match self.exchange(addr, p, l, r, Mode::Both).await {
-                    Ok(n) => n,
+                    Ok(n) => {
+                        self.mark_verified(p);
+                        n
+                    }
                     Err(error) => {
                         tracing::debug!(partition = p, %error, "exchange failed");
                         0

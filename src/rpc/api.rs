@@ -147,6 +147,92 @@ pub struct ClusterStatus {
     pub peer_requests_refused: u64,
 }
 
+/// `/v1/cluster/health`: the cluster as this node sees it, for alerting.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterHealth {
+    /// This node.
+    pub node_id: String,
+    /// Members not removed.
+    pub members: u64,
+    /// Of those, seen alive.
+    pub members_alive: u64,
+    /// Members by id that are not alive.
+    pub members_not_alive: Vec<String>,
+    /// Partitions on the ring.
+    pub partitions: u64,
+    /// Partitions whose primaries are all alive.
+    pub partitions_all_up: u64,
+    /// Partitions with at least W primaries alive.
+    pub partitions_write_quorum: u64,
+    /// Partitions with at least R primaries alive.
+    pub partitions_read_quorum: u64,
+    /// Replicas per key, and the default quorums.
+    pub n: u8,
+    /// Default read quorum.
+    pub r: u8,
+    /// Default write quorum.
+    pub w: u8,
+    /// Hints this node keeps for others.
+    pub hints_pending: u64,
+    /// Seconds the oldest of them has waited, at least.
+    pub hints_oldest_seconds: u64,
+    /// Partitions this node holds but no longer owns.
+    pub handoffs_in_flight: u64,
+    /// This node's ring epoch (empty without a ring).
+    pub ring_epoch: String,
+    /// Every alive peer answered anti-entropy's last root comparison with this
+    /// node's ring epoch (peers not heard from yet count as disagreeing).
+    pub ring_agreement: bool,
+    /// Whether every partition has all its replicas up and no hints wait here.
+    pub healthy: bool,
+}
+
+/// A partition this node holds but no longer owns, on its way to its owners.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// The partition.
+    pub partition: u32,
+    /// Its primaries now.
+    pub to: Vec<String>,
+    /// Keys still held here.
+    pub keys_left: u64,
+    /// Bytes of them (keys and states).
+    pub bytes_left: u64,
+}
+
+/// Hints kept for one target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintsFor {
+    /// The node they wait for (`None`: kept from before this node's start, target
+    /// not counted).
+    pub target: Option<String>,
+    /// Hints waiting.
+    pub pending: u64,
+}
+
+/// What `ringkv transfers` shows of one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfers {
+    /// The node.
+    pub node_id: String,
+    /// Partitions on their way out.
+    pub handoffs_out: Vec<Handoff>,
+    /// Partitions handed off since start.
+    pub handoffs_done: u64,
+    /// Keys anti-entropy and handoff moved (both ways) since start.
+    pub keys_moved: u64,
+    /// Bytes they sent since start.
+    pub bytes_sent: u64,
+    /// Bytes they received since start (handoffs and repairs coming in).
+    pub bytes_received: u64,
+    /// Hints by target.
+    pub hints: Vec<HintsFor>,
+    /// Hints waiting in all.
+    pub hints_pending: u64,
+    /// Their bytes.
+    pub hints_bytes: u64,
+}
+
 impl RingInfo {
     /// Members whose status is active (the ones that own partitions).
     pub fn active_members(&self) -> usize {
@@ -333,6 +419,13 @@ pub enum ApiError {
         /// The node that refused.
         node: String,
     },
+    /// The node is stopping (past its shutdown delay): nothing was applied, and
+    /// another replica may take the request.
+    #[error("node {node} is shutting down; nothing was applied")]
+    ShuttingDown {
+        /// The node that refused.
+        node: String,
+    },
 }
 
 impl From<ObjectError> for ApiError {
@@ -430,6 +523,10 @@ pub trait Kv {
     async fn partition_roots() -> Result<Vec<[u8; 32]>, ApiError>;
     /// Runs an anti-entropy round now (all partitions, or one) and reports it.
     async fn repair(partition: Option<u32>) -> Result<RoundReport, ApiError>;
+    /// The cluster's health as this node sees it (`/v1/cluster/health`).
+    async fn cluster_health() -> ClusterHealth;
+    /// Handoffs and hints of this node.
+    async fn transfers() -> Transfers;
 }
 
 /// Bytes that travel as one byte string: postcard writes the length, then the

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use super::api::{ApiError, Blob, GetReply, Kv, RequestOptions, RingInfo, ServerInfo, Status};
 use crate::cluster::shell::Command;
 use crate::net::{Listener, Network, Stream};
+use crate::node::requests::{Op, Outcome, ReplicaOp};
 use crate::node::{Node, NodeError, SharedNode};
 use crate::object::Context;
 use crate::peer::{Peer, WriteReply, WriteRequest, handshake};
@@ -23,6 +24,27 @@ pub struct KvServer {
 }
 
 impl KvServer {
+    /// Runs a client request: refused once the node is closing (nothing applied, so
+    /// the client may send it to another replica), counted in flight while it
+    /// runs (a drain waits for it), timed by operation and outcome.
+    async fn track<T>(
+        &self,
+        op: Op,
+        request: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let Some(_running) = self.node.lifecycle.enter() else {
+            return Err(ApiError::ShuttingDown {
+                node: self.node.node_id().to_string(),
+            });
+        };
+        let started = tokio::time::Instant::now();
+        let r = request.await;
+        self.node
+            .requests
+            .observe(op, Outcome::of(&r), started.elapsed());
+        self.count(r)
+    }
+
     fn count<T>(&self, r: Result<T, ApiError>) -> Result<T, ApiError> {
         self.node.stats.requests.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = &r {
@@ -47,8 +69,10 @@ impl Kv for KvServer {
         key: Vec<u8>,
         opts: RequestOptions,
     ) -> Result<GetReply, ApiError> {
-        let r = self.node.coordinator().get(key, opts).await;
-        self.count(r)
+        self.track(Op::Get, async {
+            self.node.coordinator().get(key, opts).await
+        })
+        .await
     }
 
     async fn put(
@@ -59,12 +83,13 @@ impl Kv for KvServer {
         context: Option<Context>,
         opts: RequestOptions,
     ) -> Result<Context, ApiError> {
-        let r = self
-            .node
-            .coordinator()
-            .put(key, Some(value.0), context, opts)
-            .await;
-        self.count(r)
+        self.track(Op::Put, async {
+            self.node
+                .coordinator()
+                .put(key, Some(value.0), context, opts)
+                .await
+        })
+        .await
     }
 
     async fn delete(
@@ -74,8 +99,10 @@ impl Kv for KvServer {
         context: Option<Context>,
         opts: RequestOptions,
     ) -> Result<Context, ApiError> {
-        let r = self.node.coordinator().put(key, None, context, opts).await;
-        self.count(r)
+        self.track(Op::Delete, async {
+            self.node.coordinator().put(key, None, context, opts).await
+        })
+        .await
     }
 
     async fn counter_add(
@@ -85,8 +112,10 @@ impl Kv for KvServer {
         delta: i64,
         opts: RequestOptions,
     ) -> Result<i128, ApiError> {
-        let r = self.node.coordinator().counter_add(key, delta, opts).await;
-        self.count(r)
+        self.track(Op::CounterAdd, async {
+            self.node.coordinator().counter_add(key, delta, opts).await
+        })
+        .await
     }
 
     async fn counter_get(
@@ -95,8 +124,10 @@ impl Kv for KvServer {
         key: Vec<u8>,
         opts: RequestOptions,
     ) -> Result<Option<i128>, ApiError> {
-        let r = self.node.coordinator().counter_get(key, opts).await;
-        self.count(r)
+        self.track(Op::CounterGet, async {
+            self.node.coordinator().counter_get(key, opts).await
+        })
+        .await
     }
 
     async fn set_add(
@@ -106,13 +137,14 @@ impl Kv for KvServer {
         member: Vec<u8>,
         opts: RequestOptions,
     ) -> Result<(), ApiError> {
-        let r = self
-            .node
-            .coordinator()
-            .set_update(key, member, true, opts)
-            .await
-            .map(|_| ());
-        self.count(r)
+        self.track(Op::SetAdd, async {
+            self.node
+                .coordinator()
+                .set_update(key, member, true, opts)
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
     async fn set_remove(
@@ -122,12 +154,13 @@ impl Kv for KvServer {
         member: Vec<u8>,
         opts: RequestOptions,
     ) -> Result<bool, ApiError> {
-        let r = self
-            .node
-            .coordinator()
-            .set_update(key, member, false, opts)
-            .await;
-        self.count(r)
+        self.track(Op::SetRemove, async {
+            self.node
+                .coordinator()
+                .set_update(key, member, false, opts)
+                .await
+        })
+        .await
     }
 
     async fn set_members(
@@ -136,8 +169,10 @@ impl Kv for KvServer {
         key: Vec<u8>,
         opts: RequestOptions,
     ) -> Result<Option<Vec<Vec<u8>>>, ApiError> {
-        let r = self.node.coordinator().set_members(key, opts).await;
-        self.count(r)
+        self.track(Op::SetMembers, async {
+            self.node.coordinator().set_members(key, opts).await
+        })
+        .await
     }
 
     async fn status(self, _: context::Context) -> Status {
@@ -145,12 +180,26 @@ impl Kv for KvServer {
     }
 
     async fn get_local(self, _: context::Context, key: Vec<u8>) -> Result<GetReply, ApiError> {
-        let r = self.node.coordinator().get_local(key).await;
-        self.count(r)
+        self.track(Op::GetLocal, async {
+            self.node.coordinator().get_local(key).await
+        })
+        .await
     }
 
     async fn ring(self, _: context::Context) -> RingInfo {
         self.node.ring()
+    }
+
+    async fn cluster_health(self, _: context::Context) -> super::api::ClusterHealth {
+        self.node.cluster_health()
+    }
+
+    async fn transfers(self, _: context::Context) -> super::api::Transfers {
+        let node = self.node.clone();
+        // Scans partitions: off the runtime's workers.
+        tokio::task::spawn_blocking(move || node.transfers())
+            .await
+            .unwrap_or_default()
     }
 
     async fn partition_roots(self, _: context::Context) -> Result<Vec<[u8; 32]>, ApiError> {
@@ -253,6 +302,12 @@ impl Peer for PeerServer {
             });
         }
         self.admit()?;
+        let Some(_running) = self.node.lifecycle.enter() else {
+            // Nothing applied: the forwarder tries the next primary.
+            return Err(ApiError::ShuttingDown {
+                node: self.node.node_id().to_string(),
+            });
+        };
         self.node.coordinator().write(request, opts, true).await
     }
 
@@ -263,7 +318,12 @@ impl Peer for PeerServer {
         object: Blob,
     ) -> Result<(), ApiError> {
         self.admit()?;
-        self.node.coordinator().replicate(key, object.0).await
+        let started = tokio::time::Instant::now();
+        let r = self.node.coordinator().replicate(key, object.0).await;
+        self.node
+            .requests
+            .observe_replica(ReplicaOp::Write, started.elapsed());
+        r
     }
 
     async fn hint(
@@ -282,8 +342,12 @@ impl Peer for PeerServer {
 
     async fn read(self, _: context::Context, key: Vec<u8>) -> Result<Option<Blob>, ApiError> {
         self.admit()?;
-        let bytes = self.node.coordinator().read_local_bytes(key).await?;
-        Ok(bytes.map(Blob))
+        let started = tokio::time::Instant::now();
+        let bytes = self.node.coordinator().read_local_bytes(key).await;
+        self.node
+            .requests
+            .observe_replica(ReplicaOp::Read, started.elapsed());
+        Ok(bytes?.map(Blob))
     }
 
     async fn ae_roots(
@@ -365,6 +429,11 @@ impl Peer for PeerServer {
     async fn leave(self, _: context::Context) -> Result<String, ApiError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         membership(self.node.cluster().command(Command::Leave(tx)).await, rx).await?;
+        Ok(self.node.node_id().to_string())
+    }
+
+    async fn drain(self, _: context::Context) -> Result<String, ApiError> {
+        self.node.request_stop();
         Ok(self.node.node_id().to_string())
     }
 

@@ -157,6 +157,12 @@ impl Server {
             .status();
     }
 
+    /// Starts the same node again on another address (same directory and flags).
+    pub fn restart_at(&mut self, addr: &str) {
+        self.addr = addr.to_string();
+        self.restart();
+    }
+
     /// Starts the same node again (same directory, address and flags).
     pub fn restart(&mut self) {
         self.child = spawn(&self.dir, &self.addr, &self.args);
@@ -183,6 +189,17 @@ fn spawn(dir: &Path, addr: &str, extra: &[String]) -> Child {
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args(["--listen", addr])
+        .args(if extra.iter().any(|a| a == "--http-listen") {
+            &[][..]
+        } else {
+            &["--http-listen", "127.0.0.1:0"][..]
+        })
+        // No load balancer to wait for: stop at once unless a test says otherwise.
+        .args(if extra.iter().any(|a| a == "--shutdown-delay") {
+            &[][..]
+        } else {
+            &["--shutdown-delay", "0s"][..]
+        })
         .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

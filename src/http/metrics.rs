@@ -1,0 +1,574 @@
+//! `/metrics`: every figure of the node in Prometheus' text format, read from the
+//! node at scrape time (a collector, so nothing is counted twice). Names follow
+//! Prometheus' conventions: `ringkv_` prefix, base units (seconds, bytes),
+//! `_total` on counters, and labels from small fixed sets only, never a key or
+//! a client address. Histograms have the same buckets on every node
+//! ([`ringkv_storage::LATENCY_BUCKETS`], 100 µs to 10 s), so they add up across a
+//! cluster (a summary's quantiles would not).
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use ringkv_storage::{LATENCY_BUCKETS, LatencySnapshot};
+
+use crate::node::SharedNode;
+use crate::node::requests::{Op, Outcome, ReplicaOp};
+
+/// A registry whose one collector reads `node`.
+pub fn registry(node: SharedNode) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(NodeCollector { node }));
+    r
+}
+
+/// The text exposition of `registry`.
+///
+/// # Errors
+/// Only if formatting fails.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+struct NodeCollector {
+    node: SharedNode,
+}
+
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCollector")
+            .field("node", &self.node.node_id())
+            .finish()
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, String)>;
+
+/// Writes metrics through one encoder; a metric without labels or with rows of
+/// labels.
+struct Out<'a> {
+    enc: DescriptorEncoder<'a>,
+}
+
+impl Out<'_> {
+    fn gauge(&mut self, name: &str, help: &str, v: f64) -> std::fmt::Result {
+        let m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(v).encode(m)
+    }
+
+    fn counter(&mut self, name: &str, help: &str, v: u64) -> std::fmt::Result {
+        let m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(v).encode(m)
+    }
+
+    fn gauges(&mut self, name: &str, help: &str, rows: &[(Labels<'_>, f64)]) -> std::fmt::Result {
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, v) in rows {
+            ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn counters(&mut self, name: &str, help: &str, rows: &[(Labels<'_>, u64)]) -> std::fmt::Result {
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, v) in rows {
+            ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn histograms(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: &[(Labels<'_>, LatencySnapshot)],
+    ) -> std::fmt::Result {
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (labels, s) in rows {
+            let buckets = per_bucket(s);
+            if labels.is_empty() {
+                m.encode_histogram::<NoLabelSet>(s.sum_seconds, s.count, &buckets, None)?;
+            } else {
+                m.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+                    s.sum_seconds,
+                    s.count,
+                    &buckets,
+                    None,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The encoder's buckets: per-bucket counts (it sums them, and writes `+Inf`
+/// from the total count itself).
+fn per_bucket(s: &LatencySnapshot) -> Vec<(f64, u64)> {
+    let mut out = Vec::with_capacity(LATENCY_BUCKETS.len());
+    let mut prior = 0;
+    for (bound, cumulative) in LATENCY_BUCKETS.iter().zip(&s.cumulative) {
+        out.push((*bound, cumulative - prior));
+        prior = *cumulative;
+    }
+    out
+}
+
+/// Sums snapshots (the same buckets).
+fn add(into: &mut LatencySnapshot, s: &LatencySnapshot) {
+    if into.cumulative.is_empty() {
+        into.cumulative = vec![0; s.cumulative.len()];
+    }
+    for (a, b) in into.cumulative.iter_mut().zip(&s.cumulative) {
+        *a += b;
+    }
+    into.count += s.count;
+    into.sum_seconds += s.sum_seconds;
+}
+
+fn secs_ms(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let node = &self.node;
+        let mut o = Out { enc };
+        let status = node.status();
+        let c = &status.cluster;
+        let health = node.cluster_health();
+        let ready = node.readiness();
+        let stats = &status.stats;
+
+        o.gauges(
+            "ringkv_build_info",
+            "The ringkv version this node runs (always 1).",
+            &[(vec![("version", status.version.clone())], 1.0)],
+        )?;
+        o.gauges(
+            "ringkv_node_info",
+            "This node's id and failure zone (always 1).",
+            &[(
+                vec![
+                    ("node_id", status.node_id.clone()),
+                    ("zone", node.config().cluster.zone.clone()),
+                ],
+                1.0,
+            )],
+        )?;
+        o.gauge(
+            "ringkv_uptime_seconds",
+            "Seconds since the node started.",
+            secs_ms(status.uptime_ms),
+        )?;
+        o.gauge(
+            "ringkv_ready",
+            "1 when /readyz answers 200 (store open, active member with a ring, alive, not draining).",
+            f64::from(u8::from(ready.ready())),
+        )?;
+        o.gauge(
+            "ringkv_draining",
+            "1 once a stop was asked for (SIGTERM or drain).",
+            f64::from(u8::from(node.lifecycle.is_draining())),
+        )?;
+        o.gauge(
+            "ringkv_requests_in_flight",
+            "Client and forwarded requests running now.",
+            node.lifecycle.in_flight() as f64,
+        )?;
+
+        // Requests this node coordinated.
+        let mut counts: Vec<(Labels<'_>, u64)> = Vec::new();
+        let mut by_op: Vec<(Labels<'_>, LatencySnapshot)> = Vec::new();
+        let mut indeterminate = 0;
+        for op in Op::ALL {
+            let mut all = LatencySnapshot::default();
+            for outcome in Outcome::ALL {
+                let s = node.requests.histogram(op, outcome).snapshot();
+                if outcome == Outcome::Indeterminate {
+                    indeterminate += s.count;
+                }
+                counts.push((
+                    vec![
+                        ("op", op.label().to_string()),
+                        ("result", outcome.label().to_string()),
+                    ],
+                    s.count,
+                ));
+                add(&mut all, &s);
+            }
+            by_op.push((vec![("op", op.label().to_string())], all));
+        }
+        o.counters(
+            "ringkv_requests",
+            "Client requests this node coordinated, by operation and result (ok, invalid, unavailable, indeterminate, error).",
+            &counts,
+        )?;
+        o.histograms(
+            "ringkv_request_duration_seconds",
+            "Latency of the client requests this node coordinated, by operation.",
+            &by_op,
+        )?;
+        o.histograms(
+            "ringkv_replica_duration_seconds",
+            "Latency of replica reads and writes this node served to coordinators.",
+            &[
+                (
+                    vec![("op", "read".to_string())],
+                    node.requests.replica_histogram(ReplicaOp::Read).snapshot(),
+                ),
+                (
+                    vec![("op", "write".to_string())],
+                    node.requests.replica_histogram(ReplicaOp::Write).snapshot(),
+                ),
+            ],
+        )?;
+        o.counter(
+            "ringkv_quorum_failures",
+            "Requests that failed for want of a quorum.",
+            c.quorum_failures,
+        )?;
+        o.counter(
+            "ringkv_indeterminate_writes",
+            "Writes that failed their quorum but may have been applied somewhere.",
+            indeterminate,
+        )?;
+        o.counter(
+            "ringkv_forwarded_writes",
+            "Writes forwarded to a primary of their key.",
+            c.forwarded,
+        )?;
+        o.counter(
+            "ringkv_read_repairs",
+            "Replicas repaired after reads.",
+            c.read_repairs,
+        )?;
+
+        // Hints.
+        o.gauge(
+            "ringkv_hints_pending",
+            "Hints this node keeps for unreachable replicas.",
+            c.hints_pending as f64,
+        )?;
+        o.gauge(
+            "ringkv_hints_bytes",
+            "Bytes of those hints.",
+            c.hints_bytes as f64,
+        )?;
+        o.gauge(
+            "ringkv_hints_oldest_age_seconds",
+            "Seconds the oldest waiting hint has waited, at least.",
+            health.hints_oldest_seconds as f64,
+        )?;
+        o.counter(
+            "ringkv_hints_stored",
+            "Hints stored since start.",
+            c.hints_stored,
+        )?;
+        o.counter(
+            "ringkv_hints_delivered",
+            "Hints delivered since start.",
+            c.hints_delivered,
+        )?;
+
+        // Anti-entropy, handoff, tombstones.
+        let r = &status.repair;
+        o.counter(
+            "ringkv_antientropy_exchanges",
+            "Anti-entropy exchanges run (partitions whose roots differed).",
+            r.exchanges,
+        )?;
+        o.counter(
+            "ringkv_antientropy_keys_repaired",
+            "Keys whose state anti-entropy or handoff moved.",
+            r.keys_repaired,
+        )?;
+        o.counters(
+            "ringkv_antientropy_bytes",
+            "State bytes anti-entropy and handoff moved, by direction.",
+            &[
+                (vec![("direction", "sent".to_string())], r.bytes_sent),
+                (
+                    vec![("direction", "received".to_string())],
+                    r.bytes_received,
+                ),
+            ],
+        )?;
+        if let Some(ms) = r.last_exchange_ms_ago {
+            o.gauge(
+                "ringkv_antientropy_last_round_age_seconds",
+                "Seconds since the last anti-entropy round completed.",
+                secs_ms(ms),
+            )?;
+        }
+        o.gauge(
+            "ringkv_antientropy_oldest_unverified_seconds",
+            "Seconds since the partition of this node verified longest ago was last found equal on a peer.",
+            secs_ms(r.oldest_unverified_ms),
+        )?;
+        o.gauge(
+            "ringkv_handoffs_in_flight",
+            "Partitions this node holds but no longer owns.",
+            r.handoffs_in_flight as f64,
+        )?;
+        o.counter(
+            "ringkv_handoffs_done",
+            "Partitions handed off and dropped here.",
+            r.handoffs_done,
+        )?;
+        o.counter(
+            "ringkv_tombstones_reaped",
+            "Tombstones reaped on this node.",
+            r.tombstones_reaped,
+        )?;
+        o.gauge(
+            "ringkv_tombstones_pending",
+            "Tombstones waiting to be reaped.",
+            r.tombstones_pending as f64,
+        )?;
+
+        // Gossip and peers.
+        let g = node.cluster().gossip_stats();
+        o.counter(
+            "ringkv_gossip_datagrams_received",
+            "Gossip datagrams received.",
+            g.datagrams_in,
+        )?;
+        o.counter(
+            "ringkv_gossip_datagrams_sent",
+            "Gossip datagrams sent.",
+            g.datagrams_out,
+        )?;
+        o.counters(
+            "ringkv_gossip_datagrams_rejected",
+            "Gossip datagrams refused, by reason (auth: not sealed with this cluster's key).",
+            &[
+                (vec![("reason", "auth".to_string())], g.rejected_auth),
+                (
+                    vec![("reason", "oversized".to_string())],
+                    g.rejected_oversized,
+                ),
+                (
+                    vec![("reason", "malformed".to_string())],
+                    g.rejected_malformed,
+                ),
+            ],
+        )?;
+        o.counter(
+            "ringkv_peer_handshakes_refused",
+            "Peer connections refused at the handshake (wrong secret, removed node).",
+            c.peer_handshakes_refused,
+        )?;
+        o.counter(
+            "ringkv_peer_requests_refused",
+            "Peer requests refused (from removed nodes or operators' tools).",
+            c.peer_requests_refused,
+        )?;
+        let mut members: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        for m in &c.members {
+            *members
+                .entry((m.status.clone(), m.liveness.clone()))
+                .or_default() += 1;
+        }
+        let rows: Vec<(Labels<'_>, f64)> = members
+            .into_iter()
+            .map(|((s, l), n)| (vec![("status", s), ("liveness", l)], n as f64))
+            .collect();
+        o.gauges(
+            "ringkv_members",
+            "Members as this node sees them, by status and liveness.",
+            &rows,
+        )?;
+        o.gauge(
+            "ringkv_cluster_partitions",
+            "Partitions on the ring.",
+            health.partitions as f64,
+        )?;
+        o.gauge(
+            "ringkv_cluster_partitions_all_up",
+            "Partitions whose primaries are all alive.",
+            health.partitions_all_up as f64,
+        )?;
+        o.gauge(
+            "ringkv_cluster_partitions_write_quorum",
+            "Partitions with at least W primaries alive.",
+            health.partitions_write_quorum as f64,
+        )?;
+        o.gauge(
+            "ringkv_cluster_partitions_read_quorum",
+            "Partitions with at least R primaries alive.",
+            health.partitions_read_quorum as f64,
+        )?;
+        o.gauge(
+            "ringkv_ring_agreement",
+            "1 when every alive peer answered the last root comparison with this node's ring epoch.",
+            f64::from(u8::from(health.ring_agreement)),
+        )?;
+
+        // Storage.
+        let s = &status.storage;
+        let store = node.coordinator().replica().store();
+        o.gauge(
+            "ringkv_storage_disk_bytes",
+            "Bytes in the log's segment files.",
+            s.disk_bytes as f64,
+        )?;
+        o.gauge(
+            "ringkv_storage_live_bytes",
+            "Bytes of the log still referred to (the rest a merge reclaims).",
+            s.live_bytes as f64,
+        )?;
+        o.gauge(
+            "ringkv_storage_segments",
+            "Segment files of the log.",
+            s.segment_files as f64,
+        )?;
+        o.gauge(
+            "ringkv_storage_keys",
+            "Keys stored, approximately.",
+            status.keys_approx as f64,
+        )?;
+        o.counter(
+            "ringkv_storage_merges",
+            "Log merges completed since start.",
+            s.merges,
+        )?;
+        o.counter(
+            "ringkv_storage_damaged_values",
+            "Values found damaged (checksum failed) and dropped for repair.",
+            s.damaged_values_dropped,
+        )?;
+        o.histograms(
+            "ringkv_storage_fsync_duration_seconds",
+            "Latency of the log's fsyncs.",
+            &[(Vec::new(), store.fsync_latency())],
+        )?;
+        o.gauge(
+            "ringkv_storage_poisoned",
+            "1 after an fsync failed: the store takes no writes until restarted.",
+            f64::from(u8::from(store.is_poisoned())),
+        )?;
+        if let Some((avail, total)) = store.disk_space() {
+            o.gauge(
+                "ringkv_disk_available_bytes",
+                "Bytes available on the data directory's file system.",
+                avail as f64,
+            )?;
+            o.gauge(
+                "ringkv_disk_total_bytes",
+                "Size of the data directory's file system.",
+                total as f64,
+            )?;
+        }
+
+        // Connections.
+        o.gauge(
+            "ringkv_connections",
+            "Client and peer connections open.",
+            stats.connections_open as f64,
+        )?;
+        o.counter(
+            "ringkv_connections_refused",
+            "Connections refused at a limit.",
+            stats.connections_refused,
+        )?;
+        o.counter(
+            "ringkv_bad_frames",
+            "Connections closed after a malformed or oversized frame.",
+            stats.bad_frames,
+        )?;
+
+        // The process.
+        let p = super::process::read();
+        if let Some(v) = p.cpu_seconds {
+            let m = o.enc.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent in seconds.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(v).encode(m)?;
+        }
+        if let Some(v) = p.resident_bytes {
+            o.gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                v as f64,
+            )?;
+        }
+        if let Some(v) = p.virtual_bytes {
+            o.gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                v as f64,
+            )?;
+        }
+        if let Some(v) = p.open_fds {
+            o.gauge(
+                "process_open_fds",
+                "Number of open file descriptors.",
+                v as f64,
+            )?;
+        }
+        if let Some(v) = p.max_fds {
+            o.gauge(
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                v as f64,
+            )?;
+        }
+        if let Some(v) = p.threads {
+            o.gauge("process_threads", "Number of OS threads.", v as f64)?;
+        }
+        if let Some(v) = p.start_time_seconds {
+            o.gauge(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds.",
+                v,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_handed_over_per_bucket() {
+        let s = LatencySnapshot {
+            cumulative: {
+                let mut c = vec![1; LATENCY_BUCKETS.len()];
+                for v in c.iter_mut().skip(3) {
+                    *v = 4;
+                }
+                c
+            },
+            count: 6,
+            sum_seconds: 21.0,
+        };
+        let b = per_bucket(&s);
+        assert_eq!(b.len(), LATENCY_BUCKETS.len());
+        assert_eq!(b[0], (0.0001, 1));
+        assert_eq!(b[3].1, 3);
+        assert_eq!(
+            b.iter().map(|(_, n)| n).sum::<u64>(),
+            4,
+            "two are past 10 s"
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! The operations port: Prometheus metrics, liveness and readiness probes, the
+//! cluster's health as JSON, and a status page. Served by axum (hyper), never
+//! parsed by hand; everything here only reads the node.
+
+mod metrics;
+mod page;
+mod process;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::node::SharedNode;
+
+pub use metrics::render as render_metrics;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+struct Ops {
+    node: SharedNode,
+    stall_threshold: Duration,
+    registry: Arc<prometheus_client::registry::Registry>,
+}
+
+/// Why the HTTP listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The address is taken or not local.
+    #[error("cannot bind the HTTP address {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The router of the operations port.
+pub fn router(node: SharedNode, stall_threshold: Duration) -> Router {
+    let registry = Arc::new(metrics::registry(node.clone()));
+    Router::new()
+        .route("/", get(status_page))
+        .route("/metrics", get(metrics_text))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/v1/cluster/health", get(cluster_health))
+        .fallback(not_found)
+        .with_state(Ops {
+            node,
+            stall_threshold,
+            registry,
+        })
+}
+
+/// Binds `addr` and serves the operations port until `shutdown` completes; a
+/// request that is malformed or too large gets a 4xx from hyper and closes only
+/// its own connection.
+///
+/// # Errors
+/// [`HttpError::Bind`].
+pub async fn serve(
+    addr: SocketAddr,
+    node: SharedNode,
+    stall_threshold: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), HttpError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| HttpError::Bind { addr, source })?;
+    let app = router(node, stall_threshold);
+    let task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%error, "HTTP listener failed");
+        }
+    });
+    Ok((local, task))
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "not found: try /, /metrics, /livez, /readyz or /v1/cluster/health\n",
+    )
+        .into_response()
+}
+
+async fn metrics_text(State(ops): State<Ops>) -> Response {
+    match metrics::render(&ops.registry) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response(),
+    }
+}
+
+/// `?verbose` on a probe lists its checks.
+#[derive(serde::Deserialize, Default)]
+struct ProbeQuery {
+    verbose: Option<String>,
+}
+
+async fn livez(State(ops): State<Ops>, Query(q): Query<ProbeQuery>) -> Response {
+    let l = ops.node.liveliness(ops.stall_threshold);
+    let code = if l.live() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = if l.live() {
+        "ok\n".to_string()
+    } else {
+        format!(
+            "not live: a storage sync has run for {} ms (threshold {} ms)\n",
+            l.storage_sync_running_ms, l.stall_threshold_ms
+        )
+    };
+    if q.verbose.is_some() {
+        body.push_str(&format!(
+            "[{}] storage not stalled ({} ms running)\n",
+            if l.live() { "+" } else { "-" },
+            l.storage_sync_running_ms
+        ));
+    }
+    (code, body).into_response()
+}
+
+async fn readyz(State(ops): State<Ops>, Query(q): Query<ProbeQuery>) -> Response {
+    let r = ops.node.readiness();
+    let code = if r.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = String::from(if r.ready() { "ok\n" } else { "not ready\n" });
+    if q.verbose.is_some() || !r.ready() {
+        for (ok, what) in [
+            (r.store_open, "store open"),
+            (r.member_with_ring, "an active member with a ring"),
+            (r.self_alive, "sees itself alive"),
+            (r.not_draining, "not draining"),
+        ] {
+            body.push_str(&format!("[{}] {what}\n", if ok { "+" } else { "-" }));
+        }
+    }
+    (code, body).into_response()
+}
+
+async fn cluster_health(State(ops): State<Ops>) -> Response {
+    axum::Json(ops.node.cluster_health()).into_response()
+}
+
+async fn status_page(State(ops): State<Ops>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page::render(&ops.node),
+    )
+        .into_response()
+}
