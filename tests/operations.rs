@@ -88,6 +88,22 @@ fn the_http_port_serves_metrics_probes_and_health_and_answers_bad_requests_with_
     }
     assert!(!body.contains("quantile"), "histograms, never summaries");
     assert!(!body.contains("e+308"), "one +Inf bucket");
+    // Every metric the alerts and the dashboard use is exported.
+    let listed = std::process::Command::new("bash")
+        .args(["scripts/check_deploy.sh", "--list-metrics"])
+        .output()
+        .expect("list metrics");
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let names = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(names.lines().count() > 30, "{names}");
+    for name in names.lines().map(str::trim).filter(|n| !n.is_empty()) {
+        let exported = body.lines().any(|l| {
+            l.strip_prefix(name).is_some_and(|rest| {
+                rest.starts_with(['{', ' ']) || ["_bucket", "_sum", "_count"].iter().any(|s| rest.starts_with(s))
+            })
+        });
+        assert!(exported, "deploy/ uses {name}, which /metrics does not export");
+    }
     let (code, body) = get(&http, "/livez");
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     let (code, body) = get(&http, "/v1/cluster/health");

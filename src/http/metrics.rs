@@ -307,13 +307,13 @@ impl Collector for NodeCollector {
                 ),
             ],
         )?;
-        if let Some(ms) = r.last_exchange_ms_ago {
-            o.gauge(
-                "ringkv_antientropy_last_round_age_seconds",
-                "Seconds since the last anti-entropy round completed.",
-                secs_ms(ms),
-            )?;
-        }
+        // Before the first round, the time since start: an alert on a stale
+        // anti-entropy fires for a node that never completes one, too.
+        o.gauge(
+            "ringkv_antientropy_last_round_age_seconds",
+            "Seconds since the last anti-entropy round completed (since start before the first).",
+            secs_ms(r.last_exchange_ms_ago.unwrap_or(status.uptime_ms)),
+        )?;
         o.gauge(
             "ringkv_antientropy_oldest_unverified_seconds",
             "Seconds since the partition of this node verified longest ago was last found equal on a peer.",
