@@ -99,10 +99,16 @@ fn the_http_port_serves_metrics_probes_and_health_and_answers_bad_requests_with_
     for name in names.lines().map(str::trim).filter(|n| !n.is_empty()) {
         let exported = body.lines().any(|l| {
             l.strip_prefix(name).is_some_and(|rest| {
-                rest.starts_with(['{', ' ']) || ["_bucket", "_sum", "_count"].iter().any(|s| rest.starts_with(s))
+                rest.starts_with(['{', ' '])
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| rest.starts_with(s))
             })
         });
-        assert!(exported, "deploy/ uses {name}, which /metrics does not export");
+        assert!(
+            exported,
+            "deploy/ uses {name}, which /metrics does not export"
+        );
     }
     let (code, body) = get(&http, "/livez");
     assert_eq!((code, body.as_str()), (200, "ok\n"));
@@ -323,4 +329,84 @@ fn a_node_restarted_at_a_new_address_rejoins_as_itself() {
     let out = c.nodes[0].cli(&["remove", "n3", "--dry-run", "--insecure-dev"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("would move"));
+}
+
+#[test]
+fn a_rolling_restart_under_load_fails_no_request_and_loses_no_write() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut c = Cluster::start(3, &["--shutdown-delay", "3s"]);
+    c.wait_converged(&[0, 1, 2], 3);
+    let rt = common::runtime();
+    let addr = c.nodes[0].addr.clone();
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let requests = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (acked, failures, requests, stop) = (
+            acked.clone(),
+            failures.clone(),
+            requests.clone(),
+            stop.clone(),
+        );
+        rt.spawn(async move {
+            let mut client = ringkv::Client::connect(&addr).await.expect("connect");
+            client.set_options(ringkv::rpc::api::RequestOptions {
+                r: Some(2),
+                w: Some(2),
+                ..Default::default()
+            });
+            let mut seq = 0u64;
+            // Bounded: at most 10 minutes of 40 writes and reads a second.
+            while !stop.load(Ordering::Relaxed) && seq < 24_000 {
+                seq += 1;
+                let (k, v) = (format!("k-{seq}"), format!("v-{seq}"));
+                requests.fetch_add(2, Ordering::Relaxed);
+                match client.put(k.as_bytes(), v.as_bytes(), None).await {
+                    Ok(_) => acked.lock().expect("lock").push((k.clone(), v)),
+                    Err(e) => failures.lock().expect("lock").push(format!("put {k}: {e}")),
+                }
+                if let Err(e) = client.get(k.as_bytes()).await {
+                    failures.lock().expect("lock").push(format!("get {k}: {e}"));
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    for i in 0..3 {
+        assert_eq!(c.nodes[i].terminate(), Some(0), "{}", c.nodes[i].log_text());
+        c.nodes[i].restart();
+        let out = c.nodes[(i + 1) % 3].cli(&["wait-healthy", "--timeout", "120s"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(load).expect("load task");
+    let failures = failures.lock().expect("lock").clone();
+    let acked = acked.lock().expect("lock").clone();
+    eprintln!(
+        "rolling restart: {} requests in {:.1} s, {} failed, {} writes acknowledged",
+        requests.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        failures.len(),
+        acked.len()
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(acked.len() > 100, "the load ran");
+    // Every acknowledged write, read back at R=2.
+    rt.block_on(async {
+        let mut client = ringkv::Client::connect(&c.nodes[1].addr)
+            .await
+            .expect("connect");
+        client.set_options(ringkv::rpc::api::RequestOptions {
+            r: Some(2),
+            ..Default::default()
+        });
+        for (k, v) in &acked {
+            let got = client.get(k.as_bytes()).await.expect("read back");
+            assert_eq!(got.siblings, vec![v.as_bytes().to_vec()], "{k}");
+        }
+    });
 }

@@ -154,7 +154,7 @@ pub fn render(node: &Node) -> String {
         if health.ring_agreement {
             r#"<span class="ok">agreed</span>"#
         } else {
-            r#"<span class="bad">not agreed yet</span>"#
+            r#"<span class="bad">not confirmed by every peer yet</span>"#
         },
     );
     let _ = write!(
