@@ -394,5 +394,65 @@ metric_names() {
 }
 check "metric names in $ALERTS and $DASHBOARD ($(list_metrics | wc -l) names) are all documented" metric_names
 
+# --- What the manifests pass, accepted by the server itself -----------------
+# `ringkv serve --check-config` parses the ConfigMap's ringkv.toml, the
+# StatefulSet's args and env exactly as a pod would (pod fields filled in, the
+# secret file pointed at a local one) and refuses any key, flag or RINGKV_*
+# variable it does not know. BIN=path picks the binary (default: target/debug,
+# then target/release; skipped when neither is built).
+SERVE_BIN=${BIN:-}
+if [[ -z $SERVE_BIN ]]; then
+    for b in target/debug/ringkv target/release/ringkv; do
+        [[ -x $b ]] && SERVE_BIN=$b && break
+    done
+fi
+serve_accepts_manifests() {
+    printf 'a local secret of 32 bytes, for checks\n' >"$TMP/secret"
+    "$PY" - "$K8S" "$TMP" <<'EOF2' >"$TMP/serve-cmd"
+import sys, glob, yaml, shlex
+root, tmp = sys.argv[1], sys.argv[2]
+toml_text, args, env = None, None, {}
+for path in sorted(glob.glob(root + "/**/*.yaml", recursive=True)):
+    for d in yaml.safe_load_all(open(path)):
+        if not d:
+            continue
+        if d.get("kind") == "ConfigMap" and "ringkv.toml" in d.get("data", {}):
+            toml_text = d["data"]["ringkv.toml"]
+        if d.get("kind") == "StatefulSet":
+            c = d["spec"]["template"]["spec"]["containers"][0]
+            args = c.get("args", [])
+            for e in c.get("env", []):
+                if "value" in e:
+                    env[e["name"]] = e["value"]
+pod = {"$(POD_NAME)": "ringkv-0", "$(POD_IP)": "10.0.0.10"}
+def fill(s):
+    for k, v in pod.items():
+        s = s.replace(k, v)
+    return s
+lines = []
+for line in toml_text.splitlines():
+    if line.strip().startswith("cluster_secret_file"):
+        line = 'cluster_secret_file = "%s/secret"' % tmp
+    lines.append(line)
+open(tmp + "/ringkv.toml", "w").write("\n".join(lines) + "\n")
+argv = [fill(a) for a in args if a != "serve"]
+for i, a in enumerate(argv):
+    if argv[i - 1] == "--config":
+        argv[i] = tmp + "/ringkv.toml"
+print(" ".join(shlex.quote(f"{k}={fill(v)}") for k, v in env.items() if k.startswith("RINGKV_")))
+print(" ".join(shlex.quote(a) for a in argv))
+EOF2
+    local envs argv
+    envs=$(sed -n 1p "$TMP/serve-cmd")
+    argv=$(sed -n 2p "$TMP/serve-cmd")
+    eval "env -i PATH=\"\$PATH\" $envs \"\$SERVE_BIN\" serve --check-config $argv" >"$TMP/effective.toml"
+    grep -q '^advertise = "10.0.0.10:7400"$' "$TMP/effective.toml"
+}
+if [[ -n $SERVE_BIN ]]; then
+    check "ringkv serve --check-config accepts the ConfigMap, args and env of $K8S" serve_accepts_manifests
+else
+    echo "skip  ringkv serve --check-config on the manifests (no ringkv binary built; BIN=path)"
+fi
+
 echo "check_deploy: $PASSED passed, $FAILED failed ($((SECONDS - START)) s)"
 [[ $FAILED -eq 0 ]]
