@@ -663,15 +663,21 @@ impl Gossip {
             .map(|m| m.id().addr)
             .collect();
         let me = self.foca.identity().addr;
-        let forgotten: Vec<SocketAddr> = self
+        // Seeds foca does not know count too: groups that formed apart (nodes that
+        // saw different answers for a seed name at start) find each other through
+        // them, though none of their members has heard of the other group.
+        let mut forgotten: Vec<SocketAddr> = self
             .members
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|r| r.status != crate::record::Status::Removed)
             .filter_map(|r| r.address.parse::<SocketAddr>().ok())
+            .chain(self.config.seeds.iter().copied())
             .filter(|a| *a != me && !known.contains(a))
             .collect();
+        forgotten.sort();
+        forgotten.dedup();
         if !forgotten.is_empty() {
             let i = rand::RngExt::random_range(&mut self.rng, 0..forgotten.len());
             let _ = self.foca.announce(

@@ -119,7 +119,11 @@ pub async fn start<N: Network>(
             addr: cfg.listen,
             source,
         })?;
-    let is_seed = is_a_seed(cfg.address, &cfg.seeds, !cfg.seed_names.is_empty());
+    let is_seed = is_a_seed(
+        cfg.address,
+        &cfg.seeds,
+        !cfg.seed_names.is_empty() && cfg.seeds.is_empty(),
+    );
     // A node that was active stays active across restarts; a new node is joining
     // until it has heard from an active member, unless it is a seed itself (see
     // `is_a_seed`), which may start a cluster of its own.
@@ -219,13 +223,20 @@ struct Shell {
 }
 
 /// Whether a node known by `me` may start a cluster of its own: it has no seeds at
-/// all, or it is one of them. Every node of a cluster started together from one
-/// seed list (a compose file, a headless Service name that resolves to every pod)
-/// is a seed, and seeds that start apart merge once they hear of each other: the
-/// ring is a function of the member set, so there is no layout to agree on first.
-/// Until names resolve (`names_pending`), a node is no seed.
+/// all, or it is the lowest-addressed of them. Nodes started together from one seed
+/// list (a compose file, a headless Service name that resolves to every pod) thus
+/// elect one bootstrapper without talking; the others join it, and stay joining
+/// (not ready) until they have heard from an active member. A node whose seeds are
+/// all others never bootstraps. Until names resolve (`names_pending`), a node is no
+/// seed, and an answer that resolves to nothing changes nothing.
 fn is_a_seed(me: SocketAddr, seeds: &[SocketAddr], names_pending: bool) -> bool {
-    seeds.contains(&me) || (seeds.is_empty() && !names_pending)
+    if names_pending {
+        return false;
+    }
+    match seeds.iter().min() {
+        None => true,
+        Some(lowest) => *lowest == me,
+    }
 }
 
 /// First and longest pause between resolutions of the seed names while the node
@@ -256,7 +267,9 @@ async fn resolve_seeds<N: Network>(
         let Some(state) = state.upgrade() else {
             return;
         };
-        if last.as_ref() != Some(&all) {
+        // Nothing resolved (no endpoints yet, a DNS outage): keep what is known
+        // rather than look like a node without seeds, which would bootstrap.
+        if !all.is_empty() && last.as_ref() != Some(&all) {
             tracing::info!(seeds = ?all, "seed names resolved");
             if state
                 .commands
@@ -369,7 +382,7 @@ impl Shell {
                 seeds.extend(addrs);
                 seeds.sort();
                 seeds.dedup();
-                self.is_seed = is_a_seed(self.cfg.address, &seeds, false);
+                self.is_seed = is_a_seed(self.cfg.address, &seeds, seeds.is_empty());
                 self.gossip.set_seeds(seeds);
                 Vec::new()
             }
@@ -508,5 +521,29 @@ impl Shell {
             tracing::info!(epoch = %view.epoch_hex(), members = view.ring.as_ref().map(|r| r.members().len()).unwrap_or(0), "ring changed");
         }
         self.state.set_view(view);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_seed_bootstraps_and_an_empty_or_pending_answer_bootstraps_nobody() {
+        let a: SocketAddr = "10.0.0.1:7400".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:7400".parse().expect("addr");
+        let c: SocketAddr = "10.0.0.3:7400".parse().expect("addr");
+        let all = [c, a, b];
+        assert!(is_a_seed(a, &all, false), "the lowest address bootstraps");
+        assert!(!is_a_seed(b, &all, false) && !is_a_seed(c, &all, false));
+        assert!(
+            !is_a_seed(b, &[a], false),
+            "seeds that are all others: join"
+        );
+        assert!(
+            is_a_seed(a, &[], false),
+            "no seeds at all: a cluster of its own"
+        );
+        assert!(!is_a_seed(a, &[], true), "names not resolved yet: wait");
     }
 }
