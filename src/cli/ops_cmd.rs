@@ -247,9 +247,17 @@ pub async fn wait_left(
     let limit = timeout.unwrap_or(Duration::from_secs(3600));
     let started = Instant::now();
     let id = client.server().node_id.clone();
+    let mut others: Vec<String> = Vec::new();
     loop {
         let done = match client.status().await {
             Ok(s) => {
+                others = s
+                    .cluster
+                    .members
+                    .iter()
+                    .filter(|m| m.node_id != id && m.status != "removed")
+                    .map(|m| m.address.clone())
+                    .collect();
                 let me = s.cluster.members.iter().find(|m| m.node_id == id);
                 let gone = me.is_none_or(|m| m.status == "removed");
                 let owns = s
@@ -276,8 +284,15 @@ pub async fn wait_left(
                 }
                 gone || (!owns && parts == 0 && s.cluster.hints_pending == 0 && s.keys_approx == 0)
             }
-            // It removed itself and stopped serving.
-            Err(_) => started.elapsed() > Duration::from_secs(1),
+            // Unreachable: it may have removed itself and stopped serving, or just
+            // be slow. Only another member saying it is removed counts as done.
+            Err(e) => {
+                let removed = removed_elsewhere(&others, &id).await;
+                if !removed && !opts.json {
+                    eprintln!("{id}: {e}; asking again");
+                }
+                removed
+            }
         };
         if done {
             let secs = started.elapsed().as_secs_f64();
@@ -296,6 +311,24 @@ pub async fn wait_left(
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Whether a member other than `id`, at one of `others`, sees `id` removed (or
+/// no longer a member).
+async fn removed_elsewhere(others: &[String], id: &str) -> bool {
+    for addr in others {
+        let Ok(c) = Client::connect(addr).await else {
+            continue;
+        };
+        if let Ok(ring) = c.ring().await {
+            return ring
+                .members
+                .iter()
+                .find(|m| m.node_id == id)
+                .is_none_or(|m| m.status == "removed");
+        }
+    }
+    false
 }
 
 /// `leave --dry-run` and `remove --dry-run`: the partitions whose primaries would

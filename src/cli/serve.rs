@@ -91,7 +91,7 @@ const OTHER_VARIABLES: &[&str] = &[
     "RINGKV_TEST_BIN",
     "RINGKV_IMAGE",
 ];
-const OTHER_PREFIXES: &[&str] = &["RINGKV_SIM_", "RINGKV_TEST_"];
+const OTHER_PREFIXES: &[&str] = &["RINGKV_SIM_", "RINGKV_TEST_", "RINGKV_COMPOSE_"];
 
 /// Refuses a `RINGKV_*` variable `serve` does not know (a typo would otherwise be
 /// ignored silently, the node starting with a default the operator meant to
@@ -607,7 +607,11 @@ pub fn run(args: ServeArgs) -> Result<i32, Failure> {
         .thread_name("ringkv")
         .build()
         .map_err(|e| Failure::other(format!("cannot start runtime: {e}")))?;
-    runtime.block_on(serve_node(cfg))
+    let outcome = runtime.block_on(serve_node(cfg));
+    // Blocking-pool work still running (a DNS lookup that hangs, a transfers scan)
+    // must not keep the process past its grace period: the store is closed by now.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    outcome
 }
 
 async fn serve_node(cfg: ServeConfig) -> Result<i32, Failure> {

@@ -296,9 +296,11 @@ impl Hints {
         out
     }
 
-    /// How long the oldest waiting hint has waited, at least: an owner's clock
-    /// starts when it got its first waiting hint, and hints kept from before this
-    /// start count from the start. Zero when none waits.
+    /// How long the target waiting longest has had hints waiting: its clock starts
+    /// with its first hint and stops only when none waits for it, so this bounds
+    /// the oldest hint's age from above and keeps growing while a target never
+    /// catches up (hints kept from before this start count from the start). Zero
+    /// when none waits.
     pub fn oldest_age(&self) -> Duration {
         if self.pending() == 0 {
             return Duration::ZERO;

@@ -270,7 +270,7 @@ impl Collector for NodeCollector {
         )?;
         o.gauge(
             "ringkv_hints_oldest_age_seconds",
-            "Seconds the oldest waiting hint has waited, at least.",
+            "Seconds since the target waiting longest got its first hint that is still waiting (an upper bound on the oldest hint's age; it grows while a target never catches up).",
             health.hints_oldest_seconds as f64,
         )?;
         o.counter(

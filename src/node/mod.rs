@@ -222,6 +222,8 @@ pub struct Node {
     /// Serving, draining or closing; requests in flight.
     pub lifecycle: requests::Lifecycle,
     stop: tokio::sync::Notify,
+    /// One `transfers` scan at a time.
+    pub transfers_lock: tokio::sync::Mutex<()>,
 }
 
 fn read_u64(store: &Store, name: &'static str) -> Result<Option<u64>, NodeError> {
@@ -381,6 +383,7 @@ impl Node {
             requests: Default::default(),
             lifecycle: Default::default(),
             stop: tokio::sync::Notify::new(),
+            transfers_lock: tokio::sync::Mutex::new(()),
         }))
     }
 

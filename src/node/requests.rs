@@ -174,37 +174,38 @@ pub struct Lifecycle {
 impl Lifecycle {
     /// Whether a stop was asked for.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Marks the node draining; returns whether it already was.
     pub fn start_draining(&self) -> bool {
-        self.draining.swap(true, Ordering::AcqRel)
+        self.draining.swap(true, Ordering::SeqCst)
     }
 
     /// Whether new requests are refused.
     pub fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+        self.closing.load(Ordering::SeqCst)
     }
 
     /// Refuses new requests from now on.
     pub fn close(&self) {
-        self.draining.store(true, Ordering::Release);
-        self.closing.store(true, Ordering::Release);
+        self.draining.store(true, Ordering::SeqCst);
+        self.closing.store(true, Ordering::SeqCst);
     }
 
     /// Client and forwarded requests running now.
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Counts a request as running until the guard drops; `None` once closing.
     pub fn enter(&self) -> Option<InFlight<'_>> {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        // Checked after counting, so `close` followed by a zero count means no
-        // request slipped in between.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        // Checked after counting, both sequentially consistent (as is `close`):
+        // either this sees `closing`, or `close_requests` sees this count, never
+        // neither (a store then a load of two different atomics needs SeqCst).
         if self.is_closing() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
         Some(InFlight(self))
@@ -216,7 +217,7 @@ pub struct InFlight<'a>(&'a Lifecycle);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

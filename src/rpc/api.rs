@@ -174,7 +174,8 @@ pub struct ClusterHealth {
     pub w: u8,
     /// Hints this node keeps for others.
     pub hints_pending: u64,
-    /// Seconds the oldest of them has waited, at least.
+    /// Seconds since the target waiting longest got its first waiting hint (an
+    /// upper bound on the oldest hint's age).
     pub hints_oldest_seconds: u64,
     /// Partitions this node holds but no longer owns.
     pub handoffs_in_flight: u64,

@@ -196,8 +196,11 @@ impl Kv for KvServer {
 
     async fn transfers(self, _: context::Context) -> super::api::Transfers {
         let node = self.node.clone();
-        // Scans partitions: off the runtime's workers.
-        tokio::task::spawn_blocking(move || node.transfers())
+        // Scans partitions: off the runtime's workers, and one at a time, so
+        // clients asking again and again queue instead of scanning in parallel.
+        let _one = node.transfers_lock.lock().await;
+        let scanning = node.clone();
+        tokio::task::spawn_blocking(move || scanning.transfers())
             .await
             .unwrap_or_default()
     }
