@@ -425,3 +425,4 @@ impl Cluster {
             - 1
     }
 }
+pub mod docker;
