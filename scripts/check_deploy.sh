@@ -408,6 +408,7 @@ if [[ -z $SERVE_BIN ]]; then
 fi
 serve_accepts_manifests() {
     printf 'a local secret of 32 bytes, for checks\n' >"$TMP/secret"
+    chmod 600 "$TMP/secret"
     "$PY" - "$K8S" "$TMP" <<'EOF2' >"$TMP/serve-cmd"
 import sys, glob, yaml, shlex
 root, tmp = sys.argv[1], sys.argv[2]

@@ -196,6 +196,7 @@ fn wrong_secret_never_joins_and_missing_secret_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad-secret");
     std::fs::write(&bad, "not the cluster's secret at all").expect("write");
+    common::private(&bad);
     let intruder = common::Server::start(
         dir.path(),
         &[
@@ -390,6 +391,7 @@ fn leave_and_remove_change_the_ring_and_keep_data_readable() {
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     let wrong = c.root.path().join("wrong");
     std::fs::write(&wrong, "some other secret of 32 bytes...").expect("write");
+    common::private(&wrong);
     let out = c.nodes[4].cli(&[
         "leave",
         "--cluster-secret-file",

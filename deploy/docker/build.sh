@@ -52,7 +52,7 @@ done
 START=$(date +%s%N)
 
 if [[ -z $BIN ]]; then
-    BIN=$ROOT/target/release/ringkv
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/ringkv
     if [[ ! -x $BIN ]]; then
         echo "build.sh: $BIN is missing, building it (cargo build --release --bin ringkv)"
         (cd "$ROOT" && cargo build --release --bin ringkv)

@@ -83,6 +83,19 @@ impl From<ringkv::ClientError> for Failure {
 fn read_secret(file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, Failure> {
     let secret = match file {
         Some(path) => {
+            // Like ssh with a private key: a secret anyone on the machine can read
+            // is no secret. Group access is allowed (Kubernetes mounts a Secret
+            // group-readable under fsGroup).
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o007 != 0
+            {
+                return Err(Failure::usage(format!(
+                    "cluster secret {} is readable by others (mode {:o}): chmod 600 it",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                )));
+            }
             let bytes = std::fs::read(path).map_err(|e| {
                 Failure::usage(format!(
                     "cannot read cluster secret {}: {e}",

@@ -849,6 +849,25 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "0123456789abcdef0123").expect("write");
+        let open_to_all = serve_config(ServeArgs {
+            cluster_secret_file: Some(secret.clone()),
+            ..ServeArgs::default()
+        });
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if std::fs::metadata(&secret)
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o004
+                != 0
+            {
+                let e = open_to_all.expect_err("a world-readable secret is refused");
+                assert!(e.message.contains("chmod 600"), "{}", e.message);
+            }
+            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640))
+                .expect("chmod");
+        }
         let cfg = serve_config(ServeArgs {
             listen: Some("127.0.0.1:9100".into()),
             advertise: Some("10.1.2.3:9100".into()),

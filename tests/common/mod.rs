@@ -271,6 +271,13 @@ pub fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).expect("json output")
 }
 
+/// Makes `path` readable by its owner only (ringkv refuses a secret others can
+/// read).
+pub fn private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
 /// A cluster of real nodes sharing a secret, all seeded with the first.
 pub struct Cluster {
     pub nodes: Vec<Server>,
@@ -285,6 +292,7 @@ impl Cluster {
         let root = tempfile::tempdir().expect("tempdir");
         let secret_file = root.path().join("secret");
         std::fs::write(&secret_file, "test cluster secret, 32 bytes!!\n").expect("secret");
+        private(&secret_file);
         let mut c = Cluster {
             nodes: Vec::new(),
             root,
