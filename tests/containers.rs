@@ -114,7 +114,15 @@ fn cli(args: &[&str], limit: Duration) -> (i32, String, String) {
 fn wait_healthy(addr: &str) -> Duration {
     let t = Instant::now();
     let (code, out, err) = cli(
-        &["wait-healthy", "--connect", addr, "--timeout", "120s"],
+        &[
+            "wait-healthy",
+            "--connect",
+            addr,
+            "--members",
+            "3",
+            "--timeout",
+            "120s",
+        ],
         HEAL_LIMIT + Duration::from_secs(30),
     );
     assert_eq!(

@@ -167,6 +167,10 @@ pub enum Command {
         /// Hints allowed to wait, summed over the members [default: 0].
         #[arg(long = "max-hints", default_value_t = 0)]
         max_hints: u64,
+        /// Also wait until at least this many members are active (a cluster
+        /// starting: the connected node may not know the others yet).
+        #[arg(long)]
+        members: Option<usize>,
         #[command(flatten)]
         opts: ClientOpts,
     },

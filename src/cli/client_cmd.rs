@@ -358,8 +358,9 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
         Command::WaitHealthy {
             timeout,
             max_hints,
+            members,
             opts,
-        } => super::ops_cmd::wait_healthy(&opts, timeout, max_hints).await,
+        } => super::ops_cmd::wait_healthy(&opts, timeout, max_hints, members).await,
         Command::Transfers { opts } => {
             let client = connect(&opts).await?;
             super::ops_cmd::transfers(&client, opts.json).await

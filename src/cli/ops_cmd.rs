@@ -84,10 +84,25 @@ pub async fn health(ready: bool, http: Option<String>, json_out: bool) -> Result
 }
 
 /// One look at every member: what is not healthy yet, empty when all is.
-async fn cluster_gaps(opts: &ClientOpts, max_hints: u64) -> Result<Vec<String>, Failure> {
+async fn cluster_gaps(
+    opts: &ClientOpts,
+    max_hints: u64,
+    members: Option<usize>,
+) -> Result<Vec<String>, Failure> {
     let client = connect(opts).await?;
     let ring = client.ring().await?;
     let mut gaps = Vec::new();
+    let active = ring.members.iter().filter(|m| m.status == "active").count();
+    if let Some(want) = members
+        && active < want
+    {
+        gaps.push(format!("{active} of {want} members active"));
+    }
+    let known = ring
+        .members
+        .iter()
+        .filter(|m| m.status != "removed")
+        .count() as u64;
     let mut epochs = std::collections::BTreeSet::new();
     let mut hints = 0;
     if ring.epoch.is_empty() {
@@ -97,6 +112,9 @@ async fn cluster_gaps(opts: &ClientOpts, max_hints: u64) -> Result<Vec<String>, 
         if m.liveness != "alive" {
             gaps.push(format!("{} is {}", m.node_id, m.liveness));
             continue;
+        }
+        if m.status != "active" {
+            gaps.push(format!("{} is {}", m.node_id, m.status));
         }
         let health: Result<(ClusterHealth, String), Failure> = async {
             let c = Client::connect(&m.address).await?;
@@ -111,6 +129,14 @@ async fn cluster_gaps(opts: &ClientOpts, max_hints: u64) -> Result<Vec<String>, 
                     gaps.push(format!(
                         "{}: {} of {} partitions have all replicas up",
                         m.node_id, h.partitions_all_up, h.partitions
+                    ));
+                }
+                if h.members != known {
+                    gaps.push(format!(
+                        "{} knows {} members, {} knows {known}",
+                        m.node_id,
+                        h.members,
+                        client.server().node_id
                     ));
                 }
                 if h.members_alive < h.members {
@@ -145,12 +171,13 @@ pub async fn wait_healthy(
     opts: &ClientOpts,
     timeout: Option<Duration>,
     max_hints: u64,
+    members: Option<usize>,
 ) -> Result<i32, Failure> {
     let limit = timeout.unwrap_or(Duration::from_secs(300));
     let started = Instant::now();
     let mut last = Vec::new();
     loop {
-        match cluster_gaps(opts, max_hints).await {
+        match cluster_gaps(opts, max_hints, members).await {
             Ok(gaps) if gaps.is_empty() => {
                 let secs = started.elapsed().as_secs_f64();
                 if opts.json {
