@@ -230,7 +230,7 @@ for path, d in docs:
     if spec.get("enableServiceLinks", True):
         err(path, f"{kind} {name}: enableServiceLinks must be false (RINGKV_* service variables are refused)")
     psc = spec.get("securityContext", {})
-    for k, v in (("runAsNonRoot", True), ("runAsUser", 65532), ("runAsGroup", 65532), ("fsGroup", 65532)):
+    for k, v in (("runAsNonRoot", True), ("runAsUser", 10001), ("runAsGroup", 10001), ("fsGroup", 10001)):
         if psc.get(k) != v:
             err(path, f"{kind} {name}: securityContext.{k} must be {v}")
     for c in spec["containers"]:
@@ -449,8 +449,33 @@ EOF2
     eval "env -i PATH=\"\$PATH\" $envs \"\$SERVE_BIN\" serve --check-config $argv" >"$TMP/effective.toml"
     grep -q '^advertise = "10.0.0.10:7400"$' "$TMP/effective.toml"
 }
+COMPOSE_FILE=deploy/compose/docker-compose.yml
+serve_accepts_compose() {
+    printf 'a local secret of 32 bytes, for checks\n' >"$TMP/secret"
+    chmod 600 "$TMP/secret"
+    "$PY" - "$COMPOSE_FILE" "$TMP" <<'EOF2' >"$TMP/compose-envs"
+import sys, yaml, shlex
+path, tmp = sys.argv[1], sys.argv[2]
+doc = yaml.safe_load(open(path))
+for name, svc in sorted(doc["services"].items()):
+    if not name.startswith("ringkv-"):
+        continue
+    env = dict(svc.get("environment") or {})
+    if "RINGKV_CLUSTER_SECRET_FILE" in env:
+        env["RINGKV_CLUSTER_SECRET_FILE"] = tmp + "/secret"
+    print(" ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items())))
+EOF2
+    local n=0 envs
+    while IFS= read -r envs; do
+        n=$((n + 1))
+        eval "env -i PATH=\"\$PATH\" $envs \"\$SERVE_BIN\" serve --check-config" >"$TMP/compose-effective.toml"
+        grep -q '^advertise = "ringkv-' "$TMP/compose-effective.toml"
+    done <"$TMP/compose-envs"
+    [[ $n -eq 3 ]]
+}
 if [[ -n $SERVE_BIN ]]; then
     check "ringkv serve --check-config accepts the ConfigMap, args and env of $K8S" serve_accepts_manifests
+    check "ringkv serve --check-config accepts the environment of every node in $COMPOSE_FILE" serve_accepts_compose
 else
     echo "skip  ringkv serve --check-config on the manifests (no ringkv binary built; BIN=path)"
 fi
