@@ -402,7 +402,7 @@ check "metric names in $ALERTS and $DASHBOARD ($(list_metrics | wc -l) names) ar
 # then target/release; skipped when neither is built).
 SERVE_BIN=${BIN:-}
 if [[ -z $SERVE_BIN ]]; then
-    for b in target/debug/ringkv target/release/ringkv; do
+    for b in "${CARGO_TARGET_DIR:-target}"/debug/ringkv "${CARGO_TARGET_DIR:-target}"/release/ringkv; do
         [[ -x $b ]] && SERVE_BIN=$b && break
     done
 fi
