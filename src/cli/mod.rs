@@ -50,25 +50,13 @@ impl Failure {
 impl From<ringkv::ClientError> for Failure {
     fn from(e: ringkv::ClientError) -> Self {
         use ringkv::ClientError;
-        use ringkv::rpc::api::ApiError;
+        use ringkv::rpc::api::ErrorClass;
         let code = match &e {
             ClientError::Connect { .. } | ClientError::Unavailable { .. } => EXIT_UNAVAILABLE,
-            ClientError::Api(api) => match api {
-                ApiError::EmptyKey
-                | ApiError::KeyTooLarge { .. }
-                | ApiError::ValueTooLarge { .. }
-                | ApiError::ObjectTooLarge { .. }
-                | ApiError::WrongKind { .. }
-                | ApiError::TooManySiblings { .. }
-                | ApiError::InvalidContext { .. }
-                | ApiError::CounterOverflow { .. }
-                | ApiError::InvalidOptions { .. } => EXIT_USAGE,
-                ApiError::Unavailable { .. }
-                | ApiError::QuorumNotReached(_)
-                | ApiError::NotPrimary { .. }
-                | ApiError::ShuttingDown { .. } => EXIT_UNAVAILABLE,
-                ApiError::Membership { .. } => EXIT_USAGE,
-                ApiError::Corrupt { .. } | ApiError::Storage { .. } => EXIT_OTHER,
+            ClientError::Api(api) => match api.class() {
+                ErrorClass::Invalid => EXIT_USAGE,
+                ErrorClass::Unavailable => EXIT_UNAVAILABLE,
+                ErrorClass::Failed => EXIT_OTHER,
             },
         };
         Failure {

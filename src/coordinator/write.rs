@@ -15,7 +15,7 @@ use crate::cluster::ClusterView;
 use crate::object::{Context, Object};
 use crate::peer::pool::PeerError;
 use crate::peer::{WriteReply, WriteRequest};
-use crate::rpc::api::{ApiError, Blob, RequestOptions};
+use crate::rpc::api::{ApiError, Blob, ErrorClass, RequestOptions};
 
 /// Why a send to a replica failed.
 #[derive(Debug)]
@@ -38,23 +38,12 @@ const MIN_HINT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether a refusal by a replica is permanent (retrying or hinting cannot help).
 pub(super) fn permanent(e: &ApiError) -> bool {
-    match e {
-        ApiError::Storage { .. }
-        | ApiError::Unavailable { .. }
-        | ApiError::QuorumNotReached(_)
-        | ApiError::NotPrimary { .. }
-        | ApiError::ShuttingDown { .. } => false,
-        ApiError::EmptyKey
-        | ApiError::KeyTooLarge { .. }
-        | ApiError::ValueTooLarge { .. }
-        | ApiError::ObjectTooLarge { .. }
-        | ApiError::WrongKind { .. }
-        | ApiError::TooManySiblings { .. }
-        | ApiError::InvalidContext { .. }
-        | ApiError::InvalidOptions { .. }
-        | ApiError::CounterOverflow { .. }
-        | ApiError::Corrupt { .. }
-        | ApiError::Membership { .. } => true,
+    match e.class() {
+        ErrorClass::Invalid => true,
+        ErrorClass::Unavailable => false,
+        // A storage failure may pass (a full disk freed); bytes that cannot be
+        // decoded stay so.
+        ErrorClass::Failed => matches!(e, ApiError::Corrupt { .. }),
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ringkv_storage::timing::LatencyHistogram;
 
-use crate::rpc::api::ApiError;
+use crate::rpc::api::{ApiError, ErrorClass};
 
 /// A client operation, as metrics label it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,23 +101,11 @@ impl Outcome {
     pub fn of<T>(r: &Result<T, ApiError>) -> Outcome {
         match r {
             Ok(_) => Outcome::Ok,
-            Err(e) => match e {
-                ApiError::EmptyKey
-                | ApiError::KeyTooLarge { .. }
-                | ApiError::ValueTooLarge { .. }
-                | ApiError::ObjectTooLarge { .. }
-                | ApiError::WrongKind { .. }
-                | ApiError::TooManySiblings { .. }
-                | ApiError::InvalidContext { .. }
-                | ApiError::InvalidOptions { .. }
-                | ApiError::CounterOverflow { .. }
-                | ApiError::Membership { .. } => Outcome::Invalid,
-                ApiError::QuorumNotReached(q) if q.indeterminate => Outcome::Indeterminate,
-                ApiError::QuorumNotReached(_)
-                | ApiError::Unavailable { .. }
-                | ApiError::NotPrimary { .. }
-                | ApiError::ShuttingDown { .. } => Outcome::Unavailable,
-                ApiError::Corrupt { .. } | ApiError::Storage { .. } => Outcome::Error,
+            Err(ApiError::QuorumNotReached(q)) if q.indeterminate => Outcome::Indeterminate,
+            Err(e) => match e.class() {
+                ErrorClass::Invalid => Outcome::Invalid,
+                ErrorClass::Unavailable => Outcome::Unavailable,
+                ErrorClass::Failed => Outcome::Error,
             },
         }
     }

@@ -429,6 +429,43 @@ pub enum ApiError {
     },
 }
 
+/// What kind of failure an [`ApiError`] is: the one classification the CLI's exit
+/// codes, the request metrics and the coordinator's retry decisions share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request itself is wrong (too large, wrong kind, bad context or options,
+    /// a membership change that makes no sense): sending it again cannot help.
+    Invalid,
+    /// Not done now, for want of replicas or because a node is stopping or not a
+    /// primary: it may succeed later or elsewhere.
+    Unavailable,
+    /// A node's storage failed or holds bytes it cannot read.
+    Failed,
+}
+
+impl ApiError {
+    /// Its [`ErrorClass`].
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ApiError::EmptyKey
+            | ApiError::KeyTooLarge { .. }
+            | ApiError::ValueTooLarge { .. }
+            | ApiError::ObjectTooLarge { .. }
+            | ApiError::WrongKind { .. }
+            | ApiError::TooManySiblings { .. }
+            | ApiError::InvalidContext { .. }
+            | ApiError::InvalidOptions { .. }
+            | ApiError::CounterOverflow { .. }
+            | ApiError::Membership { .. } => ErrorClass::Invalid,
+            ApiError::QuorumNotReached(_)
+            | ApiError::Unavailable { .. }
+            | ApiError::NotPrimary { .. }
+            | ApiError::ShuttingDown { .. } => ErrorClass::Unavailable,
+            ApiError::Corrupt { .. } | ApiError::Storage { .. } => ErrorClass::Failed,
+        }
+    }
+}
+
 impl From<ObjectError> for ApiError {
     fn from(e: ObjectError) -> Self {
         match e {
