@@ -82,26 +82,9 @@ cp "$BIN" "$ROOTFS/usr/local/bin/ringkv"
 chmod 0755 "$ROOTFS/usr/local/bin/ringkv"
 # deploy/kubernetes/README.md runs `kubectl exec ... -- /ringkv ...`.
 ln -s usr/local/bin/ringkv "$ROOTFS/ringkv"
-LDD_OUT=$(ldd "$BIN" 2>&1 || true)
-if grep -q 'not found' <<<"$LDD_OUT"; then
-    echo "build.sh: ldd cannot resolve every library of $BIN:" >&2
-    printf '%s\n' "$LDD_OUT" >&2
-    exit 1
-fi
-LIBS=()
-while read -r line; do
-    lib=
-    if [[ $line == *" => "* ]]; then
-        lib=$(sed -E 's/^.* => ([^ ]+) \(0x[0-9a-f]+\)$/\1/' <<<"$line")
-    elif [[ $line == /* ]]; then
-        lib=${line%% *}
-    fi
-    [[ -n $lib && $lib == /* ]] || continue
-    LIBS+=("$lib")
-    mkdir -p "$ROOTFS$(dirname "$lib")"
-    # -L: the file itself, not a symlink into a directory the image lacks.
-    cp -L "$lib" "$ROOTFS$lib"
-done <<<"$LDD_OUT"
+# shellcheck source=deploy/docker/shared_libraries.sh
+source "$ROOT/deploy/docker/shared_libraries.sh"
+copy_shared_libraries "$BIN" "$ROOTFS"
 
 # Users: root owns the files, the process runs as ringkv (10001).
 cat >"$ROOTFS/etc/passwd" <<'EOF'

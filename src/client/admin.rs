@@ -34,22 +34,31 @@ async fn admin_addr(addr: &str) -> Result<std::net::SocketAddr, ClientError> {
         .ok_or_else(|| err("address resolves to nothing".into()))
 }
 
+/// One call to the operator side of the peer API of the node at `addr`. An
+/// operator's tool names no node: peers let it ask for membership changes and
+/// drains only.
+async fn operator<T, F, Fut>(addr: &str, key: ClusterKey, f: F) -> Result<T, ClientError>
+where
+    F: FnOnce(crate::peer::PeerClient, tarpc::context::Context) -> Fut,
+    Fut: std::future::Future<
+            Output = Result<Result<T, crate::rpc::api::ApiError>, tarpc::client::RpcError>,
+        >,
+{
+    let a = admin_addr(addr).await?;
+    let peers = Peers::new(TokioNetwork, key, String::new(), 1 << 20);
+    peers
+        .call_no_retry(a, super::DEFAULT_TIMEOUT, f)
+        .await
+        .map_err(admin_error)
+}
+
 /// Operator command: the node at `addr` leaves the cluster. Needs the cluster key:
 /// membership changes are not for anyone who can reach the client port.
 ///
 /// # Errors
 /// [`ClientError::Connect`] also when the node refuses the key.
 pub async fn leave(addr: &str, key: ClusterKey) -> Result<String, ClientError> {
-    let a = admin_addr(addr).await?;
-    // An operator's tool names no node: peers let it ask for membership changes
-    // only.
-    let peers = Peers::new(TokioNetwork, key, String::new(), 1 << 20);
-    peers
-        .call_no_retry(a, super::DEFAULT_TIMEOUT, |c, ctx| async move {
-            c.leave(ctx).await
-        })
-        .await
-        .map_err(admin_error)
+    operator(addr, key, |c, ctx| async move { c.leave(ctx).await }).await
 }
 
 /// Operator command: remove `node_id` from the cluster, through the node at `addr`.
@@ -58,17 +67,8 @@ pub async fn leave(addr: &str, key: ClusterKey) -> Result<String, ClientError> {
 /// [`ClientError::Connect`] also when the node refuses the key; unknown ids and the
 /// node itself are refused with [`crate::rpc::api::ApiError::Membership`].
 pub async fn remove(addr: &str, key: ClusterKey, node_id: &str) -> Result<(), ClientError> {
-    let a = admin_addr(addr).await?;
-    // An operator's tool names no node: peers let it ask for membership changes
-    // only.
-    let peers = Peers::new(TokioNetwork, key, String::new(), 1 << 20);
     let id = node_id.to_string();
-    peers
-        .call_no_retry(a, super::DEFAULT_TIMEOUT, |c, ctx| async move {
-            c.remove(ctx, id).await
-        })
-        .await
-        .map_err(admin_error)
+    operator(addr, key, |c, ctx| async move { c.remove(ctx, id).await }).await
 }
 
 /// Operator command: the node at `addr` stops gracefully, as on SIGTERM (readiness
@@ -77,12 +77,5 @@ pub async fn remove(addr: &str, key: ClusterKey, node_id: &str) -> Result<(), Cl
 /// # Errors
 /// [`ClientError::Connect`] also when the node refuses the key.
 pub async fn drain(addr: &str, key: ClusterKey) -> Result<String, ClientError> {
-    let a = admin_addr(addr).await?;
-    let peers = Peers::new(TokioNetwork, key, String::new(), 1 << 20);
-    peers
-        .call_no_retry(a, super::DEFAULT_TIMEOUT, |c, ctx| async move {
-            c.drain(ctx).await
-        })
-        .await
-        .map_err(admin_error)
+    operator(addr, key, |c, ctx| async move { c.drain(ctx).await }).await
 }

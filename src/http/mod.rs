@@ -26,6 +26,7 @@ struct Ops {
     node: SharedNode,
     stall_threshold: Duration,
     registry: Arc<prometheus_client::registry::Registry>,
+    last_page: Arc<page::LastReading>,
 }
 
 /// Why the HTTP listener could not start.
@@ -55,6 +56,7 @@ pub fn router(node: SharedNode, stall_threshold: Duration) -> Router {
             node,
             stall_threshold,
             registry,
+            last_page: Arc::default(),
         })
 }
 
@@ -169,7 +171,7 @@ async fn cluster_health(State(ops): State<Ops>) -> Response {
 async fn status_page(State(ops): State<Ops>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        page::render(&ops.node),
+        page::render(&ops.node, &ops.last_page),
     )
         .into_response()
 }

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use crate::node::Node;
 use crate::node::requests::{Op, Outcome};
 
-/// The last reading of the request counters, for rates between two page loads.
-static LAST: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+/// The last reading of the request counters, for a rate between two page loads.
+pub type LastReading = Mutex<Option<(Instant, u64)>>;
 
 /// Escapes text for HTML.
 fn esc(s: &str) -> String {
@@ -74,7 +74,7 @@ fn bar(done: u64, total: u64) -> String {
 }
 
 /// The page.
-pub fn render(node: &Node) -> String {
+pub fn render(node: &Node, last: &LastReading) -> String {
     let status = node.status();
     let ring = node.ring();
     let health = node.cluster_health();
@@ -93,7 +93,7 @@ pub fn render(node: &Node) -> String {
         .sum();
     let now = Instant::now();
     let rate = {
-        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
         let rate = match *last {
             Some((at, n)) if now.duration_since(at).as_secs_f64() > 0.5 => {
                 Some((total.saturating_sub(n)) as f64 / now.duration_since(at).as_secs_f64())

@@ -16,7 +16,6 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
 pub struct LatencyHistogram {
     /// Per bucket (not cumulative); the last counts what exceeds every bound.
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    count: AtomicU64,
     sum_nanos: AtomicU64,
 }
 
@@ -40,24 +39,28 @@ impl LatencyHistogram {
             .position(|b| secs <= *b)
             .unwrap_or(LATENCY_BUCKETS.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// The counts so far.
     pub fn snapshot(&self) -> LatencySnapshot {
+        // The count is the buckets' sum, read in the same pass: never below a
+        // bucket, even while observations land (Prometheus needs le="+Inf" last and
+        // largest).
         let mut running = 0;
-        let cumulative = self.buckets[..LATENCY_BUCKETS.len()]
+        let mut cumulative: Vec<u64> = self
+            .buckets
             .iter()
             .map(|b| {
                 running += b.load(Ordering::Relaxed);
                 running
             })
             .collect();
+        cumulative.pop();
         LatencySnapshot {
             cumulative,
-            count: self.count.load(Ordering::Relaxed),
+            count: running,
             sum_seconds: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
         }
     }

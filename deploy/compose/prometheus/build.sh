@@ -34,22 +34,9 @@ trap 'rm -rf "$CTX"' EXIT
 ROOTFS=$CTX/rootfs
 mkdir -p "$ROOTFS/usr/bin" "$ROOTFS/etc/prometheus" "$CTX/data"
 cp "$PROM" "$ROOTFS/usr/bin/prometheus"
-LDD_OUT=$(ldd "$PROM" 2>&1 || true)
-if grep -q 'not found' <<<"$LDD_OUT"; then
-    printf 'build.sh: ldd cannot resolve every library of %s:\n%s\n' "$PROM" "$LDD_OUT" >&2
-    exit 1
-fi
-while read -r line; do
-    lib=
-    if [[ $line == *" => "* ]]; then
-        lib=$(sed -E 's/^.* => ([^ ]+) \(0x[0-9a-f]+\)$/\1/' <<<"$line")
-    elif [[ $line == /* ]]; then
-        lib=${line%% *}
-    fi
-    [[ -n $lib && $lib == /* ]] || continue
-    mkdir -p "$ROOTFS$(dirname "$lib")"
-    cp -L "$lib" "$ROOTFS$lib"
-done <<<"$LDD_OUT"
+# shellcheck source=deploy/docker/shared_libraries.sh
+source "$DIR/../../docker/shared_libraries.sh"
+copy_shared_libraries "$PROM" "$ROOTFS"
 # Debian's build serves its classic UI's static files from here.
 if [[ -d /usr/share/prometheus/web ]]; then
     mkdir -p "$ROOTFS/usr/share/prometheus"
