@@ -281,6 +281,15 @@ pub enum SyncArg {
     None,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageArg {
+    /// ringkv's log: every key in memory, the best tail latency.
+    Log,
+    /// fjall's LSM tree: key sets larger than memory.
+    Fjall,
+}
+
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// TOML file with any of the options below (flags win, then RINGKV_* variables).
@@ -316,6 +325,13 @@ pub struct ServeArgs {
     /// Group-commit window of --sync interval [default: 100].
     #[arg(long = "sync-interval-ms", env = "RINGKV_SYNC_INTERVAL_MS")]
     pub sync_interval_ms: Option<u64>,
+    /// Storage engine of a new data directory; an existing one keeps its own and
+    /// refuses the other [default: log].
+    #[arg(long, value_enum, env = "RINGKV_STORAGE")]
+    pub storage: Option<StorageArg>,
+    /// fjall's block cache in MiB (--storage fjall only) [default: 64].
+    #[arg(long = "fjall-cache-mb", env = "RINGKV_FJALL_CACHE_MB")]
+    pub fjall_cache_mb: Option<u64>,
     /// Partitions on the ring, a power of two [default: 256].
     #[arg(long = "ring-size", env = "RINGKV_RING_SIZE")]
     pub ring_size: Option<u32>,

@@ -422,7 +422,8 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
                         s.stats.connections_open, s.stats.connections_refused, s.stats.bad_frames
                     ),
                     format!(
-                        "disk:         {} bytes in {} segment(s), {} live, {} merge(s)",
+                        "disk:         {}: {} bytes in {} file(s), {} live, {} merge(s)",
+                        s.storage.backend,
                         s.storage.disk_bytes,
                         s.storage.segment_files,
                         s.storage.live_bytes,

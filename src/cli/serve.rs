@@ -10,7 +10,7 @@ use ringkv::ring::check_ring_size;
 use ringkv_storage::SyncPolicy;
 use serde::{Deserialize, Serialize};
 
-use super::args::{OnOff, ServeArgs, SyncArg};
+use super::args::{OnOff, ServeArgs, StorageArg, SyncArg};
 use super::{EXIT_OK, Failure};
 
 /// The `--config` file: the same options as the flags, named as the flags without
@@ -38,6 +38,10 @@ struct FileConfig {
     sync: Option<SyncArg>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sync_interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<StorageArg>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fjall_cache_mb: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ring_size: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -276,6 +280,18 @@ fn serve_config(args: ServeArgs) -> Result<ServeConfig, Failure> {
         SyncArg::Interval => SyncPolicy::Interval(Duration::from_millis(interval_ms)),
         SyncArg::None => SyncPolicy::None,
     };
+    let storage = args.storage.or(file.storage).unwrap_or(StorageArg::Log);
+    cfg.storage = match storage {
+        StorageArg::Log => ringkv_storage::Backend::Log,
+        StorageArg::Fjall => ringkv_storage::Backend::Fjall,
+    };
+    let cache_mb = args.fjall_cache_mb.or(file.fjall_cache_mb).unwrap_or(64);
+    if !(1..=1 << 20).contains(&cache_mb) {
+        return Err(Failure::usage(
+            "--fjall-cache-mb must be between 1 and 1048576",
+        ));
+    }
+    cfg.fjall_cache_bytes = cache_mb << 20;
     cfg.ring_size = check_ring_size(args.ring_size.or(file.ring_size).unwrap_or(cfg.ring_size))
         .map_err(|e| Failure::usage(e.to_string()))?;
     let limits = &mut cfg.limits;
@@ -477,6 +493,8 @@ fn serve_config(args: ServeArgs) -> Result<ServeConfig, Failure> {
         node_id: cfg.node_id.clone(),
         sync: Some(sync),
         sync_interval_ms: Some(interval_ms),
+        storage: Some(storage),
+        fjall_cache_mb: Some(cache_mb),
         ring_size: Some(cfg.ring_size),
         max_key_bytes: Some(cfg.limits.max_key_bytes),
         max_value_bytes: Some(cfg.limits.max_value_bytes),

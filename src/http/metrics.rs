@@ -421,19 +421,24 @@ impl Collector for NodeCollector {
         // Storage.
         let s = &status.storage;
         let store = node.coordinator().replica().store();
+        o.gauges(
+            "ringkv_storage_backend",
+            "1, labelled with the storage engine (log or fjall).",
+            &[(vec![("backend", s.backend.clone())], 1.0)],
+        )?;
         o.gauge(
             "ringkv_storage_disk_bytes",
-            "Bytes in the log's segment files.",
+            "Bytes in the storage engine's files.",
             s.disk_bytes as f64,
         )?;
         o.gauge(
             "ringkv_storage_live_bytes",
-            "Bytes of the log still referred to (the rest a merge reclaims).",
+            "Bytes of the log still referred to (the rest a merge reclaims); fjall reports all its bytes.",
             s.live_bytes as f64,
         )?;
         o.gauge(
             "ringkv_storage_segments",
-            "Segment files of the log.",
+            "Segment files of the log; tables and journals of fjall.",
             s.segment_files as f64,
         )?;
         o.gauge(
@@ -443,7 +448,7 @@ impl Collector for NodeCollector {
         )?;
         o.counter(
             "ringkv_storage_merges",
-            "Log merges completed since start.",
+            "Log merges (fjall compactions) completed since start.",
             s.merges,
         )?;
         o.counter(
@@ -453,7 +458,7 @@ impl Collector for NodeCollector {
         )?;
         o.histograms(
             "ringkv_storage_fsync_duration_seconds",
-            "Latency of the log's fsyncs.",
+            "Latency of the storage engine's fsyncs.",
             &[(Vec::new(), store.fsync_latency())],
         )?;
         o.gauge(

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ringkv_gossip::ClusterKey;
-use ringkv_storage::{Disk, Driver, StorageError, Store, StoreConfig, SyncPolicy};
+use ringkv_storage::{Backend, Disk, Driver, StorageError, Store, StoreConfig, SyncPolicy};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -100,6 +100,10 @@ pub struct NodeConfig {
     /// Who runs the store's periodic syncs and checkpoints: its own threads, or
     /// this node's runtime on tokio's clock (the simulation's virtual time).
     pub store_driver: Driver,
+    /// Storage engine of a new data directory (an existing one must match).
+    pub storage: Backend,
+    /// fjall's block cache in bytes.
+    pub fjall_cache_bytes: u64,
 }
 
 impl NodeConfig {
@@ -120,6 +124,8 @@ impl NodeConfig {
             unsafe_lww: false,
             disk: Disk::Os,
             store_driver: Driver::Threads,
+            storage: Backend::Log,
+            fjall_cache_bytes: 64 << 20,
         }
     }
 
@@ -257,6 +263,8 @@ impl Node {
             sync: config.sync,
             disk: config.disk.clone(),
             driver: config.store_driver,
+            backend: config.storage,
+            cache_bytes: config.fjall_cache_bytes,
             ..StoreConfig::new(config.data_dir.clone())
         })?;
         let actor = match read_u64(&store, "actor")? {
@@ -436,6 +444,7 @@ impl Node {
                 let trees = store.tree_stats();
                 let log = store.log_stats();
                 StorageStatus {
+                    backend: store.backend().name().to_string(),
                     disk_bytes: log.bytes,
                     live_bytes: log.live_bytes,
                     segment_files: log.segments,

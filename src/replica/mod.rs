@@ -490,7 +490,7 @@ impl Replica {
         self.check_key(key)?;
         let partition = partition_of(key, self.ring_size);
         match self.store.get(partition, key) {
-            Err(StorageError::Corrupt { .. }) => {
+            Err(e) if e.is_damage() => {
                 self.heal(partition, key)?;
                 Ok(None)
             }
@@ -560,9 +560,7 @@ impl Replica {
                 self.apply(kind, partition, limit, lww, cur, f)
             });
             match updated {
-                Err(ReplicaError::Storage(StorageError::Corrupt { .. }))
-                    if attempt == 0 && f.is_some() =>
-                {
+                Err(ReplicaError::Storage(e)) if e.is_damage() && attempt == 0 && f.is_some() => {
                     self.heal(partition, key)?;
                 }
                 other => return other.map(|(_, out)| out),

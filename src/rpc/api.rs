@@ -277,13 +277,17 @@ pub struct RingInfo {
 /// What the node's store looks like.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorageStatus {
-    /// Bytes of the log's segment files.
+    /// The engine: `log` or `fjall`.
+    pub backend: String,
+    /// Bytes of the engine's files.
     pub disk_bytes: u64,
-    /// Bytes the key directory still refers to (the rest awaits a merge).
+    /// Bytes the key directory still refers to (the rest awaits a merge); fjall
+    /// cannot tell, and reports all its bytes.
     pub live_bytes: u64,
-    /// Segment files of the log (read on the next open).
+    /// Segment files of the log (read on the next open); fjall's tables and
+    /// journals.
     pub segment_files: u64,
-    /// Merges of the log since start.
+    /// Merges of the log (compactions of fjall) since start.
     pub merges: u64,
     /// Bytes of torn records cut off the last segment's tail when the store was opened.
     pub truncated_bytes: u64,

@@ -109,6 +109,14 @@ impl SimulatedDisk {
 }
 
 impl Disk {
+    /// Whether writes still reach this disk (a simulated one loses its power).
+    pub(crate) fn powered(&self) -> bool {
+        match self {
+            Disk::Os => true,
+            Disk::Simulated(sim) => !sim.state().off,
+        }
+    }
+
     /// Makes a file's data durable up to its current length.
     pub(crate) fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
         match self {

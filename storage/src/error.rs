@@ -41,6 +41,35 @@ pub enum StorageError {
         /// The file that gave it away.
         found: String,
     },
+    /// The data directory holds the other engine's data: it is left untouched.
+    #[error(
+        "data directory {path} holds a {found} store; start with --storage {found}, or with an empty directory for --storage {wanted}"
+    )]
+    WrongBackend {
+        /// The directory.
+        path: PathBuf,
+        /// The engine whose data it holds.
+        found: &'static str,
+        /// The engine asked for.
+        wanted: &'static str,
+    },
+    /// fjall failed; `during` names what the store was doing.
+    #[error("fjall error during {during}: {source}")]
+    Engine {
+        /// What the store was doing.
+        during: &'static str,
+        /// fjall's error.
+        source: fjall::Error,
+    },
+    /// fjall found bytes on disk that are not the ones written (a block checksum
+    /// failed, or a block does not decode): the value is treated as damaged.
+    #[error("damaged fjall data during {during}: {detail}")]
+    EngineDamage {
+        /// What the store was doing.
+        during: &'static str,
+        /// fjall's description.
+        detail: String,
+    },
     /// The data directory is already opened by another process (or this one).
     #[error("data directory {path} is in use by another ringkv process")]
     Locked {
@@ -95,6 +124,40 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether this says the bytes on disk are damaged (a checksum failed), as
+    /// opposed to the disk failing: the value is dropped and repaired from a replica.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Corrupt { .. } | StorageError::EngineDamage { .. }
+        )
+    }
+
+    pub(crate) fn engine(during: &'static str) -> impl FnOnce(fjall::Error) -> Self {
+        move |source| {
+            use fjall::Error as F;
+            use fjall::LsmError as L;
+            match source {
+                F::Storage(
+                    L::ChecksumMismatch { .. }
+                    | L::Decompress(_)
+                    | L::InvalidTag(_)
+                    | L::InvalidTrailer
+                    | L::InvalidHeader(_)
+                    | L::Utf8(_),
+                )
+                | F::Decompress(_)
+                | F::InvalidTrailer
+                | F::InvalidTag(_) => StorageError::EngineDamage {
+                    during,
+                    detail: source.to_string(),
+                },
+                F::Poisoned => StorageError::Poisoned,
+                source => StorageError::Engine { during, source },
+            }
+        }
+    }
+
     pub(crate) fn io(during: &'static str) -> impl FnOnce(std::io::Error) -> Self {
         move |source| StorageError::Io { during, source }
     }

@@ -1,16 +1,19 @@
-//! ringkv storage: one log-structured store per node (segment files and an
-//! in-memory key directory, the Bitcask design) with keyspaces for objects, Merkle
-//! leaves, hints and metadata.
+//! ringkv storage: one store per node, on one of two engines behind one seam
+//! ([`Backend`]): ringkv's own log (segment files and an in-memory key directory,
+//! the Bitcask design; the default) or fjall's LSM tree, with keyspaces for
+//! objects, Merkle leaves, hints and metadata.
 //!
 //! The crate is bytes in, bytes out. Callers hand it canonical object encodings; it
 //! keeps, per partition, a hash tree over the digests of those bytes, updated in the
 //! same batch as every write and persisted, so a restart never rescans the keys. It
 //! knows nothing of networking, rings or object kinds.
 
+mod backend;
 pub mod disk;
 pub mod error;
 pub mod keys;
 mod log;
+mod lsm;
 pub mod merkle;
 mod meta;
 mod priority;
@@ -19,6 +22,7 @@ mod sync;
 pub mod timing;
 mod tree;
 
+pub use backend::Backend;
 pub use disk::{Disk, SimulatedDisk};
 pub use error::{Result, StorageError};
 pub use keys::{object_digest, segment_of};

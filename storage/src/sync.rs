@@ -5,8 +5,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::backend::Engine;
 use crate::error::StorageError;
-use crate::log::Log;
 use crate::tree::{CHECKPOINT_INTERVAL, Trees};
 
 /// The durability a write has when [`crate::Store::update`] returns.
@@ -45,7 +45,7 @@ const STOP_POLL: Duration = Duration::from_millis(10);
 
 impl Background {
     pub(crate) fn start(
-        log: Arc<Log>,
+        log: Arc<dyn Engine>,
         sync_every: Option<Duration>,
         trees: Arc<Trees>,
     ) -> std::io::Result<Self> {
@@ -99,8 +99,8 @@ impl Background {
                         continue;
                     }
                     since_check = Duration::ZERO;
-                    if let Err(error) = merger_log.maybe_merge() {
-                        tracing::error!(%error, "log merge failed; retried later");
+                    if let Err(error) = merger_log.maintain() {
+                        tracing::error!(%error, "storage upkeep (the log's merge) failed; retried later");
                     }
                 }
             });
@@ -165,7 +165,7 @@ impl GroupSync {
     ///
     /// Each turn of the loop either returns, performs a sync, or sleeps until the
     /// running sync finishes, so it ends after at most two syncs.
-    pub(crate) fn wait(&self, log: &Log, ticket: u64) -> Result<(), StorageError> {
+    pub(crate) fn wait(&self, log: &dyn Engine, ticket: u64) -> Result<(), StorageError> {
         let mut g = crate::store::lock(&self.state);
         loop {
             if g.synced >= ticket {
@@ -198,7 +198,7 @@ mod tests {
     fn concurrent_writers_share_syncs_and_all_return() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = Arc::new(
-            Log::open(
+            crate::log::Log::open(
                 dir.path(),
                 crate::log::LogConfig::default(),
                 crate::disk::Disk::Os,
@@ -212,7 +212,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..20 {
                         let t = group.ticket();
-                        group.wait(&log, t).expect("sync");
+                        group.wait(&*log, t).expect("sync");
                     }
                 })
             })

@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::backend::Engine;
 use crate::error::{Result, StorageError};
 use crate::keys::{object_digest, split_object_key};
-use crate::log::{Log, Op, Space};
+use crate::log::{Op, Space};
 use crate::merkle::{DEPTH, EMPTY, FANOUT, Hash, LEAVES, is_interior, nodes_at, path, xor};
 use crate::store::lock;
 
@@ -87,7 +88,7 @@ pub struct TreeStats {
 }
 
 pub(crate) struct Trees {
-    log: Arc<Log>,
+    log: Arc<dyn Engine>,
     parts: Mutex<HashMap<u32, Arc<Mutex<Upper>>>>,
     loaded: AtomicU64,
     rebuilt: AtomicU64,
@@ -103,7 +104,7 @@ fn decode(partition: u32, level: u8, index: u16, raw: &[u8]) -> Result<Hash> {
 }
 
 impl Trees {
-    pub(crate) fn new(log: Arc<Log>) -> Self {
+    pub(crate) fn new(log: Arc<dyn Engine>) -> Self {
         Trees {
             log,
             parts: Mutex::new(HashMap::new()),
@@ -152,10 +153,18 @@ impl Trees {
             }
             (Some(_), _) => {
                 let prefix = &leaf_key(partition, 0)[..5];
-                for item in self.log.prefix(Space::Merkle, prefix, LEAVES) {
-                    let v = item.value()?;
-                    let k = &item.key;
-                    let segment = match k.as_ref() {
+                for item in self.log.prefix(Space::Merkle, prefix, LEAVES)? {
+                    let k = item.key();
+                    let v =
+                        self.log
+                            .read(Space::Merkle, &item)?
+                            .ok_or(StorageError::CorruptNode {
+                                partition,
+                                level: DEPTH,
+                                index: 0,
+                                len: 0,
+                            })?;
+                    let segment = match k {
                         [_, _, _, _, _, hi, lo] => u16::from_be_bytes([*hi, *lo]),
                         _ => return Err(StorageError::CorruptKey { len: k.len() }),
                     };
@@ -326,31 +335,35 @@ impl Trees {
         }])?;
         self.log.sync()?;
         let mut leaves: BTreeMap<(u32, u16), Hash> = BTreeMap::new();
-        let objects = self.log.prefix(Space::Objects, &[], usize::MAX);
+        let objects = self.log.prefix(Space::Objects, &[], usize::MAX)?;
         let count = objects.len();
         for item in objects {
             let (partition, segment, user) =
-                split_object_key(&item.key).ok_or(StorageError::CorruptKey {
-                    len: item.key.len(),
+                split_object_key(item.key()).ok_or(StorageError::CorruptKey {
+                    len: item.key().len(),
                 })?;
-            let digest = object_digest(user, &item.value()?);
+            // A damaged value counts as absent (it is dropped and repaired later).
+            let Some(value) = self.log.read(Space::Objects, &item)? else {
+                continue;
+            };
+            let digest = object_digest(user, &value);
             let leaf = leaves.entry((partition, segment)).or_insert(EMPTY);
             *leaf = xor(leaf, &digest);
         }
         let mut ops = Vec::new();
         let mut partitions = BTreeSet::new();
-        for item in self.log.prefix(Space::Merkle, &[], usize::MAX) {
-            let [a, b, c, d, ..] = *item.key else {
+        for item in self.log.prefix(Space::Merkle, &[], usize::MAX)? {
+            let [a, b, c, d, ..] = *item.key() else {
                 continue;
             };
             let partition = u32::from_be_bytes([a, b, c, d]);
             partitions.insert(partition);
-            if let [_, _, _, _, DEPTH, hi, lo] = *item.key
+            if let [_, _, _, _, DEPTH, hi, lo] = *item.key()
                 && !leaves.contains_key(&(partition, u16::from_be_bytes([hi, lo])))
             {
                 ops.push(Op {
                     space: Space::Merkle,
-                    key: item.key.to_vec(),
+                    key: item.key().to_vec(),
                     value: None,
                 });
             }

@@ -24,6 +24,7 @@
 //! [`SEGMENT_MAGIC`] and a random salt; a `LOCK` file held with `flock`; `MERGE`, present only between
 //! a merge's commit and the removal of the segments it replaced.
 
+mod engine;
 mod merge;
 pub(crate) mod record;
 mod recovery;
@@ -728,6 +729,7 @@ impl Located {
     ///
     /// # Errors
     /// As [`Log::get`].
+    #[cfg(test)]
     pub(crate) fn value(&self) -> Result<Vec<u8>> {
         read_value(&self.segment, &self.entry)
     }

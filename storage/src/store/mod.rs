@@ -1,9 +1,11 @@
-//! The node's store: objects, Merkle leaves, hints and metadata in one log.
+//! The node's store: objects, Merkle leaves, hints and metadata in one engine (the
+//! log or fjall, [`crate::backend`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::backend::{Backend, Engine};
 use crate::disk::Disk;
 use crate::error::{Result, StorageError};
 use crate::keys::{PREFIX_LEN, object_digest, object_key, segment_of, segment_prefix};
@@ -49,6 +51,10 @@ pub struct StoreConfig {
     pub disk: Disk,
     /// Who runs the periodic work.
     pub driver: Driver,
+    /// The engine (a directory keeps the one it was created with).
+    pub backend: Backend,
+    /// fjall's block cache, in bytes (the log reads through the page cache).
+    pub cache_bytes: u64,
 }
 
 impl StoreConfig {
@@ -59,6 +65,8 @@ impl StoreConfig {
             sync: SyncPolicy::Interval(SyncPolicy::DEFAULT_INTERVAL),
             disk: Disk::Os,
             driver: Driver::Threads,
+            backend: Backend::Log,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -88,7 +96,7 @@ impl Updated {
     }
 }
 
-/// One node's storage. Cheap to clone; all clones share one log, closed (trees
+/// One node's storage. Cheap to clone; all clones share one engine, closed (trees
 /// checkpointed, everything synced) when the last clone is dropped.
 #[derive(Clone)]
 pub struct Store {
@@ -96,7 +104,7 @@ pub struct Store {
 }
 
 struct Inner {
-    log: Arc<Log>,
+    log: Arc<dyn Engine>,
     stripes: Box<[Mutex<()>]>,
     trees: Arc<Trees>,
     meta: MetaFile,
@@ -147,37 +155,49 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Store {
     /// Opens (or creates) the store in `config.path`.
     ///
-    /// Opening reads the log's segments once to rebuild the key directory (checking
-    /// every record's checksum) and rebuilds no tree: Merkle upper nodes come
-    /// from their checkpoint per partition on first use.
+    /// The log's open reads its segments (or their hint files) once to rebuild the
+    /// key directory (checking every record's checksum); fjall's replays its journal.
+    /// Neither rebuilds a tree: Merkle upper nodes come from their checkpoint per
+    /// partition on first use. The directory must hold `config.backend`'s data, or
+    /// none.
     ///
     /// # Errors
-    /// [`StorageError::Locked`] if another process has the directory open, or
-    /// [`StorageError::Io`] or [`StorageError::Corrupt`] if the log cannot be recovered,
-    /// [`StorageError::ForeignFormat`] if the directory holds another engine's files.
+    /// [`StorageError::WrongBackend`] if the directory holds the other engine's
+    /// data (nothing is touched), [`StorageError::Locked`] if another process has
+    /// the directory open, [`StorageError::Io`], [`StorageError::Corrupt`] or
+    /// [`StorageError::Engine`] if the engine cannot recover it,
+    /// [`StorageError::ForeignFormat`] if the directory holds files no engine of
+    /// this build wrote.
     pub fn open(config: StoreConfig) -> Result<Store> {
         std::fs::create_dir_all(&config.path)
             .map_err(StorageError::io("creating the data directory"))?;
-        let log = Arc::new(Log::open(
-            &config.path,
-            LogConfig::default(),
-            config.disk.clone(),
-        )?);
+        crate::backend::claim(&config.path, config.backend, &config.disk)?;
+        let log: Arc<dyn Engine> = match config.backend {
+            Backend::Log => Arc::new(Log::open(
+                &config.path,
+                LogConfig::default(),
+                config.disk.clone(),
+            )?),
+            Backend::Fjall => Arc::new(crate::lsm::Lsm::open(
+                &config.path,
+                config.disk.clone(),
+                config.sync == SyncPolicy::Always,
+                config.cache_bytes,
+            )?),
+        };
         let (meta, meta_existed) = MetaFile::open(&config.path, config.disk.clone())?;
-        let fresh = !meta_existed && log.recovered_nothing();
+        let opened = log.opened();
+        let fresh = !meta_existed && opened.nothing;
         if !meta_existed && !fresh {
             // A directory from before the metadata file: its metadata is in the log.
-            let old: Vec<(String, Vec<u8>)> = log
-                .prefix(Space::Meta, &[], usize::MAX)
-                .into_iter()
-                .filter(|item| !crate::tree::is_tree_meta(&item.key))
-                .map(|item| {
-                    Ok((
-                        String::from_utf8_lossy(&item.key).into_owned(),
-                        item.value()?,
-                    ))
-                })
-                .collect::<Result<_>>()?;
+            let mut old: Vec<(String, Vec<u8>)> = Vec::new();
+            for item in log.prefix(Space::Meta, &[], usize::MAX)? {
+                if crate::tree::is_tree_meta(item.key()) {
+                    continue;
+                }
+                let value = log.get(Space::Meta, item.key())?.unwrap_or_default();
+                old.push((String::from_utf8_lossy(item.key()).into_owned(), value));
+            }
             meta.set_all(old.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
         }
         let trees = Arc::new(Trees::new(log.clone()));
@@ -187,8 +207,8 @@ impl Store {
             .get(META_KNOWN_DAMAGE)
             .and_then(|raw| postcard::from_bytes(&raw).ok())
             .unwrap_or_default();
-        let skipped = log.skipped_at().to_vec();
-        let damaged = log.stats().truncated_bytes > 0 || skipped.iter().any(|d| !known.contains(d));
+        let skipped = opened.skipped_at;
+        let damaged = opened.truncated_bytes > 0 || skipped.iter().any(|d| !known.contains(d));
         if trees.needs_rebuild(damaged)? {
             trees.rebuild_leaves()?;
         }
@@ -289,6 +309,11 @@ impl Store {
         self.inner.close()
     }
 
+    /// The engine holding this store's data.
+    pub fn backend(&self) -> Backend {
+        self.inner.log.backend()
+    }
+
     /// The directory of this store.
     pub fn path(&self) -> &Path {
         &self.inner.path
@@ -321,7 +346,7 @@ impl Store {
     fn make_durable(&self, ticket: Option<u64>) -> Result<()> {
         match ticket {
             None => Ok(()),
-            Some(ticket) => self.inner.group.wait(&self.inner.log, ticket),
+            Some(ticket) => self.inner.group.wait(&*self.inner.log, ticket),
         }
     }
 
@@ -399,9 +424,9 @@ impl Store {
         let (segment, okey) = (segment_of(key), object_key(partition, key));
         let guard = lock(self.stripe(partition, segment));
         let current = match self.read_raw(&okey) {
-            // Damaged: it cannot be what the caller saw (the log remembers it for
-            // [`Store::damaged`]).
-            Err(StorageError::Corrupt { .. }) => return Ok(false),
+            // Damaged: it cannot be what the caller saw (the engine remembers it
+            // for [`Store::damaged`]).
+            Err(e) if e.is_damage() => return Ok(false),
             other => other?,
         };
         let Some(current) = current else {
@@ -456,13 +481,13 @@ impl Store {
 
     /// Latencies of the log's fsyncs so far.
     pub fn fsync_latency(&self) -> crate::timing::LatencySnapshot {
-        self.inner.log.fsyncs.snapshot()
+        self.inner.log.fsyncs()
     }
 
     /// How long the sync now in flight has been running, if one is (a disk that
     /// stopped answering shows here).
     pub fn sync_running_for(&self) -> Option<std::time::Duration> {
-        self.inner.log.syncing.running_for()
+        self.inner.log.sync_running_for()
     }
 
     /// Bytes available to this process and in all on the data directory's file
@@ -515,15 +540,18 @@ impl Store {
             Space::Objects,
             &segment_prefix(partition, segment),
             usize::MAX,
-        ) {
+        )? {
             // A damaged value is left out (as if absent), so the peer sends its
-            // copy; the log remembers it for [`Store::damaged`].
-            let Some(v) = item.value_or_damaged(&self.inner.log, Space::Objects)? else {
+            // copy; the engine remembers it for [`Store::damaged`].
+            let Some(v) = self.inner.log.read(Space::Objects, &item)? else {
                 continue;
             };
-            let user = item.key.get(PREFIX_LEN..).ok_or(StorageError::CorruptKey {
-                len: item.key.len(),
-            })?;
+            let user = item
+                .key()
+                .get(PREFIX_LEN..)
+                .ok_or(StorageError::CorruptKey {
+                    len: item.key().len(),
+                })?;
             out.push((user.to_vec(), object_digest(user, &v)));
         }
         Ok(out)
@@ -537,26 +565,33 @@ impl Store {
         partition: u32,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + use<> {
         let log = self.inner.log.clone();
-        self.inner
-            .log
-            .prefix(Space::Objects, &partition.to_be_bytes(), usize::MAX)
+        let (items, failed) =
+            match self
+                .inner
+                .log
+                .prefix(Space::Objects, &partition.to_be_bytes(), usize::MAX)
+            {
+                Ok(items) => (items, None),
+                Err(e) => (Vec::new(), Some(Err(e))),
+            };
+        failed
             .into_iter()
-            .filter_map(move |item| {
-                let v = match item.value_or_damaged(&log, Space::Objects) {
+            .chain(items.into_iter().filter_map(move |item| {
+                let v = match log.read(Space::Objects, &item) {
                     Ok(Some(v)) => v,
                     Ok(None) => return None,
                     Err(e) => return Some(Err(e)),
                 };
-                let user = match item.key.get(PREFIX_LEN..) {
+                let user = match item.key().get(PREFIX_LEN..) {
                     Some(u) => u,
                     None => {
                         return Some(Err(StorageError::CorruptKey {
-                            len: item.key.len(),
+                            len: item.key().len(),
                         }));
                     }
                 };
                 Some(Ok((user.to_vec(), v)))
-            })
+            }))
     }
 
     /// Up to `n` objects found damaged (their checksum failed when read by a
@@ -607,7 +642,7 @@ impl Store {
         let (segment, okey) = (segment_of(key), object_key(partition, key));
         let guard = lock(self.stripe(partition, segment));
         match self.read_raw(&okey) {
-            Err(StorageError::Corrupt { .. }) => {}
+            Err(e) if e.is_damage() => {}
             // Gone or rewritten meanwhile: nothing damaged is left.
             Ok(_) => {
                 drop(guard);
@@ -621,14 +656,14 @@ impl Store {
             Space::Objects,
             &segment_prefix(partition, segment),
             usize::MAX,
-        ) {
-            if item.key[..] == okey[..] {
+        )? {
+            if item.key() == &okey[..] {
                 continue;
             }
             // Another damaged value of the same leaf is left out too (and dropped
             // in its turn).
-            if let Some(v) = item.value_or_damaged(&self.inner.log, Space::Objects)?
-                && let Some(user) = item.key.get(PREFIX_LEN..)
+            if let Some(v) = self.inner.log.read(Space::Objects, &item)?
+                && let Some(user) = item.key().get(PREFIX_LEN..)
             {
                 fresh = xor(&fresh, &object_digest(user, &v));
             }
@@ -671,9 +706,9 @@ impl Store {
             Space::Objects,
             &segment_prefix(partition, segment),
             usize::MAX,
-        ) {
-            if let Some(v) = item.value_or_damaged(&self.inner.log, Space::Objects)?
-                && let Some(user) = item.key.get(PREFIX_LEN..)
+        )? {
+            if let Some(v) = self.inner.log.read(Space::Objects, &item)?
+                && let Some(user) = item.key().get(PREFIX_LEN..)
             {
                 fresh = xor(&fresh, &object_digest(user, &v));
             }
@@ -789,12 +824,12 @@ impl Store {
     /// [`StorageError::Io`] on an I/O failure.
     pub fn hints(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self.inner.log.prefix(Space::Hints, prefix, limit) {
+        for item in self.inner.log.prefix(Space::Hints, prefix, limit)? {
             // A damaged hint is skipped, so the ones after it are still delivered
             // (review C5: one stalled every hint to its owner), and dropped by
             // [`Store::damaged`].
-            if let Some(v) = item.value_or_damaged(&self.inner.log, Space::Hints)? {
-                out.push((item.key.to_vec(), v));
+            if let Some(v) = self.inner.log.read(Space::Hints, &item)? {
+                out.push((item.key().to_vec(), v));
             }
         }
         Ok(out)
@@ -810,523 +845,4 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::merkle::EMPTY;
-    use std::collections::BTreeMap;
-
-    fn open(dir: &Path) -> Store {
-        let mut cfg = StoreConfig::new(dir);
-        cfg.sync = SyncPolicy::None;
-        Store::open(cfg).expect("open")
-    }
-
-    fn put(s: &Store, p: u32, k: &[u8], v: &[u8]) -> Updated {
-        let v = v.to_vec();
-        let (u, ()) = s
-            .update::<_, StorageError>(p, k, |_| Ok((Change::Put(v), ())))
-            .expect("update");
-        u
-    }
-
-    #[test]
-    fn update_sees_previous_value_and_keep_changes_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = open(dir.path());
-        put(&s, 1, b"k", b"v1");
-        let root = s.root(1).expect("root");
-        let (u, seen) = s
-            .update::<_, StorageError>(1, b"k", |cur| Ok((Change::Keep, cur.map(<[u8]>::to_vec))))
-            .expect("update");
-        assert_eq!(seen.as_deref(), Some(&b"v1"[..]));
-        assert!(!u.changed());
-        assert_eq!(s.root(1).expect("root"), root);
-        assert_eq!(s.get(1, b"k").expect("get").as_deref(), Some(&b"v1"[..]));
-        assert_eq!(s.get(2, b"k").expect("get"), None);
-    }
-
-    #[test]
-    fn failing_merge_writes_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = open(dir.path());
-        let r: std::result::Result<(Updated, ()), StorageError> = s.update(3, b"k", |_| {
-            Err(StorageError::NoSuchNode { level: 9, index: 9 })
-        });
-        assert!(r.is_err());
-        assert_eq!(s.get(3, b"k").expect("get"), None);
-        assert_eq!(s.root(3).expect("root"), EMPTY);
-    }
-
-    #[test]
-    fn roots_depend_on_content_not_history() {
-        let a_dir = tempfile::tempdir().expect("tempdir");
-        let b_dir = tempfile::tempdir().expect("tempdir");
-        let a = open(a_dir.path());
-        let b = open(b_dir.path());
-        for i in 0..200u32 {
-            put(&a, 0, &i.to_be_bytes(), b"x");
-        }
-        for i in (0..200u32).rev() {
-            put(&b, 0, &i.to_be_bytes(), b"old");
-            put(&b, 0, &i.to_be_bytes(), b"x");
-        }
-        assert_eq!(a.root(0).expect("root"), b.root(0).expect("root"));
-        put(&b, 0, &7u32.to_be_bytes(), b"y");
-        assert_ne!(a.root(0).expect("root"), b.root(0).expect("root"));
-        // Removing everything empties the tree again.
-        for i in 0..200u32 {
-            let k = i.to_be_bytes();
-            let d = object_digest(&k, b"x");
-            assert!(a.remove_if(0, &k, &d).expect("remove"));
-        }
-        assert_eq!(a.root(0).expect("root"), EMPTY);
-    }
-
-    #[test]
-    fn remove_if_refuses_a_changed_object() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = open(dir.path());
-        let u = put(&s, 0, b"k", b"v1");
-        put(&s, 0, b"k", b"v2");
-        let stale = u.after.expect("written");
-        assert!(!s.remove_if(0, b"k", &stale).expect("remove"));
-        assert!(s.get(0, b"k").expect("get").is_some());
-    }
-
-    #[test]
-    fn trees_survive_reopen_without_rescan() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let roots: BTreeMap<u32, Hash>;
-        {
-            let s = open(dir.path());
-            for i in 0..500u32 {
-                put(&s, i % 4, &i.to_be_bytes(), &i.to_le_bytes());
-            }
-            roots = (0..4).map(|p| (p, s.root(p).expect("root"))).collect();
-            s.sync().expect("sync");
-        }
-        let s = open(dir.path());
-        for (p, r) in roots {
-            assert_eq!(s.root(p).expect("root"), r);
-        }
-        // The tree matches one rebuilt from the objects: the root is the XOR of all
-        // digests, every leaf the XOR of its segment, every parent the XOR of its children.
-        let mut root = EMPTY;
-        let mut leaves = vec![EMPTY; crate::merkle::LEAVES];
-        for item in s.scan_partition(2) {
-            let (k, v) = item.expect("scan");
-            let d = object_digest(&k, &v);
-            root = xor(&root, &d);
-            let seg = segment_of(&k) as usize;
-            leaves[seg] = xor(&leaves[seg], &d);
-        }
-        assert_eq!(root, s.root(2).expect("root"));
-        let mut level2 = Vec::new();
-        for i in 0..256u32 {
-            let children = s.children(2, 2, i).expect("children");
-            assert_eq!(children[..], leaves[i as usize * 16..(i as usize + 1) * 16]);
-            level2.push(children.iter().fold(EMPTY, |a, c| xor(&a, c)));
-        }
-        let level1: Vec<Hash> = (0..16u32)
-            .flat_map(|i| s.children(2, 1, i).expect("children"))
-            .collect();
-        assert_eq!(level1, level2);
-        let rebuilt = s
-            .children(2, 0, 0)
-            .expect("children")
-            .iter()
-            .fold(EMPTY, |a, c| xor(&a, c));
-        assert!(s.children(2, 3, 0).is_err());
-        assert_eq!(rebuilt, s.root(2).expect("root"));
-    }
-
-    #[test]
-    fn upper_nodes_come_back_from_checkpoint_or_leaves() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = open(dir.path());
-        for i in 0..300u32 {
-            put(&s, 1, &i.to_be_bytes(), b"a");
-        }
-        assert_eq!(s.checkpoint().expect("checkpoint"), 1);
-        assert_eq!(
-            s.checkpoint().expect("checkpoint"),
-            0,
-            "nothing dirty any more"
-        );
-        let root = s.root(1).expect("root");
-        let fresh = s.inner.trees.load_for_test(1).expect("load");
-        assert_eq!(fresh, (root, false));
-        // Writes after the checkpoint leave the marker: a fresh load recomputes from leaves.
-        for i in 300..400u32 {
-            put(&s, 1, &i.to_be_bytes(), b"b");
-        }
-        let root = s.root(1).expect("root");
-        let fresh = s.inner.trees.load_for_test(1).expect("load");
-        assert_eq!(fresh, (root, true));
-        assert_eq!(s.tree_stats().rebuilt_from_leaves, 1);
-    }
-
-    #[test]
-    fn segment_digests_list_exactly_the_segment() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = open(dir.path());
-        for i in 0..300u32 {
-            put(&s, 5, &i.to_be_bytes(), b"v");
-        }
-        let seg = segment_of(&17u32.to_be_bytes());
-        let listed = s.segment_digests(5, seg).expect("scan");
-        assert!(listed.iter().any(|(k, _)| k == &17u32.to_be_bytes()));
-        assert!(listed.iter().all(|(k, _)| segment_of(k) == seg));
-    }
-
-    #[test]
-    fn hints_and_meta_round_trip() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = open(dir.path());
-        s.set_meta("node_id", b"a").expect("meta");
-        assert_eq!(s.meta("node_id").expect("meta").as_deref(), Some(&b"a"[..]));
-        s.put_hint(b"n1/1", b"x").expect("hint");
-        s.put_hint(b"n1/2", b"y").expect("hint");
-        s.put_hint(b"n2/1", b"z").expect("hint");
-        assert_eq!(s.hints(b"n1/", 10).expect("hints").len(), 2);
-        assert_eq!(s.hints(b"n1/", 1).expect("hints").len(), 1);
-        s.remove_hint(b"n1/1").expect("remove");
-        assert_eq!(s.hints(b"n1/", 10).expect("hints").len(), 1);
-    }
-
-    #[test]
-    fn leaves_are_recomputed_when_recovery_skips_a_damaged_record() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let s = open(dir.path());
-            for i in 0..200u32 {
-                put(
-                    &s,
-                    i % 3,
-                    &i.to_be_bytes(),
-                    format!("value-{i:05}").as_bytes(),
-                );
-            }
-            s.checkpoint().expect("checkpoint");
-        }
-        // Damage the record of one object in the middle of the log: recovery skips
-        // it, and with it that write's leaf update.
-        let seg = std::fs::read_dir(dir.path())
-            .expect("list")
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.ends_with(".seg"))
-            .max()
-            .expect("segment");
-        let path = dir.path().join(seg);
-        let mut bytes = std::fs::read(&path).expect("read");
-        let at = bytes
-            .windows(11)
-            .position(|w| w == b"value-00100")
-            .expect("on disk");
-        bytes[at] ^= 0x01;
-        std::fs::write(&path, &bytes).expect("write");
-        let s = open(dir.path());
-        assert_eq!(s.log_stats().skipped_records, 1);
-        assert_eq!(s.get(100 % 3, &100u32.to_be_bytes()).expect("get"), None);
-        // Every root is again the XOR of the digests of what the store holds.
-        for p in 0..3u32 {
-            let mut root = EMPTY;
-            for item in s.scan_partition(p) {
-                let (k, v) = item.expect("scan");
-                root = xor(&root, &object_digest(&k, &v));
-            }
-            assert_eq!(s.root(p).expect("root"), root, "partition {p}");
-        }
-        assert_eq!(s.tree_stats().rebuilt_from_leaves, 3);
-        // And the rebuild is not repeated on the next open.
-        drop(s);
-        let s = open(dir.path());
-        assert_eq!(s.root(1).expect("root"), {
-            let mut root = EMPTY;
-            for item in s.scan_partition(1) {
-                let (k, v) = item.expect("scan");
-                root = xor(&root, &object_digest(&k, &v));
-            }
-            root
-        });
-    }
-
-    fn simulated(dir: &Path, disk: &Arc<crate::disk::SimulatedDisk>) -> Store {
-        let mut cfg = StoreConfig::new(dir);
-        cfg.disk = Disk::Simulated(disk.clone());
-        cfg.driver = Driver::Caller;
-        Store::open(cfg).expect("open")
-    }
-
-    #[test]
-    fn a_power_loss_drops_what_the_last_sync_did_not_cover() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let disk = crate::disk::SimulatedDisk::new();
-        let s = simulated(dir.path(), &disk);
-        assert!(s.opened_clean(), "a new directory holds nothing to lose");
-        put(&s, 1, b"synced", b"v");
-        s.tick(true, false).expect("interval sync");
-        put(&s, 1, b"unsynced", b"v");
-        disk.power_off();
-        // What the shutdown path writes after the power went is lost too.
-        drop(s);
-        disk.restore(None).expect("restore");
-        let s = simulated(dir.path(), &disk);
-        assert!(!s.opened_clean(), "a crash is noticed");
-        assert!(s.get(1, b"synced").expect("get").is_some());
-        assert_eq!(s.get(1, b"unsynced").expect("get"), None);
-        // The hash tree matches what survived.
-        let mut root = EMPTY;
-        for item in s.scan_partition(1) {
-            let (k, v) = item.expect("scan");
-            root = xor(&root, &object_digest(&k, &v));
-        }
-        assert_eq!(s.root(1).expect("root"), root);
-        s.acknowledge_unclean_open(&[]).expect("ack");
-        drop(s);
-        let s = simulated(dir.path(), &disk);
-        assert!(s.opened_clean(), "a clean close is noticed too");
-        // A torn append: part of the unsynced record survives, recovery cuts it.
-        put(&s, 2, b"torn", &[5; 200]);
-        disk.power_off();
-        drop(s);
-        assert!(disk.restore(Some(100)).expect("restore") > 0);
-        let s = simulated(dir.path(), &disk);
-        assert!(s.log_stats().truncated_bytes > 0);
-        assert_eq!(s.get(2, b"torn").expect("get"), None);
-        assert!(!s.opened_clean());
-    }
-
-    #[test]
-    fn an_unclean_open_stays_unclean_until_acknowledged() {
-        // A start that fails after opening (a wrong flag, a busy port) closes the
-        // store cleanly: the next start must still know what the crash lost.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let disk = crate::disk::SimulatedDisk::new();
-        let s = simulated(dir.path(), &disk);
-        put(&s, 1, b"k", b"v");
-        disk.power_off();
-        drop(s);
-        disk.restore(None).expect("restore");
-        let s = simulated(dir.path(), &disk);
-        assert!(!s.opened_clean());
-        drop(s);
-        let s = simulated(dir.path(), &disk);
-        assert!(!s.opened_clean(), "still owed an answer");
-        s.acknowledge_unclean_open(&[("epoch", &[1u8][..])])
-            .expect("ack");
-        drop(s);
-        let s = simulated(dir.path(), &disk);
-        assert!(s.opened_clean());
-        assert_eq!(s.meta("epoch").expect("meta").as_deref(), Some(&[1u8][..]));
-    }
-
-    #[test]
-    fn damage_an_earlier_open_accounted_for_is_not_new() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let s = open(dir.path());
-            for i in 0..20u32 {
-                put(&s, 0, &i.to_be_bytes(), format!("value-{i:05}").as_bytes());
-            }
-        }
-        let seg = std::fs::read_dir(dir.path())
-            .expect("list")
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.ends_with(".seg"))
-            .min()
-            .expect("segment");
-        let path = dir.path().join(seg);
-        let mut bytes = std::fs::read(&path).expect("read");
-        let at = bytes
-            .windows(11)
-            .position(|w| w == b"value-00007")
-            .expect("on disk");
-        bytes[at] ^= 0x01;
-        std::fs::write(&path, &bytes).expect("write");
-        let s = open(dir.path());
-        assert!(!s.opened_clean(), "new damage");
-        s.acknowledge_unclean_open(&[]).expect("ack");
-        drop(s);
-        let s = open(dir.path());
-        assert_eq!(s.log_stats().skipped_records, 1, "still skipped");
-        assert!(s.opened_clean(), "but not new");
-        assert_eq!(s.tree_stats().rebuilt_from_leaves, 0, "no rebuild again");
-    }
-
-    /// Flips the first byte of `needle` in the store's segment files.
-    fn damage(dir: &Path, needle: &[u8]) {
-        for e in std::fs::read_dir(dir).expect("list") {
-            let path = e.expect("entry").path();
-            if path.extension().is_some_and(|x| x == "seg") {
-                let mut bytes = std::fs::read(&path).expect("read");
-                if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
-                    bytes[at] ^= 0x01;
-                    std::fs::write(&path, &bytes).expect("write");
-                    return;
-                }
-            }
-        }
-        panic!("not on disk");
-    }
-
-    #[test]
-    fn a_damaged_value_is_skipped_by_scans_and_dropped_with_its_leaf_recomputed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = open(dir.path());
-        for i in 0..50u32 {
-            put(&s, 3, &i.to_be_bytes(), format!("value-{i:05}").as_bytes());
-        }
-        s.put_hint(b"h1", b"hint-one").expect("hint");
-        s.put_hint(b"h2", b"hint-two").expect("hint");
-        damage(dir.path(), b"value-00007");
-        damage(dir.path(), b"hint-one");
-        let seven = 7u32.to_be_bytes();
-        assert!(matches!(
-            s.get(3, &seven),
-            Err(StorageError::Corrupt { .. })
-        ));
-        // Scans, digests and hints go on around it.
-        let scanned: Vec<_> = s.scan_partition(3).collect::<Result<_>>().expect("scan");
-        assert_eq!(scanned.len(), 49);
-        let seg = segment_of(&seven);
-        assert!(
-            s.segment_digests(3, seg)
-                .expect("digests")
-                .iter()
-                .all(|(k, _)| k != &seven)
-        );
-        assert_eq!(s.hints(b"h", 10).expect("hints").len(), 1, "the good one");
-        assert!(!s.remove_if(3, &seven, &EMPTY).expect("remove_if"));
-        // The owner drops it; the tree again matches what is held.
-        assert_eq!(s.damaged(10), vec![(3, seven.to_vec())]);
-        assert!(s.drop_damaged(3, &seven).expect("drop"));
-        assert_eq!(s.get(3, &seven).expect("get"), None);
-        assert_eq!(
-            s.damaged(10),
-            Vec::new(),
-            "the damaged hint was dropped too"
-        );
-        assert_eq!(s.damaged_dropped(), 2);
-        let mut root = EMPTY;
-        for item in s.scan_partition(3) {
-            let (k, v) = item.expect("scan");
-            root = xor(&root, &object_digest(&k, &v));
-        }
-        assert_eq!(s.root(3).expect("root"), root);
-        assert!(
-            !s.drop_damaged(3, &seven).expect("again"),
-            "nothing left to drop"
-        );
-    }
-
-    #[test]
-    fn a_leaf_that_does_not_match_its_objects_is_corrected() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = open(dir.path());
-        for i in 0..20u32 {
-            put(&s, 2, &i.to_be_bytes(), b"v");
-        }
-        let seg = segment_of(&3u32.to_be_bytes());
-        assert!(
-            !s.verify_leaf(2, seg).expect("verify"),
-            "a right leaf stays"
-        );
-        // A delta whose object never made it (as a lost record leaves it).
-        s.inner
-            .trees
-            .commit(Vec::new(), 2, seg, &[9u8; 32])
-            .expect("commit");
-        assert!(s.verify_leaf(2, seg).expect("verify"));
-        let mut root = EMPTY;
-        for item in s.scan_partition(2) {
-            let (k, v) = item.expect("scan");
-            root = xor(&root, &object_digest(&k, &v));
-        }
-        assert_eq!(s.root(2).expect("root"), root);
-    }
-
-    #[test]
-    fn a_killed_process_leaves_an_unclean_directory() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = open(dir.path());
-        put(&s, 0, b"k", b"v");
-        // As `kill -9` would: the marker written at open stays.
-        let raw = std::fs::read(dir.path().join(crate::meta::META_FILE)).expect("meta");
-        s.close().expect("close");
-        assert!(
-            s.set_meta("x", b"y").is_err(),
-            "closed stores take no writes"
-        );
-        assert!(matches!(
-            s.inner.log.commit(&[Op {
-                space: Space::Hints,
-                key: b"h".to_vec(),
-                value: None
-            }]),
-            Err(StorageError::Closed)
-        ));
-        drop(s);
-        std::fs::write(dir.path().join(crate::meta::META_FILE), raw).expect("write");
-        assert!(!open(dir.path()).opened_clean());
-    }
-
-    #[test]
-    fn metadata_of_an_older_directory_moves_into_its_own_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let log = Log::open(dir.path(), LogConfig::default(), Disk::Os).expect("open");
-            log.commit(&[Op {
-                space: Space::Meta,
-                key: b"node_id".to_vec(),
-                value: Some(b"n7".to_vec()),
-            }])
-            .expect("commit");
-        }
-        let s = open(dir.path());
-        assert_eq!(
-            s.meta("node_id").expect("meta").as_deref(),
-            Some(&b"n7"[..])
-        );
-        assert!(!s.opened_clean(), "no clean shutdown was ever recorded");
-        s.set_meta("node_id", b"n8").expect("set");
-        drop(s);
-        let s = open(dir.path());
-        assert_eq!(
-            s.meta("node_id").expect("meta").as_deref(),
-            Some(&b"n8"[..])
-        );
-    }
-
-    #[test]
-    fn a_damaged_metadata_file_refuses_the_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let s = open(dir.path());
-            s.set_meta("dot_reserved", &(1u64 << 21).to_be_bytes())
-                .expect("meta");
-        }
-        let path = dir.path().join(crate::meta::META_FILE);
-        let mut raw = std::fs::read(&path).expect("read");
-        let at = raw.len() / 2;
-        raw[at] ^= 0x01;
-        std::fs::write(&path, &raw).expect("write");
-        let err = Store::open(StoreConfig::new(dir.path()))
-            .err()
-            .expect("refused");
-        assert!(matches!(err, StorageError::CorruptMeta { .. }), "{err}");
-        assert!(err.to_string().contains("META"), "{err}");
-    }
-
-    #[test]
-    fn second_open_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let _s = open(dir.path());
-        let again = Store::open(StoreConfig::new(dir.path()));
-        assert!(
-            matches!(again, Err(StorageError::Locked { .. })),
-            "{:?}",
-            again.err()
-        );
-    }
-}
+mod tests;
