@@ -1,4 +1,5 @@
-//! Acknowledged writes survive SIGKILL under `--sync always`.
+//! Acknowledged writes survive SIGKILL under `--sync always` and `interval`, on
+//! both storage engines.
 
 mod common;
 
@@ -6,8 +7,17 @@ use common::{Server, code, stdout};
 
 #[test]
 fn sync_always_loses_no_acknowledged_put_on_sigkill() {
+    sync_always(&["--storage", "log"]);
+}
+
+#[test]
+fn sync_always_loses_no_acknowledged_put_on_sigkill_on_fjall() {
+    sync_always(&["--storage", "fjall"]);
+}
+
+fn sync_always(storage: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Server::start(dir.path(), &["--sync", "always"]);
+    let mut s = Server::start(dir.path(), &[&["--sync", "always"], storage].concat());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let acknowledged = rt.block_on(async {
         let client = ringkv::Client::connect(&s.addr).await.expect("connect");
@@ -59,8 +69,17 @@ fn sync_always_loses_no_acknowledged_put_on_sigkill() {
 /// and keeps them across a clean restart too.
 #[test]
 fn interval_sync_loses_no_acknowledged_put_when_killed_mid_stream() {
+    interval_sync(&[]);
+}
+
+#[test]
+fn interval_sync_loses_no_acknowledged_put_when_killed_mid_stream_on_fjall() {
+    interval_sync(&["--storage", "fjall"]);
+}
+
+fn interval_sync(storage: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Server::start(dir.path(), &[]);
+    let mut s = Server::start(dir.path(), storage);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let client = rt
@@ -118,4 +137,48 @@ fn interval_sync_loses_no_acknowledged_put_when_killed_mid_stream() {
     for key in ["after-kill", "after-stop"] {
         assert_eq!(stdout(&s.cli(&["get", key])), "yes\n", "{key}");
     }
+}
+
+/// A data directory keeps the engine it was created with: `serve` with the other
+/// one refuses it in one line and touches nothing, and the right one opens it.
+#[test]
+fn serve_refuses_a_data_directory_of_the_other_engine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Server::start(dir.path(), &["--storage", "fjall"]);
+    assert_eq!(code(&s.cli(&["put", "kept", "v"])), 0);
+    assert!(stdout(&s.cli(&["status"])).contains("fjall"), "status names the engine");
+    assert_eq!(s.terminate(), Some(0));
+    let data = dir.path().join("data");
+    let before: Vec<_> = walk(&data);
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--storage", "log", "--listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("run serve");
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds a fjall store") && err.contains("--storage fjall"),
+        "{err}"
+    );
+    assert_eq!(walk(&data), before, "nothing touched");
+    s.restart();
+    assert_eq!(stdout(&s.cli(&["get", "kept"])), "v\n");
+}
+
+/// Every file under `dir` with its length and modification time.
+fn walk(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("list") {
+        let e = e.expect("entry");
+        let meta = e.metadata().expect("meta");
+        if meta.is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push((e.path(), meta.len(), meta.modified().expect("mtime")));
+        }
+    }
+    out.sort();
+    out
 }

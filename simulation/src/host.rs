@@ -41,6 +41,9 @@ pub struct HostOptions {
     pub disk: Option<Arc<SimulatedDisk>>,
     /// Changes to the configuration (scenario tests: hints off, rare anti-entropy).
     pub tweak: Option<fn(&mut NodeConfig)>,
+    /// The storage engine (fjall: a crash loses only what never reached the OS,
+    /// since its preallocated journals hide what a sync covered from the disk model).
+    pub storage: ringkv_storage::Backend,
 }
 
 /// Starts node `n{i}` with actor id `actor` and serves clients until the host stops.
@@ -64,6 +67,7 @@ pub async fn run_with(
     let disk = options.disk.unwrap_or_default();
     let mut config = config(i, data, disk);
     config.unsafe_lww = options.unsafe_lww;
+    config.storage = options.storage;
     if let Some(tweak) = options.tweak {
         tweak(&mut config);
     }

@@ -39,6 +39,9 @@ struct Cli {
     /// reported; the run succeeds when at least 90% of the seeds report them.
     #[arg(long = "unsafe-lww")]
     unsafe_lww: bool,
+    /// Storage engine of the nodes: log or fjall.
+    #[arg(long, default_value = "log")]
+    storage: ringkv_storage::Backend,
     /// Seeds run at once, each in its own process (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
@@ -119,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         duration: cli.duration,
         quiet: cli.quiet,
         unsafe_lww: cli.unsafe_lww,
+        storage: cli.storage,
     };
     if cli.child {
         let out = chaos::run(&config(seeds[0])).map_err(anyhow::Error::msg)?;

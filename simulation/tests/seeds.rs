@@ -41,6 +41,31 @@ fn sixty_four_seeds_of_chaos_pass() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The same chaos on fjall: 16 seeds per run.
+#[test]
+fn sixteen_seeds_of_chaos_pass_on_fjall() {
+    let results = run_all((101..=116).collect(), |seed| ChaosConfig {
+        storage: ringkv_storage::Backend::Fjall,
+        ..ChaosConfig::ci(seed)
+    });
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(|(cfg, out)| match out {
+            Ok(o) if o.passed() => None,
+            Ok(o) => Some(format!(
+                "seed {}: faults={} acked={} {:?}\n  replay: {}",
+                o.seed,
+                o.faults,
+                o.acked,
+                &o.violations[..o.violations.len().min(5)],
+                cfg.replay_command()
+            )),
+            Err(e) => Some(format!("seed {}: {e}\n  replay: {}", cfg.seed, cfg.replay_command())),
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// With last-writer-wins registers, concurrent acknowledged writes are lost; the
 /// checker must say so in at least 90% of the seeds.
 #[test]

@@ -28,6 +28,9 @@ pub fn run(exe: &Path, cfg: &ChaosConfig) -> Result<Outcome, String> {
     if cfg.unsafe_lww {
         cmd.arg("--unsafe-lww");
     }
+    if cfg.storage == ringkv_storage::Backend::Fjall {
+        cmd.args(["--storage", "fjall"]);
+    }
     let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())

@@ -43,6 +43,8 @@ pub struct ChaosConfig {
     pub quiet: Duration,
     /// Registers resolve by last writer wins (to show the checker sees lost writes).
     pub unsafe_lww: bool,
+    /// The nodes' storage engine.
+    pub storage: ringkv_storage::Backend,
 }
 
 impl ChaosConfig {
@@ -54,18 +56,23 @@ impl ChaosConfig {
             duration: Duration::from_secs(60),
             quiet: Duration::from_secs(30),
             unsafe_lww: false,
+            storage: ringkv_storage::Backend::Log,
         }
     }
 
     /// The command line that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run --release -p ringkv-simulation --bin ringkv-sim -- --seed {} --nodes {} --duration {} --quiet {}{}",
+            "cargo run --release -p ringkv-simulation --bin ringkv-sim -- --seed {} --nodes {} --duration {} --quiet {}{}{}",
             self.seed,
             self.nodes,
             flag_duration(self.duration),
             flag_duration(self.quiet),
-            if self.unsafe_lww { " --unsafe-lww" } else { "" }
+            if self.unsafe_lww { " --unsafe-lww" } else { "" },
+            match self.storage {
+                ringkv_storage::Backend::Log => "",
+                ringkv_storage::Backend::Fjall => " --storage fjall",
+            }
         )
     }
 }
@@ -144,6 +151,7 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
             unsafe_lww: cfg.unsafe_lww,
             disk: Some(disk),
             tweak: None,
+            storage: cfg.storage,
         };
         sim.host(format!("n{i}"), move || {
             crate::host::run_with(i, data.clone(), actor, options.clone())
