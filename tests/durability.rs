@@ -146,7 +146,10 @@ fn serve_refuses_a_data_directory_of_the_other_engine() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Server::start(dir.path(), &["--storage", "fjall"]);
     assert_eq!(code(&s.cli(&["put", "kept", "v"])), 0);
-    assert!(stdout(&s.cli(&["status"])).contains("fjall"), "status names the engine");
+    assert!(
+        stdout(&s.cli(&["status"])).contains("fjall"),
+        "status names the engine"
+    );
     assert_eq!(s.terminate(), Some(0));
     let data = dir.path().join("data");
     let before: Vec<_> = walk(&data);

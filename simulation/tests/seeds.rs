@@ -60,7 +60,11 @@ fn sixteen_seeds_of_chaos_pass_on_fjall() {
                 &o.violations[..o.violations.len().min(5)],
                 cfg.replay_command()
             )),
-            Err(e) => Some(format!("seed {}: {e}\n  replay: {}", cfg.seed, cfg.replay_command())),
+            Err(e) => Some(format!(
+                "seed {}: {e}\n  replay: {}",
+                cfg.seed,
+                cfg.replay_command()
+            )),
         })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));

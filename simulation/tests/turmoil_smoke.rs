@@ -392,3 +392,49 @@ fn a_state_arriving_after_its_key_was_reaped_does_not_bring_it_back() {
     });
     sim.run().expect("simulation");
 }
+
+fn no_tweak(_: &mut NodeConfig) {}
+
+/// A disk whose fsyncs fail: n1's store poisons itself at its next interval sync,
+/// says so in `status` (and `/readyz` turns 503, as `Node::readiness` reads the
+/// same flag), refuses writes it coordinates with a clear storage error, and keeps
+/// answering reads; the cluster goes on with the other two replicas.
+#[test]
+fn a_node_whose_fsyncs_fail_refuses_writes_and_keeps_serving_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut sim, disks) = three_on_disks(dir.path(), 31, Duration::from_secs(60), no_tweak);
+    let n1_disk = disks[0].clone();
+    sim.client("client", async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let n1 = direct(1).await?;
+        n1.put(b"before", b"v", None).await?;
+        assert!(!n1.status().await?.storage.poisoned);
+        n1_disk.fail_syncs(true);
+        // The next interval sync (every 100 ms) fails.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = n1.status().await?;
+        assert!(status.storage.poisoned, "{:?}", status.storage);
+        match n1.put(b"during", b"x", None).await {
+            Err(ringkv::ClientError::Api(ringkv::rpc::api::ApiError::Storage { reason })) => {
+                assert!(reason.contains("fsync failed"), "{reason}");
+            }
+            other => panic!("a write through n1 must fail with a storage error: {other:?}"),
+        }
+        assert!(n1.get_local(b"before").await?.is_found(), "reads go on");
+        assert_eq!(
+            n1.get(b"before").await?.siblings,
+            vec![b"v".to_vec()],
+            "quorum reads too"
+        );
+        // The other two replicas take writes (W=2).
+        let n2 = direct(2).await?;
+        n2.put(b"quorum", b"y", None).await?;
+        assert_eq!(n2.get(b"quorum").await?.siblings, vec![b"y".to_vec()]);
+        assert!(
+            !n1.get_local(b"quorum").await?.is_found(),
+            "n1 took no copy"
+        );
+        Ok(())
+    });
+    sim.run().expect("simulation");
+}

@@ -422,12 +422,18 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
                         s.stats.connections_open, s.stats.connections_refused, s.stats.bad_frames
                     ),
                     format!(
-                        "disk:         {}: {} bytes in {} file(s), {} live, {} merge(s)",
+                        "disk:         {}{}: {} bytes in {} file(s), {} live, {} merge(s), {} damaged value(s) dropped",
                         s.storage.backend,
+                        if s.storage.poisoned {
+                            " (POISONED: an fsync failed, writes refused until restart)"
+                        } else {
+                            ""
+                        },
                         s.storage.disk_bytes,
                         s.storage.segment_files,
                         s.storage.live_bytes,
-                        s.storage.merges
+                        s.storage.merges,
+                        s.storage.damaged_values_dropped
                     ),
                     format!(
                         "ring:         epoch {} (n={} r={} w={})",

@@ -456,6 +456,7 @@ impl Node {
                     damaged_values_dropped: store.damaged_dropped(),
                     trees_from_checkpoint: trees.loaded_from_checkpoint,
                     trees_rebuilt_from_leaves: trees.rebuilt_from_leaves,
+                    poisoned: store.is_poisoned(),
                 }
             },
         }

@@ -303,6 +303,9 @@ pub struct StorageStatus {
     pub trees_from_checkpoint: u64,
     /// Partitions whose hash tree was recomputed from leaves after an unclean stop.
     pub trees_rebuilt_from_leaves: u64,
+    /// An fsync failed: the store takes no writes until the node restarts (and the
+    /// node reports not ready).
+    pub poisoned: bool,
 }
 
 /// What one round did (answer to `ringkv repair`).

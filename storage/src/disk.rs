@@ -32,6 +32,8 @@ struct SimState {
     off: bool,
     /// Durable length of every file the store created or synced.
     synced: BTreeMap<PathBuf, u64>,
+    /// Every fsync fails (a disk that reports write errors).
+    failing: bool,
     /// Power losses so far.
     losses: u64,
     /// Bytes dropped by them.
@@ -101,6 +103,12 @@ impl SimulatedDisk {
         Ok(dropped)
     }
 
+    /// From now on every fsync of the store's files fails with an I/O error (or, with
+    /// `false`, works again), as a disk that can no longer write reports it.
+    pub fn fail_syncs(&self, failing: bool) {
+        self.state().failing = failing;
+    }
+
     /// Power losses so far and the bytes they dropped.
     pub fn losses(&self) -> (u64, u64) {
         let s = self.state();
@@ -124,6 +132,9 @@ impl Disk {
             Disk::Simulated(sim) => {
                 let len = file.metadata()?.len();
                 let mut s = sim.state();
+                if s.failing {
+                    return Err(io::Error::other("injected fsync failure (simulated disk)"));
+                }
                 if !s.off {
                     s.synced.insert(path.to_path_buf(), len);
                 }

@@ -526,16 +526,24 @@ fn second_open_is_refused(backend: Backend) {
     );
 }
 
-/// Runs each named `fn(Backend)` above once per engine.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod on_log {
+/// Runs each named `fn(Backend)` once per engine, in modules `$log` and `$fjall`.
+macro_rules! on_engines {
+    ($log:ident, $fjall:ident: $($name:ident),* $(,)?) => {
+        mod $log {
             $(#[test] fn $name() { super::$name(crate::Backend::Log) })*
         }
-        mod on_fjall {
+        mod $fjall {
             $(#[test] fn $name() { super::$name(crate::Backend::Fjall) })*
         }
     };
+}
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => { on_engines!(on_log, on_fjall: $($name),*); };
+}
+
+macro_rules! on_both_too {
+    ($($name:ident),* $(,)?) => { on_engines!(also_on_log, also_on_fjall: $($name),*); };
 }
 
 on_both!(
@@ -818,3 +826,70 @@ fn a_fjall_store_damaged_throughout_is_refused_or_fails_without_a_panic() {
         }
     }
 }
+
+/// A failing fsync poisons the store: under `always` the write that needed it fails
+/// and is not acknowledged, every later write fails with the same clear error,
+/// reads go on, and a reopen (after the disk is back) recovers.
+fn a_failed_fsync_poisons_the_store(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = crate::disk::SimulatedDisk::new();
+    let open = || {
+        let mut cfg = StoreConfig::new(dir.path());
+        cfg.disk = Disk::Simulated(disk.clone());
+        cfg.driver = Driver::Caller;
+        cfg.backend = backend;
+        cfg.sync = SyncPolicy::Always;
+        Store::open(cfg).expect("open")
+    };
+    let s = open();
+    put(&s, 1, b"before", b"v");
+    disk.fail_syncs(true);
+    let failed =
+        s.update::<_, StorageError>(1, b"during", |_| Ok((Change::Put(b"x".to_vec()), ())));
+    let err = failed.expect_err("not acknowledged");
+    assert!(matches!(err, StorageError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("fsync"), "{err}");
+    assert!(s.is_poisoned());
+    // Later writes are refused before they touch anything, even once the disk
+    // answers again: what the failed fsync dropped cannot be known.
+    disk.fail_syncs(false);
+    let again = s.update::<_, StorageError>(1, b"after", |_| Ok((Change::Put(b"y".to_vec()), ())));
+    assert!(matches!(again, Err(StorageError::Poisoned)), "{again:?}");
+    assert!(s.put_hint(b"h", b"v").is_err());
+    // Reads go on.
+    assert_eq!(
+        s.get(1, b"before").expect("read").as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(s.get(1, b"after").expect("read"), None);
+    drop(s);
+    let s = open();
+    assert!(!s.is_poisoned());
+    assert_eq!(
+        s.get(1, b"before").expect("read").as_deref(),
+        Some(&b"v"[..])
+    );
+    put(&s, 1, b"after", b"y");
+}
+
+/// Under `interval`, the periodic sync is what fails: the next write is refused.
+fn a_failed_interval_sync_refuses_the_next_write(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = crate::disk::SimulatedDisk::new();
+    let s = simulated_on(dir.path(), &disk, backend);
+    put(&s, 1, b"a", b"v");
+    disk.fail_syncs(true);
+    assert!(s.tick(true, false).is_err());
+    assert!(s.is_poisoned());
+    let refused = s.update::<_, StorageError>(1, b"b", |_| Ok((Change::Put(b"x".to_vec()), ())));
+    assert!(
+        matches!(refused, Err(StorageError::Poisoned)),
+        "{refused:?}"
+    );
+    assert_eq!(s.get(1, b"a").expect("read").as_deref(), Some(&b"v"[..]));
+}
+
+on_both_too!(
+    a_failed_fsync_poisons_the_store,
+    a_failed_interval_sync_refuses_the_next_write,
+);
