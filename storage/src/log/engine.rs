@@ -43,6 +43,11 @@ impl Engine for Log {
 
     fn close(&self) {
         Log::close(self);
+        // The next open seals the active segment: with its hint written now, a
+        // restart after a clean stop reads no segment at all.
+        if let Err(error) = self.write_hints(usize::MAX, true) {
+            tracing::warn!(%error, "writing hint files on close failed; the next open reads those segments");
+        }
     }
 
     fn is_poisoned(&self) -> bool {
@@ -86,7 +91,8 @@ impl Engine for Log {
     }
 
     fn maintain(&self) -> Result<()> {
-        self.maybe_merge().map(|_| ())
+        self.maybe_merge()?;
+        self.write_hints(super::HINTS_PER_ROUND, false).map(|_| ())
     }
 
     #[cfg(test)]

@@ -423,6 +423,7 @@ fn retire(dir: &std::path::Path, disk: &crate::disk::Disk, segment: Arc<Segment>
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let path = segment_path(dir, segment.id);
+    super::hint::remove(dir, disk, segment.id);
     std::fs::remove_file(&path).map_err(StorageError::io("removing a merged segment"))?;
     disk.removed(&path);
     Ok(())

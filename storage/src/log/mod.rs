@@ -25,6 +25,7 @@
 //! a merge's commit and the removal of the segments it replaced.
 
 mod engine;
+mod hint;
 mod merge;
 pub(crate) mod record;
 mod recovery;
@@ -255,6 +256,8 @@ pub struct LogStats {
     pub skipped_records: u64,
     /// Bytes in those stretches (left on disk, never read again).
     pub skipped_bytes: u64,
+    /// Segments whose keys the open read from their hint file (not the segment).
+    pub hinted_segments: u64,
 }
 
 /// The log of one node.
@@ -293,6 +296,10 @@ pub(crate) struct Log {
     pub(crate) disk: Disk,
     /// Values found damaged at run time, for the store's owner to drop and repair.
     damage: Mutex<Damage>,
+    /// Which sealed segments have a hint file, or cannot get one.
+    hints: Mutex<HintState>,
+    /// Segments whose keys the open read from hint files.
+    hinted_at_open: u64,
     _lock_file: File,
 }
 
@@ -306,6 +313,17 @@ pub(crate) struct Damage {
     /// and hide the damage) until their values are dropped.
     held: BTreeMap<u32, usize>,
 }
+
+/// Sealed segments with a hint file (`done`), and those a clean read of found
+/// damage (`skip`: they are read whole on every open, which accounts for it).
+#[derive(Default)]
+struct HintState {
+    done: std::collections::BTreeSet<u32>,
+    skip: std::collections::BTreeSet<u32>,
+}
+
+/// Hint files written per call of [`Log::write_hints`] (each reads one segment).
+const HINTS_PER_ROUND: usize = 2;
 
 /// Damaged values remembered at most (beyond, they are found again when read).
 const MAX_DAMAGED: usize = 4096;
@@ -402,6 +420,11 @@ impl Log {
             recovered_nothing,
             disk,
             damage: Mutex::new(Damage::default()),
+            hints: Mutex::new(HintState {
+                done: recovered.hinted.iter().copied().collect(),
+                skip: Default::default(),
+            }),
+            hinted_at_open: recovered.hinted.len() as u64,
             _lock_file: lock_file,
         })
     }
@@ -712,7 +735,91 @@ impl Log {
             truncated_bytes: self.truncated_bytes,
             skipped_records: self.skipped_records,
             skipped_bytes: self.skipped_bytes,
+            hinted_segments: self.hinted_at_open,
         }
+    }
+
+    /// Writes hint files for up to `max` sealed segments that lack one (all but
+    /// the active segment with `include_active` false; also the active one, which
+    /// the next open seals, once the log is closed). Returns how many it wrote.
+    ///
+    /// # Errors
+    /// A failed read of a segment, or write of its hint.
+    pub(crate) fn write_hints(&self, max: usize, include_active: bool) -> Result<usize> {
+        let active = lock(&self.writer).active.id;
+        let todo: Vec<Arc<Segment>> = {
+            let state = lock(&self.hints);
+            read(&self.segments)
+                .values()
+                .filter(|s| include_active || s.id != active)
+                .filter(|s| !state.done.contains(&s.id) && !state.skip.contains(&s.id))
+                .take(max)
+                .cloned()
+                .collect()
+        };
+        let mut written = 0;
+        for segment in todo {
+            if self.write_hint(&segment)? {
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Reads one sealed segment and writes its hint; `false` if it holds damage or
+    /// nothing.
+    fn write_hint(&self, segment: &Segment) -> Result<bool> {
+        let path = segment_path(&self.dir, segment.id);
+        // The hint must never describe bytes that are not durable.
+        self.disk
+            .sync_data(&segment.file, &path)
+            .map_err(StorageError::io("syncing a segment before its hint"))?;
+        let len = segment.len.load(Ordering::Acquire);
+        let header_len = match segment.salt {
+            Some(_) => SEGMENT_HEADER_LEN,
+            None => SEGMENT_MAGIC.len() as u64,
+        };
+        let mut slots = recovery::new_slots();
+        let mut max_seq = 0;
+        let scan = recovery::scan_segment(
+            &segment.file,
+            segment.id,
+            header_len,
+            &segment.salt,
+            len,
+            &mut slots,
+            &mut max_seq,
+        )?;
+        if scan.skipped.0 > 0 || scan.tail.is_some() || scan.records == 0 {
+            lock(&self.hints).skip.insert(segment.id);
+            return Ok(false);
+        }
+        let entries: Vec<hint::Hinted<'_>> = slots
+            .iter()
+            .flat_map(|per_space| {
+                per_space.iter().enumerate().flat_map(|(space, map)| {
+                    let space = Space::from_byte(space as u8);
+                    map.iter().filter_map(move |(key, slot)| {
+                        Some(hint::Hinted {
+                            space: space?,
+                            key,
+                            entry: slot.entry,
+                            deleted: slot.deleted,
+                        })
+                    })
+                })
+            })
+            .collect();
+        hint::write(
+            &self.dir,
+            &self.disk,
+            segment.id,
+            &segment.salt,
+            len,
+            entries.into_iter(),
+        )?;
+        lock(&self.hints).done.insert(segment.id);
+        Ok(true)
     }
 }
 

@@ -17,6 +17,7 @@ use std::fs::OpenOptions;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use super::hint;
 use super::record::{self, HEADER_LEN, Invalid, MAX_BODY_LEN};
 use super::{
     Entry, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_MAGIC_V1, SHARDS, SPACES, Segment, Shard,
@@ -36,6 +37,8 @@ pub(crate) struct Recovered {
     pub(crate) skipped_bytes: u64,
     /// Where each skipped stretch begins: (segment, offset).
     pub(crate) skipped_at: Vec<(u32, u64)>,
+    /// Segments whose keys came from their hint file.
+    pub(crate) hinted: Vec<u32>,
 }
 
 /// Name of the file listing the segments a committed merge replaced.
@@ -48,6 +51,7 @@ pub(crate) const MERGE_SUFFIX: &str = ".merging";
 /// Segment ids in `dir`, sorted; refuses a directory another engine wrote.
 fn list(dir: &Path, disk: &Disk) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
+    let mut hints = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(StorageError::io("listing the data directory"))?;
     for entry in entries {
         let entry = entry.map_err(StorageError::io("listing the data directory"))?;
@@ -66,6 +70,17 @@ fn list(dir: &Path, disk: &Disk) -> Result<Vec<u32>> {
             disk.removed(&entry.path());
             continue;
         }
+        if name.ends_with(".hint.tmp") {
+            // A hint being written when the process died: written again later.
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        if let Some(id) = name
+            .strip_suffix(".hint")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            hints.push(id);
+        }
         if let Some(id) = name
             .strip_suffix(".seg")
             .and_then(|n| n.parse::<u32>().ok())
@@ -74,6 +89,12 @@ fn list(dir: &Path, disk: &Disk) -> Result<Vec<u32>> {
         }
     }
     ids.sort_unstable();
+    for id in hints {
+        if ids.binary_search(&id).is_err() {
+            // Its segment was merged away after the hint's removal was due.
+            hint::remove(dir, disk, id);
+        }
+    }
     Ok(ids)
 }
 
@@ -108,6 +129,7 @@ pub(crate) fn finish_merge(dir: &Path, disk: &Disk) -> Result<()> {
             offset: 0,
             reason: "unreadable merge manifest",
         })?;
+        hint::remove(dir, disk, id);
         match std::fs::remove_file(segment_path(dir, id)) {
             Ok(()) => disk.removed(&segment_path(dir, id)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -124,31 +146,52 @@ pub(crate) fn finish_merge(dir: &Path, disk: &Disk) -> Result<()> {
     fsync_dir(disk, dir)
 }
 
-struct Slot {
-    entry: Entry,
-    deleted: bool,
+pub(super) struct Slot {
+    pub(super) entry: Entry,
+    pub(super) deleted: bool,
 }
 
-type Slots = Vec<[HashMap<Box<[u8]>, Slot>; SPACES]>;
+pub(super) type Slots = Vec<[HashMap<Box<[u8]>, Slot>; SPACES]>;
+
+/// Empty per-shard maps for [`scan_segment`].
+pub(super) fn new_slots() -> Slots {
+    (0..SHARDS).map(|_| Default::default()).collect()
+}
+
+/// Records that `key` of `space` was written (or deleted) at `entry`, unless a
+/// newer write of it was seen.
+fn note(slots: &mut Slots, space: super::Space, key: &[u8], entry: Entry, deleted: bool) {
+    let map = &mut slots[shard_of(space, key)][space as usize];
+    let slot = Slot { entry, deleted };
+    match map.get_mut(key) {
+        // An equal number is a later op of the same batch (which wins, as it did
+        // when committed) or a merge's copy of the same write.
+        Some(old) if old.entry.seq > entry.seq => {}
+        Some(old) => *old = slot,
+        None => {
+            map.insert(key.into(), slot);
+        }
+    }
+}
 
 /// What reading one segment found.
-struct Scan {
+pub(super) struct Scan {
     /// End of the last whole record read.
-    end: u64,
+    pub(super) end: u64,
     /// Records read.
-    records: u64,
+    pub(super) records: u64,
     /// Damaged stretches skipped (good records followed) and their bytes.
-    skipped: (u64, u64),
+    pub(super) skipped: (u64, u64),
     /// Where they begin.
-    skipped_at: Vec<u64>,
+    pub(super) skipped_at: Vec<u64>,
     /// Where damage began that no good record of this file follows.
-    tail: Option<u64>,
+    pub(super) tail: Option<u64>,
 }
 
 /// Reads the records of one segment into `slots`, resynchronising after damage on
 /// the next whole record.
 #[allow(clippy::too_many_arguments)]
-fn scan_segment(
+pub(super) fn scan_segment(
     file: &std::fs::File,
     id: u32,
     header_len: u64,
@@ -210,20 +253,7 @@ fn scan_segment(
                     len: op.value.map_or(0, |v| v.len() as u32),
                     seq,
                 };
-                let map = &mut slots[shard_of(op.space, op.key)][op.space as usize];
-                let slot = Slot {
-                    entry,
-                    deleted: op.value.is_none(),
-                };
-                match map.get_mut(op.key) {
-                    // An equal number is a later op of the same batch (which wins, as
-                    // it did when committed) or a merge's copy of the same write.
-                    Some(old) if old.entry.seq > seq => {}
-                    Some(old) => *old = slot,
-                    None => {
-                        map.insert(op.key.into(), slot);
-                    }
-                }
+                note(slots, op.space, op.key, entry, op.value.is_none());
             }
             scan.records += 1;
             pos += buf.len() as u64;
@@ -267,7 +297,7 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
     let ids = list(dir, disk)?;
     // Hash maps while reading (two lookups per op, no key comparisons along a tree
     // path); each sorted once into its shard's tree at the end.
-    let mut slots: Slots = (0..SHARDS).map(|_| Default::default()).collect();
+    let mut slots: Slots = new_slots();
     let mut read: Vec<(u32, std::fs::File, u64, Scan, record::Salt)> = Vec::new();
     let mut max_seq = 0u64;
     let mut truncated_bytes = 0u64;
@@ -275,6 +305,7 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
     let mut skipped_bytes = 0u64;
     let mut skipped_at = Vec::new();
     let mut removed_any = false;
+    let mut hinted = Vec::new();
     let remove = |path: &Path| -> Result<()> {
         std::fs::remove_file(path).map_err(StorageError::io("removing an empty segment"))?;
         disk.removed(path);
@@ -355,15 +386,34 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
                 reason: "not a ringkv log segment (or an unknown format version)",
             });
         };
-        let scan = scan_segment(
-            &file,
-            id,
-            header_len,
-            &salt,
-            file_len,
-            &mut slots,
-            &mut max_seq,
-        )?;
+        let scan = match hint::load(dir, id, &salt, file_len) {
+            // Keys from the hint, values left on disk.
+            Some(raw) => {
+                let mut records = 0;
+                for h in hint::entries(&raw, id).flatten() {
+                    max_seq = max_seq.max(h.entry.seq);
+                    note(&mut slots, h.space, h.key, h.entry, h.deleted);
+                    records += 1;
+                }
+                hinted.push(id);
+                Scan {
+                    end: file_len,
+                    records,
+                    skipped: (0, 0),
+                    skipped_at: Vec::new(),
+                    tail: None,
+                }
+            }
+            None => scan_segment(
+                &file,
+                id,
+                header_len,
+                &salt,
+                file_len,
+                &mut slots,
+                &mut max_seq,
+            )?,
+        };
         skipped_records += scan.skipped.0;
         skipped_bytes += scan.skipped.1;
         skipped_at.extend(scan.skipped_at.iter().map(|&at| (id, at)));
@@ -462,6 +512,7 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
         skipped_records,
         skipped_bytes,
         skipped_at,
+        hinted,
     })
 }
 

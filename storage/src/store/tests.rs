@@ -217,6 +217,8 @@ fn leaves_are_recomputed_when_recovery_skips_a_damaged_record() {
         .expect("on disk");
     bytes[at] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write");
+    // Without its hint file the open reads the segment, and finds the damage.
+    remove_hints(dir.path());
     let s = open(dir.path());
     assert_eq!(s.log_stats().skipped_records, 1);
     assert_eq!(s.get(100 % 3, &100u32.to_be_bytes()).expect("get"), None);
@@ -344,6 +346,8 @@ fn damage_an_earlier_open_accounted_for_is_not_new() {
         .expect("on disk");
     bytes[at] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write");
+    // Without its hint file the open reads the segment, and finds the damage.
+    remove_hints(dir.path());
     let s = open(dir.path());
     assert!(!s.opened_clean(), "new damage");
     s.acknowledge_unclean_open(&[]).expect("ack");
@@ -893,3 +897,128 @@ on_both_too!(
     a_failed_fsync_poisons_the_store,
     a_failed_interval_sync_refuses_the_next_write,
 );
+
+/// Removes every hint file of a log directory.
+fn remove_hints(dir: &Path) {
+    for e in std::fs::read_dir(dir).expect("list") {
+        let path = e.expect("entry").path();
+        if path.extension().is_some_and(|x| x == "hint") {
+            std::fs::remove_file(&path).expect("remove hint");
+        }
+    }
+}
+
+fn hint_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "hint"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Everything a store holds, as `(partition, key, value)` and roots.
+fn contents(s: &Store) -> (Vec<(u32, Vec<u8>, Vec<u8>)>, Vec<Hash>) {
+    let mut all = Vec::new();
+    let mut roots = Vec::new();
+    for p in 0..4u32 {
+        for item in s.scan_partition(p) {
+            let (k, v) = item.expect("scan");
+            all.push((p, k, v));
+        }
+        roots.push(s.root(p).expect("root"));
+    }
+    (all, roots)
+}
+
+#[test]
+fn a_clean_restart_reads_hint_files_and_a_bad_hint_falls_back_to_its_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before = {
+        let s = open(dir.path());
+        for i in 0..3_000u32 {
+            put(
+                &s,
+                i % 4,
+                &i.to_be_bytes(),
+                format!("value-{i:06}").as_bytes(),
+            );
+        }
+        for i in (0..3_000u32).step_by(7) {
+            let k = i.to_be_bytes();
+            let d = object_digest(&k, format!("value-{i:06}").as_bytes());
+            assert!(s.remove_if(i % 4, &k, &d).expect("remove"));
+        }
+        s.put_hint(b"h1", b"x").expect("hint");
+        contents(&s)
+    };
+    let hints = hint_files(dir.path());
+    assert_eq!(hints.len(), 1, "the closed active segment got its hint");
+    let s = open(dir.path());
+    assert_eq!(s.log_stats().hinted_segments, 1);
+    assert!(s.opened_clean());
+    assert_eq!(contents(&s), before);
+    assert_eq!(s.hint(b"h1").expect("hint").as_deref(), Some(&b"x"[..]));
+    drop(s);
+    // A damaged hint: ignored, the segment is read, nothing differs.
+    let mut raw = std::fs::read(&hints[0]).expect("read");
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x10;
+    std::fs::write(&hints[0], &raw).expect("write");
+    let s = open(dir.path());
+    assert_eq!(
+        s.log_stats().hinted_segments,
+        0,
+        "the damaged hint is ignored"
+    );
+    assert_eq!(contents(&s), before);
+    drop(s);
+    // That close wrote it again.
+    let s = open(dir.path());
+    assert_eq!(s.log_stats().hinted_segments, 1);
+    drop(s);
+    // Missing hints, and a hint that does not describe its segment (cut short):
+    // both read the segments.
+    remove_hints(dir.path());
+    std::fs::write(hint_path_of(dir.path(), 999), b"RKVHINT\x01 stale").expect("orphan");
+    let s = open(dir.path());
+    assert_eq!(s.log_stats().hinted_segments, 0);
+    assert_eq!(contents(&s), before);
+    assert!(
+        !hint_path_of(dir.path(), 999).exists(),
+        "an orphan hint is removed"
+    );
+}
+
+fn hint_path_of(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{id:08}.hint"))
+}
+
+#[test]
+fn a_value_damaged_under_a_hint_is_found_when_read_and_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = open(dir.path());
+        for i in 0..50u32 {
+            put(&s, 3, &i.to_be_bytes(), format!("value-{i:05}").as_bytes());
+        }
+    }
+    damage(dir.path(), b"value-00011");
+    let s = open(dir.path());
+    assert_eq!(
+        s.log_stats().hinted_segments,
+        1,
+        "the hint is trusted for keys"
+    );
+    let k = 11u32.to_be_bytes();
+    assert!(s.get(3, &k).is_err_and(|e| e.is_damage()), "never served");
+    assert_eq!(s.damaged(10), vec![(3, k.to_vec())]);
+    assert!(s.drop_damaged(3, &k).expect("drop"));
+    let (all, roots) = contents(&s);
+    assert_eq!(all.len(), 49);
+    let root = all
+        .iter()
+        .fold(EMPTY, |r, (_, k, v)| xor(&r, &object_digest(k, v)));
+    assert_eq!(roots[3], root);
+}
