@@ -269,3 +269,81 @@ fn a_delete_missed_by_a_dead_replica_stays_deleted_and_is_reaped() {
     let roots = runtime().block_on(roots(&c, &[0, 1, 2]));
     assert!(settled(&c, &roots));
 }
+
+/// A byte flipped in one replica's segment (the value's checksum now fails): that
+/// replica never serves the damaged value, drops it (counted in `status`), and
+/// anti-entropy brings the good value back, so all three hold it again.
+#[test]
+fn a_value_damaged_on_one_replicas_disk_is_never_served_and_comes_back() {
+    let mut c = Cluster::start(
+        3,
+        &[
+            "--hinted-handoff",
+            "off",
+            "--anti-entropy-interval-ms",
+            "1000",
+        ],
+    );
+    c.wait_converged(&[0, 1, 2], 3);
+    let value = format!("good-value-{}", "q".repeat(48));
+    for i in 0..20 {
+        let out = c.nodes[0].cli(&["put", &format!("dmg-{i}"), &value, "--w", "3"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    c.nodes[2].terminate();
+    // Every copy of the value in n3's segments, so whichever record the directory
+    // points at is damaged.
+    let data = c.nodes[2].dir.join("data");
+    let mut flipped = 0;
+    for entry in std::fs::read_dir(&data).expect("list") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|x| x != "seg") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).expect("read");
+        let mut at = 0;
+        while let Some(i) = bytes[at..]
+            .windows(value.len())
+            .position(|w| w == value.as_bytes())
+        {
+            bytes[at + i + 5] ^= 0x20;
+            at += i + value.len();
+            flipped += 1;
+        }
+        std::fs::write(&path, &bytes).expect("write");
+    }
+    assert!(flipped >= 20, "the values were not on disk ({flipped})");
+    c.nodes[2].restart();
+    c.wait_converged(&[0, 1, 2], 3);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut good = 0;
+        for i in 0..20 {
+            let key = format!("dmg-{i}");
+            // Never the damaged bytes, locally or through a quorum.
+            let local = c.nodes[2].cli(&["get", &key, "--local"]);
+            match code(&local) {
+                0 => {
+                    assert_eq!(common::stdout(&local), format!("{value}\n"), "{key}");
+                    good += 1;
+                }
+                1 => {}
+                other => panic!("{key}: exit {other}: {}", stderr(&local)),
+            }
+            let quorum = c.nodes[2].cli(&["get", &key, "--r", "3"]);
+            assert_eq!(code(&quorum), 0, "{}", stderr(&quorum));
+            assert_eq!(common::stdout(&quorum), format!("{value}\n"), "{key}");
+        }
+        if good == 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {good} of 20 repaired");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let dropped = c.status(2)["storage"]["damaged_values_dropped"]
+        .as_u64()
+        .expect("counter");
+    assert!(dropped >= 1, "dropped {dropped}");
+    let roots = runtime().block_on(roots(&c, &[0, 1, 2]));
+    assert!(settled(&c, &roots), "replicas converged");
+}

@@ -473,24 +473,7 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
     if removed_any {
         fsync_dir(disk, dir)?;
     }
-    let mut shards: Vec<Shard> = Vec::with_capacity(SHARDS);
-    for per_space in slots {
-        let mut shard = Shard::default();
-        for (space, map) in per_space.into_iter().enumerate() {
-            let mut live: Vec<(Box<[u8]>, Entry)> = map
-                .into_iter()
-                .filter(|(_, slot)| !slot.deleted)
-                .map(|(key, slot)| (key, slot.entry))
-                .collect();
-            live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (key, entry) in &live {
-                *shard.live.entry(entry.segment).or_default() += entry.bytes(key);
-            }
-            // From sorted input a tree is built in one pass.
-            shard.maps[space] = live.into_iter().collect();
-        }
-        shards.push(shard);
-    }
+    let shards = build_shards(slots);
     let exhausted = |what| StorageError::Corrupt {
         segment: ids.last().copied().unwrap_or(0),
         offset: 0,
@@ -513,6 +496,46 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
         skipped_bytes,
         skipped_at,
         hinted,
+    })
+}
+
+/// Turns what the segments said into the shards of the directory: per shard, the
+/// live keys sorted (a tree is built from sorted input in one pass) and the bytes
+/// each segment still holds. The shards are independent: two threads share them.
+fn build_shards(slots: Slots) -> Vec<Shard> {
+    fn build(per_space: [HashMap<Box<[u8]>, Slot>; SPACES]) -> Shard {
+        let mut shard = Shard::default();
+        for (space, map) in per_space.into_iter().enumerate() {
+            let mut live: Vec<(Box<[u8]>, Entry)> = map
+                .into_iter()
+                .filter(|(_, slot)| !slot.deleted)
+                .map(|(key, slot)| (key, slot.entry))
+                .collect();
+            live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (key, entry) in &live {
+                *shard.live.entry(entry.segment).or_default() += entry.bytes(key);
+            }
+            shard.maps[space] = live.into_iter().collect();
+        }
+        shard
+    }
+    let mut slots = slots;
+    let second = std::sync::Mutex::new(Some(slots.split_off(slots.len() / 2)));
+    let take = || crate::store::lock(&second).take().unwrap_or_default();
+    std::thread::scope(|scope| {
+        let other = std::thread::Builder::new()
+            .name("ringkv-recovery".into())
+            .spawn_scoped(scope, || take().into_iter().map(build).collect::<Vec<_>>());
+        let mut shards: Vec<Shard> = slots.into_iter().map(build).collect();
+        match other {
+            Ok(handle) => match handle.join() {
+                Ok(rest) => shards.extend(rest),
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+            // No second thread: this one builds the rest.
+            Err(_) => shards.extend(take().into_iter().map(build)),
+        }
+        shards
     })
 }
 
