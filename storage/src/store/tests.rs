@@ -919,7 +919,9 @@ fn hint_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Everything a store holds, as `(partition, key, value)` and roots.
-fn contents(s: &Store) -> (Vec<(u32, Vec<u8>, Vec<u8>)>, Vec<Hash>) {
+type Contents = (Vec<(u32, Vec<u8>, Vec<u8>)>, Vec<Hash>);
+
+fn contents(s: &Store) -> Contents {
     let mut all = Vec::new();
     let mut roots = Vec::new();
     for p in 0..4u32 {
