@@ -198,7 +198,8 @@ impl Hints {
         let old_len = old.as_ref().map_or(0, |o| o.len() as u64);
         let (pending, bytes) = (self.pending(), self.bytes());
         let grows = (next.len() as u64).saturating_sub(old_len);
-        if (old.is_none() && pending >= MAX_PENDING) || bytes + grows > self.bytes_max {
+        if (old.is_none() && pending >= MAX_PENDING) || bytes.saturating_add(grows) > self.bytes_max
+        {
             return Err(HintError::Full { pending, bytes });
         }
         self.store.put_hint(&id, &next)?;
@@ -209,8 +210,13 @@ impl Hints {
                 .or_insert((0, tokio::time::Instant::now()))
                 .0 += 1;
         }
-        self.bytes.fetch_add(next.len() as u64, Ordering::Relaxed);
-        self.bytes.fetch_sub(old_len, Ordering::Relaxed);
+        // One update, saturating: the count starts from what the store reports,
+        // which must never wrap below zero if it was low.
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_add(next.len() as u64).saturating_sub(old_len))
+            });
         self.stored.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

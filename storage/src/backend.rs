@@ -237,7 +237,8 @@ pub(crate) trait Engine: Send + Sync {
     /// Live keys of `space` (approximate for an LSM).
     fn len(&self, space: Space) -> usize;
 
-    /// Bytes of the live values of `space` (approximate for an LSM).
+    /// Bytes of the live values of `space` (exact for hints and metadata; for
+    /// objects an estimate on an LSM).
     fn value_bytes(&self, space: Space) -> u64;
 
     /// Background upkeep the store's thread runs every second: the log's merge.

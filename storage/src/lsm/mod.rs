@@ -285,7 +285,17 @@ impl Engine for Lsm {
     }
 
     fn value_bytes(&self, space: Space) -> u64 {
-        self.ks(space).disk_space()
+        match space {
+            // fjall's files: an estimate (tables only, garbage included).
+            Space::Objects | Space::Merkle => self.ks(space).disk_space(),
+            // Exact, as the hint store's byte budget needs: a scan of a keyspace
+            // that this budget keeps small.
+            Space::Hints | Space::Meta => self
+                .ks(space)
+                .iter()
+                .map(|guard| guard.size().map_or(0, u64::from))
+                .sum(),
+        }
     }
 
     fn maintain(&self) -> Result<()> {

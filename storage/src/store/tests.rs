@@ -184,6 +184,9 @@ fn hints_and_meta_round_trip(backend: Backend) {
     assert_eq!(s.hints(b"n1/", 1).expect("hints").len(), 1);
     s.remove_hint(b"n1/1").expect("remove");
     assert_eq!(s.hints(b"n1/", 10).expect("hints").len(), 1);
+    // Exact on both engines: the hint store's byte budget counts on it.
+    assert_eq!(s.hint_bytes(), 2);
+    assert_eq!(s.hint_count().expect("count"), 2);
 }
 
 #[test]
