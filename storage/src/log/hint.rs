@@ -15,7 +15,10 @@
 //! Layout: magic (8) | salt (8, zeros for format-1 segments) | segment length (8)
 //! | entry count (8) | entries | crc32 of everything before (4). An entry: space
 //! (1) | deleted (1) | key length (2, LE) | key | sequence (8) | offset (8) |
-//! length (4) | value crc32 (4), integers little-endian.
+//! length (4) | value crc32 (4), integers little-endian. Entries are sorted by
+//! directory shard, space and key, so an open merges the sorted runs of its hint
+//! files into each shard without hashing or sorting (a hint out of order is
+//! refused like a damaged one).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,7 +30,7 @@ use crate::error::{Result, StorageError};
 use crate::log::Space;
 
 /// First bytes of a hint file (format 1).
-const HINT_MAGIC: &[u8; 8] = b"RKVHINT\x01";
+const HINT_MAGIC: &[u8; 8] = b"RKVHINT\x02";
 const HEADER: usize = 32;
 const ENTRY_FIXED: usize = 1 + 1 + 2 + 8 + 8 + 4 + 4;
 
@@ -44,16 +47,22 @@ pub(crate) struct Hinted<'a> {
     pub(crate) deleted: bool,
 }
 
+/// Where an entry sorts: its directory shard, then space, then key.
+pub(crate) fn order_key<'a>(h: &Hinted<'a>) -> (usize, u8, &'a [u8]) {
+    (super::shard_of(h.space, h.key), h.space as u8, h.key)
+}
+
 /// Writes the hint of segment `id` (sealed, synced, `len` bytes, `salt`) listing
-/// `entries`.
-pub(crate) fn write<'a>(
+/// `entries` (one per key), sorted here.
+pub(crate) fn write(
     dir: &Path,
     disk: &Disk,
     id: u32,
     salt: &Salt,
     len: u64,
-    entries: impl ExactSizeIterator<Item = Hinted<'a>>,
+    mut entries: Vec<Hinted<'_>>,
 ) -> Result<()> {
+    entries.sort_unstable_by(|a, b| order_key(a).cmp(&order_key(b)));
     let mut out = Vec::with_capacity(HEADER + entries.len() * (ENTRY_FIXED + 24) + 4);
     out.extend_from_slice(HINT_MAGIC);
     out.extend_from_slice(&salt.unwrap_or([0; 8]));
@@ -106,8 +115,19 @@ pub(crate) fn load(dir: &Path, id: u32, salt: &Salt, len: u64) -> Option<Vec<u8>
         return None;
     }
     // Every entry must parse before any is used.
-    if entries(&raw, id).any(|e| e.is_none()) {
-        return None;
+    // Every entry must parse, in strictly increasing order, before any is used.
+    let mut last: Option<(usize, u8, &[u8])> = None;
+    for e in entries(&raw, id) {
+        let e = e?;
+        let at = order_key(&e);
+        if last.is_some_and(|l| l >= at) {
+            tracing::warn!(
+                segment = id,
+                "a hint file is out of order; reading its segment instead"
+            );
+            return None;
+        }
+        last = Some(at);
     }
     Some(raw)
 }

@@ -24,7 +24,7 @@ use std::io::{BufWriter, Write};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::RwLockWriteGuard;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use super::record::{self, Op};
 use super::recovery::{MERGE_MANIFEST, MERGE_MANIFEST_TMP, MERGE_SUFFIX, finish_merge};
@@ -323,12 +323,15 @@ impl Log {
         {
             let mut segments = write(&self.segments);
             for out in outputs {
-                let segment = Segment {
-                    id: out.id,
-                    file: out.file,
-                    len: AtomicU64::new(out.len),
-                    salt: Some(out.salt),
-                };
+                // Synced and renamed: its writable handle closes here, and the
+                // descriptor cache opens it for reads.
+                let segment = Segment::closed(
+                    out.id,
+                    segment_path(&self.dir, out.id),
+                    out.len,
+                    Some(out.salt),
+                    &self.fds,
+                );
                 segments.insert(out.id, Arc::new(segment));
             }
         }
@@ -423,6 +426,8 @@ fn retire(dir: &std::path::Path, disk: &crate::disk::Disk, segment: Arc<Segment>
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let path = segment_path(dir, segment.id);
+    // Readers that listed its keys before the merge read it after the unlink.
+    segment.pin()?;
     super::hint::remove(dir, disk, segment.id);
     std::fs::remove_file(&path).map_err(StorageError::io("removing a merged segment"))?;
     disk.removed(&path);

@@ -24,6 +24,7 @@
 //! [`SEGMENT_MAGIC`] and a random salt; a `LOCK` file held with `flock`; `MERGE`, present only between
 //! a merge's commit and the removal of the segments it replaced.
 
+mod descriptors;
 mod engine;
 mod hint;
 mod merge;
@@ -124,6 +125,8 @@ pub(crate) struct LogConfig {
     /// holds at most 2.5 times the live data, and a merge copies at most 2 bytes
     /// for every 3 it frees).
     pub(crate) merge_min_dead_bytes: u64,
+    /// Sealed segments kept open at most (`None`: from the descriptor limit).
+    pub(crate) open_segments: Option<usize>,
 }
 
 impl Default for LogConfig {
@@ -131,6 +134,7 @@ impl Default for LogConfig {
         LogConfig {
             segment_bytes: 64 << 20,
             merge_min_dead_bytes: 64 << 20,
+            open_segments: None,
         }
     }
 }
@@ -154,24 +158,20 @@ impl Entry {
     }
 }
 
-/// One segment file, shared by readers: an unlinked segment stays readable through
-/// the handles still held.
-#[derive(Debug)]
-pub(crate) struct Segment {
-    pub(crate) id: u32,
-    pub(crate) file: File,
-    /// Bytes written (the file's length once sealed).
-    pub(crate) len: AtomicU64,
-    /// Mixed into the checksum of every record (`None` in format 1 segments).
-    pub(crate) salt: record::Salt,
-}
+pub(crate) use descriptors::{Descriptors, Segment};
 
 pub(crate) fn segment_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("{id:08}.seg"))
 }
 
 impl Segment {
-    fn create(dir: &Path, id: u32, disk: &Disk) -> Result<Segment> {
+    /// Creates the next active segment; returns it with its (writable) file.
+    fn create(
+        dir: &Path,
+        id: u32,
+        disk: &Disk,
+        fds: &Arc<Descriptors>,
+    ) -> Result<(Segment, Arc<File>)> {
         let path = segment_path(dir, id);
         let file = OpenOptions::new()
             .read(true)
@@ -185,12 +185,9 @@ impl Segment {
         header.extend_from_slice(&salt);
         file.write_all_at(&header, 0)
             .map_err(StorageError::io("creating a log segment"))?;
-        Ok(Segment {
-            id,
-            file,
-            len: AtomicU64::new(SEGMENT_HEADER_LEN),
-            salt: Some(salt),
-        })
+        let file = Arc::new(file);
+        let segment = Segment::pinned(id, path, SEGMENT_HEADER_LEN, Some(salt), file.clone(), fds);
+        Ok((segment, file))
     }
 }
 
@@ -229,6 +226,8 @@ impl Shard {
 
 struct Writer {
     active: Arc<Segment>,
+    /// The active segment's file, open for writing.
+    file: Arc<File>,
     /// Bytes in the active segment (where the next record goes).
     len: u64,
     next_seq: u64,
@@ -294,6 +293,8 @@ pub(crate) struct Log {
     recovered_nothing: bool,
     /// Fsyncs, directory syncs and renames go through it.
     pub(crate) disk: Disk,
+    /// The bounded set of open segment files.
+    pub(crate) fds: Arc<Descriptors>,
     /// Values found damaged at run time, for the store's owner to drop and repair.
     damage: Mutex<Damage>,
     /// Which sealed segments have a hint file, or cannot get one.
@@ -321,6 +322,9 @@ struct HintState {
     done: std::collections::BTreeSet<u32>,
     skip: std::collections::BTreeSet<u32>,
 }
+
+/// Sealed segments kept open while they wait for their fsync, at most.
+const MAX_PINNED_UNSYNCED: usize = 64;
 
 /// Hint files written per call of [`Log::write_hints`] (each reads one segment).
 const HINTS_PER_ROUND: usize = 2;
@@ -386,10 +390,12 @@ impl Log {
     /// Opens the log in `dir` (which must exist), recovering what is on disk.
     pub(crate) fn open(dir: &Path, config: LogConfig, disk: Disk) -> Result<Log> {
         let lock_file = lock_dir(dir)?;
-        let recovered = recovery::recover(dir, &disk)?;
+        let fds = Descriptors::new(config.open_segments);
+        let recovered = recovery::recover(dir, &disk, &fds)?;
         let id = recovered.next_segment;
         let recovered_nothing = recovered.segments.is_empty();
-        let active = Arc::new(Segment::create(dir, id, &disk)?);
+        let (active, file) = Segment::create(dir, id, &disk, &fds)?;
+        let active = Arc::new(active);
         let mut segments = recovered.segments;
         segments.insert(id, active.clone());
         fsync_dir(&disk, dir)?;
@@ -398,6 +404,7 @@ impl Log {
             config,
             writer: Mutex::new(Writer {
                 active,
+                file,
                 len: SEGMENT_HEADER_LEN,
                 next_seq: recovered.next_seq,
                 unsynced: Vec::new(),
@@ -420,6 +427,7 @@ impl Log {
             recovered_nothing,
             disk,
             damage: Mutex::new(Damage::default()),
+            fds,
             hints: Mutex::new(HintState {
                 done: recovered.hinted.iter().copied().collect(),
                 skip: Default::default(),
@@ -525,8 +533,7 @@ impl Log {
         let start = w.len;
         // On failure the length is not advanced: the next record overwrites whatever
         // part of this one reached the file, and recovery cuts a torn tail.
-        w.active
-            .file
+        w.file
             .write_all_at(&rec, start)
             .map_err(StorageError::io("appending to the log"))?;
         w.len += rec.len() as u64;
@@ -562,10 +569,18 @@ impl Log {
     /// sealed one is fsynced by the next [`Log::sync`], outside it).
     fn rotate(&self, w: &mut Writer) -> Result<()> {
         let id = self.next_segment.fetch_add(1, Ordering::Relaxed);
-        let fresh = Arc::new(Segment::create(&self.dir, id, &self.disk)?);
+        let (fresh, file) = Segment::create(&self.dir, id, &self.disk, &self.fds)?;
+        let fresh = Arc::new(fresh);
         write(&self.segments).insert(id, fresh.clone());
         let sealed = std::mem::replace(&mut w.active, fresh);
+        w.file = file;
         w.unsynced.push(sealed);
+        // A sealed segment stays open until its fsync (a descriptor closed before
+        // it would hide a writeback error from the fsync on a new one), but only so
+        // many: with `--sync none` nothing syncs them.
+        if let Some(old) = w.unsynced.iter().rev().nth(MAX_PINNED_UNSYNCED) {
+            old.unpin();
+        }
         w.len = SEGMENT_HEADER_LEN;
         w.dir_dirty = true;
         Ok(())
@@ -591,11 +606,12 @@ impl Log {
         let result = (|| {
             for s in &sealed {
                 self.disk
-                    .sync_data(&s.file, &segment_path(&self.dir, s.id))
+                    .sync_data(&*s.file()?, &segment_path(&self.dir, s.id))
                     .map_err(StorageError::io("syncing a sealed segment"))?;
+                s.unpin();
             }
             self.disk
-                .sync_data(&active.file, &segment_path(&self.dir, active.id))
+                .sync_data(&*active.file()?, &segment_path(&self.dir, active.id))
                 .map_err(StorageError::io("syncing the log"))?;
             if dir_dirty {
                 fsync_dir(&self.disk, &self.dir)?;
@@ -768,11 +784,11 @@ impl Log {
 
     /// Reads one sealed segment and writes its hint; `false` if it holds damage or
     /// nothing.
-    fn write_hint(&self, segment: &Segment) -> Result<bool> {
+    fn write_hint(&self, segment: &Arc<Segment>) -> Result<bool> {
         let path = segment_path(&self.dir, segment.id);
         // The hint must never describe bytes that are not durable.
         self.disk
-            .sync_data(&segment.file, &path)
+            .sync_data(&*segment.file()?, &path)
             .map_err(StorageError::io("syncing a segment before its hint"))?;
         let len = segment.len.load(Ordering::Acquire);
         let header_len = match segment.salt {
@@ -782,7 +798,7 @@ impl Log {
         let mut slots = recovery::new_slots();
         let mut max_seq = 0;
         let scan = recovery::scan_segment(
-            &segment.file,
+            &*segment.file()?,
             segment.id,
             header_len,
             &segment.salt,
@@ -816,7 +832,7 @@ impl Log {
             segment.id,
             &segment.salt,
             len,
-            entries.into_iter(),
+            entries,
         )?;
         lock(&self.hints).done.insert(segment.id);
         Ok(true)
@@ -860,17 +876,17 @@ impl Located {
 /// Reads the bytes an entry points at, without checking them (a merge copies a
 /// damaged value as it is, under its original checksum, so the damage stays
 /// visible to readers and one bad value never stops a merge: review C5).
-pub(crate) fn read_unchecked(segment: &Segment, entry: &Entry) -> Result<Vec<u8>> {
+pub(crate) fn read_unchecked(segment: &Arc<Segment>, entry: &Entry) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; entry.len as usize];
     segment
-        .file
+        .file()?
         .read_exact_at(&mut buf, entry.offset)
         .map_err(StorageError::io("reading a value"))?;
     Ok(buf)
 }
 
 /// Reads and checks the value an entry points at.
-pub(crate) fn read_value(segment: &Segment, entry: &Entry) -> Result<Vec<u8>> {
+pub(crate) fn read_value(segment: &Arc<Segment>, entry: &Entry) -> Result<Vec<u8>> {
     let buf = read_unchecked(segment, entry)?;
     if crc32fast::hash(&buf) != entry.crc {
         return Err(StorageError::Corrupt {

@@ -292,13 +292,18 @@ pub(super) fn scan_segment(
 }
 
 /// Reads every segment in `dir` into a directory.
-pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
+pub(crate) fn recover(
+    dir: &Path,
+    disk: &Disk,
+    fds: &std::sync::Arc<super::Descriptors>,
+) -> Result<Recovered> {
     finish_merge(dir, disk)?;
     let ids = list(dir, disk)?;
     // Hash maps while reading (two lookups per op, no key comparisons along a tree
     // path); each sorted once into its shard's tree at the end.
     let mut slots: Slots = new_slots();
-    let mut read: Vec<(u32, std::fs::File, u64, Scan, record::Salt)> = Vec::new();
+    // Files are closed once read: a directory of 10,000 segments opens one at a time.
+    let mut read: Vec<(u32, u64, Scan, record::Salt)> = Vec::new();
     let mut max_seq = 0u64;
     let mut truncated_bytes = 0u64;
     let mut skipped_records = 0u64;
@@ -306,6 +311,8 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
     let mut skipped_at = Vec::new();
     let mut removed_any = false;
     let mut hinted = Vec::new();
+    // Hint files as read, merged into the shards at the end.
+    let mut hinted_raw: Vec<(u32, Vec<u8>)> = Vec::new();
     let remove = |path: &Path| -> Result<()> {
         std::fs::remove_file(path).map_err(StorageError::io("removing an empty segment"))?;
         disk.removed(path);
@@ -392,10 +399,10 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
                 let mut records = 0;
                 for h in hint::entries(&raw, id).flatten() {
                     max_seq = max_seq.max(h.entry.seq);
-                    note(&mut slots, h.space, h.key, h.entry, h.deleted);
                     records += 1;
                 }
                 hinted.push(id);
+                hinted_raw.push((id, raw));
                 Scan {
                     end: file_len,
                     records,
@@ -417,11 +424,12 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
         skipped_records += scan.skipped.0;
         skipped_bytes += scan.skipped.1;
         skipped_at.extend(scan.skipped_at.iter().map(|&at| (id, at)));
-        read.push((id, file, file_len, scan, salt));
+        drop(file);
+        read.push((id, file_len, scan, salt));
     }
     let last = read.len().checked_sub(1);
     let mut segments = BTreeMap::new();
-    for (i, (id, file, file_len, scan, salt)) in read.into_iter().enumerate() {
+    for (i, (id, file_len, scan, salt)) in read.into_iter().enumerate() {
         let path = segment_path(dir, id);
         let mut len = file_len;
         if let Some(at) = scan.tail {
@@ -436,6 +444,10 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
                     "cutting a torn record off the last log segment"
                 );
                 truncated_bytes += file_len - at;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(StorageError::io("truncating a torn segment"))?;
                 file.set_len(at)
                     .map_err(StorageError::io("truncating a torn segment"))?;
                 disk.sync_data(&file, &path)
@@ -457,23 +469,17 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
         }
         if scan.records == 0 && len <= scan.end {
             // Holds no record: nothing to keep (a node restarted before writing).
-            drop(file);
             remove(&path)?;
             removed_any = true;
             continue;
         }
-        let segment = Segment {
-            id,
-            file,
-            len: std::sync::atomic::AtomicU64::new(len),
-            salt,
-        };
+        let segment = Segment::closed(id, path, len, salt, fds);
         segments.insert(id, std::sync::Arc::new(segment));
     }
     if removed_any {
         fsync_dir(disk, dir)?;
     }
-    let shards = build_shards(slots);
+    let shards = build_shards(slots, &hinted_raw);
     let exhausted = |what| StorageError::Corrupt {
         segment: ids.last().copied().unwrap_or(0),
         offset: 0,
@@ -499,41 +505,95 @@ pub(crate) fn recover(dir: &Path, disk: &Disk) -> Result<Recovered> {
     })
 }
 
-/// Turns what the segments said into the shards of the directory: per shard, the
-/// live keys sorted (a tree is built from sorted input in one pass) and the bytes
-/// each segment still holds. The shards are independent: two threads share them.
-fn build_shards(slots: Slots) -> Vec<Shard> {
-    fn build(per_space: [HashMap<Box<[u8]>, Slot>; SPACES]) -> Shard {
+/// The entries of one hint file, in its (shard, space, key) order, and where each
+/// shard's run of each space begins: `runs[shard * SPACES + space]..runs[.. + 1]`.
+struct HintRuns<'a> {
+    entries: Vec<hint::Hinted<'a>>,
+    runs: Vec<usize>,
+}
+
+impl<'a> HintRuns<'a> {
+    fn new(id: u32, raw: &'a [u8]) -> Self {
+        let entries: Vec<hint::Hinted<'a>> = hint::entries(raw, id).flatten().collect();
+        let mut runs = vec![0usize; SHARDS * SPACES + 1];
+        for e in &entries {
+            runs[shard_of(e.space, e.key) * SPACES + e.space as usize + 1] += 1;
+        }
+        for i in 1..runs.len() {
+            runs[i] += runs[i - 1];
+        }
+        HintRuns { entries, runs }
+    }
+
+    fn run(&self, shard: usize, space: usize) -> &[hint::Hinted<'a>] {
+        let g = shard * SPACES + space;
+        &self.entries[self.runs[g]..self.runs[g + 1]]
+    }
+}
+
+/// Turns what the segments said into the shards of the directory: per shard and
+/// space, the sorted runs of the hint files and the keys of the segments read whole,
+/// merged (newest sequence number wins, deletes drop out) into a tree built from
+/// sorted input in one pass, and the bytes each segment still holds. The shards are
+/// independent: two threads share them.
+fn build_shards(slots: Slots, hinted: &[(u32, Vec<u8>)]) -> Vec<Shard> {
+    let files: Vec<HintRuns<'_>> = hinted
+        .iter()
+        .map(|(id, raw)| HintRuns::new(*id, raw))
+        .collect();
+    let build = |shard_index: usize, per_space: [HashMap<Box<[u8]>, Slot>; SPACES]| -> Shard {
         let mut shard = Shard::default();
         for (space, map) in per_space.into_iter().enumerate() {
-            let mut live: Vec<(Box<[u8]>, Entry)> = map
-                .into_iter()
-                .filter(|(_, slot)| !slot.deleted)
-                .map(|(key, slot)| (key, slot.entry))
-                .collect();
-            live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (key, entry) in &live {
+            let from_hints: usize = files.iter().map(|f| f.run(shard_index, space).len()).sum();
+            let mut all: Vec<(&[u8], Entry, bool)> = Vec::with_capacity(from_hints + map.len());
+            for f in &files {
+                all.extend(
+                    f.run(shard_index, space)
+                        .iter()
+                        .map(|h| (h.key, h.entry, h.deleted)),
+                );
+            }
+            all.extend(
+                map.iter()
+                    .map(|(k, slot)| (&k[..], slot.entry, slot.deleted)),
+            );
+            // Sorted runs, one per file: a stable merge sort merges them.
+            all.sort_by(|a, b| a.0.cmp(b.0).then(b.1.seq.cmp(&a.1.seq)));
+            all.dedup_by(|later, first| later.0 == first.0);
+            let mut live: Vec<(Box<[u8]>, Entry)> = Vec::with_capacity(all.len());
+            for (key, entry, deleted) in all {
+                if deleted {
+                    continue;
+                }
                 *shard.live.entry(entry.segment).or_default() += entry.bytes(key);
+                live.push((key.into(), entry));
             }
             shard.maps[space] = live.into_iter().collect();
         }
         shard
-    }
+    };
     let mut slots = slots;
-    let second = std::sync::Mutex::new(Some(slots.split_off(slots.len() / 2)));
+    let half = slots.len() / 2;
+    let second = std::sync::Mutex::new(Some(slots.split_off(half)));
     let take = || crate::store::lock(&second).take().unwrap_or_default();
+    let build_from = |first: usize, part: Vec<[HashMap<Box<[u8]>, Slot>; SPACES]>| -> Vec<Shard> {
+        part.into_iter()
+            .enumerate()
+            .map(|(i, per_space)| build(first + i, per_space))
+            .collect()
+    };
     std::thread::scope(|scope| {
         let other = std::thread::Builder::new()
             .name("ringkv-recovery".into())
-            .spawn_scoped(scope, || take().into_iter().map(build).collect::<Vec<_>>());
-        let mut shards: Vec<Shard> = slots.into_iter().map(build).collect();
+            .spawn_scoped(scope, || build_from(half, take()));
+        let mut shards = build_from(0, slots);
         match other {
             Ok(handle) => match handle.join() {
                 Ok(rest) => shards.extend(rest),
                 Err(panic) => std::panic::resume_unwind(panic),
             },
             // No second thread: this one builds the rest.
-            Err(_) => shards.extend(take().into_iter().map(build)),
+            Err(_) => shards.extend(build_from(half, take())),
         }
         shards
     })

@@ -10,11 +10,13 @@ use proptest::prelude::*;
 use super::recovery::{MERGE_MANIFEST, MERGE_SUFFIX};
 use super::*;
 
-/// Tiny segments and no garbage threshold, so a handful of writes rotate and merge.
+/// Tiny segments and no garbage threshold, so a handful of writes rotate and merge;
+/// two open segments at most, so reads keep closing and reopening files.
 fn small() -> LogConfig {
     LogConfig {
         segment_bytes: 256,
         merge_min_dead_bytes: 0,
+        open_segments: Some(2),
     }
 }
 
@@ -305,6 +307,7 @@ fn sealed_three_then_one(dir: &Path) -> (Vec<Vec<u8>>, std::path::PathBuf) {
     let cfg = LogConfig {
         segment_bytes: 450,
         merge_min_dead_bytes: u64::MAX,
+        open_segments: None,
     };
     let keys: Vec<Vec<u8>> = (1..=4).map(|k| key_of(Space::Objects, k)).collect();
     let log = Log::open(dir, cfg, crate::disk::Disk::Os).expect("open");
@@ -706,6 +709,7 @@ fn readers_never_miss_a_key_while_merges_repoint_it() {
     let config = LogConfig {
         segment_bytes: 4096,
         merge_min_dead_bytes: 0,
+        open_segments: Some(3),
     };
     let log = Arc::new(Log::open(dir.path(), config, crate::disk::Disk::Os).expect("open"));
     let keys: Vec<Vec<u8>> = (0..200u32)
@@ -805,4 +809,39 @@ fn a_merge_waits_for_a_scan_still_reading_a_replaced_segment() {
     assert!(merger.join().expect("merge thread"));
     let old_left = segment_files(dir.path()).len() as u64;
     assert_eq!(old_left, log.stats().segments);
+}
+
+#[test]
+fn at_most_the_cache_of_sealed_segments_stays_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = LogConfig {
+        segment_bytes: 256,
+        merge_min_dead_bytes: u64::MAX,
+        open_segments: Some(4),
+    };
+    let log = Log::open(dir.path(), cfg, crate::disk::Disk::Os).expect("open");
+    assert_eq!(log.fds.capacity(), 4);
+    let keys: Vec<Vec<u8>> = (0..200).map(|k| key_of(Space::Objects, k)).collect();
+    for (i, k) in keys.iter().enumerate() {
+        log.commit(&[put(Space::Objects, k, &[i as u8; 100])])
+            .expect("commit");
+    }
+    let open = |log: &Log| read(&log.segments).values().filter(|s| s.is_open()).count();
+    // Sealed segments stay open until their fsync (at most 64 of them).
+    assert!(open(&log) <= 64 + 4 + 1, "{}", open(&log));
+    log.sync().expect("sync");
+    for _ in 0..2 {
+        for (i, k) in keys.iter().enumerate().rev() {
+            assert_eq!(
+                log.get(Space::Objects, k).expect("get"),
+                Some(vec![i as u8; 100])
+            );
+        }
+    }
+    assert!(read(&log.segments).len() > 50, "many segments");
+    assert!(open(&log) <= 4 + 1, "{} open", open(&log));
+    assert!(
+        log.fds.opened.load(Ordering::Relaxed) > 50,
+        "files reopened"
+    );
 }

@@ -55,6 +55,9 @@ pub struct StoreConfig {
     pub backend: Backend,
     /// fjall's block cache, in bytes (the log reads through the page cache).
     pub cache_bytes: u64,
+    /// The log seals its active segment once a record would take it past this
+    /// (64 MiB; small values make many segments, as in the descriptor tests).
+    pub segment_bytes: u64,
 }
 
 impl StoreConfig {
@@ -67,6 +70,7 @@ impl StoreConfig {
             driver: Driver::Threads,
             backend: Backend::Log,
             cache_bytes: 64 << 20,
+            segment_bytes: LogConfig::default().segment_bytes,
         }
     }
 }
@@ -175,7 +179,10 @@ impl Store {
         let log: Arc<dyn Engine> = match config.backend {
             Backend::Log => Arc::new(Log::open(
                 &config.path,
-                LogConfig::default(),
+                LogConfig {
+                    segment_bytes: config.segment_bytes.max(4096),
+                    ..LogConfig::default()
+                },
                 config.disk.clone(),
             )?),
             Backend::Fjall => Arc::new(crate::lsm::Lsm::open(
