@@ -396,9 +396,9 @@ fn a_state_arriving_after_its_key_was_reaped_does_not_bring_it_back() {
 fn no_tweak(_: &mut NodeConfig) {}
 
 /// A disk whose fsyncs fail: n1's store poisons itself at its next interval sync,
-/// says so in `status` (and `/readyz` turns 503, as `Node::readiness` reads the
-/// same flag), refuses writes it coordinates with a clear storage error, and keeps
-/// answering reads; the cluster goes on with the other two replicas.
+/// says so in `status`, reports not ready (what `/readyz` answers), refuses writes
+/// it coordinates with a clear storage error, and keeps answering reads; the
+/// cluster goes on with the other two replicas.
 #[test]
 fn a_node_whose_fsyncs_fail_refuses_writes_and_keeps_serving_reads() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -408,12 +408,17 @@ fn a_node_whose_fsyncs_fail_refuses_writes_and_keeps_serving_reads() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let n1 = direct(1).await?;
         n1.put(b"before", b"v", None).await?;
-        assert!(!n1.status().await?.storage.poisoned);
+        let before = n1.status().await?;
+        assert!(!before.storage.poisoned && before.ready, "{before:?}");
         n1_disk.fail_syncs(true);
         // The next interval sync (every 100 ms) fails.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let status = n1.status().await?;
         assert!(status.storage.poisoned, "{:?}", status.storage);
+        assert!(
+            !status.ready,
+            "a poisoned store makes the node not ready (/readyz 503)"
+        );
         match n1.put(b"during", b"x", None).await {
             Err(ringkv::ClientError::Api(ringkv::rpc::api::ApiError::Storage { reason })) => {
                 assert!(reason.contains("fsync failed"), "{reason}");

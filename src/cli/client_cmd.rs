@@ -413,6 +413,7 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
                     format!("generation:   {}", s.generation),
                     format!("keys (approx) {}", s.keys_approx),
                     format!("uptime:       {:.1} s", s.uptime_ms as f64 / 1000.0),
+                    format!("ready:        {}", if s.ready { "yes" } else { "no" }),
                     format!(
                         "requests:     {} ({} refused)",
                         s.stats.requests, s.stats.request_errors

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
 use std::time::Duration;
 
 use ringkv_gossip::ClusterKey;
@@ -27,6 +26,12 @@ use crate::ring::DEFAULT_RING_SIZE;
 use crate::rpc::api::{
     ClusterStatus, MemberInfo, RingInfo, ServerInfo, ServiceStats, Status, StorageStatus,
 };
+
+/// After the last request in flight, how long no request may have been refused
+/// before connections close (ring-aware clients stop sending once refused).
+const LINGER_QUIET: Duration = Duration::from_millis(200);
+/// The longest the refusals go on.
+const LINGER_MAX: Duration = Duration::from_secs(2);
 
 /// How a node takes part in a cluster.
 #[derive(Clone, Debug)]
@@ -440,6 +445,7 @@ impl Node {
             stats: self.stats.snapshot(),
             cluster: self.cluster_status(),
             repair: self.repair.status(),
+            ready: self.readiness().ready(),
             storage: {
                 let trees = store.tree_stats();
                 let log = store.log_stats();
@@ -553,6 +559,18 @@ impl Node {
         let deadline = Instant::now() + limit;
         while self.lifecycle.in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Connections close next, and a request sent on one just before would be
+        // cut off with its outcome unknown. So connections stay up, refusing (a
+        // refusal is safe to retry elsewhere), until clients have stopped sending
+        // here: no refusal for a quiet stretch, at most `LINGER_MAX`.
+        let linger_until = Instant::now() + LINGER_MAX;
+        loop {
+            let refused = self.lifecycle.refused();
+            tokio::time::sleep(LINGER_QUIET).await;
+            if self.lifecycle.refused() == refused || Instant::now() >= linger_until {
+                break;
+            }
         }
         self.lifecycle.in_flight()
     }

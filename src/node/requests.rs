@@ -157,6 +157,8 @@ pub struct Lifecycle {
     /// Past the shutdown delay: new requests are refused, the ones in flight finish.
     closing: AtomicBool,
     in_flight: AtomicU64,
+    /// Requests refused since closing began.
+    refused: AtomicU64,
 }
 
 impl Lifecycle {
@@ -181,6 +183,11 @@ impl Lifecycle {
         self.closing.store(true, Ordering::SeqCst);
     }
 
+    /// Requests refused (answered `ShuttingDown`) since closing began.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
+    }
+
     /// Client and forwarded requests running now.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::SeqCst)
@@ -194,6 +201,7 @@ impl Lifecycle {
         // neither (a store then a load of two different atomics needs SeqCst).
         if self.is_closing() {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.refused.fetch_add(1, Ordering::SeqCst);
             return None;
         }
         Some(InFlight(self))

@@ -89,6 +89,9 @@ pub struct Status {
     pub cluster: ClusterStatus,
     /// Anti-entropy, handoff and reaping figures.
     pub repair: crate::repair::RepairStatus,
+    /// What `/readyz` answers: the store takes writes, the node is an active member
+    /// with a ring that sees itself alive, and it is not draining.
+    pub ready: bool,
 }
 
 /// One member as a node sees it.
