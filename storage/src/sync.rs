@@ -29,6 +29,27 @@ impl SyncPolicy {
     pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 }
 
+/// Runs an engine's sync `f`, timing it into `fsyncs` and showing it in `syncing`
+/// while it runs; a failure sets `poisoned`: the kernel may have dropped the pages
+/// it could not write and will not report it again, so no later sync can prove
+/// anything and writes are refused from then on (as PostgreSQL and fjall do).
+pub(crate) fn timed_sync(
+    fsyncs: &crate::timing::LatencyHistogram,
+    syncing: &crate::timing::InFlight,
+    poisoned: &AtomicBool,
+    f: impl FnOnce() -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let in_flight = syncing.start();
+    let result = f();
+    fsyncs.observe(in_flight.elapsed());
+    drop(in_flight);
+    if let Err(error) = &result {
+        tracing::error!(%error, "an fsync failed: the store takes no more writes until restarted");
+        poisoned.store(true, Ordering::Release);
+    }
+    result
+}
+
 /// Background threads of a store: one syncs the log every interval under
 /// [`SyncPolicy::Interval`] (group commit) and checkpoints hash trees; the other
 /// merges the log when garbage outweighs live data, at background CPU priority.

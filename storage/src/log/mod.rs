@@ -602,8 +602,7 @@ impl Log {
                 std::mem::take(&mut w.dir_dirty),
             )
         };
-        let in_flight = self.syncing.start();
-        let result = (|| {
+        crate::sync::timed_sync(&self.fsyncs, &self.syncing, &self.poisoned, || {
             for s in &sealed {
                 self.disk
                     .sync_data(&*s.file()?, &segment_path(&self.dir, s.id))
@@ -617,14 +616,7 @@ impl Log {
                 fsync_dir(&self.disk, &self.dir)?;
             }
             Ok(())
-        })();
-        self.fsyncs.observe(in_flight.elapsed());
-        drop(in_flight);
-        if let Err(error) = &result {
-            tracing::error!(%error, "an fsync failed: the store takes no more writes until restarted");
-            self.poisoned.store(true, Ordering::Release);
-        }
-        result
+        })
     }
 
     /// Whether an fsync failed (the log takes no more writes).

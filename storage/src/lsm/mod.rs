@@ -212,15 +212,9 @@ impl Engine for Lsm {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StorageError::Poisoned);
         }
-        let in_flight = self.syncing.start();
-        let result = self.journal.sync(&self.db);
-        self.fsyncs.observe(in_flight.elapsed());
-        drop(in_flight);
-        if let Err(error) = &result {
-            tracing::error!(%error, "an fsync failed: the store takes no more writes until restarted");
-            self.poisoned.store(true, Ordering::Release);
-        }
-        result
+        crate::sync::timed_sync(&self.fsyncs, &self.syncing, &self.poisoned, || {
+            self.journal.sync(&self.db)
+        })
     }
 
     fn close(&self) {

@@ -658,23 +658,7 @@ impl Store {
             }
             Err(e) => return Err(e),
         }
-        let mut fresh = crate::merkle::EMPTY;
-        for item in self.inner.log.prefix(
-            Space::Objects,
-            &segment_prefix(partition, segment),
-            usize::MAX,
-        )? {
-            if item.key() == &okey[..] {
-                continue;
-            }
-            // Another damaged value of the same leaf is left out too (and dropped
-            // in its turn).
-            if let Some(v) = self.inner.log.read(Space::Objects, &item)?
-                && let Some(user) = item.key().get(PREFIX_LEN..)
-            {
-                fresh = xor(&fresh, &object_digest(user, &v));
-            }
-        }
+        let fresh = self.leaf_of_objects(partition, segment, Some(&okey))?;
         let delta = xor(&self.inner.trees.leaf(partition, segment)?, &fresh);
         let batch = vec![Op {
             space: Space::Objects,
@@ -697,6 +681,28 @@ impl Store {
         Ok(true)
     }
 
+    /// The leaf a segment's objects make (the XOR of their digests), leaving out
+    /// `except` and any damaged value (dropped in its turn). Call under the
+    /// segment's stripe lock.
+    fn leaf_of_objects(&self, partition: u32, segment: u16, except: Option<&[u8]>) -> Result<Hash> {
+        let mut fresh = crate::merkle::EMPTY;
+        for item in self.inner.log.prefix(
+            Space::Objects,
+            &segment_prefix(partition, segment),
+            usize::MAX,
+        )? {
+            if Some(item.key()) == except {
+                continue;
+            }
+            if let Some(v) = self.inner.log.read(Space::Objects, &item)?
+                && let Some(user) = item.key().get(PREFIX_LEN..)
+            {
+                fresh = xor(&fresh, &object_digest(user, &v));
+            }
+        }
+        Ok(fresh)
+    }
+
     /// Recomputes the leaf of a segment from its objects and corrects it if it
     /// differs; returns whether it did. A leaf is kept by deltas, so once a delta's
     /// record is lost while later ones survive (a power loss that wrote back a later
@@ -708,18 +714,7 @@ impl Store {
     /// [`StorageError`] of the reads or the commit.
     pub fn verify_leaf(&self, partition: u32, segment: u16) -> Result<bool> {
         let guard = lock(self.stripe(partition, segment));
-        let mut fresh = crate::merkle::EMPTY;
-        for item in self.inner.log.prefix(
-            Space::Objects,
-            &segment_prefix(partition, segment),
-            usize::MAX,
-        )? {
-            if let Some(v) = self.inner.log.read(Space::Objects, &item)?
-                && let Some(user) = item.key().get(PREFIX_LEN..)
-            {
-                fresh = xor(&fresh, &object_digest(user, &v));
-            }
-        }
+        let fresh = self.leaf_of_objects(partition, segment, None)?;
         let delta = xor(&self.inner.trees.leaf(partition, segment)?, &fresh);
         if delta == crate::merkle::EMPTY {
             return Ok(false);
