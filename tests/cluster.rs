@@ -622,3 +622,61 @@ fn dev_starts_a_local_cluster_and_stops_it_on_ctrl_c() {
         );
     }
 }
+
+/// A real gossip datagram, captured (node 2 announces to a "seed" this test holds)
+/// and sent again to node 1, from the test's two sockets: refused as a replay and
+/// counted; membership goes on.
+#[test]
+fn a_captured_gossip_datagram_replayed_is_refused_and_counted() {
+    let sniffer = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    sniffer
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let fake_seed = sniffer.local_addr().expect("addr").to_string();
+    // n2 also names a seed that never answers (this test's socket): it keeps
+    // announcing there, and the test keeps what arrives.
+    let mut c = Cluster::start(1, &[]);
+    c.extra.extend(["--seed".to_string(), fake_seed]);
+    c.add();
+    c.wait_converged(&[0, 1], 2);
+    let from_n2: std::net::SocketAddr = c.nodes[1].addr.parse().expect("addr");
+    let mut buf = [0u8; 2048];
+    let captured = loop {
+        let (len, from) = sniffer
+            .recv_from(&mut buf)
+            .expect("an announce reaches the seed");
+        if from == from_n2 {
+            break buf[..len].to_vec();
+        }
+    };
+    // Sent on to n1, which hears n2's datagrams all the time.
+    let n2: std::net::SocketAddr = c.nodes[0].addr.parse().expect("addr");
+    let before = c.status(0)["gossip_rejected_replay"]
+        .as_u64()
+        .expect("counter");
+    let attacker = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    for _ in 0..3 {
+        sniffer.send_to(&captured, n2).expect("replay");
+        attacker.send_to(&captured, n2).expect("replay");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.status(0);
+        let replayed = s["gossip_rejected_replay"].as_u64().expect("counter") - before;
+        // The first copy may be fresh to n2 (it never heard that announce); every
+        // other is a replay.
+        if replayed >= 5 {
+            assert_eq!(
+                s["gossip_rejected_auth"].as_u64(),
+                Some(0),
+                "authentic bytes"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "replays counted: {replayed}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(common::stdout(&c.nodes[0].cli(&["status"])).contains("replayed"));
+    c.wait_converged(&[0, 1], 2);
+    assert_eq!(code(&c.nodes[0].cli(&["put", "after-replay", "v"])), 0);
+}

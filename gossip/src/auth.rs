@@ -1,15 +1,35 @@
 //! Datagram authentication: every gossip datagram carries a keyed-blake3 MAC over the
-//! cluster secret (DESIGN.md §5). Datagrams that are too large, too short, of an
-//! unknown version or with a wrong MAC are refused before any decoding.
+//! cluster secret (DESIGN.md §5), and under it a [`Stamp`] (the sender, its epoch and
+//! a counter) that lets receivers drop replays ([`crate::replay`]). Datagrams that are
+//! too large, too short, of an unknown version or with a wrong MAC are refused
+//! before any decoding.
+//!
+//! Layout (version 2): version (1) | sender (8) | epoch (8) | counter (8) |
+//! payload | MAC (16) over everything before it; integers big-endian.
 
-/// Leading byte of every datagram.
-pub const DATAGRAM_VERSION: u8 = 1;
+/// Leading byte of every datagram. Version 1 had no stamp: its datagrams (from a
+/// node of an older build) are refused, since a replayed one could not be told.
+pub const DATAGRAM_VERSION: u8 = 2;
 /// Bytes of the MAC appended to every datagram (a truncated keyed blake3).
 pub const MAC_BYTES: usize = 16;
+/// Bytes of the version and stamp before the payload.
+pub const HEADER_BYTES: usize = 1 + 24;
 /// Largest datagram sent or accepted (fits one Ethernet frame with IP/UDP headers).
 pub const MAX_DATAGRAM_BYTES: usize = 1400;
 /// Largest payload that fits a datagram.
-pub const MAX_PAYLOAD_BYTES: usize = MAX_DATAGRAM_BYTES - 1 - MAC_BYTES;
+pub const MAX_PAYLOAD_BYTES: usize = MAX_DATAGRAM_BYTES - HEADER_BYTES - MAC_BYTES;
+
+/// Who sent a datagram and when, under its MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// The sender (its node hash).
+    pub sender: u64,
+    /// The sender's epoch: higher on every start of the sender (a restarted node's
+    /// datagrams are new even though its counter starts again).
+    pub epoch: u64,
+    /// Counts the sender's datagrams within the epoch, from 1.
+    pub counter: u64,
+}
 const _: () = assert!(MAX_PAYLOAD_BYTES > 1024);
 
 /// The key every member of a cluster shares, derived from the configured secret.
@@ -50,43 +70,46 @@ impl ClusterKey {
         *h.finalize().as_bytes()
     }
 
-    /// Wraps a payload: version byte, payload, MAC over both.
+    /// Wraps a payload: version byte, stamp, payload, MAC over all of them.
     ///
     /// # Errors
     /// [`AuthError::TooLarge`] if the datagram would exceed [`MAX_DATAGRAM_BYTES`].
-    pub fn seal(&self, payload: &[u8]) -> Result<Vec<u8>, AuthError> {
+    pub fn seal(&self, stamp: &Stamp, payload: &[u8]) -> Result<Vec<u8>, AuthError> {
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(AuthError::TooLarge {
-                size: payload.len() + 1 + MAC_BYTES,
+                size: payload.len() + HEADER_BYTES + MAC_BYTES,
                 limit: MAX_DATAGRAM_BYTES,
             });
         }
-        let mut out = Vec::with_capacity(payload.len() + 1 + MAC_BYTES);
+        let mut out = Vec::with_capacity(payload.len() + HEADER_BYTES + MAC_BYTES);
         out.push(DATAGRAM_VERSION);
+        out.extend_from_slice(&stamp.sender.to_be_bytes());
+        out.extend_from_slice(&stamp.epoch.to_be_bytes());
+        out.extend_from_slice(&stamp.counter.to_be_bytes());
         out.extend_from_slice(payload);
         let mac = self.mac(&out);
         out.extend_from_slice(&mac);
         Ok(out)
     }
 
-    /// Checks a received datagram and returns its payload.
+    /// Checks a received datagram and returns its stamp and payload.
     ///
     /// # Errors
     /// [`AuthError`] naming why the datagram was refused.
-    pub fn open<'a>(&self, datagram: &'a [u8]) -> Result<&'a [u8], AuthError> {
+    pub fn open<'a>(&self, datagram: &'a [u8]) -> Result<(Stamp, &'a [u8]), AuthError> {
         if datagram.len() > MAX_DATAGRAM_BYTES {
             return Err(AuthError::TooLarge {
                 size: datagram.len(),
                 limit: MAX_DATAGRAM_BYTES,
             });
         }
-        if datagram.len() < 1 + MAC_BYTES {
+        if datagram.len() < HEADER_BYTES + MAC_BYTES {
             return Err(AuthError::TooShort {
                 size: datagram.len(),
             });
         }
         let (body, mac) = datagram.split_at(datagram.len() - MAC_BYTES);
-        if body[0] != DATAGRAM_VERSION {
+        if body.first() != Some(&DATAGRAM_VERSION) {
             return Err(AuthError::UnknownVersion { version: body[0] });
         }
         // No early exit, so timing does not tell how many MAC bytes matched.
@@ -98,7 +121,17 @@ impl ClusterKey {
         if diff != 0 {
             return Err(AuthError::BadMac);
         }
-        Ok(&body[1..])
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&body[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        let stamp = Stamp {
+            sender: u64_at(1),
+            epoch: u64_at(9),
+            counter: u64_at(17),
+        };
+        Ok((stamp, &body[HEADER_BYTES..]))
     }
 }
 
@@ -138,12 +171,21 @@ mod tests {
     #[test]
     fn seal_and_open_round_trip_and_refusals() {
         let key = ClusterKey::derive(b"s3cret");
-        let sealed = key.seal(b"hello").expect("fits");
-        assert_eq!(key.open(&sealed).expect("valid"), b"hello");
+        let stamp = Stamp {
+            sender: 7,
+            epoch: 9,
+            counter: 11,
+        };
+        let sealed = key.seal(&stamp, b"hello").expect("fits");
+        assert_eq!(key.open(&sealed).expect("valid"), (stamp, &b"hello"[..]));
+        // The stamp is under the MAC: changing it breaks the datagram.
+        let mut restamped = sealed.clone();
+        restamped[HEADER_BYTES - 1] ^= 1;
+        assert_eq!(key.open(&restamped), Err(AuthError::BadMac));
         let other = ClusterKey::derive(b"other");
         assert_eq!(other.open(&sealed), Err(AuthError::BadMac));
         let mut tampered = sealed.clone();
-        tampered[2] ^= 1;
+        tampered[HEADER_BYTES + 2] ^= 1;
         assert_eq!(key.open(&tampered), Err(AuthError::BadMac));
         let mut versioned = sealed.clone();
         versioned[0] = 9;
@@ -156,10 +198,22 @@ mod tests {
             Err(AuthError::TooShort { size: 3 })
         ));
         assert!(matches!(
-            key.seal(&[0; MAX_PAYLOAD_BYTES + 1]),
+            key.seal(&stamp, &[0; MAX_PAYLOAD_BYTES + 1]),
             Err(AuthError::TooLarge { .. })
         ));
-        assert!(key.seal(&[0; MAX_PAYLOAD_BYTES]).is_ok());
+        assert_eq!(
+            key.seal(&stamp, &[0; MAX_PAYLOAD_BYTES])
+                .expect("fits")
+                .len(),
+            MAX_DATAGRAM_BYTES
+        );
+        // A datagram of the old format (no stamp) is refused.
+        let mut old = sealed.clone();
+        old[0] = 1;
+        assert_eq!(
+            key.open(&old),
+            Err(AuthError::UnknownVersion { version: 1 })
+        );
         assert!(matches!(
             key.open(&[0; MAX_DATAGRAM_BYTES + 1]),
             Err(AuthError::TooLarge { .. })

@@ -18,8 +18,9 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{AuthError, ClusterKey, MAX_PAYLOAD_BYTES};
+use crate::auth::{AuthError, ClusterKey, MAX_PAYLOAD_BYTES, Stamp};
 use crate::record::{Members, NodeRecord};
+use crate::replay::{ReplayGuard, Verdict};
 
 /// Bytes of a foca packet: the sealed payload minus our one-byte message tag.
 pub const FOCA_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES - 1;
@@ -151,6 +152,9 @@ pub struct GossipStats {
     pub rejected_oversized: u64,
     /// Authenticated but undecodable or refused by foca.
     pub rejected_malformed: u64,
+    /// Authenticated but seen before (a replay), or older than what its sender
+    /// has sent since.
+    pub rejected_replay: u64,
 }
 
 /// Seed addresses kept at most (a name can stand for many records).
@@ -171,6 +175,10 @@ pub struct GossipConfig {
     pub announce_interval: Duration,
     /// SWIM probe period.
     pub probe_period: Duration,
+    /// This start's epoch, stamped on every datagram: higher than any earlier
+    /// start's of this node (the shell derives it from the clock at start), so
+    /// receivers take the new datagrams and refuse replays of the old.
+    pub epoch: u64,
 }
 
 impl GossipConfig {
@@ -183,6 +191,7 @@ impl GossipConfig {
             exchange_interval: Duration::from_secs(2),
             announce_interval: Duration::from_secs(1),
             probe_period: Duration::from_millis(500),
+            epoch: 0,
         }
     }
 }
@@ -300,6 +309,10 @@ pub struct Gossip {
     announcing: bool,
     left: bool,
     replied: std::collections::BTreeSet<SocketAddr>,
+    /// Datagrams sealed so far (the counter of the next stamp).
+    sent: u64,
+    /// Drops replayed datagrams.
+    replays: ReplayGuard,
 }
 
 impl Gossip {
@@ -360,6 +373,8 @@ impl Gossip {
             announcing: false,
             left: false,
             replied: std::collections::BTreeSet::new(),
+            sent: 0,
+            replays: ReplayGuard::default(),
         };
         g.publish(own);
         g.announce_to_seeds();
@@ -420,7 +435,15 @@ impl Gossip {
     }
 
     fn send(&mut self, to: SocketAddr, payload: &[u8]) {
-        match self.config.key.seal(payload) {
+        self.sent += 1;
+        let stamp = Stamp {
+            sender: self.foca.identity().node,
+            // At least the generation, which rises on every start of a data
+            // directory (the shell's clock-based epoch also covers a wiped one).
+            epoch: self.config.epoch.max(self.foca.identity().generation),
+            counter: self.sent,
+        };
+        match self.config.key.seal(&stamp, payload) {
             Ok(bytes) => {
                 self.stats.datagrams_out += 1;
                 self.out.push(Output::Send { to, bytes });
@@ -552,7 +575,13 @@ impl Gossip {
     pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8]) -> Vec<Output> {
         self.stats.datagrams_in += 1;
         let payload = match self.config.key.open(bytes) {
-            Ok(p) => p,
+            Ok((stamp, p)) => {
+                if self.replays.check(&stamp) == Verdict::Replay {
+                    self.stats.rejected_replay += 1;
+                    return Vec::new();
+                }
+                p
+            }
             Err(AuthError::TooLarge { .. }) => {
                 self.stats.rejected_oversized += 1;
                 return Vec::new();
@@ -894,12 +923,20 @@ mod tests {
         };
         let mut payload = vec![TAG_RECORDS];
         payload.extend(postcard::to_stdvec(&msg).expect("encode"));
-        let datagram = ClusterKey::derive(b"s").seal(&payload).expect("seal");
+        // Freshly stamped each time (a replay of the same bytes is dropped before
+        // this check: see the replay test below).
+        let key = ClusterKey::derive(b"s");
+        let stamp = |counter| Stamp {
+            sender: 0xfeed,
+            epoch: 1,
+            counter,
+        };
         let from = net.addrs[1];
-        let _ = net.nodes[0].handle_datagram(from, &datagram);
+        let _ = net.nodes[0].handle_datagram(from, &key.seal(&stamp(1), &payload).expect("seal"));
         let renewed = net.nodes[0].foca.identity().generation;
         assert_eq!(renewed, me.generation + 1, "told it is down, it rejoins");
-        for _ in 0..5 {
+        for counter in 2..7 {
+            let datagram = key.seal(&stamp(counter), &payload).expect("seal");
             let _ = net.nodes[0].handle_datagram(from, &datagram);
         }
         assert_eq!(
@@ -1203,13 +1240,64 @@ mod tests {
         assert!(net.nodes[0].handle_datagram(from, &[]).is_empty());
         assert!(net.nodes[0].handle_datagram(from, &[0u8; 2000]).is_empty());
         let key = ClusterKey::derive(b"s");
-        let sealed = key.seal(&[TAG_RECORDS, 0xff, 0xff]).expect("seal");
+        let stamp = |counter| Stamp {
+            sender: 0xfeed,
+            epoch: 1,
+            counter,
+        };
+        let sealed = key
+            .seal(&stamp(1), &[TAG_RECORDS, 0xff, 0xff])
+            .expect("seal");
         net.nodes[0].handle_datagram(from, &sealed);
-        let sealed = key.seal(&[TAG_FOCA, 1, 2, 3]).expect("seal");
+        let sealed = key.seal(&stamp(2), &[TAG_FOCA, 1, 2, 3]).expect("seal");
         net.nodes[0].handle_datagram(from, &sealed);
         let s = net.nodes[0].stats();
         assert_eq!(s.rejected_auth, 1);
         assert_eq!(s.rejected_oversized, 1);
         assert_eq!(s.rejected_malformed, 2);
+    }
+
+    /// A real datagram, captured on its way and delivered again (from its sender's
+    /// address, and from another): dropped and counted, and nothing changes.
+    #[test]
+    fn a_captured_datagram_replayed_is_dropped_and_counted() {
+        let mut net = Net::new(&[b"s".as_slice(); 3]);
+        net.run_until(5_000);
+        // Step until a datagram is on its way.
+        let mut t = 5_000;
+        while !net
+            .queue
+            .values()
+            .any(|(_, ev)| matches!(ev, Event::Datagram(..)))
+        {
+            t += 1;
+            assert!(t < 10_000, "no datagram in five seconds");
+            net.run_until(t);
+        }
+        let (&at, (dst, ev)) = net
+            .queue
+            .iter()
+            .find(|(_, (_, ev))| matches!(ev, Event::Datagram(..)))
+            .expect("a datagram in flight");
+        let (dst, (from, bytes)) = match ev {
+            Event::Datagram(from, bytes) => (*dst, (*from, bytes.clone())),
+            Event::Timer(_) => unreachable!("found a datagram"),
+        };
+        net.run_until(at.0);
+        let before = net.nodes[dst].stats();
+        assert_eq!(before.rejected_replay, 0, "no replay in normal traffic");
+        let members = net.ids(dst);
+        let attacker = SocketAddr::from(([10, 9, 9, 9], 7400));
+        for source in [from, attacker, from] {
+            assert!(net.nodes[dst].handle_datagram(source, &bytes).is_empty());
+        }
+        let after = net.nodes[dst].stats();
+        assert_eq!(after.rejected_replay, 3);
+        assert_eq!(after.rejected_auth, before.rejected_auth);
+        assert_eq!(net.ids(dst), members);
+        // The cluster goes on: later datagrams of the same sender are fresh.
+        net.run_until(15_000);
+        assert_eq!(net.nodes[dst].stats().rejected_replay, 3);
+        assert_eq!(net.ids(dst).len(), 3);
     }
 }

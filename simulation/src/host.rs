@@ -67,6 +67,8 @@ pub async fn run_with(
     let disk = options.disk.unwrap_or_default();
     let mut config = config(i, data, disk);
     config.unsafe_lww = options.unsafe_lww;
+    // Virtual time, so a rebooted host's epoch is higher and the run replays.
+    config.gossip_epoch = Some(turmoil::elapsed().as_micros() as u64 + 1);
     config.storage = options.storage;
     if let Some(tweak) = options.tweak {
         tweak(&mut config);

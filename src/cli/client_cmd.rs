@@ -454,9 +454,10 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
                         s.repair.tombstones_reaped
                     ),
                     format!(
-                        "gossip:       {} datagrams in, {} rejected (auth), {} oversized, {} malformed",
+                        "gossip:       {} datagrams in, {} rejected (auth), {} replayed, {} oversized, {} malformed",
                         s.cluster.gossip_in,
                         s.cluster.gossip_rejected_auth,
+                        s.cluster.gossip_rejected_replay,
                         s.cluster.gossip_rejected_oversized,
                         s.cluster.gossip_rejected_malformed
                     ),

@@ -50,6 +50,8 @@ pub struct ShellConfig {
     pub zone: String,
     /// Start count of the data directory.
     pub generation: u64,
+    /// Epoch stamped on this start's gossip datagrams (higher than any earlier).
+    pub epoch: u64,
     /// Datagram key.
     pub key: ClusterKey,
     /// Addresses to join through.
@@ -144,6 +146,7 @@ pub async fn start<N: Network>(
     };
     let mut gcfg = GossipConfig::new(cfg.key.clone(), cfg.seeds.clone());
     gcfg.probe_period = cfg.probe_period;
+    gcfg.epoch = cfg.epoch;
     let seed = u64::from_be_bytes(
         blake3::hash(format!("{}/{}", cfg.node_id, cfg.generation).as_bytes()).as_bytes()[..8]
             .try_into()

@@ -354,13 +354,14 @@ impl Collector for NodeCollector {
         )?;
         o.counters(
             "ringkv_gossip_datagrams_rejected",
-            "Gossip datagrams refused, by reason (auth: not sealed with this cluster's key).",
+            "Gossip datagrams refused, by reason (auth: not sealed with this cluster's key; replay: sealed, but seen before).",
             &[
                 (vec![("reason", "auth".to_string())], g.rejected_auth),
                 (
                     vec![("reason", "oversized".to_string())],
                     g.rejected_oversized,
                 ),
+                (vec![("reason", "replay".to_string())], g.rejected_replay),
                 (
                     vec![("reason", "malformed".to_string())],
                     g.rejected_malformed,

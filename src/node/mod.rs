@@ -109,6 +109,9 @@ pub struct NodeConfig {
     pub storage: Backend,
     /// fjall's block cache in bytes.
     pub fjall_cache_bytes: u64,
+    /// The epoch gossip datagrams of this start are stamped with (`None`: the
+    /// clock's microseconds; the simulation gives its virtual time).
+    pub gossip_epoch: Option<u64>,
 }
 
 impl NodeConfig {
@@ -131,6 +134,7 @@ impl NodeConfig {
             store_driver: Driver::Threads,
             storage: Backend::Log,
             fjall_cache_bytes: 64 << 20,
+            gossip_epoch: None,
         }
     }
 
@@ -340,6 +344,16 @@ impl Node {
         }
         let generation = read_u64(&store, "generation")?.unwrap_or(0) + 1;
         store.set_meta("generation", &generation.to_be_bytes())?;
+        // Gossip datagrams are stamped with it: receivers refuse an epoch lower
+        // than one they have seen, so it must rise on every start, even if the
+        // clock went back (the last one is kept) or the directory is new (the clock).
+        let clock = config.gossip_epoch.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64)
+        });
+        let epoch = clock.max(read_u64(&store, "gossip_epoch")?.unwrap_or(0) + 1);
+        store.set_meta("gossip_epoch", &epoch.to_be_bytes())?;
         let hints = Arc::new(Hints::open(store.clone())?);
         let settings = config.cluster.settings;
         let (cluster, _gossip) = crate::cluster::shell::start(
@@ -350,6 +364,7 @@ impl Node {
                 address: config.advertised(),
                 zone: config.cluster.zone.clone(),
                 generation,
+                epoch,
                 key: config.cluster.key.clone(),
                 seeds: config.cluster.seeds.clone(),
                 seed_names: config.cluster.seed_names.clone(),
@@ -492,6 +507,7 @@ impl Node {
             gossip_rejected_auth: g.rejected_auth,
             gossip_rejected_oversized: g.rejected_oversized,
             gossip_rejected_malformed: g.rejected_malformed,
+            gossip_rejected_replay: g.rejected_replay,
             peer_handshakes_refused: self.stats.peer_handshakes_refused.load(Ordering::Relaxed),
             peer_requests_refused: self.stats.peer_requests_refused.load(Ordering::Relaxed),
         }

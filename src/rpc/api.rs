@@ -148,6 +148,9 @@ pub struct ClusterStatus {
     pub peer_handshakes_refused: u64,
     /// Peer requests refused (from removed nodes, or operators' tools).
     pub peer_requests_refused: u64,
+    /// Gossip datagrams refused: authentic but seen before (a replay) or older
+    /// than what their sender has sent since.
+    pub gossip_rejected_replay: u64,
 }
 
 /// `/v1/cluster/health`: the cluster as this node sees it, for alerting.
