@@ -680,3 +680,94 @@ fn a_captured_gossip_datagram_replayed_is_refused_and_counted() {
     c.wait_converged(&[0, 1], 2);
     assert_eq!(code(&c.nodes[0].cli(&["put", "after-replay", "v"])), 0);
 }
+
+/// The cluster secret rotates with three rolling restarts (accept the new; sign
+/// with the new and accept the old; the new alone) without a node ever dropping out
+/// of the membership; afterwards a node with only the old secret is refused.
+#[test]
+fn the_cluster_secret_rotates_with_rolling_restarts_without_losing_membership() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_converged(&[0, 1, 2], 3);
+    let old = c.secret_file.to_string_lossy().into_owned();
+    let new_path = c.root.path().join("secret-new");
+    std::fs::write(&new_path, "a new cluster secret, 32 bytes!\n").expect("secret");
+    common::private(&new_path);
+    let new = new_path.to_string_lossy().into_owned();
+    let phases = [
+        vec![
+            "--cluster-secret-file",
+            &old,
+            "--accept-cluster-secret-file",
+            &new,
+        ],
+        vec![
+            "--cluster-secret-file",
+            &new,
+            "--accept-cluster-secret-file",
+            &old,
+        ],
+        vec!["--cluster-secret-file", &new],
+    ];
+    let mut written = Vec::new();
+    for phase in &phases {
+        for i in 0..3 {
+            let args = &mut c.nodes[i].args;
+            for flag in ["--cluster-secret-file", "--accept-cluster-secret-file"] {
+                if let Some(at) = args.iter().position(|a| a == flag) {
+                    args.drain(at..at + 2);
+                }
+            }
+            args.extend(phase.iter().map(|s| s.to_string()));
+            assert_eq!(c.nodes[i].terminate(), Some(0));
+            c.nodes[i].restart();
+            c.wait_converged(&[0, 1, 2], 3);
+            let key = format!("rot-{}", written.len());
+            let out = c.nodes[(i + 1) % 3].cli(&["put", &key, "v", "--w", "3"]);
+            assert_eq!(code(&out), 0, "{key}: {}", common::stderr(&out));
+            written.push(key);
+        }
+    }
+    for key in &written {
+        assert_eq!(
+            common::stdout(&c.nodes[0].cli(&["get", key, "--r", "3"])),
+            "v\n"
+        );
+    }
+    let refused_before = c.status(0)["gossip_rejected_auth"]
+        .as_u64()
+        .expect("counter");
+    // Only the old secret: its datagrams and handshakes no longer get in.
+    let dir = c.root.path().join("n-old");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let stale = common::Server::start(
+        &dir,
+        &[
+            "--node-id",
+            "n-old",
+            "--cluster-secret-file",
+            &old,
+            "--seed",
+            &c.nodes[0].addr,
+            "--probe-ms",
+            "200",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.status(0)["gossip_rejected_auth"]
+        .as_u64()
+        .expect("counter")
+        <= refused_before
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old secret's datagrams were not refused"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let members = c.status(0)["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(members.len(), 3, "{members:?}");
+    drop(stale);
+}

@@ -32,9 +32,16 @@ pub struct Stamp {
 }
 const _: () = assert!(MAX_PAYLOAD_BYTES > 1024);
 
-/// The key every member of a cluster shares, derived from the configured secret.
+/// The key every member of a cluster shares, derived from the configured secret;
+/// during a rotation, a second one that is accepted but never signs with
+/// ([`ClusterKey::also_accepting`]).
 #[derive(Clone)]
-pub struct ClusterKey([u8; 32]);
+pub struct ClusterKey {
+    /// Signs, and is accepted.
+    signing: [u8; 32],
+    /// Also accepted, never signs (the secret being rotated in or out).
+    accepted: Option<[u8; 32]>,
+}
 
 impl std::fmt::Debug for ClusterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,29 +52,72 @@ impl std::fmt::Debug for ClusterKey {
 impl ClusterKey {
     /// Derives the key from secret material (a passphrase or file contents).
     pub fn derive(material: &[u8]) -> ClusterKey {
-        ClusterKey(blake3::derive_key("ringkv cluster secret v1", material))
+        ClusterKey::from_bytes(blake3::derive_key("ringkv cluster secret v1", material))
     }
 
     /// A key from 32 random bytes (a node alone, without a shared secret).
     pub fn from_bytes(bytes: [u8; 32]) -> ClusterKey {
-        ClusterKey(bytes)
+        ClusterKey {
+            signing: bytes,
+            accepted: None,
+        }
     }
 
-    fn mac(&self, body: &[u8]) -> [u8; MAC_BYTES] {
-        let full = blake3::keyed_hash(&self.0, body);
+    /// This key, also accepting what `other` signs (rotation: first every node
+    /// signs with the old secret and accepts the new, then signs with the new and
+    /// accepts the old, then only the new).
+    pub fn also_accepting(mut self, other: &ClusterKey) -> ClusterKey {
+        self.accepted = Some(other.signing);
+        self
+    }
+
+    /// The keys accepted, the signing one first.
+    fn keys(&self) -> impl Iterator<Item = &[u8; 32]> {
+        std::iter::once(&self.signing).chain(self.accepted.as_ref())
+    }
+
+    fn mac_with(key: &[u8; 32], body: &[u8]) -> [u8; MAC_BYTES] {
+        let full = blake3::keyed_hash(key, body);
         let mut out = [0u8; MAC_BYTES];
         out.copy_from_slice(&full.as_bytes()[..MAC_BYTES]);
         out
     }
 
-    /// A 32-byte tag of `data` under this key, separated by `domain` from datagram MACs
-    /// and from other uses (the peer handshake proves knowledge of the key with it).
-    pub fn tag(&self, domain: &[u8], data: &[u8]) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_keyed(&self.0);
+    fn mac(&self, body: &[u8]) -> [u8; MAC_BYTES] {
+        Self::mac_with(&self.signing, body)
+    }
+
+    fn tag_with(key: &[u8; 32], domain: &[u8], data: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(key);
         h.update(&(domain.len() as u64).to_be_bytes());
         h.update(domain);
         h.update(data);
         *h.finalize().as_bytes()
+    }
+
+    /// A 32-byte tag of `data` under the signing key, separated by `domain` from
+    /// datagram MACs and from other uses (the peer handshake proves knowledge of
+    /// the key with it).
+    pub fn tag(&self, domain: &[u8], data: &[u8]) -> [u8; 32] {
+        Self::tag_with(&self.signing, domain, data)
+    }
+
+    /// Whether `tag` is the tag of `data` under any accepted key (compared in
+    /// constant time).
+    pub fn verify_tag(&self, domain: &[u8], data: &[u8], tag: &[u8]) -> bool {
+        let mut ok = false;
+        for key in self.keys() {
+            ok |= equal(&Self::tag_with(key, domain, data), tag);
+        }
+        ok
+    }
+
+    /// Tags of `domain` under every accepted key, the signing one first (to derive
+    /// keys of other uses that rotate with this one).
+    pub fn derived(&self, domain: &[u8]) -> Vec<[u8; 32]> {
+        self.keys()
+            .map(|k| Self::tag_with(k, domain, &[]))
+            .collect()
     }
 
     /// Wraps a payload: version byte, stamp, payload, MAC over all of them.
@@ -112,13 +162,11 @@ impl ClusterKey {
         if body.first() != Some(&DATAGRAM_VERSION) {
             return Err(AuthError::UnknownVersion { version: body[0] });
         }
-        // No early exit, so timing does not tell how many MAC bytes matched.
-        let expected = self.mac(body);
-        let diff = expected
-            .iter()
-            .zip(mac.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff != 0 {
+        let mut ok = false;
+        for key in self.keys() {
+            ok |= equal(&Self::mac_with(key, body), mac);
+        }
+        if !ok {
             return Err(AuthError::BadMac);
         }
         let u64_at = |i: usize| {
@@ -133,6 +181,12 @@ impl ClusterKey {
         };
         Ok((stamp, &body[HEADER_BYTES..]))
     }
+}
+
+/// Whether two byte strings are equal, without an early exit (so timing does not
+/// tell how many bytes matched).
+fn equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Why a datagram was refused.
@@ -219,6 +273,33 @@ mod tests {
             Err(AuthError::TooLarge { .. })
         ));
         assert_eq!(format!("{key:?}"), "ClusterKey(..)");
+    }
+
+    #[test]
+    fn a_rotating_key_signs_with_one_and_accepts_both() {
+        let old = ClusterKey::derive(b"old secret material");
+        let new = ClusterKey::derive(b"new secret material");
+        let stamp = Stamp {
+            sender: 1,
+            epoch: 1,
+            counter: 1,
+        };
+        // Phase 1: sign old, accept new; phase 2: sign new, accept old.
+        let one = old.clone().also_accepting(&new);
+        let two = new.clone().also_accepting(&old);
+        for (signer, checker) in [(&one, &two), (&two, &one), (&old, &two), (&new, &one)] {
+            let d = signer.seal(&stamp, b"x").expect("seal");
+            assert!(checker.open(&d).is_ok());
+            let t = signer.tag(b"d", b"data");
+            assert!(checker.verify_tag(b"d", b"data", &t));
+            assert!(!checker.verify_tag(b"e", b"data", &t), "domains stay apart");
+        }
+        // Phase 3: only the new one; the old secret no longer gets in.
+        let d = old.seal(&stamp, b"x").expect("seal");
+        assert_eq!(new.open(&d), Err(AuthError::BadMac));
+        assert!(!new.verify_tag(b"d", b"data", &old.tag(b"d", b"data")));
+        assert_eq!(one.derived(b"ctx").len(), 2);
+        assert_eq!(one.derived(b"ctx")[0], old.derived(b"ctx")[0]);
     }
 
     proptest! {

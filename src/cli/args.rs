@@ -378,6 +378,14 @@ pub struct ServeArgs {
     /// File holding the cluster secret (or put the secret in RINGKV_CLUSTER_SECRET).
     #[arg(long = "cluster-secret-file", env = "RINGKV_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// File holding a second cluster secret, accepted but never used to sign: to
+    /// rotate, restart every node accepting the new secret, then signing with the
+    /// new and accepting the old, then with the new alone.
+    #[arg(
+        long = "accept-cluster-secret-file",
+        env = "RINGKV_ACCEPT_CLUSTER_SECRET_FILE"
+    )]
+    pub accept_cluster_secret_file: Option<PathBuf>,
     /// Join without a cluster secret (local development only: anyone can join).
     #[arg(long = "insecure-dev", env = "RINGKV_INSECURE_DEV")]
     pub insecure_dev: bool,

@@ -73,6 +73,8 @@ struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster_secret_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    accept_cluster_secret_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     insecure_dev: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     probe_ms: Option<u64>,
@@ -464,8 +466,26 @@ fn serve_config(args: ServeArgs) -> Result<ServeConfig, Failure> {
         (Some(_), None) => Some("RINGKV_CLUSTER_SECRET".to_string()),
     };
     let insecure = args.insecure_dev || file.insecure_dev.unwrap_or(false);
+    let accept_file = args
+        .accept_cluster_secret_file
+        .or(file.accept_cluster_secret_file);
+    let accepted = match &accept_file {
+        None => None,
+        Some(path) if secret.is_some() => super::read_secret(Some(path))?,
+        Some(_) => {
+            return Err(Failure::usage(
+                "--accept-cluster-secret-file needs a cluster secret to sign with (--cluster-secret-file or RINGKV_CLUSTER_SECRET)",
+            ));
+        }
+    };
     match secret {
-        Some(secret) => cluster.key = ringkv_gossip::ClusterKey::derive(&secret),
+        Some(secret) => {
+            let key = ringkv_gossip::ClusterKey::derive(&secret);
+            cluster.key = match &accepted {
+                Some(other) => key.also_accepting(&ringkv_gossip::ClusterKey::derive(other)),
+                None => key,
+            };
+        }
         None if insecure => {
             tracing::warn!(
                 "--insecure-dev: no cluster secret; anyone who can reach this node can join"
@@ -510,6 +530,7 @@ fn serve_config(args: ServeArgs) -> Result<ServeConfig, Failure> {
         request_timeout_ms: Some(s.timeout.as_millis() as u64),
         hinted_handoff: Some(hinted),
         cluster_secret_file: secret_file,
+        accept_cluster_secret_file: accept_file,
         insecure_dev: Some(insecure),
         probe_ms: Some(cfg.cluster.probe_period.as_millis() as u64),
         anti_entropy_interval_ms: Some(cfg.repair.interval.as_millis() as u64),

@@ -179,8 +179,12 @@ impl Context {
 }
 
 /// The key that signs and verifies contexts: the same on every node of a cluster.
+/// During a secret rotation it also accepts contexts of the other secret.
 #[derive(Clone)]
-pub struct ContextKey([u8; 32]);
+pub struct ContextKey {
+    /// The signing key first.
+    keys: Vec<[u8; 32]>,
+}
 
 impl std::fmt::Debug for ContextKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,11 +195,17 @@ impl std::fmt::Debug for ContextKey {
 impl ContextKey {
     /// The context key of a cluster.
     pub fn of_cluster(key: &ringkv_gossip::ClusterKey) -> ContextKey {
-        ContextKey(key.tag(b"ringkv context mac key v1", &[]))
+        ContextKey {
+            keys: key.derived(b"ringkv context mac key v1"),
+        }
     }
 
     fn mac(&self, key: &[u8], clock: &VClock<Actor>) -> [u8; MAC_BYTES] {
-        let mut h = blake3::Hasher::new_keyed(&self.0);
+        self.mac_with(&self.keys[0], key, clock)
+    }
+
+    fn mac_with(&self, with: &[u8; 32], key: &[u8], clock: &VClock<Actor>) -> [u8; MAC_BYTES] {
+        let mut h = blake3::Hasher::new_keyed(with);
         h.update(DOMAIN);
         h.update(&(key.len() as u64).to_be_bytes());
         h.update(key);
@@ -230,13 +240,17 @@ impl ContextKey {
     pub fn verify(&self, key: &[u8], ctx: &Context) -> Result<VClock<Actor>, ObjectError> {
         let mut clock = VClock::new();
         for part in ctx.parts()? {
-            let expected = self.mac(key, &part.clock);
             // No early exit, so timing does not tell how many bytes matched.
-            let diff = expected
-                .iter()
-                .zip(part.mac.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff != 0 {
+            let mut ok = false;
+            for with in &self.keys {
+                let expected = self.mac_with(with, key, &part.clock);
+                let diff = expected
+                    .iter()
+                    .zip(part.mac.iter())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+                ok |= diff == 0;
+            }
+            if !ok {
                 return Err(invalid(
                     "the context was not issued for this key by this cluster (altered, forged, or another key's); use the context of a read of this key",
                 ));
@@ -263,6 +277,25 @@ mod tests {
 
     fn key() -> ContextKey {
         ContextKey::of_cluster(&ringkv_gossip::ClusterKey::derive(b"test"))
+    }
+
+    #[test]
+    fn contexts_survive_a_secret_rotation_and_not_beyond_it() {
+        use ringkv_gossip::ClusterKey;
+        let old = ClusterKey::derive(b"old secret");
+        let new = ClusterKey::derive(b"new secret");
+        let c = clock(&[(1, 3)]);
+        // Issued before or during the rotation, read by a node further along.
+        let before = ContextKey::of_cluster(&old).sign(b"k", &c);
+        let phase1 = ContextKey::of_cluster(&old.clone().also_accepting(&new));
+        let phase2 = ContextKey::of_cluster(&new.clone().also_accepting(&old));
+        assert_eq!(phase1.verify(b"k", &before), Ok(c.clone()));
+        assert_eq!(phase2.verify(b"k", &before), Ok(c.clone()));
+        assert_eq!(phase1.verify(b"k", &phase2.sign(b"k", &c)), Ok(c.clone()));
+        // Once only the new secret is left, the old one's contexts are refused.
+        let after = ContextKey::of_cluster(&new);
+        assert!(after.verify(b"k", &before).is_err());
+        assert_eq!(after.verify(b"k", &phase2.sign(b"k", &c)), Ok(c));
     }
 
     #[test]

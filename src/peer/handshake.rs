@@ -57,10 +57,6 @@ fn transcript(initiator: &[u8; 32], acceptor: &[u8; 32], id: &[u8]) -> Vec<u8> {
     t
 }
 
-fn equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Opens a peer connection on `stream` (the connecting side), as node `id` (empty
 /// for an operator's tool, which may only ask for membership changes).
 ///
@@ -88,7 +84,7 @@ pub async fn initiate<S: Stream>(stream: &mut S, key: &ClusterKey, id: &str) -> 
         let theirs: [u8; 32] = reply[..32].try_into().map_err(|_| refused("short reply"))?;
         let proof: [u8; 32] = reply[32..].try_into().map_err(|_| refused("short reply"))?;
         let t = transcript(&mine, &theirs, id.as_bytes());
-        if !equal(&proof, &key.tag(b"peer handshake acceptor", &t)) {
+        if !key.verify_tag(b"peer handshake acceptor", &t, &proof) {
             return Err(refused("peer does not hold the cluster secret"));
         }
         stream
@@ -144,7 +140,7 @@ pub async fn accept<S: Stream>(
         stream.write_all(&reply).await?;
         let mut proof = [0u8; 32];
         stream.read_exact(&mut proof).await?;
-        if !equal(&proof, &key.tag(b"peer handshake initiator", &t)) {
+        if !key.verify_tag(b"peer handshake initiator", &t, &proof) {
             let _ = stream.write_all(&[BAD_PROOF]).await;
             return Err(refused("peer does not hold the cluster secret"));
         }
