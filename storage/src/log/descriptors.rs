@@ -158,20 +158,30 @@ impl Segment {
     /// # Errors
     /// As [`Segment::file`].
     pub(crate) fn pin(self: &Arc<Self>) -> Result<()> {
+        // Under the handle's lock, as `release` checks: an eviction racing this
+        // either closed the file before (and it is opened here) or sees the pin.
+        let mut h = self.handle.write().unwrap_or_else(|p| p.into_inner());
         self.pinned.store(true, Ordering::Release);
-        self.file().map(|_| ())
+        if h.is_none() {
+            let f = File::open(&self.path).map_err(StorageError::io("opening a log segment"))?;
+            self.fds.opened.fetch_add(1, Ordering::Relaxed);
+            *h = Some(Arc::new(f));
+        }
+        Ok(())
     }
 
     /// Lets the cache close the file (the active segment, once sealed).
     pub(crate) fn unpin(&self) {
+        let mut h = self.handle.write().unwrap_or_else(|p| p.into_inner());
         self.pinned.store(false, Ordering::Release);
-        self.release();
+        *h = None;
     }
 
     /// Closes the file unless pinned (readers holding it keep it until they drop it).
     fn release(&self) {
+        let mut h = self.handle.write().unwrap_or_else(|p| p.into_inner());
         if !self.pinned.load(Ordering::Acquire) {
-            *self.handle.write().unwrap_or_else(|p| p.into_inner()) = None;
+            *h = None;
         }
     }
 

@@ -44,8 +44,9 @@ impl Engine for Log {
     fn close(&self) {
         Log::close(self);
         // The next open seals the active segment: with its hint written now, a
-        // restart after a clean stop reads no segment at all.
-        if let Err(error) = self.write_hints(usize::MAX, true) {
+        // restart after a clean stop reads no segment at all. Only once a sync
+        // (which poisons on failure) has made every segment durable.
+        if let Err(error) = Log::sync(self).and_then(|()| self.write_hints(usize::MAX, true)) {
             tracing::warn!(%error, "writing hint files on close failed; the next open reads those segments");
         }
     }

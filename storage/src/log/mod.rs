@@ -754,12 +754,24 @@ impl Log {
     /// # Errors
     /// A failed read of a segment, or write of its hint.
     pub(crate) fn write_hints(&self, max: usize, include_active: bool) -> Result<usize> {
-        let active = lock(&self.writer).active.id;
+        if self.is_poisoned() {
+            // What the failed fsync lost is unknown: no hint may vouch for it.
+            return Ok(0);
+        }
+        // Only segments whose bytes a sync made durable: not those still waiting
+        // for theirs (a hint's own fsync of them would take the error report that
+        // belongs to `sync`, and poison nothing), nor the active one while it is
+        // written. Chosen under the writer lock, so no rotation slips in between.
         let todo: Vec<Arc<Segment>> = {
+            let w = lock(&self.writer);
+            let waiting: Vec<u32> = w.unsynced.iter().map(|s| s.id).collect();
             let state = lock(&self.hints);
             read(&self.segments)
                 .values()
-                .filter(|s| include_active || s.id != active)
+                .filter(|s| {
+                    (include_active && self.closed.load(Ordering::Acquire)) || s.id != w.active.id
+                })
+                .filter(|s| !waiting.contains(&s.id))
                 .filter(|s| !state.done.contains(&s.id) && !state.skip.contains(&s.id))
                 .take(max)
                 .cloned()
@@ -777,11 +789,6 @@ impl Log {
     /// Reads one sealed segment and writes its hint; `false` if it holds damage or
     /// nothing.
     fn write_hint(&self, segment: &Arc<Segment>) -> Result<bool> {
-        let path = segment_path(&self.dir, segment.id);
-        // The hint must never describe bytes that are not durable.
-        self.disk
-            .sync_data(&*segment.file()?, &path)
-            .map_err(StorageError::io("syncing a segment before its hint"))?;
         let len = segment.len.load(Ordering::Acquire);
         let header_len = match segment.salt {
             Some(_) => SEGMENT_HEADER_LEN,
@@ -798,7 +805,12 @@ impl Log {
             &mut slots,
             &mut max_seq,
         )?;
-        if scan.skipped.0 > 0 || scan.tail.is_some() || scan.records == 0 {
+        let long_key = slots
+            .iter()
+            .flat_map(|per_space| per_space.iter())
+            .any(|map| map.keys().any(|k| k.len() > usize::from(u16::MAX)));
+        if scan.skipped.0 > 0 || scan.tail.is_some() || scan.records == 0 || long_key {
+            // Read whole on every open instead (which also accounts for damage).
             lock(&self.hints).skip.insert(segment.id);
             return Ok(false);
         }
