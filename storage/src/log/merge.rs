@@ -118,9 +118,15 @@ impl Log {
                 let w = lock(&self.writer);
                 let segments = read(&self.segments);
                 let held = self.held_back();
+                // Only segments older than every held-back one: a merge drops the
+                // deletes of its victims, and a delete in a victim newer than a
+                // held-back segment may be all that hides an older value there
+                // (it would come back on the next open). Deletes in older victims
+                // can only hide values in segments older still, all merged too.
+                let oldest_held = held.iter().min().copied().unwrap_or(u32::MAX);
                 let victims: Vec<&Arc<Segment>> = segments
                     .values()
-                    .filter(|s| s.id != w.active.id && !held.contains(&s.id))
+                    .filter(|s| s.id != w.active.id && s.id < oldest_held)
                     .collect();
                 let total: u64 = victims.iter().map(|s| s.len.load(Ordering::Acquire)).sum();
                 (victims.iter().map(|s| s.id).collect::<Vec<u32>>(), total)
