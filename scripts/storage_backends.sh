@@ -39,6 +39,18 @@ field() { # FILE EXPR
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
 }
 
+# Starts the big node again and sets ms to the time until it answers.
+restart_big() {
+  local t0 t1
+  t0=$(date +%s%N)
+  "$R" serve --storage "$engine" --data-dir "$big" --listen $addr \
+    --http-listen 127.0.0.1:7482 >>"$W/$engine-big.log" 2>&1 &
+  pid=$!; PIDS+=($pid)
+  wait_up $addr
+  t1=$(date +%s%N)
+  ms=$(( (t1 - t0) / 1000000 ))
+}
+
 summary="$OUT/summary.txt"
 : > "$summary"
 for engine in log fjall; do
@@ -80,24 +92,12 @@ for engine in log fjall; do
   rss_kb=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
   kill -TERM $pid; wait $pid || true
   disk=$(du -sb "$big" | cut -f1)
-  t0=$(date +%s%N)
-  "$R" serve --storage "$engine" --data-dir "$big" --listen $addr \
-    --http-listen 127.0.0.1:7482 >>"$W/$engine-big.log" 2>&1 &
-  pid=$!; PIDS+=($pid)
-  wait_up $addr
-  t1=$(date +%s%N)
-  term_ms=$(( (t1 - t0) / 1000000 ))
+  restart_big; term_ms=$ms
   # More writes, so the kill finds recent records that were never hinted.
   "$R" bench --connect $addr --records "$BIG" --operations 20000 --concurrency 50 \
     --value-size 100 --workload a --skip-load >/dev/null
   kill -9 $pid; wait $pid 2>/dev/null || true
-  t0=$(date +%s%N)
-  "$R" serve --storage "$engine" --data-dir "$big" --listen $addr \
-    --http-listen 127.0.0.1:7482 >>"$W/$engine-big.log" 2>&1 &
-  pid=$!; PIDS+=($pid)
-  wait_up $addr
-  t1=$(date +%s%N)
-  kill_ms=$(( (t1 - t0) / 1000000 ))
+  restart_big; kill_ms=$ms
   got=$("$R" get user000000999999 --connect $addr | wc -c)
   kill -TERM $pid; wait $pid || true
   # Live bytes: the keys and values the user stored.

@@ -595,26 +595,9 @@ fn a_value_damaged_at_run_time_holds_back_its_segment_not_the_merge() {
     let a = key_of(Space::Objects, 1);
     log.commit(&[put(Space::Objects, &a, b"precious-a")])
         .expect("a");
-    for round in 0..6u8 {
-        for k in 2..6u8 {
-            log.commit(&[put(
-                Space::Objects,
-                &key_of(Space::Objects, k),
-                &[round; 60],
-            )])
-            .expect("garbage");
-        }
-    }
+    overwrite(&log, 2..6);
     // Flip a byte of a's value in its (sealed) segment.
-    let first = *segment_files(dir.path()).first().expect("segment");
-    let path = segment_path(dir.path(), first);
-    let mut bytes = std::fs::read(&path).expect("read");
-    let at = bytes
-        .windows(10)
-        .position(|w| w == b"precious-a")
-        .expect("on disk");
-    bytes[at] ^= 0x01;
-    std::fs::write(&path, &bytes).expect("write");
+    let first = flip_in_first_segment(dir.path(), b"precious-a");
     // The merge finds it and holds its segment back, and with it every newer one
     // (their deletes may be all that hides older values in it).
     log.merge_now()
@@ -862,36 +845,10 @@ fn a_delete_newer_than_a_held_back_segment_survives_merges() {
             .expect("k");
         log.commit(&[put(Space::Objects, &bad, b"damaged-soon")])
             .expect("bad");
-        for round in 0..6u8 {
-            for g in 3..7u8 {
-                log.commit(&[put(
-                    Space::Objects,
-                    &key_of(Space::Objects, g),
-                    &[round; 60],
-                )])
-                .expect("garbage");
-            }
-        }
+        overwrite(&log, 3..7);
         log.commit(&[del(Space::Objects, &k)]).expect("delete");
-        for round in 0..6u8 {
-            for g in 3..7u8 {
-                log.commit(&[put(
-                    Space::Objects,
-                    &key_of(Space::Objects, g),
-                    &[round; 60],
-                )])
-                .expect("garbage");
-            }
-        }
-        let first = *segment_files(dir.path()).first().expect("segment");
-        let path = segment_path(dir.path(), first);
-        let mut bytes = std::fs::read(&path).expect("read");
-        let at = bytes
-            .windows(12)
-            .position(|w| w == b"damaged-soon")
-            .expect("on disk");
-        bytes[at] ^= 0x01;
-        std::fs::write(&path, &bytes).expect("write");
+        overwrite(&log, 3..7);
+        let first = flip_in_first_segment(dir.path(), b"damaged-soon");
         // Found by a read, so merges hold its segment back.
         assert!(log.get(Space::Objects, &bad).is_err());
         assert_eq!(log.held_back(), vec![first]);
@@ -907,4 +864,32 @@ fn a_delete_newer_than_a_held_back_segment_survives_merges() {
         None,
         "the deleted key stays deleted"
     );
+}
+
+/// Six rounds of overwriting keys `keys` with 60 bytes each: garbage to merge.
+fn overwrite(log: &Log, keys: std::ops::Range<u8>) {
+    for round in 0..6u8 {
+        for k in keys.clone() {
+            log.commit(&[put(
+                Space::Objects,
+                &key_of(Space::Objects, k),
+                &[round; 60],
+            )])
+            .expect("garbage");
+        }
+    }
+}
+
+/// Flips a byte of `needle` in the oldest segment file; returns its id.
+fn flip_in_first_segment(dir: &Path, needle: &[u8]) -> u32 {
+    let first = *segment_files(dir).first().expect("segment");
+    let path = segment_path(dir, first);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("on disk");
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    first
 }
