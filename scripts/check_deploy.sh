@@ -54,13 +54,16 @@ ringkv_storage_damaged_values_total ringkv_storage_fsync_duration_seconds
 ringkv_disk_available_bytes ringkv_disk_total_bytes
 ringkv_connections ringkv_connections_refused_total ringkv_bad_frames_total
 ringkv_ready ringkv_draining
+ringkv_tls_cert_expiry_timestamp_seconds ringkv_tls_refused_total ringkv_client_auth_failures_total
+ringkv_auth_tokens ringkv_config_reload_failures_total
 process_cpu_seconds_total process_resident_memory_bytes process_open_fds process_start_time_seconds
 "
 
 # The `ringkv serve` settings (TOML keys; RINGKV_<KEY> in upper case as env).
 DOCUMENTED_KEYS="
 data_dir listen advertise http_listen node_id seeds zone n r w sync sync_interval_ms ring_size
-cluster_secret_file shutdown_delay request_timeout_ms hinted_handoff probe_ms
+cluster_secret_file accept_cluster_secret_file shutdown_delay request_timeout_ms hinted_handoff probe_ms
+tls_cert tls_key tls_ca auth_file insecure storage fjall_cache_mb
 anti_entropy_interval_ms anti_entropy_concurrency anti_entropy_mb_per_sec
 max_connections max_in_flight max_key_bytes max_value_bytes max_object_bytes max_siblings
 "
@@ -242,7 +245,8 @@ for path, d in docs:
         if sc.get("capabilities", {}).get("drop") != ["ALL"]:
             err(path, f"{kind} {name}: container {c['name']} must drop ALL capabilities")
     for e in env_names(spec["containers"]):
-        if e.startswith("RINGKV_") and e[len("RINGKV_"):].lower() not in keys | {"cluster_secret"}:
+        # The client commands' own variables (a Job runs `ringkv leave`).
+        if e.startswith("RINGKV_") and e[len("RINGKV_"):].lower() not in keys | {"cluster_secret", "token", "tls_cert", "tls_key"}:
             err(path, f"{kind} {name}: env {e} is not a ringkv setting (the server refuses it)")
 if not seen_config:
     errors.append("no ConfigMap with ringkv.toml found")
@@ -312,6 +316,9 @@ def series(bad):
         f'ringkv_disk_total_bytes{{{L}}}': "100x40",
         f'ringkv_storage_damaged_values_total{{{L}}}': "0+1x40" if bad else "2x40",
         f'ringkv_build_info{{{L},version="0.1.0"}}': "1x40",
+        # time() is 1800 at the 30m evaluation: "expires at 1800" is now.
+        f'ringkv_tls_cert_expiry_timestamp_seconds{{{L},kind="node"}}': "1800x40" if bad else "1e10x40",
+        f'ringkv_client_auth_failures_total{{{L},reason="unknown"}}': "0+10x40" if bad else "5x40",
         f'ringkv_build_info{{{L2},version="{"0.2.0" if bad else "0.1.0"}"}}': "1x40",
     }
     for le, slow in (("0.1", "0x40"), ("0.5", "0x40"), ("1", "0+60x40"), ("+Inf", "0+60x40")):
@@ -406,9 +413,18 @@ if [[ -z $SERVE_BIN ]]; then
         [[ -x $b ]] && SERVE_BIN=$b && break
     done
 fi
+# Real TLS files and an auth file for the paths the manifests name: the server
+# reads them at --check-config.
+security_files() {
+    [[ -e $TMP/pki/ca.crt ]] && return 0
+    "$SERVE_BIN" certs init --dir "$TMP/pki" >/dev/null
+    "$SERVE_BIN" certs node node --dir "$TMP/pki" >/dev/null
+    "$SERVE_BIN" token create --role admin | sed -n 2p >"$TMP/auth"
+}
 serve_accepts_manifests() {
     printf 'a local secret of 32 bytes, for checks\n' >"$TMP/secret"
     chmod 600 "$TMP/secret"
+    security_files
     "$PY" - "$K8S" "$TMP" <<'EOF2' >"$TMP/serve-cmd"
 import sys, glob, yaml, shlex
 root, tmp = sys.argv[1], sys.argv[2]
@@ -431,9 +447,13 @@ def fill(s):
         s = s.replace(k, v)
     return s
 lines = []
+local = {"cluster_secret_file": tmp + "/secret", "tls_cert": tmp + "/pki/node.crt",
+         "tls_key": tmp + "/pki/node.key", "tls_ca": tmp + "/pki/ca.crt",
+         "auth_file": tmp + "/auth"}
 for line in toml_text.splitlines():
-    if line.strip().startswith("cluster_secret_file"):
-        line = 'cluster_secret_file = "%s/secret"' % tmp
+    key = line.strip().split("=")[0].strip()
+    if key in local:
+        line = '%s = "%s"' % (key, local[key])
     lines.append(line)
 open(tmp + "/ringkv.toml", "w").write("\n".join(lines) + "\n")
 argv = [fill(a) for a in args if a != "serve"]
@@ -453,6 +473,7 @@ COMPOSE_FILE=deploy/compose/docker-compose.yml
 serve_accepts_compose() {
     printf 'a local secret of 32 bytes, for checks\n' >"$TMP/secret"
     chmod 600 "$TMP/secret"
+    security_files
     "$PY" - "$COMPOSE_FILE" "$TMP" <<'EOF2' >"$TMP/compose-envs"
 import sys, yaml, shlex
 path, tmp = sys.argv[1], sys.argv[2]
@@ -461,8 +482,12 @@ for name, svc in sorted(doc["services"].items()):
     if not name.startswith("ringkv-"):
         continue
     env = dict(svc.get("environment") or {})
-    if "RINGKV_CLUSTER_SECRET_FILE" in env:
-        env["RINGKV_CLUSTER_SECRET_FILE"] = tmp + "/secret"
+    local = {"RINGKV_CLUSTER_SECRET_FILE": tmp + "/secret", "RINGKV_TLS_CERT": tmp + "/pki/node.crt",
+             "RINGKV_TLS_KEY": tmp + "/pki/node.key", "RINGKV_TLS_CA": tmp + "/pki/ca.crt",
+             "RINGKV_AUTH_FILE": tmp + "/auth"}
+    for k, v in local.items():
+        if k in env:
+            env[k] = v
     print(" ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items())))
 EOF2
     local n=0 envs

@@ -5,6 +5,7 @@
 //! request), [`rpc`] (the wire), [`node`] (a running node), [`client`] (the Rust
 //! client). Network access goes through [`net`], so the simulation can replace it.
 
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod cluster;
@@ -19,5 +20,6 @@ pub mod repair;
 pub mod replica;
 pub mod ring;
 pub mod rpc;
+pub mod tls;
 
-pub use client::{Client, ClientError, GetResult};
+pub use client::{Client, ClientError, Credentials, GetResult};

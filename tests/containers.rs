@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use common::docker::{
     Compose, Teardown, aliases_on, docker, docker_available, docker_try, free_ports, health_of,
-    http_get, inspect, ip_on, must, networks_of, repo_root, run_for, run_with_stdin, write_secret,
+    http_get, http_get_as, inspect, ip_on, must, networks_of, repo_root, run_for, run_with_stdin,
+    write_secret,
 };
 use futures::StreamExt;
-use ringkv::Client;
 use ringkv::rpc::api::RequestOptions;
+use ringkv::{Client, Credentials};
 
 const IMAGE: &str = "ringkv:test";
 /// Puts per second of the background load (all workers together).
@@ -33,6 +34,26 @@ const LOAD_WORKERS: u64 = 4;
 const PARTITION: Duration = Duration::from_secs(20);
 /// The bound of every "until healthy / until readable" wait.
 const HEAL_LIMIT: Duration = Duration::from_secs(120);
+
+/// The CA and the admin token security.sh made for the test's project: every
+/// client command, Rust client and health request of the host uses them.
+static SECURITY: std::sync::OnceLock<(std::path::PathBuf, String)> = std::sync::OnceLock::new();
+
+fn creds() -> Credentials {
+    let (ca, token) = SECURITY.get().expect("security.sh ran");
+    let files = ringkv::tls::ClientTlsFiles {
+        ca: ca.clone(),
+        identity: None,
+    };
+    Credentials {
+        token: Some(token.clone()),
+        tls: Some(ringkv::tls::DialTls::client(&files).expect("the test's CA")),
+    }
+}
+
+async fn connect_secure(addr: &str) -> Result<Client, ringkv::ClientError> {
+    Client::connect_as(addr, &creds()).await
+}
 
 /// One node of the compose cluster, as the host sees it.
 struct Node {
@@ -100,8 +121,12 @@ fn quorum_options() -> RequestOptions {
 
 /// `ringkv ARGS` on the host with a bound of `limit`; (exit code, stdout, stderr).
 fn cli(args: &[&str], limit: Duration) -> (i32, String, String) {
-    let out = run_for(std::process::Command::new(common::bin()).args(args), limit)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.args(args);
+    if let Some((ca, token)) = SECURITY.get() {
+        cmd.env("RINGKV_TLS_CA", ca).env("RINGKV_TOKEN", token);
+    }
+    let out = run_for(&mut cmd, limit).unwrap_or_else(|e| panic!("{e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -215,10 +240,12 @@ fn show_missing(missing: &BTreeMap<String, String>) -> String {
 
 /// `/v1/cluster/health` of a node as JSON.
 fn cluster_health(node: &Node) -> Result<serde_json::Value, String> {
-    let r = http_get(
+    let token = SECURITY.get().map(|(_, t)| t.as_str());
+    let r = http_get_as(
         &node.http_addr(),
         "/v1/cluster/health",
         Duration::from_secs(3),
+        token,
     )?;
     if r.status != 200 {
         return Err(format!("/v1/cluster/health {}: {}", r.status, r.text()));
@@ -233,7 +260,7 @@ fn readyz(node: &Node) -> Result<u16, String> {
 /// The ring the node at `addr` reports.
 fn ring_of(rt: &tokio::runtime::Runtime, addr: &str) -> Result<ringkv::rpc::api::RingInfo, String> {
     rt.block_on(async {
-        let c = Client::connect(addr).await.map_err(|e| e.to_string())?;
+        let c = connect_secure(addr).await.map_err(|e| e.to_string())?;
         c.ring().await.map_err(|e| e.to_string())
     })
 }
@@ -276,6 +303,16 @@ fn compose_cluster_survives_partition_kill_rolling_restart_and_a_new_ip() {
     // --- the compose project: own name, ports and secret ------------------------
     let secret = tmp.path().join("cluster-secret");
     write_secret(&secret).unwrap_or_else(|e| panic!("containers: {e}"));
+    let security = tmp.path().join("security");
+    must(
+        std::process::Command::new("bash")
+            .arg(root.join("deploy/compose/security.sh"))
+            .arg(&security)
+            .env("RINGKV_BIN", common::bin()),
+        Duration::from_secs(60),
+    );
+    let admin = std::fs::read_to_string(security.join("admin.token")).expect("admin.token");
+    let _ = SECURITY.set((security.join("ca.crt"), admin.trim().to_string()));
     let ports = free_ports(7);
     let nodes: Vec<Node> = (0..3)
         .map(|i| Node {
@@ -289,6 +326,10 @@ fn compose_cluster_survives_partition_kill_rolling_restart_and_a_new_ip() {
         (
             "RINGKV_COMPOSE_SECRET_FILE".to_string(),
             secret.to_string_lossy().into_owned(),
+        ),
+        (
+            "RINGKV_COMPOSE_SECURITY_DIR".to_string(),
+            security.to_string_lossy().into_owned(),
         ),
         (
             "RINGKV_COMPOSE_PROMETHEUS_PORT".to_string(),
@@ -371,7 +412,7 @@ fn compose_cluster_survives_partition_kill_rolling_restart_and_a_new_ip() {
 
     // --- b. background load: ring-aware client, R=2 W=2 ---------------------------
     let mut client1 = rt
-        .block_on(Client::connect(&nodes[0].client_addr()))
+        .block_on(connect_secure(&nodes[0].client_addr()))
         .expect("connect to node 1");
     client1.set_options(quorum_options());
     let load = Arc::new(Load {
@@ -500,7 +541,7 @@ fn compose_cluster_survives_partition_kill_rolling_restart_and_a_new_ip() {
     let waited = wait_healthy(&nodes[0].client_addr());
     let acked = load.acked();
     let client3 = rt
-        .block_on(Client::connect(&nodes[2].client_addr()))
+        .block_on(connect_secure(&nodes[2].client_addr()))
         .expect("connect to node 3");
     let left = HEAL_LIMIT.saturating_sub(t_heal.elapsed());
     let missing = wait_readable(&rt, &client3, &acked, true, left);
@@ -712,7 +753,7 @@ fn compose_cluster_survives_partition_kill_rolling_restart_and_a_new_ip() {
     );
     wait_healthy(&nodes[2].client_addr());
     let client3 = rt
-        .block_on(Client::connect(&nodes[2].client_addr()))
+        .block_on(connect_secure(&nodes[2].client_addr()))
         .expect("connect to the new node 3");
     let missing = wait_readable(&rt, &client3, &acked, true, HEAL_LIMIT);
     assert!(
@@ -795,7 +836,7 @@ fn prometheus(
     // Requests on every node, so each exports ringkv_requests_total samples.
     for (i, n) in nodes.iter().enumerate() {
         rt.block_on(async {
-            let mut c = Client::connect(&n.client_addr()).await.expect("connect");
+            let mut c = connect_secure(&n.client_addr()).await.expect("connect");
             c.disable_routing();
             let key = format!("prometheus-{i}");
             c.put(key.as_bytes(), b"x", None).await.expect("put");

@@ -5,8 +5,8 @@
 #   --bin PATH   the ringkv binary to package [default: target/release/ringkv,
 #                built with `cargo build --release --bin ringkv` if missing]
 #   --tag TAG    the image tag [default: ringkv:latest]
-#   --no-init    do not run deploy/compose/init.sh (which creates the compose
-#                cluster's secret file if it is missing)
+#   --no-init    do not run deploy/compose/init.sh and security.sh (which create
+#                the compose cluster's secret, certificates and tokens if missing)
 #
 # The binary may be dynamically linked (glibc): the exact shared libraries `ldd`
 # lists are copied next to it, at the same paths. glibc >= 2.34 has the `files` and
@@ -128,8 +128,10 @@ if ! BUILD_OUT=$(DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} docker build --quiet \
 fi
 
 if $INIT; then
-    # The compose cluster's secret (created once, never printed).
+    # The compose cluster's secret, certificates and tokens (created once, never
+    # printed).
     bash "$ROOT/deploy/compose/init.sh"
+    RINGKV_BIN=$BIN RINGKV_IMAGE=$TAG bash "$ROOT/deploy/compose/security.sh"
 fi
 
 END=$(date +%s%N)

@@ -106,6 +106,7 @@ pub fn error_kind(e: &ClientError) -> &'static str {
         ClientError::Connect { .. } => "connect",
         ClientError::Unavailable { reason, .. } if reason.contains("timed out") => "timeout",
         ClientError::Unavailable { .. } => "unavailable",
+        ClientError::NotAuthorized { .. } => "not_authorized",
         ClientError::Api(api) => match api {
             ApiError::EmptyKey => "empty_key",
             ApiError::KeyTooLarge { .. } => "key_too_large",
@@ -123,6 +124,7 @@ pub fn error_kind(e: &ClientError) -> &'static str {
             ApiError::CounterOverflow { .. } => "counter_overflow",
             ApiError::NotPrimary { .. } => "not_primary",
             ApiError::ShuttingDown { .. } => "shutting_down",
+            ApiError::NotAuthorized { .. } => "not_authorized",
         },
     }
 }

@@ -133,6 +133,28 @@ pub struct BenchConfig {
     pub fault: Option<FaultPlan>,
     /// Nodes of the cluster the bench started itself (`None`: an existing cluster).
     pub local_nodes: Option<u16>,
+    /// Token and TLS of every connection (the report says only whether each is on).
+    pub security: Security,
+}
+
+/// The credentials a bench connects with.
+#[derive(Clone, Debug, Default)]
+pub struct Security(pub crate::client::Credentials);
+
+impl PartialEq for Security {
+    fn eq(&self, other: &Security) -> bool {
+        self.0.token == other.0.token && self.0.tls.is_some() == other.0.tls.is_some()
+    }
+}
+
+impl Serialize for Security {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Security", 2)?;
+        st.serialize_field("tls", &self.0.tls.is_some())?;
+        st.serialize_field("token", &self.0.token.is_some())?;
+        st.end()
+    }
 }
 
 impl Default for BenchConfig {
@@ -157,6 +179,7 @@ impl Default for BenchConfig {
             load: true,
             fault: None,
             local_nodes: None,
+            security: Security::default(),
         }
     }
 }
@@ -337,7 +360,7 @@ async fn connect(config: &BenchConfig) -> Result<Vec<Client>, BenchError> {
         let seeds: Vec<&str> = (0..n)
             .map(|j| config.connect[(i + j) % n].as_str())
             .collect();
-        let mut c = Client::connect_any(&seeds).await?;
+        let mut c = Client::connect_any_as(&seeds, &config.security.0).await?;
         c.set_timeout(Duration::from_millis(config.timeout_ms));
         c.set_options(config.request_options());
         if !config.routing {

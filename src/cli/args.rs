@@ -36,6 +36,26 @@ pub struct ClientOpts {
     /// Of the write acknowledgements, how many must come from primaries [default: 0].
     #[arg(long, global = true)]
     pub pw: Option<u8>,
+    #[command(flatten)]
+    pub security: SecurityOpts,
+}
+
+/// How client commands prove themselves: a token, TLS.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SecurityOpts {
+    /// Token for nodes with an auth file (`ringkv token create`).
+    #[arg(long, global = true, env = "RINGKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The cluster's CA certificate: connect with TLS, checking the node against it.
+    #[arg(long = "tls-ca", global = true, env = "RINGKV_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate to show (with --tls-key): the membership commands'
+    /// cluster-secret path needs one on a TLS cluster.
+    #[arg(long = "tls-cert", global = true, env = "RINGKV_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(long = "tls-key", global = true, env = "RINGKV_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,8 +210,83 @@ pub enum Command {
     },
     /// Run a local cluster of K nodes for development (stops them all on Ctrl-C).
     Dev(DevArgs),
+    /// Client tokens for nodes with an auth file.
+    Token {
+        #[command(subcommand)]
+        op: TokenOp,
+    },
+    /// Certificates for TLS: a cluster CA, node and client certificates.
+    Certs {
+        #[command(subcommand)]
+        op: CertsOp,
+    },
     /// Measure put and get throughput and latency against a node.
     Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenOp {
+    /// Make a new random token: prints it on the first line and, on the second, the
+    /// line to append to every node's --auth-file (nodes keep only its hash).
+    Create {
+        /// What it may do: read, write (also put, delete, counter add, set add and
+        /// remove) or admin (also repair, leave, remove, drain).
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// A name for it, shown in refusals and logs [default: the role].
+        #[arg(long)]
+        name: Option<String>,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A token's role.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleArg {
+    Read,
+    Write,
+    Admin,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsOp {
+    /// Make a cluster CA: DIR/ca.crt and DIR/ca.key (keep the key off the nodes).
+    Init {
+        /// Where the files go.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Days it is valid [default: 3650].
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// A node certificate signed by the CA in DIR: DIR/NAME.crt and DIR/NAME.key,
+    /// valid for NAME, localhost, 127.0.0.1 and every --host.
+    Node {
+        /// The node's name (a host name it is reached by).
+        name: String,
+        /// Where the CA is and the files go.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Another DNS name or IP address the node is reached at (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Days it is valid [default: 365].
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// A client certificate signed by the CA in DIR: DIR/NAME.crt and DIR/NAME.key.
+    Client {
+        /// The client's name.
+        name: String,
+        /// Where the CA is and the files go.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Days it is valid [default: 365].
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
 }
 
 /// The cluster secret, for operator commands.
@@ -389,6 +484,24 @@ pub struct ServeArgs {
     /// Join without a cluster secret (local development only: anyone can join).
     #[arg(long = "insecure-dev", env = "RINGKV_INSECURE_DEV")]
     pub insecure_dev: bool,
+    /// The node's TLS certificate (PEM; `ringkv certs node`): TLS on the client
+    /// port and peer connections. Reloaded when it changes or on SIGHUP.
+    #[arg(long = "tls-cert", env = "RINGKV_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long = "tls-key", env = "RINGKV_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM): peers must show a certificate it signed.
+    #[arg(long = "tls-ca", env = "RINGKV_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// The tokens clients must show: lines `NAME ROLE HASH` (`ringkv token create`
+    /// prints them). Reloaded when it changes or on SIGHUP.
+    #[arg(long = "auth-file", env = "RINGKV_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS or without an auth file (anyone
+    /// who can reach the port can read and write everything).
+    #[arg(long, env = "RINGKV_INSECURE")]
+    pub insecure: bool,
     /// SWIM probe period in milliseconds [default: 500].
     #[arg(long = "probe-ms", env = "RINGKV_PROBE_MS")]
     pub probe_ms: Option<u64>,
@@ -418,6 +531,8 @@ pub struct ServeArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    pub security: SecurityOpts,
     /// YCSB core workload: a (50% read, 50% update), b (95/5), c (read only),
     /// d (95% read latest, 5% insert), f (50% read, 50% read-modify-write).
     /// E (scans) is refused: keys are hash partitioned.

@@ -9,7 +9,7 @@ use ringkv::object::Context;
 use ringkv::rpc::api::RequestOptions;
 use serde_json::json;
 
-use super::args::{BenchArgs, ClientOpts, Command, CounterOp, SecretOpts, SetOp};
+use super::args::{BenchArgs, ClientOpts, Command, CounterOp, SecretOpts, SecurityOpts, SetOp};
 use super::{EXIT_NOT_FOUND, EXIT_OK, Failure};
 
 fn b64(bytes: &[u8]) -> String {
@@ -41,8 +41,36 @@ fn context_arg(raw: Option<&str>) -> Result<Option<Context>, Failure> {
         .transpose()
 }
 
+/// The token and TLS of the client flags (or their environment variables).
+pub(super) fn credentials(opts: &SecurityOpts) -> Result<ringkv::Credentials, Failure> {
+    let tls = match (&opts.tls_ca, &opts.tls_cert, &opts.tls_key) {
+        (None, None, None) => None,
+        (None, _, _) => {
+            return Err(Failure::usage(
+                "--tls-cert and --tls-key need --tls-ca (the cluster's CA)",
+            ));
+        }
+        (Some(ca), cert, key) => {
+            let identity = match (cert, key) {
+                (None, None) => None,
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                _ => return Err(Failure::usage("--tls-cert and --tls-key go together")),
+            };
+            let files = ringkv::tls::ClientTlsFiles {
+                ca: ca.clone(),
+                identity,
+            };
+            Some(ringkv::tls::DialTls::client(&files).map_err(|e| Failure::usage(e.to_string()))?)
+        }
+    };
+    Ok(ringkv::Credentials {
+        token: opts.token.clone().filter(|t| !t.is_empty()),
+        tls,
+    })
+}
+
 pub(super) async fn connect(opts: &ClientOpts) -> Result<Client, Failure> {
-    let mut client = Client::connect(&opts.connect).await?;
+    let mut client = Client::connect_as(&opts.connect, &credentials(&opts.security)?).await?;
     let mut options = RequestOptions {
         r: opts.r,
         w: opts.w,
@@ -92,7 +120,7 @@ fn admin_key(secret: &SecretOpts) -> Result<ringkv_gossip::ClusterKey, Failure> 
         Some(s) => Ok(ringkv_gossip::ClusterKey::derive(&s)),
         None if secret.insecure_dev => Ok(ringkv::node::ClusterConfig::default().key),
         None => Err(Failure::usage(
-            "membership commands need the cluster secret: --cluster-secret-file FILE or RINGKV_CLUSTER_SECRET (or --insecure-dev)",
+            "membership commands need an admin token (--token, RINGKV_TOKEN) or the cluster secret: --cluster-secret-file FILE or RINGKV_CLUSTER_SECRET (or --insecure-dev)",
         )),
     }
 }
@@ -325,8 +353,18 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             opts,
             ..
         } => {
-            let key = admin_key(&secret)?;
-            let id = ringkv::client::admin::leave(&opts.connect, key).await?;
+            let id = if opts
+                .security
+                .token
+                .as_deref()
+                .is_some_and(|t| !t.is_empty())
+            {
+                connect(&opts).await?.leave().await?
+            } else {
+                let key = admin_key(&secret)?;
+                let tls = credentials(&opts.security)?.tls;
+                ringkv::client::admin::leave(&opts.connect, key, tls.as_ref()).await?
+            };
             if opts.json {
                 print_json(&json!({"ok": true, "node_id": id}))?;
             } else {
@@ -344,8 +382,18 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             opts,
             ..
         } => {
-            let key = admin_key(&secret)?;
-            ringkv::client::admin::remove(&opts.connect, key, &node_id).await?;
+            if opts
+                .security
+                .token
+                .as_deref()
+                .is_some_and(|t| !t.is_empty())
+            {
+                connect(&opts).await?.remove(&node_id).await?;
+            } else {
+                let key = admin_key(&secret)?;
+                let tls = credentials(&opts.security)?.tls;
+                ringkv::client::admin::remove(&opts.connect, key, tls.as_ref(), &node_id).await?;
+            }
             if opts.json {
                 print_json(&json!({"ok": true, "removed": node_id}))?;
             } else {
@@ -354,6 +402,8 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             Ok(EXIT_OK)
         }
         Command::Dev(_) => unreachable!("dev is dispatched before"),
+        Command::Token { op } => super::security_cmd::token(op),
+        Command::Certs { op } => super::security_cmd::certs(op),
         Command::Health { ready, http, json } => super::ops_cmd::health(ready, http, json).await,
         Command::WaitHealthy {
             timeout,
@@ -366,8 +416,18 @@ async fn dispatch(command: Command) -> Result<i32, Failure> {
             super::ops_cmd::transfers(&client, opts.json).await
         }
         Command::Drain { secret, opts } => {
-            let key = admin_key(&secret)?;
-            let id = ringkv::client::admin::drain(&opts.connect, key).await?;
+            let id = if opts
+                .security
+                .token
+                .as_deref()
+                .is_some_and(|t| !t.is_empty())
+            {
+                connect(&opts).await?.drain().await?
+            } else {
+                let key = admin_key(&secret)?;
+                let tls = credentials(&opts.security)?.tls;
+                ringkv::client::admin::drain(&opts.connect, key, tls.as_ref()).await?
+            };
             if opts.json {
                 print_json(&json!({"ok": true, "node_id": id}))?;
             } else {
@@ -513,6 +573,7 @@ async fn bench(args: BenchArgs) -> Result<i32, Failure> {
         load: !args.skip_load,
         fault,
         local_nodes: args.nodes,
+        security: ringkv::bench::Security(credentials(&args.security)?),
     };
     // Refuse nonsense before starting anything.
     config

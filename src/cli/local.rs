@@ -97,6 +97,12 @@ impl LocalCluster {
             .arg("--n")
             .arg(self.n.to_string())
             .arg("--insecure-dev")
+            // A development cluster on loopback runs without TLS and tokens,
+            // whatever the shell exports for clients of other clusters.
+            .env_remove("RINGKV_TLS_CERT")
+            .env_remove("RINGKV_TLS_KEY")
+            .env_remove("RINGKV_TLS_CA")
+            .env_remove("RINGKV_AUTH_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,13 +1,15 @@
 //! Command-line interface. The contract (flags, output, exit codes) is relied on by
 //! scripts: extend it, never break it.
 //!
-//! Exit codes: 0 ok, 1 not found, 2 usage error or bad input, 3 unavailable, 4 other.
+//! Exit codes: 0 ok, 1 not found, 2 usage error or bad input, 3 unavailable, 4 other,
+//! 5 not authorized.
 
 mod args;
 mod client_cmd;
 mod dev;
 mod local;
 mod ops_cmd;
+mod security_cmd;
 mod serve;
 
 use clap::Parser;
@@ -22,6 +24,8 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_UNAVAILABLE: i32 = 3;
 /// Exit code: anything else.
 pub const EXIT_OTHER: i32 = 4;
+/// Exit code: the node refused the token (none, unknown, or a role too small).
+pub const EXIT_NOT_AUTHORIZED: i32 = 5;
 
 /// A failure with its exit code and one line for stderr.
 #[derive(Debug)]
@@ -53,7 +57,9 @@ impl From<ringkv::ClientError> for Failure {
         use ringkv::rpc::api::ErrorClass;
         let code = match &e {
             ClientError::Connect { .. } | ClientError::Unavailable { .. } => EXIT_UNAVAILABLE,
+            ClientError::NotAuthorized { .. } => EXIT_NOT_AUTHORIZED,
             ClientError::Api(api) => match api.class() {
+                ErrorClass::Denied => EXIT_NOT_AUTHORIZED,
                 ErrorClass::Invalid => EXIT_USAGE,
                 ErrorClass::Unavailable => EXIT_UNAVAILABLE,
                 ErrorClass::Failed => EXIT_OTHER,

@@ -117,7 +117,11 @@ async fn cluster_gaps(
             gaps.push(format!("{} is {}", m.node_id, m.status));
         }
         let health: Result<(ClusterHealth, String), Failure> = async {
-            let c = Client::connect(&m.address).await?;
+            let c = Client::connect_member(
+                &m.address,
+                &super::client_cmd::credentials(&opts.security)?,
+            )
+            .await?;
             let h = c.cluster_health().await?;
             let epoch = c.ring().await?.epoch;
             Ok((h, epoch))
@@ -272,6 +276,7 @@ pub async fn wait_left(
     timeout: Option<Duration>,
 ) -> Result<i32, Failure> {
     let limit = timeout.unwrap_or(Duration::from_secs(3600));
+    let credentials = super::client_cmd::credentials(&opts.security)?;
     let started = Instant::now();
     let id = client.server().node_id.clone();
     let mut others: Vec<String> = Vec::new();
@@ -314,7 +319,7 @@ pub async fn wait_left(
             // Unreachable: it may have removed itself and stopped serving, or just
             // be slow. Only another member saying it is removed counts as done.
             Err(e) => {
-                let removed = removed_elsewhere(&others, &id).await;
+                let removed = removed_elsewhere(&others, &id, &credentials).await;
                 if !removed && !opts.json {
                     eprintln!("{id}: {e}; asking again");
                 }
@@ -342,9 +347,9 @@ pub async fn wait_left(
 
 /// Whether a member other than `id`, at one of `others`, sees `id` removed (or
 /// no longer a member).
-async fn removed_elsewhere(others: &[String], id: &str) -> bool {
+async fn removed_elsewhere(others: &[String], id: &str, credentials: &ringkv::Credentials) -> bool {
     for addr in others {
-        let Ok(c) = Client::connect(addr).await else {
+        let Ok(c) = Client::connect_member(addr, credentials).await else {
             continue;
         };
         if let Ok(ring) = c.ring().await {

@@ -77,6 +77,16 @@ struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     insecure_dev: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    insecure: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     probe_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     anti_entropy_interval_ms: Option<u64>,
@@ -92,7 +102,6 @@ struct FileConfig {
 const OTHER_VARIABLES: &[&str] = &[
     "RINGKV_CLUSTER_SECRET",
     "RINGKV_TOKEN",
-    "RINGKV_TLS_CA",
     "RINGKV_CONNECT",
     "RINGKV_TEST_BIN",
     "RINGKV_IMAGE",
@@ -502,6 +511,41 @@ fn serve_config(args: ServeArgs) -> Result<ServeConfig, Failure> {
             cluster.lone = true;
         }
     }
+    let tls_cert = args.tls_cert.or(file.tls_cert);
+    let tls_key = args.tls_key.or(file.tls_key);
+    let tls_ca = args.tls_ca.or(file.tls_ca);
+    cfg.tls = match (&tls_cert, &tls_key, &tls_ca) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(ca)) => {
+            let files = ringkv::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            };
+            let tls =
+                ringkv::tls::NodeTls::load(files).map_err(|e| Failure::usage(e.to_string()))?;
+            Some(std::sync::Arc::new(tls))
+        }
+        _ => {
+            return Err(Failure::usage(
+                "--tls-cert, --tls-key and --tls-ca go together",
+            ));
+        }
+    };
+    let auth_file = args.auth_file.or(file.auth_file);
+    cfg.auth = match &auth_file {
+        None => None,
+        Some(path) => {
+            let keyring =
+                ringkv::auth::Keyring::open(path).map_err(|e| Failure::usage(e.to_string()))?;
+            if keyring.is_empty() {
+                tracing::warn!(file = %path.display(), "the auth file holds no token: every client is refused");
+            }
+            Some(std::sync::Arc::new(keyring))
+        }
+    };
+    let insecure_net = args.insecure || file.insecure.unwrap_or(false);
+    secure_by_default(listen, cfg.tls.is_some(), cfg.auth.is_some(), insecure_net)?;
     let s = cfg.cluster.settings;
     let effective = FileConfig {
         data_dir: Some(cfg.data_dir.clone()),
@@ -532,6 +576,11 @@ fn serve_config(args: ServeArgs) -> Result<ServeConfig, Failure> {
         cluster_secret_file: secret_file,
         accept_cluster_secret_file: accept_file,
         insecure_dev: Some(insecure),
+        tls_cert,
+        tls_key,
+        tls_ca,
+        auth_file,
+        insecure: Some(insecure_net),
         probe_ms: Some(cfg.cluster.probe_period.as_millis() as u64),
         anti_entropy_interval_ms: Some(cfg.repair.interval.as_millis() as u64),
         anti_entropy_concurrency: Some(cfg.repair.concurrency),
@@ -547,6 +596,33 @@ fn serve_config(args: ServeArgs) -> Result<ServeConfig, Failure> {
         effective,
         secret_source,
     })
+}
+
+/// A node reachable beyond this machine needs TLS and tokens, unless told
+/// `--insecure` (CockroachDB's rule: Riak's and etcd's users show what
+/// off-by-default security leaves open).
+fn secure_by_default(
+    listen: SocketAddr,
+    tls: bool,
+    auth: bool,
+    insecure: bool,
+) -> Result<(), Failure> {
+    if listen.ip().is_loopback() {
+        return Ok(());
+    }
+    let missing = match (tls, auth) {
+        (true, true) => return Ok(()),
+        (false, true) => "TLS (--tls-cert, --tls-key, --tls-ca)",
+        (true, false) => "an auth file (--auth-file)",
+        (false, false) => "TLS (--tls-cert, --tls-key, --tls-ca) and an auth file (--auth-file)",
+    };
+    if insecure {
+        tracing::warn!(%listen, "--insecure: serving without {missing}; anyone who can reach this port can read and write everything");
+        return Ok(());
+    }
+    Err(Failure::usage(format!(
+        "refusing to serve {listen} without {missing}: anyone who can reach it could read and write everything; give them, or --insecure"
+    )))
 }
 
 /// What `--check-config` prints: the effective configuration as a config file, and
@@ -600,6 +676,53 @@ fn mint_actor() -> u64 {
 }
 
 /// The next SIGTERM or SIGINT.
+/// How often the TLS and auth files are looked at for changes.
+const RELOAD_POLL: Duration = Duration::from_secs(2);
+
+/// Reads the TLS and auth files again when they change, and on SIGHUP (a file
+/// that cannot be used leaves the last good one in force, said once per change).
+async fn reload_files(
+    tls: Option<std::sync::Arc<ringkv::tls::NodeTls>>,
+    auth: Option<std::sync::Arc<ringkv::auth::Keyring>>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    if tls.is_none() && auth.is_none() {
+        return;
+    }
+    let mut hup = signal(SignalKind::hangup()).ok();
+    loop {
+        let forced = tokio::select! {
+            () = tokio::time::sleep(RELOAD_POLL) => false,
+            Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => None } } => true,
+        };
+        if forced {
+            tracing::info!("SIGHUP: reading the TLS and auth files again");
+        }
+        if let Some(tls) = &tls {
+            match tls.reload(forced) {
+                Ok(true) => {
+                    tracing::info!(cert = %tls.files().cert.display(), "TLS certificates reloaded")
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "TLS files changed but cannot be used; the previous certificates stay in force")
+                }
+            }
+        }
+        if let Some(auth) = &auth {
+            match auth.reload(forced) {
+                Ok(true) => {
+                    tracing::info!(file = %auth.path().display(), tokens = auth.len(), "auth file reloaded")
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "auth file changed but cannot be used; the previous tokens stay in force")
+                }
+            }
+        }
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -626,8 +749,32 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Raises the soft limit of open files to the hard one (at most 65,536): the
+/// default 1,024 is below what the connection slots and the store's descriptors
+/// may take together, and a node out of descriptors cannot even accept its peers.
+fn raise_open_files() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return;
+        }
+        let (was, want) = (rl.rlim_cur, rl.rlim_max.min(65_536));
+        if was < want {
+            rl.rlim_cur = want;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                tracing::warn!(limit = was, "cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
 pub fn run(args: ServeArgs) -> Result<i32, Failure> {
     init_tracing();
+    raise_open_files();
     let skipped = check_environment(
         std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()),
         &known_variables(),
@@ -670,6 +817,7 @@ async fn serve_node(cfg: ServeConfig) -> Result<i32, Failure> {
     }
     let minted = mint_actor();
     let stop = tokio_util::sync::CancellationToken::new();
+    let reloading = tokio::spawn(reload_files(node_cfg.tls.clone(), node_cfg.auth.clone()));
     let node = Node::start(node_cfg, || minted, TokioNetwork, stop.clone())
         .await
         .map_err(|e| Failure::other(e.to_string()))?;
@@ -740,6 +888,7 @@ async fn serve_node(cfg: ServeConfig) -> Result<i32, Failure> {
         }
     };
     ringkv::rpc::server::serve(listener, node.clone(), drained).await;
+    reloading.abort();
     stop.cancel();
     http_stop.cancel();
     if let Some(task) = http {
@@ -845,6 +994,7 @@ mod tests {
             advertise: Some("ringkv-1:7400".into()),
             seeds: vec!["ringkv-peers:7400".into(), "10.0.0.2:7400".into()],
             insecure_dev: true,
+            insecure: true,
             ..ServeArgs::default()
         })
         .expect("valid");
@@ -855,6 +1005,7 @@ mod tests {
             listen: Some("0.0.0.0:7400".into()),
             seeds: vec!["10.0.0.2:7400".into()],
             insecure_dev: true,
+            insecure: true,
             ..ServeArgs::default()
         })
         .expect_err("peers and nothing to reach this node at");

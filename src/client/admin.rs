@@ -1,5 +1,7 @@
-//! Operator commands that change membership (`leave`, `remove`): they go over the
-//! authenticated peer channel, so they need the cluster key.
+//! Operator commands that change membership (`leave`, `remove`, `drain`) over the
+//! authenticated peer channel, with the cluster key: for nodes without an auth
+//! file (with one, an admin token does it through [`super::Client`]). With TLS,
+//! the peer channel needs a certificate of the cluster's CA.
 
 use ringkv_gossip::ClusterKey;
 
@@ -7,6 +9,7 @@ use super::ClientError;
 use crate::net::TokioNetwork;
 use crate::peer::Peers;
 use crate::peer::pool::PeerError;
+use crate::tls::DialTls;
 
 fn admin_error(e: PeerError) -> ClientError {
     match e {
@@ -37,7 +40,12 @@ async fn admin_addr(addr: &str) -> Result<std::net::SocketAddr, ClientError> {
 /// One call to the operator side of the peer API of the node at `addr`. An
 /// operator's tool names no node: peers let it ask for membership changes and
 /// drains only.
-async fn operator<T, F, Fut>(addr: &str, key: ClusterKey, f: F) -> Result<T, ClientError>
+async fn operator<T, F, Fut>(
+    addr: &str,
+    key: ClusterKey,
+    tls: Option<&DialTls>,
+    f: F,
+) -> Result<T, ClientError>
 where
     F: FnOnce(crate::peer::PeerClient, tarpc::context::Context) -> Fut,
     Fut: std::future::Future<
@@ -45,7 +53,10 @@ where
         >,
 {
     let a = admin_addr(addr).await?;
-    let peers = Peers::new(TokioNetwork, key, String::new(), 1 << 20);
+    let mut peers = Peers::new(TokioNetwork, key, String::new(), 1 << 20);
+    if let Some(tls) = tls.cloned() {
+        peers = peers.with_tls(move || tls.clone());
+    }
     peers
         .call_no_retry(a, super::DEFAULT_TIMEOUT, f)
         .await
@@ -57,8 +68,12 @@ where
 ///
 /// # Errors
 /// [`ClientError::Connect`] also when the node refuses the key.
-pub async fn leave(addr: &str, key: ClusterKey) -> Result<String, ClientError> {
-    operator(addr, key, |c, ctx| async move { c.leave(ctx).await }).await
+pub async fn leave(
+    addr: &str,
+    key: ClusterKey,
+    tls: Option<&DialTls>,
+) -> Result<String, ClientError> {
+    operator(addr, key, tls, |c, ctx| async move { c.leave(ctx).await }).await
 }
 
 /// Operator command: remove `node_id` from the cluster, through the node at `addr`.
@@ -66,9 +81,20 @@ pub async fn leave(addr: &str, key: ClusterKey) -> Result<String, ClientError> {
 /// # Errors
 /// [`ClientError::Connect`] also when the node refuses the key; unknown ids and the
 /// node itself are refused with [`crate::rpc::api::ApiError::Membership`].
-pub async fn remove(addr: &str, key: ClusterKey, node_id: &str) -> Result<(), ClientError> {
+pub async fn remove(
+    addr: &str,
+    key: ClusterKey,
+    tls: Option<&DialTls>,
+    node_id: &str,
+) -> Result<(), ClientError> {
     let id = node_id.to_string();
-    operator(addr, key, |c, ctx| async move { c.remove(ctx, id).await }).await
+    operator(
+        addr,
+        key,
+        tls,
+        |c, ctx| async move { c.remove(ctx, id).await },
+    )
+    .await
 }
 
 /// Operator command: the node at `addr` stops gracefully, as on SIGTERM (readiness
@@ -76,6 +102,10 @@ pub async fn remove(addr: &str, key: ClusterKey, node_id: &str) -> Result<(), Cl
 ///
 /// # Errors
 /// [`ClientError::Connect`] also when the node refuses the key.
-pub async fn drain(addr: &str, key: ClusterKey) -> Result<String, ClientError> {
-    operator(addr, key, |c, ctx| async move { c.drain(ctx).await }).await
+pub async fn drain(
+    addr: &str,
+    key: ClusterKey,
+    tls: Option<&DialTls>,
+) -> Result<String, ClientError> {
+    operator(addr, key, tls, |c, ctx| async move { c.drain(ctx).await }).await
 }

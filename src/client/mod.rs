@@ -56,10 +56,66 @@ pub enum ClientError {
         /// Cause.
         reason: String,
     },
+    /// The node refused the connection's token (none, unknown) or TLS: nothing
+    /// was done.
+    #[error("not authorized by {addr}: {reason}")]
+    NotAuthorized {
+        /// Address of the node.
+        addr: String,
+        /// The node's reason.
+        reason: String,
+    },
     /// The request was refused or failed, by the server or by the same rule checked
     /// locally before sending.
     #[error("{0}")]
     Api(#[from] ApiError),
+}
+
+/// How a client proves itself: a token for a node with an auth file, TLS for a
+/// node with certificates.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// The token (`ringkv token create`), sent first on every connection.
+    pub token: Option<String>,
+    /// TLS to dial with (the cluster's CA, and a client certificate if any).
+    pub tls: Option<crate::tls::DialTls>,
+}
+
+impl Credentials {
+    /// From `RINGKV_TOKEN`, and `RINGKV_TLS_CA` (with `RINGKV_TLS_CERT` and
+    /// `RINGKV_TLS_KEY` for a client certificate), as the CLI reads them.
+    ///
+    /// # Errors
+    /// [`crate::tls::TlsError`] if the TLS files cannot be used.
+    pub fn from_env() -> Result<Credentials, crate::tls::TlsError> {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let tls = match var("RINGKV_TLS_CA") {
+            None => None,
+            Some(ca) => {
+                let identity = var("RINGKV_TLS_CERT")
+                    .zip(var("RINGKV_TLS_KEY"))
+                    .map(|(c, k)| (c.into(), k.into()));
+                Some(crate::tls::DialTls::client(&crate::tls::ClientTlsFiles {
+                    ca: ca.into(),
+                    identity,
+                })?)
+            }
+        };
+        Ok(Credentials {
+            token: std::env::var("RINGKV_TOKEN").ok().filter(|t| !t.is_empty()),
+            tls,
+        })
+    }
+}
+
+/// What every connection of one client is opened with.
+#[derive(Clone)]
+pub(crate) struct Link {
+    dialer: crate::net::Dialer,
+    token: Option<Arc<str>>,
+    /// The address the user gave and its host name, checked against the node's
+    /// certificate (members learned from the ring need only a node certificate).
+    home: Option<(SocketAddr, Arc<str>)>,
 }
 
 /// A register read.
@@ -86,6 +142,29 @@ struct Conn {
     addr: SocketAddr,
     /// Set when the connection ended: the next request dials again.
     closed: Arc<std::sync::atomic::AtomicBool>,
+    /// When a request last went out on it.
+    used: Arc<std::sync::Mutex<tokio::time::Instant>>,
+}
+
+/// A connection unused this long is dialed again rather than used: well before
+/// the node's idle timeout ([`crate::rpc::server::CLIENT_IDLE`]) closes it, which
+/// could cut a request just sent (its outcome then unknown).
+const REDIAL_IDLE: Duration = Duration::from_secs(300);
+
+impl Conn {
+    /// Whether it may carry a request now (marking it used), or should be dialed
+    /// again.
+    fn take(&self) -> bool {
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if used.elapsed() >= REDIAL_IDLE {
+            return false;
+        }
+        *used = tokio::time::Instant::now();
+        true
+    }
 }
 
 /// A client of a ringkv cluster.
@@ -123,19 +202,58 @@ fn unknown_outcome(refusal: ApiError, earlier: Option<ClientError>) -> ClientErr
     }
 }
 
-/// Opens a client-service connection to `addr` and checks it answers.
-async fn open_conn(
-    dialer: &crate::net::Dialer,
-    addr: SocketAddr,
-) -> Result<(Conn, ServerInfo), ClientError> {
+/// Opens a client-service connection to `addr`: TLS if set, the preamble with the
+/// token, and a hello that checks it answers.
+async fn open_conn(link: &Link, addr: SocketAddr) -> Result<(Conn, ServerInfo), ClientError> {
     let err = |reason: String| ClientError::Connect {
         addr: addr.to_string(),
         reason,
     };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, dialer.dial(addr))
+    let name = link
+        .home
+        .as_ref()
+        .filter(|(a, _)| *a == addr)
+        .map(|(_, n)| n.clone());
+    let opening = async {
+        let mut stream = link
+            .dialer
+            .dial_named(addr, name.as_deref())
+            .await
+            .map_err(|e| {
+                // A certificate refused either way (an unknown CA, expired, not
+                // for this name; or ours refused by the node) is a matter of
+                // credentials, like a token; anything else is the network's.
+                if link.dialer.is_tls() && e.kind() == std::io::ErrorKind::InvalidData {
+                    ClientError::NotAuthorized {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    }
+                } else if link.dialer.is_tls() && e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    err(format!("{e} (does the node serve TLS? it closed the connection during the handshake)"))
+                } else {
+                    err(e.to_string())
+                }
+            })?;
+        crate::auth::preamble::send(&mut stream, link.token.as_deref())
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        match crate::auth::preamble::verdict(&mut stream).await {
+            Ok(_) => Ok(stream),
+            Err(crate::auth::preamble::PreambleError::Refused { reason }) => {
+                Err(ClientError::NotAuthorized {
+                    addr: addr.to_string(),
+                    reason,
+                })
+            }
+            Err(e) if !link.dialer.is_tls() => Err(err(format!(
+                "{e} (if the node serves TLS, give --tls-ca FILE or RINGKV_TLS_CA)"
+            ))),
+            Err(e) => Err(err(e.to_string())),
+        }
+    };
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, opening)
         .await
-        .map_err(|_| err("timed out".into()))?
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|_| err("timed out".into()))??;
     // The client accepts frames as large as any object it may read back; the
     // server enforces its own (smaller or equal) limit on what it receives.
     let transport = crate::rpc::framed(
@@ -143,7 +261,7 @@ async fn open_conn(
         crate::replica::Limits::default()
             .frame_bytes()
             .max(64 << 20),
-        dialer.write_per_frame,
+        link.dialer.write_per_frame,
     );
     let tarpc::client::NewClient {
         client: rpc,
@@ -162,7 +280,16 @@ async fn open_conn(
     .await
     .map_err(|_| err("handshake timed out".into()))?
     .map_err(|e| err(format!("handshake failed: {e}")))?;
-    Ok((Conn { rpc, addr, closed }, info))
+    let used = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
+    Ok((
+        Conn {
+            rpc,
+            addr,
+            closed,
+            used,
+        },
+        info,
+    ))
 }
 
 /// Whether a failed attempt may be retried on another node.
@@ -180,6 +307,16 @@ impl Client {
     /// # Errors
     /// [`ClientError::Connect`] if the address does not resolve or nobody answers.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+        Self::connect_as(addr, &Credentials::default()).await
+    }
+
+    /// Connects to `addr` (`host:port`) with a token and TLS. With TLS, the node's
+    /// certificate must name `host`.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] if the address does not resolve, nobody answers or
+    /// TLS fails; [`ClientError::NotAuthorized`] if the node refuses the token.
+    pub async fn connect_as(addr: &str, credentials: &Credentials) -> Result<Client, ClientError> {
         let err = |reason: String| ClientError::Connect {
             addr: addr.to_string(),
             reason,
@@ -189,7 +326,33 @@ impl Client {
             .map_err(|e| err(e.to_string()))?
             .next()
             .ok_or_else(|| err("address resolves to nothing".into()))?;
-        Self::connect_with(&TokioNetwork, resolved).await
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        Self::open(&TokioNetwork, resolved, Some(host), credentials).await
+    }
+
+    /// Connects to a member at `addr` as another member's ring gave it: with TLS,
+    /// it need only hold a node certificate of the CA, whatever its names (the
+    /// address came from an authenticated node; container addresses change).
+    ///
+    /// # Errors
+    /// As [`Client::connect_as`].
+    pub async fn connect_member(
+        addr: &str,
+        credentials: &Credentials,
+    ) -> Result<Client, ClientError> {
+        let resolved = tokio::net::lookup_host(addr)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ClientError::Connect {
+                addr: addr.to_string(),
+                reason: "address resolves to nothing".into(),
+            })?;
+        Self::open(&TokioNetwork, resolved, None, credentials).await
     }
 
     /// Connects to the first of `seeds` that answers (any members of the cluster).
@@ -197,10 +360,24 @@ impl Client {
     /// # Errors
     /// [`ClientError::Connect`] naming every seed tried, if none answers.
     pub async fn connect_any(seeds: &[&str]) -> Result<Client, ClientError> {
+        Self::connect_any_as(seeds, &Credentials::default()).await
+    }
+
+    /// [`Client::connect_any`] with a token and TLS. A seed that refuses the
+    /// token ends the search: the others hold the same auth file.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] naming every seed tried, if none answers;
+    /// [`ClientError::NotAuthorized`] if one refuses.
+    pub async fn connect_any_as(
+        seeds: &[&str],
+        credentials: &Credentials,
+    ) -> Result<Client, ClientError> {
         let mut reasons = Vec::new();
         for seed in seeds {
-            match Self::connect(seed).await {
+            match Self::connect_as(seed, credentials).await {
                 Ok(c) => return Ok(c),
+                Err(e @ ClientError::NotAuthorized { .. }) => return Err(e),
                 Err(e) => reasons.push(e.to_string()),
             }
         }
@@ -222,9 +399,26 @@ impl Client {
         net: &N,
         addr: SocketAddr,
     ) -> Result<Client, ClientError> {
-        let dialer = crate::net::Dialer::new(net.clone());
-        let (home, info) = open_conn(&dialer, addr).await?;
-        let routing = Arc::new(Routing::new(dialer));
+        Self::open(net, addr, None, &Credentials::default()).await
+    }
+
+    async fn open<N: Network>(
+        net: &N,
+        addr: SocketAddr,
+        host: Option<&str>,
+        credentials: &Credentials,
+    ) -> Result<Client, ClientError> {
+        let mut dialer = crate::net::Dialer::new(net.clone());
+        if let Some(tls) = credentials.tls.clone() {
+            dialer = dialer.with_tls(move || tls.clone());
+        }
+        let link = Link {
+            dialer,
+            token: credentials.token.as_deref().map(Arc::from),
+            home: host.map(|h| (addr, Arc::from(h))),
+        };
+        let (home, info) = open_conn(&link, addr).await?;
+        let routing = Arc::new(Routing::new(link));
         routing.add_conn(home.clone());
         let client = Client {
             home,
@@ -262,7 +456,7 @@ impl Client {
 
     /// Sends every request to the connected node only (it forwards as needed).
     pub fn disable_routing(&mut self) {
-        self.routing = Arc::new(Routing::new(self.routing.dialer()));
+        self.routing = Arc::new(Routing::new(self.routing.link()));
         self.routing.add_conn(self.home.clone());
     }
 
@@ -630,6 +824,46 @@ impl Client {
             rpc.set_members(ctx, k.clone(), o).await
         })
         .await
+    }
+
+    /// The connected node leaves the cluster (an admin token); returns its id.
+    ///
+    /// # Errors
+    /// [`ApiError::NotAuthorized`] without an admin token.
+    pub async fn leave(&self) -> Result<String, ClientError> {
+        let r = self
+            .on_home(self.timeout, |rpc, ctx| async move { rpc.leave(ctx).await })
+            .await?;
+        Ok(r?)
+    }
+
+    /// Removes `node_id` from the cluster, through the connected node (an admin
+    /// token).
+    ///
+    /// # Errors
+    /// [`ApiError::NotAuthorized`] without an admin token; unknown ids and the node
+    /// itself are refused with [`ApiError::Membership`].
+    pub async fn remove(&self, node_id: &str) -> Result<(), ClientError> {
+        let id = node_id.to_string();
+        let r = self
+            .on_home(
+                self.timeout,
+                |rpc, ctx| async move { rpc.remove(ctx, id).await },
+            )
+            .await?;
+        Ok(r?)
+    }
+
+    /// The connected node stops gracefully, as on SIGTERM (an admin token);
+    /// returns its id.
+    ///
+    /// # Errors
+    /// [`ApiError::NotAuthorized`] without an admin token.
+    pub async fn drain(&self) -> Result<String, ClientError> {
+        let r = self
+            .on_home(self.timeout, |rpc, ctx| async move { rpc.drain(ctx).await })
+            .await?;
+        Ok(r?)
     }
 
     /// The connected node's status.

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{ClientError, Conn, open_conn};
-use crate::net::Dialer;
+use super::{ClientError, Conn, Link, open_conn};
 use crate::ring::{Ring, partition_of};
 use crate::rpc::api::RingInfo;
 
@@ -28,7 +27,7 @@ struct Table {
 }
 
 pub(super) struct Routing {
-    dialer: Dialer,
+    link: Link,
     table: Mutex<Option<Table>>,
     conns: Mutex<HashMap<SocketAddr, Conn>>,
     failed: Mutex<HashMap<SocketAddr, Instant>>,
@@ -36,9 +35,9 @@ pub(super) struct Routing {
 }
 
 impl Routing {
-    pub(super) fn new(dialer: Dialer) -> Routing {
+    pub(super) fn new(link: Link) -> Routing {
         Routing {
-            dialer,
+            link,
             table: Mutex::new(None),
             conns: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
@@ -46,8 +45,8 @@ impl Routing {
         }
     }
 
-    pub(super) fn dialer(&self) -> Dialer {
-        self.dialer.clone()
+    pub(super) fn link(&self) -> Link {
+        self.link.clone()
     }
 
     pub(super) fn add_conn(&self, c: Conn) {
@@ -80,11 +79,11 @@ impl Routing {
             .get(&addr)
             .cloned();
         if let Some(c) = cached
-            && !c.closed.load(std::sync::atomic::Ordering::Relaxed)
+            && c.take()
         {
             return Ok(c);
         }
-        let (c, _) = open_conn(&self.dialer, addr).await?;
+        let (c, _) = open_conn(&self.link, addr).await?;
         self.add_conn(c.clone());
         Ok(c)
     }

@@ -39,7 +39,7 @@ const MIN_HINT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Whether a refusal by a replica is permanent (retrying or hinting cannot help).
 pub(super) fn permanent(e: &ApiError) -> bool {
     match e.class() {
-        ErrorClass::Invalid => true,
+        ErrorClass::Invalid | ErrorClass::Denied => true,
         ErrorClass::Unavailable => false,
         // A storage failure may pass (a full disk freed); bytes that cannot be
         // decoded stay so.

@@ -143,6 +143,69 @@ fn secs_ms(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
+/// TLS and tokens: certificate expiry, refusals, files that failed to reload.
+fn security(o: &mut Out<'_>, node: &crate::node::Node) -> std::fmt::Result {
+    use std::sync::atomic::Ordering;
+    let cfg = node.config();
+    o.counter(
+        "ringkv_connections_evicted",
+        "Connections closed before they said what they are, to make room for newer ones (a flood).",
+        node.stats.connections_evicted.load(Ordering::Relaxed),
+    )?;
+    o.counter(
+        "ringkv_tls_refused",
+        "Connections refused by TLS (failed handshakes, plaintext to a TLS node).",
+        node.stats.tls_refused.load(Ordering::Relaxed),
+    )?;
+    if let Some(tls) = &cfg.tls {
+        o.gauges(
+            "ringkv_tls_cert_expiry_timestamp_seconds",
+            "When the certificate in force expires (Unix time).",
+            &[
+                (vec![("kind", "node".to_string())], tls.cert_expiry() as f64),
+                (vec![("kind", "ca".to_string())], tls.ca_expiry() as f64),
+            ],
+        )?;
+    }
+    // Zero without an auth file: the series exist for alerts either way.
+    let refused = cfg.auth.as_ref().map(|k| k.refusals()).unwrap_or_default();
+    {
+        let rows: Vec<_> = crate::auth::Refusal::ALL
+            .iter()
+            .zip(refused)
+            .map(|(r, n)| (vec![("reason", r.label().to_string())], n))
+            .collect();
+        o.counters(
+            "ringkv_client_auth_failures",
+            "Client connections or requests refused for their token (missing, unknown, role too small).",
+            &rows,
+        )?;
+    }
+    if let Some(keyring) = &cfg.auth {
+        o.gauge(
+            "ringkv_auth_tokens",
+            "Tokens the auth file in force holds.",
+            keyring.len() as f64,
+        )?;
+    }
+    let failures = [
+        ("tls", cfg.tls.as_ref().map(|t| t.reload_failures())),
+        ("auth", cfg.auth.as_ref().map(|k| k.reload_failures())),
+    ];
+    let rows: Vec<_> = failures
+        .iter()
+        .filter_map(|(file, n)| n.map(|n| (vec![("file", file.to_string())], n)))
+        .collect();
+    if !rows.is_empty() {
+        o.counters(
+            "ringkv_config_reload_failures",
+            "Changed TLS or auth files that could not be used (the last good ones stay in force).",
+            &rows,
+        )?;
+    }
+    Ok(())
+}
+
 impl Collector for NodeCollector {
     fn encode(&self, enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let node = &self.node;
@@ -496,6 +559,7 @@ impl Collector for NodeCollector {
             "Connections closed after a malformed or oversized frame.",
             stats.bad_frames,
         )?;
+        security(&mut o, node)?;
 
         // The process.
         let p = super::process::read();

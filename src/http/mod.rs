@@ -164,11 +164,40 @@ async fn readyz(State(ops): State<Ops>, Query(q): Query<ProbeQuery>) -> Response
     (code, body).into_response()
 }
 
-async fn cluster_health(State(ops): State<Ops>) -> Response {
+/// The refusal, if any: with an auth file, what the node says about its data and members needs a
+/// token (`Authorization: Bearer`); probes and metrics do not (kubelets and
+/// Prometheus reach them, and they name no key).
+fn authorize(ops: &Ops, headers: &axum::http::HeaderMap) -> Option<Response> {
+    let keyring = ops.node.config().auth.as_ref()?;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match keyring.check(token) {
+        Ok(_) => None,
+        Err((_, reason)) => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                format!("not authorized: {reason} (HTTP: Authorization: Bearer TOKEN)\n"),
+            )
+                .into_response(),
+        ),
+    }
+}
+
+async fn cluster_health(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(refused) = authorize(&ops, &headers) {
+        return refused;
+    }
     axum::Json(ops.node.cluster_health()).into_response()
 }
 
-async fn status_page(State(ops): State<Ops>) -> Response {
+async fn status_page(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(refused) = authorize(&ops, &headers) {
+        return refused;
+    }
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         page::render(&ops.node, &ops.last_page),

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::tls::DialTls;
+
 /// A byte stream between two nodes (or a client and a node).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
@@ -110,13 +112,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> IoStream for T {}
 
 type Connecting = Pin<Box<dyn Future<Output = io::Result<Box<dyn IoStream>>> + Send>>;
 
-/// Dials connections through some [`Network`], with its framing choice; cheap to
-/// clone, and free of the network's type.
+/// Dials connections through some [`Network`], with its framing choice and,
+/// if set, TLS; cheap to clone, and free of the network's type.
 #[derive(Clone)]
 pub struct Dialer {
     connect: Arc<dyn Fn(SocketAddr) -> Connecting + Send + Sync>,
     /// See [`Network::write_per_frame`].
     pub write_per_frame: bool,
+    /// The TLS to dial with, asked for at each dial (certificates are reloaded).
+    tls: Option<Arc<dyn Fn() -> DialTls + Send + Sync>>,
 }
 
 impl Dialer {
@@ -132,11 +136,42 @@ impl Dialer {
                 })
             }),
             write_per_frame,
+            tls: None,
         }
     }
 
-    /// Opens a connection to `addr`.
-    pub fn dial(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Box<dyn IoStream>>> {
-        (self.connect)(addr)
+    /// The same, dialing with TLS: `tls` gives the configuration in force.
+    pub fn with_tls(mut self, tls: impl Fn() -> DialTls + Send + Sync + 'static) -> Dialer {
+        self.tls = Some(Arc::new(tls));
+        self
+    }
+
+    /// Whether connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Opens a connection to `addr` (with TLS: to a node holding a node
+    /// certificate of the CA, whatever its names).
+    pub async fn dial(&self, addr: SocketAddr) -> io::Result<Box<dyn IoStream>> {
+        self.dial_named(addr, None).await
+    }
+
+    /// Opens a connection to `addr`; with TLS, checking the node's certificate
+    /// names `name` if given.
+    pub async fn dial_named(
+        &self,
+        addr: SocketAddr,
+        name: Option<&str>,
+    ) -> io::Result<Box<dyn IoStream>> {
+        let stream = (self.connect)(addr).await?;
+        let Some(tls) = &self.tls else {
+            return Ok(stream);
+        };
+        let secured = tls()
+            .connect(stream, addr, name)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
+        Ok(Box::new(secured))
     }
 }

@@ -112,6 +112,10 @@ pub struct NodeConfig {
     /// The epoch gossip datagrams of this start are stamped with (`None`: the
     /// clock's microseconds; the simulation gives its virtual time).
     pub gossip_epoch: Option<u64>,
+    /// TLS on the client port and peer connections (`None`: plaintext).
+    pub tls: Option<Arc<crate::tls::NodeTls>>,
+    /// The tokens clients must show (`None`: no auth file, every client served).
+    pub auth: Option<Arc<crate::auth::Keyring>>,
 }
 
 impl NodeConfig {
@@ -135,6 +139,8 @@ impl NodeConfig {
             storage: Backend::Log,
             fjall_cache_bytes: 64 << 20,
             gossip_epoch: None,
+            tls: None,
+            auth: None,
         }
     }
 
@@ -208,6 +214,10 @@ pub struct Stats {
     /// Peer requests refused (from removed nodes, or operators' tools asking for more
     /// than membership changes).
     pub peer_requests_refused: AtomicU64,
+    /// Connections refused by TLS (a failed handshake, or plaintext to a TLS node).
+    pub tls_refused: AtomicU64,
+    /// Unidentified connections closed to make room for a newer one (a flood).
+    pub connections_evicted: AtomicU64,
 }
 
 impl Stats {
@@ -382,12 +392,15 @@ impl Node {
         if config.unsafe_lww {
             tracing::warn!("registers resolve by last writer wins: concurrent writes WILL be lost");
         }
-        let peers = Peers::new(
+        let mut peers = Peers::new(
             net,
             config.cluster.key.clone(),
             node_id.clone(),
             config.limits.frame_bytes(),
         );
+        if let Some(tls) = config.tls.clone() {
+            peers = peers.with_tls(move || tls.peer_dialer());
+        }
         let contexts = crate::object::ContextKey::of_cluster(&config.cluster.key);
         let coordinator = Coordinator::new(replica, cluster, peers, hints, settings, contexts);
         tokio::spawn(crate::coordinator::deliver_hints(

@@ -103,7 +103,7 @@ impl Outcome {
             Ok(_) => Outcome::Ok,
             Err(ApiError::QuorumNotReached(q)) if q.indeterminate => Outcome::Indeterminate,
             Err(e) => match e.class() {
-                ErrorClass::Invalid => Outcome::Invalid,
+                ErrorClass::Invalid | ErrorClass::Denied => Outcome::Invalid,
                 ErrorClass::Unavailable => Outcome::Unavailable,
                 ErrorClass::Failed => Outcome::Error,
             },

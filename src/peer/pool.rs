@@ -64,6 +64,15 @@ pub struct Peers {
 }
 
 impl Peers {
+    /// The same pool dialing with TLS (`tls` gives the configuration in force).
+    pub fn with_tls(
+        mut self,
+        tls: impl Fn() -> crate::tls::DialTls + Send + Sync + 'static,
+    ) -> Peers {
+        self.dialer = self.dialer.with_tls(tls);
+        self
+    }
+
     /// A pool dialing through `net`, proving `key` as node `id` (empty for an
     /// operator's tool), with frames up to `max_frame` bytes.
     pub fn new<N: Network>(net: N, key: ClusterKey, id: String, max_frame: usize) -> Peers {

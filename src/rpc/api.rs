@@ -440,6 +440,12 @@ pub enum ApiError {
         /// The node that refused.
         node: String,
     },
+    /// The connection's token does not allow the request: nothing was done.
+    #[error("not authorized: {reason}")]
+    NotAuthorized {
+        /// Why (the token's name and role, and the role needed).
+        reason: String,
+    },
 }
 
 /// What kind of failure an [`ApiError`] is: the one classification the CLI's exit
@@ -454,6 +460,8 @@ pub enum ErrorClass {
     Unavailable,
     /// A node's storage failed or holds bytes it cannot read.
     Failed,
+    /// The caller's token does not allow it: another node would say the same.
+    Denied,
 }
 
 impl ApiError {
@@ -475,6 +483,7 @@ impl ApiError {
             | ApiError::NotPrimary { .. }
             | ApiError::ShuttingDown { .. } => ErrorClass::Unavailable,
             ApiError::Corrupt { .. } | ApiError::Storage { .. } => ErrorClass::Failed,
+            ApiError::NotAuthorized { .. } => ErrorClass::Denied,
         }
     }
 }
@@ -578,6 +587,12 @@ pub trait Kv {
     async fn cluster_health() -> ClusterHealth;
     /// Handoffs and hints of this node.
     async fn transfers() -> Transfers;
+    /// The node leaves the cluster (needs an admin token); returns its id.
+    async fn leave() -> Result<String, ApiError>;
+    /// Removes `node_id` from the cluster (needs an admin token).
+    async fn remove(node_id: String) -> Result<(), ApiError>;
+    /// The node stops gracefully, as on SIGTERM (needs an admin token); returns its id.
+    async fn drain() -> Result<String, ApiError>;
 }
 
 /// Bytes that travel as one byte string: postcard writes the length, then the

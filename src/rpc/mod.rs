@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod codec;
+pub mod guard;
 pub mod server;
 
 use std::time::Duration;

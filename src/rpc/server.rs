@@ -10,6 +10,11 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio::sync::Semaphore;
 
 use super::api::{ApiError, Blob, GetReply, Kv, RequestOptions, RingInfo, ServerInfo, Status};
+use tokio_util::sync::CancellationToken;
+
+use super::guard::{FrameBudget, Guarded, ReadLimits};
+use crate::auth::preamble::{self, Verdict};
+use crate::auth::{Access, Refusal, Role};
 use crate::cluster::shell::Command;
 use crate::net::{Listener, Network, Stream};
 use crate::node::requests::{Op, Outcome, ReplicaOp};
@@ -21,9 +26,44 @@ use crate::peer::{Peer, WriteReply, WriteRequest, handshake};
 #[derive(Clone)]
 pub struct KvServer {
     node: SharedNode,
+    /// What the connection's token allows.
+    access: Arc<Access>,
+}
+
+/// The role each client operation needs.
+fn needed(op: Op) -> Role {
+    match op {
+        Op::Get | Op::CounterGet | Op::SetMembers | Op::GetLocal => Role::Read,
+        Op::Put | Op::Delete | Op::CounterAdd | Op::SetAdd | Op::SetRemove => Role::Write,
+    }
 }
 
 impl KvServer {
+    /// Refuses what the connection's token does not allow, before anything runs.
+    fn allow(&self, needed: Role, what: &str) -> Result<(), ApiError> {
+        self.current()?
+            .allows(needed, what)
+            .map_err(|reason| self.denied(reason))
+    }
+
+    /// The connection's access under the auth file in force now.
+    fn current(&self) -> Result<Access, ApiError> {
+        match &self.node.config().auth {
+            Some(keyring) => keyring
+                .recheck(&self.access)
+                .map_err(|reason| ApiError::NotAuthorized { reason }),
+            None => Ok((*self.access).clone()),
+        }
+    }
+
+    fn denied(&self, reason: String) -> ApiError {
+        if let Some(keyring) = &self.node.config().auth {
+            keyring.count(Refusal::Role);
+        }
+        tracing::debug!(%reason, "request refused");
+        ApiError::NotAuthorized { reason }
+    }
+
     /// Runs a client request: refused once the node is closing (nothing applied, so
     /// the client may send it to another replica), counted in flight while it
     /// runs (a drain waits for it), timed by operation and outcome.
@@ -32,6 +72,9 @@ impl KvServer {
         op: Op,
         request: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
+        if let Err(e) = self.allow(needed(op), op.label()) {
+            return self.count(Err(e));
+        }
         let Some(_running) = self.node.lifecycle.enter() else {
             return Err(ApiError::ShuttingDown {
                 node: self.node.node_id().to_string(),
@@ -206,6 +249,7 @@ impl Kv for KvServer {
     }
 
     async fn partition_roots(self, _: context::Context) -> Result<Vec<[u8; 32]>, ApiError> {
+        self.allow(Role::Read, "partition roots")?;
         let c = self.node.coordinator();
         let all: Vec<u32> = (0..c.replica().ring_size()).collect();
         crate::repair::local::roots(c, &all).map(|(_, roots)| roots)
@@ -216,11 +260,38 @@ impl Kv for KvServer {
         _: context::Context,
         partition: Option<u32>,
     ) -> Result<super::api::RoundReport, ApiError> {
+        self.allow(Role::Admin, "repair")?;
         self.node
             .repair()
             .run_now(partition)
             .await
             .map_err(|reason| ApiError::Unavailable { reason })
+    }
+
+    async fn leave(self, _: context::Context) -> Result<String, ApiError> {
+        self.current()?
+            .allows_membership("leave")
+            .map_err(|r| self.denied(r))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        membership(self.node.cluster().command(Command::Leave(tx)).await, rx).await?;
+        Ok(self.node.node_id().to_string())
+    }
+
+    async fn remove(self, _: context::Context, node_id: String) -> Result<(), ApiError> {
+        self.current()?
+            .allows_membership("remove")
+            .map_err(|r| self.denied(r))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let command = Command::Remove(node_id, tx);
+        membership(self.node.cluster().command(command).await, rx).await
+    }
+
+    async fn drain(self, _: context::Context) -> Result<String, ApiError> {
+        self.current()?
+            .allows_membership("drain")
+            .map_err(|r| self.denied(r))?;
+        self.node.request_stop();
+        Ok(self.node.node_id().to_string())
     }
 }
 
@@ -467,18 +538,82 @@ pub async fn bind<N: Network>(net: &N, node: &Node) -> Result<N::Listener, NodeE
 /// Peer connections served at once (one per member and direction, plus tools).
 pub const MAX_PEER_CONNECTIONS: usize = ringkv_gossip::membership::MAX_MEMBERS;
 
-/// The connection slots of one listener. A new connection holds a slot of
-/// `unidentified` until its first bytes say what it is (at most
-/// [`FIRST_BYTES_TIMEOUT`], plus the handshake's few seconds for a peer); then one
-/// of `clients` or, once it proved the cluster key, of `peers`. Anyone who can
-/// reach the port can fill the client slots, but never the peers': replication,
-/// repair and handoff go on (review A6).
+/// The connection slots of one listener. A new connection is always taken, in
+/// `unidentified`, until its first bytes (and TLS, and a token or the peer
+/// handshake) say what it is, within [`FIRST_BYTES_TIMEOUT`] and
+/// [`OPENING_TIMEOUT`]; when that is full, the oldest unidentified connection is
+/// closed to make room, so a flood of silent connections delays others by their
+/// handshake's few milliseconds instead of locking them out. An identified
+/// connection holds one of `clients` or, once it proved the cluster key, of
+/// `peers`: anyone who can reach the port can fill the client slots (of a node
+/// without an auth file), but never the peers' (review A6).
 #[derive(Clone)]
 struct Slots {
-    unidentified: Arc<Semaphore>,
+    unidentified: Arc<Unidentified>,
     clients: Arc<Semaphore>,
     peers: Arc<Semaphore>,
+    client_frames: Arc<FrameBudget>,
+    peer_frames: Arc<FrameBudget>,
 }
+
+/// Connections not identified yet, oldest first, each with the token that closes it.
+struct Unidentified {
+    cap: usize,
+    queue: std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// A connection's place among the unidentified; leaves when dropped.
+struct Place {
+    owner: Arc<Unidentified>,
+    id: u64,
+}
+
+impl Unidentified {
+    /// A place for a new connection, and its closing token; closes the oldest
+    /// (returns true) if every place is taken.
+    fn enter(self: &Arc<Self>) -> (Place, CancellationToken, bool) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut q = self
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let evicted = q.len() >= self.cap;
+        if evicted && let Some((_, oldest)) = q.pop_front() {
+            oldest.cancel();
+        }
+        q.push_back((id, token.clone()));
+        let place = Place {
+            owner: self.clone(),
+            id,
+        };
+        (place, token, evicted)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut q = self
+            .owner
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = q.iter().position(|(id, _)| *id == self.id) {
+            q.remove(i);
+        }
+    }
+}
+
+/// Bytes of large frames being received at once, per kind of connection.
+pub const FRAME_BUDGET_BYTES: usize = 256 << 20;
+/// Longest a client connection may send nothing (clients redial after less,
+/// see [`crate::client`]).
+pub const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+/// Longest a peer connection may send nothing (the pool dials again on use).
+pub const PEER_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+/// Longest one frame may take from its first byte to its last.
+pub const SLOW_FRAME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serves clients on `listener` until `shutdown` completes.
 ///
@@ -493,9 +628,15 @@ pub async fn serve<L: Listener>(
 ) {
     let max = node.config().max_connections;
     let slots = Slots {
-        unidentified: Arc::new(Semaphore::new(max + MAX_PEER_CONNECTIONS)),
+        unidentified: Arc::new(Unidentified {
+            cap: max + MAX_PEER_CONNECTIONS,
+            queue: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }),
         clients: Arc::new(Semaphore::new(max)),
         peers: Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS)),
+        client_frames: FrameBudget::new(FRAME_BUDGET_BYTES),
+        peer_frames: FrameBudget::new(FRAME_BUDGET_BYTES),
     };
     let per_conn = PerConnection {
         max_frame: node.config().limits.frame_bytes(),
@@ -518,16 +659,20 @@ pub async fn serve<L: Listener>(
                 continue;
             }
         };
-        let Ok(permit) = slots.unidentified.clone().try_acquire_owned() else {
-            refuse(&node, peer, "new");
-            drop(stream);
-            continue;
-        };
+        let (place, closing, evicted) = slots.unidentified.enter();
+        if evicted {
+            node.stats
+                .connections_evicted
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let node = node.clone();
         let slots = slots.clone();
         tokio::spawn(async move {
             node.stats.connections_open.fetch_add(1, Ordering::Relaxed);
-            connection(stream, peer, node.clone(), per_conn, slots, permit).await;
+            tokio::select! {
+                () = closing.cancelled() => {}
+                () = connection(stream, peer, node.clone(), per_conn, slots, place) => {}
+            }
             node.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -543,6 +688,8 @@ struct PerConnection {
 
 /// Longest a new connection may stay silent before its first bytes.
 const FIRST_BYTES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest a TLS handshake, or the rest of a client preamble, may take.
+const OPENING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn refuse(node: &Node, peer: std::net::SocketAddr, kind: &str) {
     node.stats
@@ -551,21 +698,104 @@ fn refuse(node: &Node, peer: std::net::SocketAddr, kind: &str) {
     tracing::warn!(%peer, kind, "connection limit reached; closing new connection");
 }
 
+/// The first bytes of a connection, read within `limit`.
+async fn first_bytes<S: Stream, const K: usize>(
+    stream: &mut S,
+    limit: std::time::Duration,
+) -> Option<[u8; K]> {
+    use tokio::io::AsyncReadExt;
+    let mut first = [0u8; K];
+    match tokio::time::timeout(limit, stream.read_exact(&mut first)).await {
+        Ok(Ok(_)) => Some(first),
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
+
 async fn connection<S: Stream>(
     mut stream: S,
     peer: std::net::SocketAddr,
     node: SharedNode,
     per_conn: PerConnection,
     slots: Slots,
-    unidentified: tokio::sync::OwnedSemaphorePermit,
+    unidentified: Place,
 ) {
-    use tokio::io::AsyncReadExt;
-    let mut first = [0u8; 4];
-    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.read_exact(&mut first)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(_)) | Err(_) => return,
+    let Some(tls) = node.config().tls.clone() else {
+        identify(stream, peer, node, per_conn, slots, unidentified, false).await;
+        return;
+    };
+    let Some([byte]) = first_bytes::<_, 1>(&mut stream, FIRST_BYTES_TIMEOUT).await else {
+        return;
+    };
+    let stream = Prefixed::new(&[byte], stream);
+    if byte != crate::tls::HANDSHAKE_RECORD {
+        plaintext_on_tls(stream, peer, &node).await;
+        return;
     }
+    let accepted = tokio::time::timeout(OPENING_TIMEOUT, tls.acceptor().accept(stream)).await;
+    let secured = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(error)) => {
+            node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let certified = secured.get_ref().1.peer_certificates().is_some();
+    let secured = CloseIsEof(secured);
+    identify(
+        secured,
+        peer,
+        node,
+        per_conn,
+        slots,
+        unidentified,
+        certified,
+    )
+    .await;
+}
+
+/// A connection in the clear to a node that serves TLS only: a client's preamble
+/// is answered with a refusal it can print, anything else is closed.
+async fn plaintext_on_tls<S: Stream>(mut stream: S, peer: std::net::SocketAddr, node: &Node) {
+    node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(%peer, "plaintext connection to a TLS node refused");
+    if first_bytes::<_, 4>(&mut stream, FIRST_BYTES_TIMEOUT).await == Some(preamble::MAGIC) {
+        let reason = "this node takes TLS connections only: give --tls-ca FILE (or RINGKV_TLS_CA)";
+        let _ = tokio::time::timeout(OPENING_TIMEOUT, async {
+            preamble::receive(&mut stream).await?;
+            preamble::answer(&mut stream, &Verdict::Refused(reason.into())).await
+        })
+        .await;
+    }
+}
+
+/// Tells a peer from a client by the first bytes (inside TLS, if any), admits it
+/// and serves it. `certified`: TLS showed a client certificate of the CA.
+async fn identify<S: Stream>(
+    mut stream: S,
+    peer: std::net::SocketAddr,
+    node: SharedNode,
+    per_conn: PerConnection,
+    slots: Slots,
+    unidentified: Place,
+    certified: bool,
+) {
+    let Some(first) = first_bytes::<_, 4>(&mut stream, FIRST_BYTES_TIMEOUT).await else {
+        return;
+    };
     if first == handshake::MAGIC {
+        if node.config().tls.is_some() && !certified {
+            node.stats
+                .peer_handshakes_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "peer connection without a certificate of the cluster's CA refused");
+            return;
+        }
         let key = node.config().cluster.key.clone();
         let view = node.cluster().view();
         let admitted = handshake::accept(&mut stream, &key, |id| !view.is_removed(id)).await;
@@ -585,6 +815,12 @@ async fn connection<S: Stream>(
             return;
         };
         drop(unidentified);
+        let limits = ReadLimits {
+            idle: PEER_IDLE,
+            slow_frame: SLOW_FRAME,
+            max_frame: per_conn.max_frame,
+        };
+        let stream = Guarded::new(stream, limits, slots.peer_frames.clone());
         let transport = counted(stream, per_conn, node.clone(), peer);
         let server = PeerServer {
             node,
@@ -597,23 +833,95 @@ async fn connection<S: Stream>(
             .await;
         return;
     }
+    let access = if first == preamble::MAGIC {
+        match tokio::time::timeout(OPENING_TIMEOUT, admit_client(&mut stream, &node)).await {
+            Ok(Some(access)) => access,
+            Ok(None) | Err(_) => return,
+        }
+    } else if first[0] == crate::tls::HANDSHAKE_RECORD && first[1] == 3 {
+        // A TLS ClientHello (record type 22, version 3.x) to a node without TLS.
+        node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%peer, "TLS connection to a node without TLS closed");
+        return;
+    } else if let Some(keyring) = &node.config().auth {
+        // An RPC frame straight away: a client without the preamble cannot show a
+        // token, and cannot be told why it is refused.
+        keyring.count(Refusal::Missing);
+        tracing::info!(%peer, "client connection without a token refused");
+        return;
+    } else {
+        Access::Open
+    };
     let Ok(_slot) = slots.clients.try_acquire_owned() else {
         refuse(&node, peer, "client");
         return;
     };
     drop(unidentified);
-    let stream = Prefixed {
-        prefix: first,
-        read: 0,
-        inner: stream,
+    let server = KvServer {
+        node: node.clone(),
+        access: Arc::new(access),
     };
-    let transport = counted(stream, per_conn, node.clone(), peer);
-    let server = KvServer { node };
+    let limits = ReadLimits {
+        idle: CLIENT_IDLE,
+        slow_frame: SLOW_FRAME,
+        max_frame: per_conn.max_frame,
+    };
+    let budget = slots.client_frames.clone();
+    if first == preamble::MAGIC {
+        let stream = Guarded::new(stream, limits, budget);
+        serve_kv(counted(stream, per_conn, node, peer), server, per_conn).await;
+    } else {
+        let stream = Guarded::new(Prefixed::new(&first, stream), limits, budget);
+        serve_kv(counted(stream, per_conn, node, peer), server, per_conn).await;
+    }
+}
+
+async fn serve_kv(
+    transport: impl tarpc::Transport<
+        tarpc::Response<super::api::KvResponse>,
+        tarpc::ClientMessage<super::api::KvRequest>,
+    > + Send
+    + 'static,
+    server: KvServer,
+    per_conn: PerConnection,
+) {
     BaseChannel::with_defaults(transport)
         .max_concurrent_requests(per_conn.in_flight)
         .execute(server.serve())
         .for_each(run_request)
         .await;
+}
+
+/// Reads a client's preamble, checks its token and answers; what the connection
+/// may do, or `None` if it was refused (and told why).
+async fn admit_client<S: Stream>(stream: &mut S, node: &Node) -> Option<Access> {
+    let token = match preamble::receive(stream).await {
+        Ok(token) => token,
+        Err(error) => {
+            tracing::info!(%error, "bad client preamble");
+            let _ = preamble::answer(stream, &Verdict::Refused(error.to_string())).await;
+            return None;
+        }
+    };
+    let (access, verdict) = match &node.config().auth {
+        None => (Access::Open, Verdict::Accepted(None)),
+        Some(keyring) => match keyring.check(token.as_deref()) {
+            Ok(access) => {
+                let role = match &access {
+                    Access::Token { role, .. } => Some(*role),
+                    Access::Open => None,
+                };
+                (access, Verdict::Accepted(role))
+            }
+            Err((_, reason)) => {
+                tracing::info!(%reason, "client token refused");
+                let _ = preamble::answer(stream, &Verdict::Refused(reason)).await;
+                return None;
+            }
+        },
+    };
+    preamble::answer(stream, &verdict).await.ok()?;
+    Some(access)
 }
 
 /// Runs one request: polled once right here, and only if it is still waiting (for a
@@ -644,16 +952,79 @@ where
     Out: serde::Serialize,
 {
     super::framed(stream, per_conn.max_frame, per_conn.write_per_frame).inspect_err(move |error| {
+        // An idle or trickling connection closed by its guard is no bad frame.
+        if error.kind() == std::io::ErrorKind::TimedOut {
+            tracing::debug!(%peer, %error, "closing connection");
+            return;
+        }
         node.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%peer, %error, "closing connection after a bad frame");
     })
 }
 
+/// A TLS stream whose peer may close without a close_notify: that is the end of
+/// the stream, not an error (every frame carries its length, so a cut is noticed
+/// anyway), and a client closing its connection is not worth a warning.
+struct CloseIsEof<S>(S);
+
+impl<S: Stream> tokio::io::AsyncRead for CloseIsEof<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: Stream> tokio::io::AsyncWrite for CloseIsEof<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// A stream whose first bytes were already read: replays them, then reads on.
 struct Prefixed<S> {
     prefix: [u8; 4],
+    len: usize,
     read: usize,
     inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(first: &[u8], inner: S) -> Prefixed<S> {
+        let mut prefix = [0u8; 4];
+        prefix[..first.len()].copy_from_slice(first);
+        Prefixed {
+            prefix,
+            len: first.len(),
+            read: 0,
+            inner,
+        }
+    }
 }
 
 impl<S: Stream> tokio::io::AsyncRead for Prefixed<S> {
@@ -662,8 +1033,8 @@ impl<S: Stream> tokio::io::AsyncRead for Prefixed<S> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if self.read < self.prefix.len() {
-            let n = (self.prefix.len() - self.read).min(buf.remaining());
+        if self.read < self.len {
+            let n = (self.len - self.read).min(buf.remaining());
             let start = self.read;
             buf.put_slice(&self.prefix[start..start + n]);
             self.read += n;

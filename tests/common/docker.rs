@@ -309,6 +309,17 @@ impl Response {
 /// everything bounded by `timeout`. Handles Content-Length, chunked and
 /// read-to-close bodies.
 pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<Response, String> {
+    http_get_as(addr, path, timeout, None)
+}
+
+/// As [`http_get`], with `Authorization: Bearer TOKEN` if given.
+pub fn http_get_as(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+    bearer: Option<&str>,
+) -> Result<Response, String> {
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let deadline = Instant::now() + timeout;
     let sock = addr
         .to_socket_addrs()
@@ -326,7 +337,7 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<Response, S
         .map_err(|e| e.to_string())?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ringkv-tests\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ringkv-tests\r\nAccept: */*\r\n{auth}Connection: close\r\n\r\n"
     )
     .map_err(|e| format!("send to {addr}: {e}"))?;
     let mut raw = Vec::new();

@@ -59,6 +59,8 @@ pub struct Server {
     pub addr: String,
     pub dir: PathBuf,
     pub args: Vec<String>,
+    /// Flags every client command against it gets (a token, TLS).
+    pub client_args: Vec<String>,
     log: PathBuf,
 }
 
@@ -70,6 +72,12 @@ impl Server {
 
     /// As [`Server::start`], listening on `addr`.
     pub fn start_at(dir: &Path, addr: &str, extra: &[&str]) -> Server {
+        Server::start_secure(dir, addr, extra, &[])
+    }
+
+    /// As [`Server::start_at`]; every client command against it gets `client`
+    /// (say `--tls-ca` and `--token`), the readiness check too.
+    pub fn start_secure(dir: &Path, addr: &str, extra: &[&str], client: &[String]) -> Server {
         let addr = addr.to_string();
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut s = Server {
@@ -77,6 +85,7 @@ impl Server {
             addr,
             dir: dir.to_path_buf(),
             args,
+            client_args: client.to_vec(),
             log: dir.join("serve.log"),
         };
         s.wait_ready();
@@ -111,6 +120,7 @@ impl Server {
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut full: Vec<&str> = args.to_vec();
         full.extend(["--connect", &self.addr]);
+        full.extend(self.client_args.iter().map(String::as_str));
         run_cli(&full, None)
     }
 
@@ -118,6 +128,7 @@ impl Server {
     pub fn cli_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut full: Vec<&str> = args.to_vec();
         full.extend(["--connect", &self.addr]);
+        full.extend(self.client_args.iter().map(String::as_str));
         run_cli(&full, Some(stdin))
     }
 
@@ -284,11 +295,18 @@ pub struct Cluster {
     pub root: tempfile::TempDir,
     pub secret_file: PathBuf,
     pub extra: Vec<String>,
+    /// Flags of every client command (a token, TLS).
+    pub client: Vec<String>,
 }
 
 impl Cluster {
     /// Starts `k` nodes (`n1`..`nk`) with `extra` flags each.
     pub fn start(k: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_secure(k, extra, &[])
+    }
+
+    /// As [`Cluster::start`], with `client` given to every client command.
+    pub fn start_secure(k: usize, extra: &[&str], client: &[String]) -> Cluster {
         let root = tempfile::tempdir().expect("tempdir");
         let secret_file = root.path().join("secret");
         std::fs::write(&secret_file, "test cluster secret, 32 bytes!!\n").expect("secret");
@@ -298,6 +316,7 @@ impl Cluster {
             root,
             secret_file,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            client: client.to_vec(),
         };
         for _ in 0..k {
             c.add();
@@ -326,7 +345,9 @@ impl Cluster {
         }
         args.extend(self.extra.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.nodes.push(Server::start(&dir, &refs));
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.nodes
+            .push(Server::start_secure(&dir, &addr, &refs, &self.client));
         self.nodes.len() - 1
     }
 

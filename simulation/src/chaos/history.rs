@@ -43,7 +43,8 @@ impl Status {
 /// Whether a failed write certainly did not apply anywhere.
 fn determinate(e: &ClientError) -> bool {
     match e {
-        ClientError::Connect { .. } => true,
+        // Refused before the connection served anything.
+        ClientError::Connect { .. } | ClientError::NotAuthorized { .. } => true,
         ClientError::Api(ApiError::QuorumNotReached(q)) => !q.indeterminate,
         // Refused by the replica before storing anything.
         ClientError::Api(ApiError::TooManySiblings { .. }) => true,
