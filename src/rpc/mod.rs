@@ -46,7 +46,7 @@ pub fn framed<S: Stream, In, Out>(
     write_per_frame: bool,
 ) -> Transport<S, In, Out, PostcardCodec<In, Out>>
 where
-    In: for<'de> serde::Deserialize<'de>,
+    In: codec::Incoming,
     Out: serde::Serialize,
 {
     let mut framed = LengthDelimitedCodec::builder()

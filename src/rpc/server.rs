@@ -948,7 +948,7 @@ fn counted<S: Stream, In, Out>(
     peer: std::net::SocketAddr,
 ) -> impl tarpc::Transport<Out, In>
 where
-    In: for<'de> serde::Deserialize<'de>,
+    In: super::codec::Incoming,
     Out: serde::Serialize,
 {
     super::framed(stream, per_conn.max_frame, per_conn.write_per_frame).inspect_err(move |error| {
