@@ -118,7 +118,9 @@ fn anti_entropy_alone_heals_a_replica_that_missed_10000_writes() {
     let delta = |f: &str| after[f].as_u64().expect(f) - before[f].as_u64().expect(f);
     // The timer may run a round of its own meanwhile: at most two rounds' worth.
     assert!(delta("root_requests") <= 4, "{before} -> {after}");
-    assert_eq!(delta("roots_compared") % 256, 0, "{before} -> {after}");
+    // At least the 256 of this round; a timer round caught half-way (it asks each
+    // peer for its share of the partitions) may add part of its own.
+    assert!(delta("roots_compared") >= 256, "{before} -> {after}");
     assert_eq!(delta("exchanges"), 0);
     assert_eq!(delta("keys_repaired"), 0);
     let out = c.nodes[0].cli(&["repair", "--partition", "7"]);
