@@ -11,6 +11,8 @@
 mod backend;
 pub mod disk;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 mod log;
 mod lsm;

@@ -26,7 +26,7 @@
 
 mod descriptors;
 mod engine;
-mod hint;
+pub(crate) mod hint;
 mod merge;
 pub(crate) mod record;
 mod recovery;
