@@ -36,6 +36,9 @@ pub fn config(i: usize, data: PathBuf, disk: Arc<SimulatedDisk>) -> NodeConfig {
 pub struct HostOptions {
     /// Registers resolve by last writer wins (to show the checker sees lost writes).
     pub unsafe_lww: bool,
+    /// Tombstones reaped without acknowledgements (to show the checker sees
+    /// resurrections).
+    pub unsafe_reap: bool,
     /// The node's disk; the nemesis cuts it back to its last syncs on a crash. A
     /// disk of its own when `None`.
     pub disk: Option<Arc<SimulatedDisk>>,
@@ -67,6 +70,7 @@ pub async fn run_with(
     let disk = options.disk.unwrap_or_default();
     let mut config = config(i, data, disk);
     config.unsafe_lww = options.unsafe_lww;
+    config.repair.unsafe_reap = options.unsafe_reap;
     // Virtual time, so a rebooted host's epoch is higher and the run replays.
     config.gossip_epoch = Some(turmoil::elapsed().as_micros() as u64 + 1);
     config.storage = options.storage;

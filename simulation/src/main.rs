@@ -1,7 +1,7 @@
 //! `ringkv-sim`: seeded simulations of ringkv.
 //!
 //! `ringkv-sim --seeds N | --seed S [--nodes K] [--duration 120s] [--quiet 30s]
-//! [--check-determinism] [--unsafe-lww]`
+//! [--check-determinism] [--unsafe-lww | --unsafe-reap]`
 //! runs chaos simulations of whole clusters (one summary line per seed; a failure
 //! prints the command that replays it). `ringkv-sim gossip-scale [--members N]...`
 //! measures membership at scale. See SIMULATION.md.
@@ -37,8 +37,13 @@ struct Cli {
     /// Nodes resolve registers by last writer wins, which loses concurrent writes:
     /// shows that the checker notices. A seed "passes" here when lost writes are
     /// reported; the run succeeds when at least 90% of the seeds report them.
-    #[arg(long = "unsafe-lww")]
+    #[arg(long = "unsafe-lww", conflicts_with = "unsafe_reap")]
     unsafe_lww: bool,
+    /// Nodes reap tombstones on a timer without asking the other replicas, which
+    /// brings deleted keys back: shows that the checker notices. A seed "passes"
+    /// when resurrections are reported; the run succeeds when at least 90% do.
+    #[arg(long = "unsafe-reap")]
+    unsafe_reap: bool,
     /// Storage engine of the nodes: log or fjall.
     #[arg(long, default_value = "log")]
     storage: ringkv_storage::Backend,
@@ -122,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         duration: cli.duration,
         quiet: cli.quiet,
         unsafe_lww: cli.unsafe_lww,
+        unsafe_reap: cli.unsafe_reap,
         storage: cli.storage,
     };
     if cli.child {
@@ -162,13 +168,18 @@ fn main() -> anyhow::Result<()> {
             }
         };
         simulated += out.simulated_s;
-        let lost = out.lost_writes();
-        let mut verdict = match (cli.unsafe_lww, out.passed()) {
+        let (found, what) = if cli.unsafe_reap {
+            (out.resurrections(), "resurrections")
+        } else {
+            (out.lost_writes(), "lost writes")
+        };
+        let proving = cli.unsafe_lww || cli.unsafe_reap;
+        let mut verdict = match (proving, out.passed()) {
             (false, true) => "ok".to_string(),
             (false, false) => "FAILED".to_string(),
-            (true, _) if lost > 0 => {
+            (true, _) if found > 0 => {
                 flagged += 1;
-                format!("flagged {lost} lost writes")
+                format!("flagged {found} {what}")
             }
             (true, _) => "NOT flagged".to_string(),
         };
@@ -204,6 +215,12 @@ fn main() -> anyhow::Result<()> {
         simulated.round(),
         simulated * runs as f64 / wall_s.max(1e-9)
     );
+    if cli.unsafe_reap {
+        println!("--unsafe-reap: resurrections reported in {flagged} of {count} seeds");
+        if flagged * 10 < count * 9 {
+            anyhow::bail!("the checker missed resurrections in more than 10% of the seeds");
+        }
+    }
     if cli.unsafe_lww {
         println!("--unsafe-lww: lost writes reported in {flagged} of {count} seeds");
         if flagged * 10 < count * 9 {

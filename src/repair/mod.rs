@@ -60,6 +60,11 @@ pub struct RepairSettings {
     pub concurrency: usize,
     /// Object bytes moved per second at most (both directions together).
     pub bytes_per_sec: u64,
+    /// Reap every tombstone on a timer, on each node alone, asking nobody and
+    /// remembering nothing: deleted keys come back. Only for the simulation, to
+    /// show its checker sees resurrections (`ringkv-sim --unsafe-reap`); `serve`
+    /// has no way to set it.
+    pub unsafe_reap: bool,
 }
 
 impl Default for RepairSettings {
@@ -68,6 +73,7 @@ impl Default for RepairSettings {
             interval: Duration::from_secs(10),
             concurrency: 2,
             bytes_per_sec: 16 << 20,
+            unsafe_reap: false,
         }
     }
 }
@@ -832,7 +838,49 @@ impl Repair {
     /// Reaps tombstones this node is the first primary of, when every ring member
     /// answers, holds no hints, every primary holds the same tombstone and nobody
     /// holds anything else for the key (DESIGN.md §3: acknowledged, never on a timer).
+    /// The broken reaper of [`RepairSettings::unsafe_reap`]: every tombstone this
+    /// node holds goes at once, whatever the other replicas hold, and so do the
+    /// tombstones waiting in its hints (a timer that knows nothing of hints).
+    fn reap_unsafely(&self) -> u64 {
+        let c = &self.coordinator;
+        let q = c.replica().ring_size();
+        let mut reaped = 0;
+        let hints = c.hints();
+        for (owner, _) in hints.by_owner() {
+            let Some(owner) = owner else { continue };
+            for h in hints.for_owner(&owner, REAP_PER_ROUND).unwrap_or_default() {
+                if Object::decode(&h.object).is_ok_and(|o| o.is_tombstone())
+                    && let Ok(true) = hints.remove_delivered(&h)
+                {
+                    reaped += 1;
+                }
+            }
+        }
+        for key in c.take_tombstones(REAP_PER_ROUND) {
+            let Ok(Some(obj @ Object::Register(_))) = c.replica().get(&key) else {
+                continue;
+            };
+            if !obj.is_tombstone() {
+                continue;
+            }
+            let Ok(d) = obj.digest(&key) else {
+                continue;
+            };
+            let partition = crate::ring::partition_of(&key, q);
+            if let Ok(true) = c.replica().store().remove_if(partition, &key, &d) {
+                reaped += 1;
+            }
+        }
+        self.counters
+            .tombstones_reaped
+            .fetch_add(reaped, Ordering::Relaxed);
+        reaped
+    }
+
     async fn reap(&self, view: &ClusterView) -> u64 {
+        if self.settings.unsafe_reap {
+            return self.reap_unsafely();
+        }
         let Some(ring) = &view.ring else {
             return 0;
         };

@@ -25,6 +25,8 @@ use ringkv::ring::Ring;
 
 /// Prefix of the violations that are lost acknowledged writes.
 pub const LOST: &str = "lost ";
+/// How a resurrection's violation starts.
+pub const RESURRECTED: &str = "resurrected";
 
 /// Everything wrong with `h` (empty = the run passed).
 pub fn check(h: &History) -> Vec<String> {

@@ -28,6 +28,9 @@ pub fn run(exe: &Path, cfg: &ChaosConfig) -> Result<Outcome, String> {
     if cfg.unsafe_lww {
         cmd.arg("--unsafe-lww");
     }
+    if cfg.unsafe_reap {
+        cmd.arg("--unsafe-reap");
+    }
     if cfg.storage == ringkv_storage::Backend::Fjall {
         cmd.args(["--storage", "fjall"]);
     }

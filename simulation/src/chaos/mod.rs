@@ -43,6 +43,9 @@ pub struct ChaosConfig {
     pub quiet: Duration,
     /// Registers resolve by last writer wins (to show the checker sees lost writes).
     pub unsafe_lww: bool,
+    /// Tombstones are reaped on a timer without acknowledgements (to show the
+    /// checker sees resurrections).
+    pub unsafe_reap: bool,
     /// The nodes' storage engine.
     pub storage: ringkv_storage::Backend,
 }
@@ -56,6 +59,7 @@ impl ChaosConfig {
             duration: Duration::from_secs(60),
             quiet: Duration::from_secs(30),
             unsafe_lww: false,
+            unsafe_reap: false,
             storage: ringkv_storage::Backend::Log,
         }
     }
@@ -63,12 +67,17 @@ impl ChaosConfig {
     /// The command line that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run --release -p ringkv-simulation --bin ringkv-sim -- --seed {} --nodes {} --duration {} --quiet {}{}{}",
+            "cargo run --release -p ringkv-simulation --bin ringkv-sim -- --seed {} --nodes {} --duration {} --quiet {}{}{}{}",
             self.seed,
             self.nodes,
             flag_duration(self.duration),
             flag_duration(self.quiet),
             if self.unsafe_lww { " --unsafe-lww" } else { "" },
+            if self.unsafe_reap {
+                " --unsafe-reap"
+            } else {
+                ""
+            },
             match self.storage {
                 ringkv_storage::Backend::Log => "",
                 ringkv_storage::Backend::Fjall => " --storage fjall",
@@ -102,6 +111,15 @@ impl Outcome {
     /// Whether the run injected faults, did work, and passed the checker.
     pub fn passed(&self) -> bool {
         self.violations.is_empty() && self.faults > 0 && self.acked > 0
+    }
+
+    /// Resurrections among the violations: values held at the end that an
+    /// acknowledged write (a delete, say) covered.
+    pub fn resurrections(&self) -> usize {
+        self.violations
+            .iter()
+            .filter(|v| v.starts_with(check::RESURRECTED))
+            .count()
     }
 
     /// Acknowledged writes the checker found lost.
@@ -149,6 +167,7 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
         disks.push((format!("n{i}"), disk.clone()));
         let options = crate::host::HostOptions {
             unsafe_lww: cfg.unsafe_lww,
+            unsafe_reap: cfg.unsafe_reap,
             disk: Some(disk),
             tweak: None,
             storage: cfg.storage,
