@@ -21,5 +21,6 @@ pub mod replica;
 pub mod ring;
 pub mod rpc;
 pub mod tls;
+pub mod watch;
 
 pub use client::{Client, ClientError, Credentials, GetResult};

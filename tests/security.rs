@@ -51,29 +51,31 @@ fn tls_flags(pki: &Path) -> Vec<String> {
     ]
 }
 
+/// A node in `root/n1` with TLS from `root/pki`, the auth file `auth` and its HTTP
+/// port at `http`; its client commands get the CA and `token`. Returns it and its
+/// address.
+fn secure_node(root: &Path, auth: &Path, http: &str, token: &str) -> (Server, String) {
+    let mut extra = tls_flags(&root.join("pki"));
+    extra.extend(["--auth-file".into(), auth.to_string_lossy().into_owned()]);
+    extra.extend(["--http-listen".into(), http.to_string()]);
+    let ca = root.join("pki/ca.crt").to_string_lossy().into_owned();
+    let client = vec![
+        "--tls-ca".to_string(),
+        ca,
+        "--token".into(),
+        token.to_string(),
+    ];
+    let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let dir = root.join("n1");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    (Server::start_secure(&dir, &addr, &refs, &client), addr)
+}
+
 fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let r = common::docker::http_get_as(addr, path, Duration::from_secs(5), bearer)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (r.status, r.text())
 }
 
 fn metric(http: &str, line_start: &str) -> Option<f64> {
@@ -106,21 +108,8 @@ fn every_credential_refusal_says_why_exits_5_and_changes_nothing() {
     let auth = root.path().join("auth");
     std::fs::write(&auth, format!("# tokens\n{w_line}\n{r_line}\n{a_line}\n")).expect("auth");
     let http = format!("127.0.0.1:{}", free_port());
-    let mut extra = tls_flags(&root.path().join("pki"));
-    extra.extend(["--auth-file".into(), auth.to_string_lossy().into_owned()]);
-    extra.extend(["--http-listen".into(), http.clone()]);
     let ca_s = ca.to_string_lossy().into_owned();
-    let client = vec![
-        "--tls-ca".to_string(),
-        ca_s.clone(),
-        "--token".into(),
-        writer.clone(),
-    ];
-    let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let dir = root.path().join("n1");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let s = Server::start_secure(&dir, &addr, &refs, &client);
+    let (s, addr) = secure_node(root.path(), &auth, &http, &writer);
     assert_eq!(code(&s.cli(&["put", "k", "kept"])), 0);
 
     let as_with = |args: &[&str], flags: &[&str]| {
@@ -284,21 +273,8 @@ fn an_expired_certificate_is_refused_by_clients_and_files_reload_without_a_resta
     let auth = root.path().join("auth");
     std::fs::write(&auth, format!("{line}\n")).expect("auth");
     let http = format!("127.0.0.1:{}", free_port());
-    let mut extra = tls_flags(&pki_dir);
-    extra.extend(["--auth-file".into(), auth.to_string_lossy().into_owned()]);
-    extra.extend(["--http-listen".into(), http.clone()]);
     let ca_s = ca.to_string_lossy().into_owned();
-    let client = vec![
-        "--tls-ca".to_string(),
-        ca_s.clone(),
-        "--token".into(),
-        first.clone(),
-    ];
-    let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let dir = root.path().join("n1");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let s = Server::start_secure(&dir, &addr, &refs, &client);
+    let (s, addr) = secure_node(root.path(), &auth, &http, &first);
     assert_eq!(code(&s.cli(&["put", "k", "v"])), 0);
     let before = metric(
         &http,

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use super::token::{MAX_TOKEN_BYTES, hash, parse_hash};
 use super::{Access, Refusal, Role};
@@ -55,32 +55,13 @@ struct Table {
     by_hash: HashMap<[u8; 32], Entry>,
 }
 
-/// What identifies one version of the file, to notice a change without reading it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<std::time::SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        inode: meta.ino(),
-    })
-}
-
 /// The tokens a node accepts, with its counts of refusals.
 #[derive(Debug)]
 pub struct Keyring {
     path: PathBuf,
     table: RwLock<Arc<Table>>,
-    stamp: Mutex<Option<Stamp>>,
+    file: crate::watch::Watched,
     refused: [AtomicU64; Refusal::ALL.len()],
-    reload_failures: AtomicU64,
 }
 
 fn parse(path: &Path, text: &str) -> Result<Table, KeyringError> {
@@ -142,14 +123,13 @@ impl Keyring {
     /// start with an auth file it cannot use.
     pub fn open(path: impl Into<PathBuf>) -> Result<Keyring, KeyringError> {
         let path = path.into();
-        let before = stamp(&path);
+        let file = crate::watch::Watched::new(vec![path.clone()]);
         let table = read(&path)?;
         Ok(Keyring {
             path,
             table: RwLock::new(Arc::new(table)),
-            stamp: Mutex::new(before),
+            file,
             refused: Default::default(),
-            reload_failures: AtomicU64::new(0),
         })
     }
 
@@ -182,16 +162,8 @@ impl Keyring {
     /// # Errors
     /// Why the changed file could not be used.
     pub fn reload(&self, force: bool) -> Result<bool, KeyringError> {
-        let now = stamp(&self.path);
-        {
-            let mut last = self
-                .stamp
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !force && now == *last {
-                return Ok(false);
-            }
-            *last = now;
+        if !self.file.changed(force) {
+            return Ok(false);
         }
         match read(&self.path) {
             Ok(table) => {
@@ -202,7 +174,7 @@ impl Keyring {
                 Ok(true)
             }
             Err(e) => {
-                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                self.file.failed();
                 Err(e)
             }
         }
@@ -275,7 +247,7 @@ impl Keyring {
 
     /// Changed files that could not be used.
     pub fn reload_failures(&self) -> u64 {
-        self.reload_failures.load(Ordering::Relaxed)
+        self.file.failures()
     }
 }
 

@@ -734,14 +734,13 @@ async fn connection<S: Stream>(
     let accepted = tokio::time::timeout(OPENING_TIMEOUT, tls.acceptor().accept(stream)).await;
     let secured = match accepted {
         Ok(Ok(s)) => s,
-        Ok(Err(error)) => {
+        failed => {
+            let error = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".to_string(),
+            };
             node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, %error, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%peer, "TLS handshake timed out");
             return;
         }
     };

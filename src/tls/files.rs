@@ -6,8 +6,6 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::TlsFiles;
-
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -76,27 +74,4 @@ pub(super) fn not_after(path: &Path, der: &CertificateDer<'_>) -> Result<i64, Tl
 pub(super) fn ca_not_after(path: &Path) -> Result<i64, TlsError> {
     let first = certs(path)?.swap_remove(0);
     not_after(path, &first)
-}
-
-/// What identifies one version of a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Stamp {
-    modified: Option<std::time::SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    // Through symbolic links: Kubernetes swaps a Secret's files by relinking.
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        inode: meta.ino(),
-    })
-}
-
-pub(super) fn stamps(f: &TlsFiles) -> [Option<Stamp>; 3] {
-    [stamp(&f.cert), stamp(&f.key), stamp(&f.ca)]
 }

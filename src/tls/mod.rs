@@ -20,8 +20,8 @@ pub mod issue;
 mod verify;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::ServerName;
 
@@ -102,8 +102,7 @@ pub struct NodeTls {
     peer: RwLock<Arc<rustls::ClientConfig>>,
     cert_expiry: AtomicI64,
     ca_expiry: AtomicI64,
-    stamps: Mutex<[Option<files::Stamp>; 3]>,
-    reload_failures: AtomicU64,
+    watched: crate::watch::Watched,
 }
 
 impl std::fmt::Debug for NodeTls {
@@ -120,7 +119,11 @@ impl NodeTls {
     /// # Errors
     /// [`TlsError`] naming the file that cannot be read or used.
     pub fn load(files: TlsFiles) -> Result<NodeTls, TlsError> {
-        let stamps = files::stamps(&files);
+        let watched = crate::watch::Watched::new(vec![
+            files.cert.clone(),
+            files.key.clone(),
+            files.ca.clone(),
+        ]);
         let l = load(&files)?;
         Ok(NodeTls {
             files,
@@ -128,8 +131,7 @@ impl NodeTls {
             peer: RwLock::new(l.peer),
             cert_expiry: AtomicI64::new(l.cert_expiry),
             ca_expiry: AtomicI64::new(l.ca_expiry),
-            stamps: Mutex::new(stamps),
-            reload_failures: AtomicU64::new(0),
+            watched,
         })
     }
 
@@ -145,16 +147,8 @@ impl NodeTls {
     /// # Errors
     /// Why the changed files could not be used.
     pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
-        let now = files::stamps(&self.files);
-        {
-            let mut last = self
-                .stamps
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !force && now == *last {
-                return Ok(false);
-            }
-            *last = now;
+        if !self.watched.changed(force) {
+            return Ok(false);
         }
         match load(&self.files) {
             Ok(l) => {
@@ -171,7 +165,7 @@ impl NodeTls {
                 Ok(true)
             }
             Err(e) => {
-                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                self.watched.failed();
                 Err(e)
             }
         }
@@ -212,7 +206,7 @@ impl NodeTls {
 
     /// Changed files that could not be used.
     pub fn reload_failures(&self) -> u64 {
-        self.reload_failures.load(Ordering::Relaxed)
+        self.watched.failures()
     }
 }
 
