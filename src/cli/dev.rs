@@ -36,6 +36,7 @@ pub fn run(args: DevArgs) -> Result<i32, Failure> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
+                biased;
                 _ = term.recv() => return None,
                 _ = int.recv() => return None,
                 _ = tick.tick() => {

@@ -692,6 +692,7 @@ async fn reload_files(
     let mut hup = signal(SignalKind::hangup()).ok();
     loop {
         let forced = tokio::select! {
+            biased;
             () = tokio::time::sleep(RELOAD_POLL) => false,
             Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => None } } => true,
         };
@@ -865,6 +866,7 @@ async fn serve_node(cfg: ServeConfig) -> Result<i32, Failure> {
         let node = node.clone();
         async move {
             tokio::select! {
+                biased;
                 () = shutdown_signal() => {}
                 () = node.stop_requested() => tracing::info!("drain asked for by an operator"),
             }
@@ -874,6 +876,7 @@ async fn serve_node(cfg: ServeConfig) -> Result<i32, Failure> {
                 "waiting the shutdown delay before refusing requests"
             );
             tokio::select! {
+                biased;
                 () = tokio::time::sleep(shutdown_delay) => {}
                 () = shutdown_signal() => tracing::warn!("second signal: skipping the rest of the shutdown delay"),
             }

@@ -239,7 +239,10 @@ impl Coordinator {
             if earlier_outstanding == 0 && (found || outstanding == 0) {
                 break;
             }
+            // Biased: a reply that arrived in the grace's tick counts (and replays
+            // never depend on tokio's per-process random start).
             tokio::select! {
+                biased;
                 Some((node, result)) = rx.recv() => {
                     account(&node, &mut outstanding, &mut earlier_outstanding);
                     if let Ok(obj) = result {
@@ -300,6 +303,7 @@ impl Coordinator {
             let _busy = busy;
             while outstanding > 0 {
                 tokio::select! {
+                    biased;
                     Some((node, result)) = rx.recv() => {
                         outstanding -= 1;
                         if let Ok(obj) = result {

@@ -456,7 +456,10 @@ impl Coordinator {
             let _busy = busy;
             let mut answered_deadline = false;
             while outstanding > 0 {
+                // Biased: a report that arrived in the deadline's tick counts, and
+                // the order never depends on tokio's per-process random start.
                 let step = tokio::select! {
+                    biased;
                     report = rx.recv() => match report {
                         Some((node, Ok(()))) => {
                             outstanding -= 1;

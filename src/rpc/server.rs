@@ -670,6 +670,7 @@ pub async fn serve<L: Listener>(
         tokio::spawn(async move {
             node.stats.connections_open.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
+                biased;
                 () = closing.cancelled() => {}
                 () = connection(stream, peer, node.clone(), per_conn, slots, place) => {}
             }
