@@ -22,9 +22,10 @@ struct Cli {
     /// Run this one seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Nodes per cluster (3 to 9).
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
+    /// Nodes per cluster, 3 to 9; a range such as `3-5` gives seed S
+    /// `3 + S % 3` nodes (as CI's seeds do).
+    #[arg(long, default_value = "3", value_parser = parse_nodes)]
+    nodes: NodeCount,
     /// Simulated time of faults (`120s`, `2m`, or seconds).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     duration: Duration,
@@ -75,6 +76,61 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Log lines stamped with the simulation's clock (what a replay reproduces), not
+/// the wall clock.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>9.3}s", t.as_secs_f64()),
+            None => write!(w, "{:>10}", "-"),
+        }
+    }
+}
+
+/// Nodes per run: one count, or a range spread over the seeds.
+#[derive(Clone, Copy, Debug)]
+struct NodeCount {
+    lo: usize,
+    hi: usize,
+}
+
+impl NodeCount {
+    fn for_seed(self, seed: u64) -> usize {
+        self.lo + (seed % (self.hi - self.lo + 1) as u64) as usize
+    }
+}
+
+impl std::fmt::Display for NodeCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+/// `5` or `3-5`, within 3..=9.
+fn parse_nodes(s: &str) -> Result<NodeCount, String> {
+    let bad = || format!("{s:?} is not a node count (3 to 9) or a range like 3-5");
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        ),
+        None => {
+            let n = s.trim().parse().map_err(|_| bad())?;
+            (n, n)
+        }
+    };
+    if !(3..=9).contains(&lo) || !(lo..=9).contains(&hi) {
+        return Err(bad());
+    }
+    Ok(NodeCount { lo, hi })
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Membership alone at scale: join, traffic, failure detection, dissemination.
@@ -93,6 +149,7 @@ fn main() -> anyhow::Result<()> {
     if let Ok(filter) = std::env::var("RINGKV_SIM_LOG") {
         // Logs of all hosts, each line in its turmoil `node` span.
         let _ = tracing_subscriber::fmt()
+            .with_timer(SimTime)
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
             .with_ansi(false)
@@ -107,9 +164,6 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if !(3..=9).contains(&cli.nodes) {
-        anyhow::bail!("--nodes must be between 3 and 9");
-    }
     let seeds: Vec<u64> = match (cli.seeds, cli.seed) {
         (Some(n), None) => (1..=n).collect(),
         (None, Some(s)) => vec![s],
@@ -123,7 +177,7 @@ fn main() -> anyhow::Result<()> {
     }
     let config = |seed| ChaosConfig {
         seed,
-        nodes: cli.nodes,
+        nodes: cli.nodes.for_seed(seed),
         duration: cli.duration,
         quiet: cli.quiet,
         unsafe_lww: cli.unsafe_lww,
@@ -146,8 +200,9 @@ fn main() -> anyhow::Result<()> {
         .flat_map(|&s| std::iter::repeat_n(config(s), runs))
         .collect();
     println!(
-        "running {} seed(s){}, {jobs} at a time, each in its own process",
+        "running {} seed(s) on {} nodes{}, {jobs} at a time, each in its own process",
         seeds.len(),
+        cli.nodes,
         if runs == 2 { " twice" } else { "" }
     );
     let results = isolated::run_many(&exe, cfgs, jobs, &|_| {});
@@ -155,6 +210,7 @@ fn main() -> anyhow::Result<()> {
     let mut flagged = 0;
     let mut simulated = 0.0;
     let count = seeds.len();
+    let mut sweep = Sweep::default();
     for pair in results.chunks(runs) {
         let (cfg, first) = &pair[0];
         let seed = cfg.seed;
@@ -168,6 +224,7 @@ fn main() -> anyhow::Result<()> {
             }
         };
         simulated += out.simulated_s;
+        sweep.add(cfg, out);
         let (found, what) = if cli.unsafe_reap {
             (out.resurrections(), "resurrections")
         } else {
@@ -207,9 +264,19 @@ fn main() -> anyhow::Result<()> {
                 println!("  {v}");
             }
             println!("  replay: {replay}");
+            sweep.failures.push(format!(
+                "seed {seed} ({} nodes): {}\n    replay: {replay}",
+                cfg.nodes,
+                out.violations
+                    .first()
+                    .map_or(verdict.as_str(), String::as_str)
+            ));
         }
     }
     let wall_s = wall.elapsed().as_secs_f64();
+    if count > 1 {
+        sweep.print(count, failed);
+    }
     println!(
         "{} simulated seconds in {wall_s:.1} wall seconds, {jobs} at a time ({:.0} simulated seconds per wall second)",
         simulated.round(),
@@ -231,4 +298,60 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("{failed} seed(s) failed");
     }
     Ok(())
+}
+
+/// What a run of many seeds adds up to.
+#[derive(Default)]
+struct Sweep {
+    /// Nemesis actions by knob, over all seeds.
+    faults: std::collections::BTreeMap<String, u64>,
+    /// (wall seconds, seed, nodes) of every seed that ran.
+    walls: Vec<(f64, u64, usize)>,
+    /// One line (and its replay command) per failed seed.
+    failures: Vec<String>,
+    acked: u64,
+    attempted: u64,
+}
+
+impl Sweep {
+    fn add(&mut self, cfg: &ChaosConfig, out: &chaos::Outcome) {
+        for (kind, n) in &out.faults_by_kind {
+            *self.faults.entry(kind.clone()).or_default() += n;
+        }
+        self.walls.push((out.wall_s, cfg.seed, cfg.nodes));
+        self.acked += out.acked;
+        self.attempted += out.attempted;
+    }
+
+    fn print(&mut self, count: usize, failed: usize) {
+        println!("== summary");
+        println!(
+            "seeds: {count}, passed {}, failed {failed}; operations acknowledged {} of {}",
+            count - failed,
+            self.acked,
+            self.attempted
+        );
+        let kinds: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        println!("faults injected by kind: {}", kinds.join(" "));
+        self.walls.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let slowest: Vec<String> = self
+            .walls
+            .iter()
+            .take(5)
+            .map(|(w, seed, nodes)| format!("seed {seed} ({nodes} nodes) {w:.1} s"))
+            .collect();
+        println!("slowest seeds (wall): {}", slowest.join(", "));
+        if self.failures.is_empty() {
+            println!("failures: none");
+        } else {
+            println!("failures:");
+            for f in &self.failures {
+                println!("  {f}");
+            }
+        }
+    }
 }

@@ -34,6 +34,7 @@ pub fn run(exe: &Path, cfg: &ChaosConfig) -> Result<Outcome, String> {
     if cfg.storage == ringkv_storage::Backend::Fjall {
         cmd.args(["--storage", "fjall"]);
     }
+    let started = std::time::Instant::now();
     let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -42,9 +43,12 @@ pub fn run(exe: &Path, cfg: &ChaosConfig) -> Result<Outcome, String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().rev().find(|l| l.starts_with('{'));
     match (out.status.success(), line) {
-        (true, Some(line)) => {
-            serde_json::from_str(line).map_err(|e| format!("unreadable outcome {line:?}: {e}"))
-        }
+        (true, Some(line)) => serde_json::from_str::<Outcome>(line)
+            .map(|mut o| {
+                o.wall_s = started.elapsed().as_secs_f64();
+                o
+            })
+            .map_err(|e| format!("unreadable outcome {line:?}: {e}")),
         _ => Err(format!(
             "the run's process ended with {}: {}",
             out.status,

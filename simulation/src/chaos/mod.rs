@@ -95,6 +95,12 @@ pub struct Outcome {
     pub knobs: Knobs,
     /// Nemesis actions taken.
     pub faults: u64,
+    /// Nemesis actions by knob (heals included).
+    #[serde(default)]
+    pub faults_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Wall seconds the run's process took (set by the runner, not the run).
+    #[serde(default)]
+    pub wall_s: f64,
     /// Operations acknowledged.
     pub acked: u64,
     /// Operations attempted.
@@ -231,6 +237,8 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
         seed: cfg.seed,
         knobs,
         faults: nemesis.faults,
+        faults_by_kind: nemesis.by_kind.clone(),
+        wall_s: 0.0,
         acked: h.acked,
         attempted: h.attempted,
         simulated_s,

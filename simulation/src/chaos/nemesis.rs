@@ -108,7 +108,7 @@ impl std::fmt::Display for Knobs {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
     Halves,
     Majority,
@@ -120,6 +120,24 @@ enum Fault {
     Pause,
     Crash,
     Heal,
+}
+
+impl Fault {
+    /// The knob's name, as printed and counted.
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Halves => "halves",
+            Fault::Majority => "majority",
+            Fault::Isolate => "isolate",
+            Fault::Bridge => "bridge",
+            Fault::OneWay => "oneway",
+            Fault::Loss => "loss",
+            Fault::Spike => "spike",
+            Fault::Pause => "pause",
+            Fault::Crash => "crash",
+            Fault::Heal => "heal",
+        }
+    }
 }
 
 /// The nemesis of one run.
@@ -143,6 +161,8 @@ pub struct Nemesis {
     lossy: bool,
     /// Faults injected (heals not counted).
     pub faults: u64,
+    /// Actions taken, by knob (heals included).
+    pub by_kind: std::collections::BTreeMap<String, u64>,
 }
 
 impl Nemesis {
@@ -173,6 +193,7 @@ impl Nemesis {
             next: start,
             lossy: false,
             faults: 0,
+            by_kind: std::collections::BTreeMap::new(),
         }
     }
 
@@ -241,6 +262,7 @@ impl Nemesis {
         if fault != Fault::Heal {
             self.faults += 1;
         }
+        *self.by_kind.entry(fault.name().to_string()).or_default() += 1;
         match fault {
             Fault::Halves => {
                 let order = self.shuffled();
