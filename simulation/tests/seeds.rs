@@ -1,6 +1,7 @@
 //! The CI chaos runs: 64 seeds of 60 simulated seconds of faults each (plus heal,
-//! quiet and checking), and 32 seeds with last-writer-wins registers that the
-//! checker must catch losing writes. Every failure names the command that replays it.
+//! quiet and checking), 32 seeds with last-writer-wins registers that the checker
+//! must catch losing writes, and 32 seeds with tombstones reaped on a timer that it
+//! must catch resurrecting deletes. Every failure names the command that replays it.
 
 use std::time::Duration;
 
@@ -95,5 +96,36 @@ fn the_checker_catches_last_writer_wins_losing_writes() {
         }
     }
     println!("lost writes reported in {} of 32 seeds", 32 - missed.len());
+    assert!(missed.len() <= 3, "{}", missed.join("\n"));
+}
+
+/// With tombstones reaped on a timer, asking nobody, deleted values come back; the
+/// checker must say so in at least 90% of the seeds (the same bar as last writer
+/// wins).
+#[test]
+fn the_checker_catches_early_reaping_resurrecting_deletes() {
+    let results = run_all((1..=32).collect(), |seed| ChaosConfig {
+        nodes: 3,
+        unsafe_reap: true,
+        ..ChaosConfig::ci(seed)
+    });
+    let mut missed = Vec::new();
+    for (cfg, out) in &results {
+        match out {
+            Ok(o) if o.resurrections() > 0 => {}
+            Ok(o) => missed.push(format!(
+                "seed {}: acked={} violations={:?}\n  replay: {}",
+                o.seed,
+                o.acked,
+                &o.violations[..o.violations.len().min(3)],
+                cfg.replay_command()
+            )),
+            Err(e) => missed.push(format!("seed {}: {e}", cfg.seed)),
+        }
+    }
+    println!(
+        "resurrections reported in {} of 32 seeds",
+        32 - missed.len()
+    );
     assert!(missed.len() <= 3, "{}", missed.join("\n"));
 }

@@ -923,10 +923,11 @@ impl Repair {
             .filter(|r| r.status != ringkv_gossip::Status::Removed)
             .map(|r| r.node_id.clone())
             .collect();
-        if members
+        if let Some(m) = members
             .iter()
-            .any(|m| view.liveness_of(m) != Liveness::Alive)
+            .find(|m| view.liveness_of(m) != Liveness::Alive)
         {
+            tracing::debug!(member = %m, tombstones = keys.len(), "reap waits: a member is not alive");
             retry(&keys);
             return 0;
         }
@@ -967,7 +968,13 @@ impl Repair {
                     {
                         held.insert(m.clone(), digests);
                     }
-                    Ok(_) | Err(_) => {
+                    Ok((_, in_flight, epoch)) => {
+                        tracing::debug!(member = %m, pass, in_flight, same_ring = epoch == ring_epoch, "reap waits: a member's answer changed or its ring differs");
+                        retry(&keys);
+                        return 0;
+                    }
+                    Err(error) => {
+                        tracing::debug!(member = %m, %error, "reap waits: a member did not answer");
                         retry(&keys);
                         return 0;
                     }
@@ -985,6 +992,7 @@ impl Repair {
                 }
             });
             if !everyone_agrees {
+                tracing::debug!(key = %String::from_utf8_lossy(key), "reap waits: the replicas hold different states");
                 self.coordinator.note_tombstone(key);
                 continue;
             }

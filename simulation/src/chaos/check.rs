@@ -219,16 +219,82 @@ fn convergence(h: &History, v: &mut Vec<String>) {
         v.push("the final ring does not rebuild".into());
         return;
     };
-    for p in 0..size {
+    for p in diverged(&h.roots, &r, size, n as u8) {
         let (primaries, _) = ringkv::cluster::walk_of(&r, p, n);
-        let roots: BTreeSet<[u8; 32]> = primaries
-            .iter()
-            .filter_map(|id| id.trim_start_matches('n').parse::<usize>().ok())
-            .filter_map(|i| h.roots.get(&i).and_then(|rs| rs.get(p as usize)).copied())
-            .collect();
-        if roots.len() > 1 {
-            v.push(format!("partition {p}: replicas did not converge"));
+        {
+            v.push(format!(
+                "partition {p}: replicas did not converge{}",
+                differing_registers(h, &primaries, p, size)
+            ));
         }
+    }
+}
+
+/// The partitions whose primaries (on `ring`) hold different Merkle roots in
+/// `roots` (node index -> root of every partition).
+pub fn diverged(
+    roots: &std::collections::BTreeMap<usize, Vec<[u8; 32]>>,
+    ring: &Ring,
+    size: u32,
+    n: u8,
+) -> Vec<u32> {
+    (0..size)
+        .filter(|&p| {
+            let (primaries, _) = ringkv::cluster::walk_of(ring, p, usize::from(n));
+            let held: BTreeSet<[u8; 32]> = primaries
+                .iter()
+                .filter_map(|id| id.trim_start_matches('n').parse::<usize>().ok())
+                .filter_map(|i| roots.get(&i).and_then(|rs| rs.get(p as usize)).copied())
+                .collect();
+            held.len() > 1
+        })
+        .collect()
+}
+
+/// The register keys of partition `p` whose values differ between `primaries`, for
+/// a convergence failure's message (counters and sets were read at R=3, not per
+/// replica).
+fn differing_registers(h: &History, primaries: &[String], p: u32, size: u32) -> String {
+    let held = |id: &String, key: &str| {
+        let i = id.trim_start_matches('n').parse::<usize>().ok();
+        let values = i
+            .and_then(|i| h.final_registers.get(&i))
+            .and_then(|keys| keys.get(key))
+            .cloned()
+            .unwrap_or_default();
+        let clock = i
+            .and_then(|i| h.final_clocks.get(&i))
+            .and_then(|keys| keys.get(key))
+            .cloned()
+            .flatten();
+        (values, clock)
+    };
+    let keys: BTreeSet<&String> = h
+        .final_registers
+        .values()
+        .flat_map(|keys| keys.keys())
+        .filter(|k| ringkv::ring::partition_of(k.as_bytes(), size) == p)
+        .collect();
+    let mut out = Vec::new();
+    for key in keys {
+        let views: Vec<String> = primaries
+            .iter()
+            .map(|id| {
+                let (values, clock) = held(id, key);
+                let values: Vec<String> = values.into_iter().collect();
+                let clock = clock.map_or("?".to_string(), |c| format!("{c:?}"));
+                format!("{id}={{{}}}@{clock}", values.join(","))
+            })
+            .collect();
+        let first = held(&primaries[0], key);
+        if primaries.iter().any(|id| held(id, key) != first) {
+            out.push(format!("{key}: {}", views.join(" ")));
+        }
+    }
+    if out.is_empty() {
+        " (its registers agree: a counter or set differs)".into()
+    } else {
+        format!(" ({})", out.join("; "))
     }
 }
 

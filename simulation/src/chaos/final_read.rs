@@ -17,6 +17,10 @@ use crate::host::addr_of;
 
 /// Longest simulated wait for the cluster to heal.
 const HEAL_WAIT: Duration = Duration::from_secs(60);
+/// Times the roots are read before divergence is final.
+const ROOT_READS: usize = 5;
+/// Wait between reads of the roots.
+const ROOT_RETRY: Duration = Duration::from_secs(2);
 /// Deadline of one status request while waiting.
 const STATUS_WAIT: Duration = Duration::from_secs(2);
 
@@ -80,18 +84,40 @@ pub async fn run(
         h.borrow_mut().check_errors.push(e);
         return Ok(());
     }
+    let ring = Client::connect_with(&SimNetwork, addr_of(1))
+        .await?
+        .ring()
+        .await?;
+    // Roots read one node after another can straddle a background round (a reap
+    // that the per-round scan found only now, say): read them again, a bounded
+    // number of times, until the replicas agree; a real divergence stays.
+    for _ in 0..ROOT_READS {
+        let mut roots = std::collections::BTreeMap::new();
+        for i in 1..=nodes {
+            let client = Client::connect_with(&SimNetwork, addr_of(i)).await?;
+            roots.insert(i, client.partition_roots().await?);
+        }
+        let settled = ring
+            .rebuild()
+            .is_some_and(|r| super::check::diverged(&roots, &r, ring.ring_size, ring.n).is_empty());
+        h.borrow_mut().roots = roots;
+        if settled {
+            break;
+        }
+        tokio::time::sleep(ROOT_RETRY).await;
+    }
+    h.borrow_mut().ring = Some(ring);
     for i in 1..=nodes {
         let client = Client::connect_with(&SimNetwork, addr_of(i)).await?;
-        let roots = client.partition_roots().await?;
-        h.borrow_mut().roots.insert(i, roots);
-        if i == 1 {
-            h.borrow_mut().ring = Some(client.ring().await?);
-        }
-        for k in 0..REGISTER_KEYS {
-            let key = format!("r{k}");
+        let once: Vec<String> = h.borrow().once_keys.iter().cloned().collect();
+        for key in (0..REGISTER_KEYS).map(|k| format!("r{k}")).chain(once) {
             match client.get_local(key.as_bytes()).await {
                 Ok(got) => {
                     let mut hb = h.borrow_mut();
+                    hb.final_clocks
+                        .entry(i)
+                        .or_default()
+                        .insert(key.clone(), got.context.clock().ok());
                     let held = hb
                         .final_registers
                         .entry(i)

@@ -105,6 +105,8 @@ pub struct History {
     pub set_updates: Vec<SetUpdate>,
     /// Counter key -> (acknowledged sum, attempted sum) of deltas.
     pub counters: BTreeMap<String, (i64, i64)>,
+    /// Write-once register keys the workload made (read at the end with the others).
+    pub once_keys: BTreeSet<String>,
     /// (key, value) pairs register reads returned.
     pub read_values: Vec<(String, String)>,
     /// (key, member) pairs set reads returned.
@@ -117,6 +119,9 @@ pub struct History {
     pub attempted: u64,
     /// Node index -> register key -> the values that node holds at the end.
     pub final_registers: BTreeMap<usize, BTreeMap<String, BTreeSet<String>>>,
+    /// Node index -> register key -> the causal context that node's copy returns
+    /// (a tombstone's is not empty), for diagnostics.
+    pub final_clocks: BTreeMap<usize, BTreeMap<String, Option<Clock>>>,
     /// Set key -> members at the end (read from all replicas).
     pub final_sets: BTreeMap<String, BTreeSet<String>>,
     /// Counter key -> value at the end (read from all replicas).

@@ -24,6 +24,14 @@ pub const REGISTER_KEYS: usize = 64;
 pub const COUNTER_KEYS: usize = 4;
 /// Set keys `s0..`.
 pub const SET_KEYS: usize = 8;
+/// Write-once keys per client, `t{client}-{j}`: each is put once, deleted once some
+/// seconds later with the put's context, and never touched again, so a deleted
+/// value that comes back (a tombstone reaped too early) is still there at the end
+/// for the checker to see. On the 64 shared register keys the workload overwrites
+/// such a value again before the end, more often than not.
+pub const ONCE_KEYS: usize = 96;
+/// Simulated time between a write-once key's put and its delete, in ms.
+const ONCE_DELETE_AFTER_MS: std::ops::Range<u64> = 500..8_000;
 
 /// Client number `c` of a run: connects to a node, then runs operations until
 /// `until` (simulated time since it started), recording everything in `history`.
@@ -74,11 +82,30 @@ async fn run(
         client,
         direct: Vec::new(),
         first_seen: RefCell::default(),
+        once: 0,
+        due: std::collections::VecDeque::new(),
         h: history.clone(),
     };
     while start.elapsed() < until {
         w.n += 1;
-        match rng.random_range(0..116) {
+        let now = tokio::time::Instant::now();
+        if let Some(i) = w.due.iter().position(|(at, _, _)| now >= *at)
+            && let Some((_, key, context)) = w.due.remove(i)
+        {
+            // Through a node picked at random (a primary coordinates it, others
+            // forward), so the delete starts on whichever side of a fault it is.
+            // An unknown outcome is sent again (at most three times) through
+            // another node, as a client that must know would.
+            for _ in 0..3 {
+                let node = rng.random_range(1..=nodes);
+                if w.delete_once(key.clone(), context.clone(), node).await != Some(Status::Maybe) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+            continue;
+        }
+        match rng.random_range(0..128) {
             0..25 => {
                 let key = format!("r{}", rng.random_range(0..REGISTER_KEYS));
                 w.put(key, None).await;
@@ -128,6 +155,10 @@ async fn run(
                 let a = rng.random_range(1..=nodes);
                 let b = 1 + (a + rng.random_range(0..nodes.max(2) - 1)) % nodes;
                 w.put_then_delete_elsewhere(key, a, b).await;
+            }
+            116..128 => {
+                let after = Duration::from_millis(rng.random_range(ONCE_DELETE_AFTER_MS));
+                w.put_once(after).await;
             }
             _ => {
                 let key = format!("r{}", rng.random_range(0..REGISTER_KEYS));
@@ -213,6 +244,10 @@ struct Worker {
     direct: Vec<Option<Client>>,
     /// The first context this client read of each key (for stale writes).
     first_seen: RefCell<std::collections::BTreeMap<String, Context>>,
+    /// Write-once keys made so far.
+    once: usize,
+    /// Write-once keys awaiting their delete: when, key, the put's context.
+    due: std::collections::VecDeque<(tokio::time::Instant, String, Context)>,
     h: Rc<RefCell<History>>,
 }
 
@@ -335,6 +370,36 @@ impl Worker {
         };
         self.write_with(&second, key, None, Some(context), None)
             .await;
+    }
+
+    /// Puts the next write-once key (if this client has any left) and schedules its
+    /// delete `after` from now, if the put was acknowledged.
+    async fn put_once(&mut self, after: Duration) {
+        if self.once >= ONCE_KEYS {
+            return;
+        }
+        let key = format!("t{}-{}", self.c, self.once);
+        self.once += 1;
+        self.h.borrow_mut().once_keys.insert(key.clone());
+        let client = self.client.clone();
+        let value = self.value();
+        if let Some(context) = self
+            .write_with(&client, key.clone(), Some(value), None, None)
+            .await
+        {
+            self.due
+                .push_back((tokio::time::Instant::now() + after, key, context));
+        }
+    }
+
+    /// Deletes a write-once key with its put's context through node `node`; returns
+    /// the outcome, if it was sent.
+    async fn delete_once(&mut self, key: String, context: Context, node: usize) -> Option<Status> {
+        let client = self.direct(node).await?;
+        self.write_with(&client, key, None, Some(context), None)
+            .await;
+        let h = self.h.borrow();
+        h.register_writes.last().map(|w| w.status)
     }
 
     /// A put whose context was forged from a genuine one (`how`).
