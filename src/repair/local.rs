@@ -72,7 +72,11 @@ pub fn children(
             c.replica()
                 .store()
                 .children(partition, level, index)
-                .map_err(|e| bad(e.to_string()))
+                .map_err(|e| match e {
+                    // The asker's fault; anything else is this node's storage.
+                    ringkv_storage::StorageError::NoSuchNode { .. } => bad(e.to_string()),
+                    e => storage(e),
+                })
         })
         .collect()
 }

@@ -124,72 +124,142 @@ impl Trees {
         self.log.get(Space::Merkle, key)
     }
 
+    /// The leaf of `segment`. A damaged leaf record is recomputed from the
+    /// segment's objects (and rewritten by [`Trees::repair`]): a checksum that fails
+    /// on one hash-tree record must not stop the partition's writes and
+    /// anti-entropy until a restart.
     pub(crate) fn leaf(&self, partition: u32, segment: u16) -> Result<Hash> {
-        match self.get(&leaf_key(partition, segment))? {
-            None => Ok(EMPTY),
-            Some(v) => decode(partition, DEPTH, segment, &v),
+        match self.get(&leaf_key(partition, segment)) {
+            Ok(None) => Ok(EMPTY),
+            Ok(Some(v)) => decode(partition, DEPTH, segment, &v)
+                .or_else(|_| self.leaf_from_objects(partition, segment)),
+            Err(e) if e.is_damage() => self.leaf_from_objects(partition, segment),
+            Err(e) => Err(e),
         }
     }
 
+    /// The XOR of the digests of a segment's objects: what its leaf must hold.
+    /// Damaged objects count as absent (their owner drops them in turn).
+    fn leaf_from_objects(&self, partition: u32, segment: u16) -> Result<Hash> {
+        let mut leaf = EMPTY;
+        let prefix = crate::keys::segment_prefix(partition, segment);
+        for item in self.log.prefix(Space::Objects, &prefix, usize::MAX)? {
+            if let Some(value) = self.log.read(Space::Objects, &item)?
+                && let Some((_, _, user)) = split_object_key(item.key())
+            {
+                leaf = xor(&leaf, &object_digest(user, &value));
+            }
+        }
+        Ok(leaf)
+    }
+
+    /// Mends a hash-tree record found damaged (`key`, of the Merkle space): a leaf
+    /// is recomputed from its segment's objects and written again; a damaged
+    /// checkpoint or dirty marker makes the partition recompute its upper nodes
+    /// from its leaves and checkpoint them anew. The partition's lock, which every
+    /// leaf write holds across its commit, keeps writes out meanwhile. Returns the
+    /// partition, or `None` for a key of no partition.
+    ///
+    /// # Errors
+    /// [`StorageError`] of the reads or the commit.
+    pub(crate) fn repair(&self, key: &[u8]) -> Result<Option<u32>> {
+        let [a, b, c, d, tag, ..] = *key else {
+            return Ok(None);
+        };
+        let partition = u32::from_be_bytes([a, b, c, d]);
+        match *key {
+            [_, _, _, _, DEPTH, hi, lo] => {
+                let segment = u16::from_be_bytes([hi, lo]);
+                let part = self.part(partition)?;
+                let _upper = lock(&part);
+                let leaf = self.leaf_from_objects(partition, segment)?;
+                self.log.commit(&[Op {
+                    space: Space::Merkle,
+                    key: key.to_vec(),
+                    value: (leaf != EMPTY).then(|| leaf.to_vec()),
+                }])?;
+            }
+            _ if tag == MARKER || tag == SNAPSHOT => {
+                // Recomputed from the leaves now (under the partition's lock, which
+                // every leaf write holds), checkpointed by the next round.
+                let part = self.part(partition)?;
+                let mut upper = lock(&part);
+                let fresh = self.upper_from_leaves(partition)?;
+                self.log.commit(&[Op {
+                    space: Space::Merkle,
+                    key: tag_key(partition, MARKER).to_vec(),
+                    value: Some(Vec::new()),
+                }])?;
+                *upper = fresh;
+            }
+            _ => return Ok(None),
+        }
+        tracing::warn!(partition, "a damaged hash-tree record was recomputed");
+        Ok(Some(partition))
+    }
+
     fn load(&self, partition: u32) -> Result<Upper> {
-        let marker = self.get(&tag_key(partition, MARKER))?;
-        let snapshot = self.get(&tag_key(partition, SNAPSHOT))?;
+        // A damaged marker or checkpoint counts as a crash since the checkpoint:
+        // the leaves are exact, so the upper nodes come from them.
+        let damaged = |r: Result<Option<Vec<u8>>>| match r {
+            Ok(v) => Ok((v, false)),
+            Err(e) if e.is_damage() => Ok((None, true)),
+            Err(e) => Err(e),
+        };
+        let (marker, marker_damaged) = damaged(self.get(&tag_key(partition, MARKER)))?;
+        let (snapshot, snapshot_damaged) = damaged(self.get(&tag_key(partition, SNAPSHOT)))?;
+        let snapshot = snapshot.filter(|raw| raw.len() == UPPER_NODES * 32);
+        if marker.is_some() || marker_damaged || snapshot_damaged {
+            let upper = self.upper_from_leaves(partition)?;
+            tracing::info!(
+                partition,
+                "hash tree upper nodes recomputed from leaves after an unclean stop"
+            );
+            return Ok(upper);
+        }
         let mut nodes = vec![EMPTY; UPPER_NODES];
-        match (marker, snapshot) {
-            (None, None) => {}
-            (None, Some(raw)) => {
-                if raw.len() != UPPER_NODES * 32 {
-                    return Err(StorageError::CorruptNode {
-                        partition,
-                        level: 0,
-                        index: 0,
-                        len: raw.len(),
-                    });
-                }
-                for (node, chunk) in nodes.iter_mut().zip(raw.chunks_exact(32)) {
-                    node.copy_from_slice(chunk);
-                }
-                self.loaded.fetch_add(1, Ordering::Relaxed);
+        if let Some(raw) = snapshot {
+            for (node, chunk) in nodes.iter_mut().zip(raw.chunks_exact(32)) {
+                node.copy_from_slice(chunk);
             }
-            (Some(_), _) => {
-                let prefix = &leaf_key(partition, 0)[..5];
-                for item in self.log.prefix(Space::Merkle, prefix, LEAVES)? {
-                    let k = item.key();
-                    let v =
-                        self.log
-                            .read(Space::Merkle, &item)?
-                            .ok_or(StorageError::CorruptNode {
-                                partition,
-                                level: DEPTH,
-                                index: 0,
-                                len: 0,
-                            })?;
-                    let segment = match k {
-                        [_, _, _, _, _, hi, lo] => u16::from_be_bytes([*hi, *lo]),
-                        _ => return Err(StorageError::CorruptKey { len: k.len() }),
-                    };
-                    if segment as usize >= LEAVES {
-                        return Err(StorageError::CorruptKey { len: k.len() });
-                    }
-                    let leaf = decode(partition, DEPTH, segment, &v)?;
-                    for (level, index) in path(segment).into_iter().take(DEPTH as usize) {
-                        let o = upper_offset(level, index);
-                        nodes[o] = xor(&nodes[o], &leaf);
-                    }
-                }
-                self.rebuilt.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    partition,
-                    "hash tree upper nodes recomputed from leaves after an unclean stop"
-                );
-                // Still dirty: the marker stays until the next checkpoint.
-                return Ok(Upper { nodes, dirty: true });
-            }
+            self.loaded.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Upper {
             nodes,
             dirty: false,
         })
+    }
+
+    /// A partition's upper nodes recomputed from its leaves (a damaged leaf from
+    /// its objects), dirty: the marker stays, or is written, until the next
+    /// checkpoint.
+    fn upper_from_leaves(&self, partition: u32) -> Result<Upper> {
+        let mut nodes = vec![EMPTY; UPPER_NODES];
+        let prefix = &leaf_key(partition, 0)[..5];
+        for item in self.log.prefix(Space::Merkle, prefix, LEAVES)? {
+            let k = item.key();
+            let segment = match k {
+                [_, _, _, _, _, hi, lo] => u16::from_be_bytes([*hi, *lo]),
+                _ => return Err(StorageError::CorruptKey { len: k.len() }),
+            };
+            if segment as usize >= LEAVES {
+                return Err(StorageError::CorruptKey { len: k.len() });
+            }
+            let leaf = match self.log.read(Space::Merkle, &item)? {
+                Some(v) => match decode(partition, DEPTH, segment, &v) {
+                    Ok(leaf) => leaf,
+                    Err(_) => self.leaf_from_objects(partition, segment)?,
+                },
+                // Gone since listed, or damaged: the objects say what it holds.
+                None => self.leaf_from_objects(partition, segment)?,
+            };
+            for (level, index) in path(segment).into_iter().take(DEPTH as usize) {
+                let o = upper_offset(level, index);
+                nodes[o] = xor(&nodes[o], &leaf);
+            }
+        }
+        self.rebuilt.fetch_add(1, Ordering::Relaxed);
+        Ok(Upper { nodes, dirty: true })
     }
 
     /// Loads a partition's upper nodes from disk, bypassing the cache: `(root, rebuilt)`.

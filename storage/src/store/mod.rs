@@ -629,10 +629,17 @@ impl Store {
                         self.inner.log.damage_resolved(space, &key);
                     }
                 }
-                // Hash-tree values are rewritten by the next write of their
-                // partition segment, or rebuilt from the objects on the next open
-                // (recovery finds the damaged record): nothing to drop here.
-                Space::Merkle | Space::Meta => {}
+                // A hash-tree record is recomputed here from what it summarizes
+                // (its reads already did so meanwhile); nothing to fetch elsewhere.
+                Space::Merkle => match self.inner.trees.repair(&key) {
+                    Ok(_) => self.inner.log.damage_resolved(space, &key),
+                    Err(error) => {
+                        tracing::warn!(%error, "a damaged hash-tree record could not be recomputed yet");
+                    }
+                },
+                // The node's metadata lives in its own file; the log's meta space
+                // holds only the trees' rebuild marker, which recovery rewrites.
+                Space::Meta => {}
             }
         }
         out

@@ -427,6 +427,53 @@ fn a_damaged_value_is_skipped_by_scans_and_dropped_with_its_leaf_recomputed() {
     );
 }
 
+/// The root of partition `p` computed from its objects.
+fn root_of_objects(s: &Store, p: u32) -> Hash {
+    let mut root = EMPTY;
+    for item in s.scan_partition(p) {
+        let (k, v) = item.expect("scan");
+        root = xor(&root, &object_digest(&k, &v));
+    }
+    root
+}
+
+#[test]
+fn a_damaged_hash_tree_checkpoint_or_leaf_is_recomputed_while_the_store_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = open(dir.path());
+        for i in 0..40u32 {
+            put(&s, 3, &i.to_be_bytes(), format!("value-{i:05}").as_bytes());
+        }
+        s.inner.trees.checkpoint().expect("checkpoint");
+    }
+    // Opened clean: the partition loads its checkpoint on first use, and that
+    // record is damaged at rest after the open indexed it.
+    let s = open(dir.path());
+    let root = root_of_objects(&s, 3);
+    damage(dir.path(), &root);
+    assert_eq!(s.root(3).expect("root despite a damaged checkpoint"), root);
+    // A leaf record damaged too: reads and writes of its segment go on.
+    let seven = 7u32.to_be_bytes();
+    let seg = segment_of(&seven);
+    let leaf = s.inner.trees.leaf(3, seg).expect("leaf");
+    damage(dir.path(), &leaf);
+    assert_eq!(s.inner.trees.leaf(3, seg).expect("leaf from objects"), leaf);
+    put(&s, 3, &seven, b"rewritten");
+    assert_eq!(s.root(3).expect("root"), root_of_objects(&s, 3));
+    // The owner's scan for damage mends the hash-tree records; nothing is left.
+    assert!(
+        s.damaged(10).is_empty(),
+        "hash-tree damage is mended, not handed out"
+    );
+    assert!(s.damaged(10).is_empty());
+    s.inner.trees.checkpoint().expect("checkpoint");
+    let root = root_of_objects(&s, 3);
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.root(3).expect("root after reopening"), root);
+}
+
 fn a_leaf_that_does_not_match_its_objects_is_corrected(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open_on(dir.path(), backend);
