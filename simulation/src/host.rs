@@ -28,8 +28,13 @@ pub fn config(i: usize, data: PathBuf, disk: Arc<SimulatedDisk>) -> NodeConfig {
     c.cluster.seeds = vec![addr_of(1)];
     c.cluster.settings.timeout = Duration::from_secs(2);
     c.repair.interval = Duration::from_secs(2);
+    c.segment_bytes = Some(SEGMENT_BYTES);
     c
 }
+
+/// Log segments of simulated nodes: small, so a run seals several and the nemesis
+/// has sealed files to damage.
+pub const SEGMENT_BYTES: u64 = 256 << 10;
 
 /// How a simulated node differs from the default.
 #[derive(Clone, Debug, Default)]

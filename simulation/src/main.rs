@@ -311,6 +311,8 @@ struct Sweep {
     failures: Vec<String>,
     acked: u64,
     attempted: u64,
+    /// Disk faults that took effect, over all seeds.
+    disk: chaos::DiskFaults,
 }
 
 impl Sweep {
@@ -319,6 +321,9 @@ impl Sweep {
             *self.faults.entry(kind.clone()).or_default() += n;
         }
         self.walls.push((out.wall_s, cfg.seed, cfg.nodes));
+        self.disk.bits_flipped += out.disk.bits_flipped;
+        self.disk.syncs_refused += out.disk.syncs_refused;
+        self.disk.damaged_values_dropped += out.disk.damaged_values_dropped;
         self.acked += out.acked;
         self.attempted += out.attempted;
     }
@@ -337,6 +342,10 @@ impl Sweep {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         println!("faults injected by kind: {}", kinds.join(" "));
+        println!(
+            "disk faults that took effect: {} bits flipped in sealed files, {} fsyncs refused, {} damaged values found and dropped",
+            self.disk.bits_flipped, self.disk.syncs_refused, self.disk.damaged_values_dropped
+        );
         self.walls.sort_by(|a, b| b.0.total_cmp(&a.0));
         let slowest: Vec<String> = self
             .walls

@@ -109,6 +109,9 @@ pub struct NodeConfig {
     pub storage: Backend,
     /// fjall's block cache in bytes.
     pub fjall_cache_bytes: u64,
+    /// The log's segment size (`None`: the store's default, 64 MiB). The simulation
+    /// uses small segments, so its runs have sealed files for the nemesis to damage.
+    pub segment_bytes: Option<u64>,
     /// The epoch gossip datagrams of this start are stamped with (`None`: the
     /// clock's microseconds; the simulation gives its virtual time).
     pub gossip_epoch: Option<u64>,
@@ -138,6 +141,7 @@ impl NodeConfig {
             store_driver: Driver::Threads,
             storage: Backend::Log,
             fjall_cache_bytes: 64 << 20,
+            segment_bytes: None,
             gossip_epoch: None,
             tls: None,
             auth: None,
@@ -284,6 +288,9 @@ impl Node {
             driver: config.store_driver,
             backend: config.storage,
             cache_bytes: config.fjall_cache_bytes,
+            segment_bytes: config
+                .segment_bytes
+                .unwrap_or(StoreConfig::new(&config.data_dir).segment_bytes),
             ..StoreConfig::new(config.data_dir.clone())
         })?;
         let actor = match read_u64(&store, "actor")? {

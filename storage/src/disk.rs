@@ -38,6 +38,8 @@ struct SimState {
     losses: u64,
     /// Bytes dropped by them.
     dropped_bytes: u64,
+    /// fsyncs refused while `failing`.
+    refused_syncs: u64,
 }
 
 /// A disk that keeps, per file, the length its last completed fsync made durable.
@@ -109,6 +111,11 @@ impl SimulatedDisk {
         self.state().failing = failing;
     }
 
+    /// fsyncs refused so far (see [`SimulatedDisk::fail_syncs`]).
+    pub fn refused_syncs(&self) -> u64 {
+        self.state().refused_syncs
+    }
+
     /// Power losses so far and the bytes they dropped.
     pub fn losses(&self) -> (u64, u64) {
         let s = self.state();
@@ -133,6 +140,7 @@ impl Disk {
                 let len = file.metadata()?.len();
                 let mut s = sim.state();
                 if s.failing {
+                    s.refused_syncs += 1;
                     return Err(io::Error::other("injected fsync failure (simulated disk)"));
                 }
                 if !s.off {

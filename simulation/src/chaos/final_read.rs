@@ -134,6 +134,14 @@ pub async fn run(
             }
         }
     }
+    // After every register was read from every node: reads find damage.
+    for i in 1..=nodes {
+        let status = Client::connect_with(&SimNetwork, addr_of(i))
+            .await?
+            .status()
+            .await?;
+        h.borrow_mut().damaged_values_dropped += status.storage.damaged_values_dropped;
+    }
     let mut client = Client::connect_with(&SimNetwork, addr_of(1)).await?;
     client.set_options(RequestOptions {
         r: Some(3.min(nodes as u8)),

@@ -130,6 +130,8 @@ pub struct History {
     pub roots: BTreeMap<usize, Vec<[u8; 32]>>,
     /// The ring at the end.
     pub ring: Option<RingInfo>,
+    /// Values the nodes found damaged and dropped (their status at the end).
+    pub damaged_values_dropped: u64,
     /// Problems the final reads ran into.
     pub check_errors: Vec<String>,
     /// Print every trace line to stderr.

@@ -86,6 +86,17 @@ impl ChaosConfig {
     }
 }
 
+/// Disk faults of one run that took effect.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct DiskFaults {
+    /// Bits flipped in sealed files.
+    pub bits_flipped: u64,
+    /// fsyncs refused by failing disks.
+    pub syncs_refused: u64,
+    /// Values found damaged and dropped, by the nodes' counts at the end.
+    pub damaged_values_dropped: u64,
+}
+
 /// The result of one run.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
@@ -98,6 +109,10 @@ pub struct Outcome {
     /// Nemesis actions by knob (heals included).
     #[serde(default)]
     pub faults_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Disk faults that took effect: bits flipped in sealed files, fsyncs refused,
+    /// values the nodes found damaged and dropped (counted since each last start).
+    #[serde(default)]
+    pub disk: DiskFaults,
     /// Wall seconds the run's process took (set by the runner, not the run).
     #[serde(default)]
     pub wall_s: f64,
@@ -170,7 +185,11 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
         let data = dir.join(format!("n{i}"));
         let actor = cfg.seed.wrapping_mul(31).wrapping_add(i as u64);
         let disk = ringkv_storage::SimulatedDisk::new();
-        disks.push((format!("n{i}"), disk.clone()));
+        disks.push(nemesis::NodeDisk {
+            name: format!("n{i}"),
+            disk: disk.clone(),
+            log_dir: (cfg.storage == ringkv_storage::Backend::Log).then(|| data.clone()),
+        });
         let options = crate::host::HostOptions {
             unsafe_lww: cfg.unsafe_lww,
             unsafe_reap: cfg.unsafe_reap,
@@ -219,7 +238,7 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
             nemesis.tick(&mut sim, now);
         } else if !healed {
             healed = true;
-            nemesis.heal_all(&mut sim);
+            nemesis.heal_all(&mut sim, now);
         }
         match sim.step() {
             Ok(true) => break,
@@ -238,6 +257,11 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
         knobs,
         faults: nemesis.faults,
         faults_by_kind: nemesis.by_kind.clone(),
+        disk: DiskFaults {
+            bits_flipped: nemesis.bits_flipped,
+            syncs_refused: nemesis.refused_syncs(),
+            damaged_values_dropped: h.damaged_values_dropped,
+        },
         wall_s: 0.0,
         acked: h.acked,
         attempted: h.attempted,

@@ -11,6 +11,7 @@
 //! sender's deadline drops the connection. Loss is therefore harsher on TCP than a
 //! real network is (a black hole rather than a delay); ringkv must survive both.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,14 @@ pub struct Knobs {
     pub torn: f64,
     /// Heal everything.
     pub heal: u32,
+    /// A disk that stops syncing: every fsync of one node fails for 1–10 s (its
+    /// store poisons itself and refuses writes), then the node loses power and
+    /// restarts on a disk that works, with what its last good sync covered.
+    pub syncfail: u32,
+    /// Bits flip in sealed files (log segments or their hint files) of one node,
+    /// at rest (16 of them, each in a file picked anew): found by a checksum when read, the value dropped and brought
+    /// back by anti-entropy. Log engine only.
+    pub flip: u32,
 }
 
 impl Knobs {
@@ -67,10 +76,12 @@ impl Knobs {
             crash: rng.random_range(0..3),
             heal: rng.random_range(1..4),
             torn: f64::from(rng.random_range(0..3u32)) / 2.0,
+            syncfail: rng.random_range(0..3),
+            flip: rng.random_range(0..3),
         }
     }
 
-    fn weights(&self) -> [(Fault, u32); 10] {
+    fn weights(&self) -> [(Fault, u32); 12] {
         [
             (Fault::Halves, self.halves),
             (Fault::Majority, self.majority),
@@ -82,6 +93,8 @@ impl Knobs {
             (Fault::Pause, self.pause),
             (Fault::Crash, self.crash),
             (Fault::Heal, self.heal),
+            (Fault::SyncFail, self.syncfail),
+            (Fault::Flip, self.flip),
         ]
     }
 }
@@ -90,7 +103,7 @@ impl std::fmt::Display for Knobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "every={}ms halves={} majority={} isolate={} bridge={} oneway={} loss={}@{:.3} spike={} pause={} crash={}@torn{:.1} heal={}",
+            "every={}ms halves={} majority={} isolate={} bridge={} oneway={} loss={}@{:.3} spike={} pause={} crash={}@torn{:.1} syncfail={} flip={} heal={}",
             self.fault_every_ms,
             self.halves,
             self.majority,
@@ -103,6 +116,8 @@ impl std::fmt::Display for Knobs {
             self.pause,
             self.crash,
             self.torn,
+            self.syncfail,
+            self.flip,
             self.heal
         )
     }
@@ -120,6 +135,8 @@ enum Fault {
     Pause,
     Crash,
     Heal,
+    SyncFail,
+    Flip,
 }
 
 impl Fault {
@@ -136,8 +153,21 @@ impl Fault {
             Fault::Pause => "pause",
             Fault::Crash => "crash",
             Fault::Heal => "heal",
+            Fault::SyncFail => "syncfail",
+            Fault::Flip => "flip",
         }
     }
+}
+
+/// A node as the nemesis sees it: its host, its disk, its data directory.
+pub struct NodeDisk {
+    /// Host name.
+    pub name: String,
+    /// The disk a power loss cuts back.
+    pub disk: Arc<SimulatedDisk>,
+    /// The data directory, if the node's engine is the log (bits are flipped only
+    /// in the log's files, whose damage is found record by record).
+    pub log_dir: Option<PathBuf>,
 }
 
 /// The nemesis of one run.
@@ -148,6 +178,11 @@ pub struct Nemesis {
     nodes: Vec<String>,
     /// Each node's disk.
     disks: Vec<Arc<SimulatedDisk>>,
+    /// Each node's data directory (for bits flipped at rest), if its engine is the
+    /// log.
+    dirs: Vec<Option<PathBuf>>,
+    /// Nodes whose fsyncs fail, and when they lose power and restart.
+    failing: Vec<(usize, Duration)>,
     /// Simulated power losses that could not be carried out (a bug of the run).
     pub disk_errors: Vec<String>,
     /// Every host: nodes and clients.
@@ -163,6 +198,8 @@ pub struct Nemesis {
     pub faults: u64,
     /// Actions taken, by knob (heals included).
     pub by_kind: std::collections::BTreeMap<String, u64>,
+    /// Bits flipped in sealed files (a flip finds none early in a run).
+    pub bits_flipped: u64,
 }
 
 impl Nemesis {
@@ -171,11 +208,19 @@ impl Nemesis {
     pub fn new(
         knobs: Knobs,
         rng: SmallRng,
-        nodes: Vec<(String, Arc<SimulatedDisk>)>,
+        nodes: Vec<NodeDisk>,
         clients: &[&str],
         start: Duration,
     ) -> Nemesis {
-        let (nodes, disks): (Vec<String>, Vec<Arc<SimulatedDisk>>) = nodes.into_iter().unzip();
+        let mut names = Vec::new();
+        let mut disks = Vec::new();
+        let mut dirs = Vec::new();
+        for n in nodes {
+            names.push(n.name);
+            disks.push(n.disk);
+            dirs.push(n.log_dir);
+        }
+        let nodes = names;
         let hosts = nodes
             .iter()
             .cloned()
@@ -186,6 +231,8 @@ impl Nemesis {
             rng,
             nodes,
             disks,
+            dirs,
+            failing: Vec::new(),
             disk_errors: Vec::new(),
             hosts,
             crashed: Vec::new(),
@@ -194,6 +241,7 @@ impl Nemesis {
             lossy: false,
             faults: 0,
             by_kind: std::collections::BTreeMap::new(),
+            bits_flipped: 0,
         }
     }
 
@@ -207,6 +255,16 @@ impl Nemesis {
             }
             !due
         });
+        let due: Vec<usize> = self
+            .failing
+            .iter()
+            .filter(|(_, at)| now >= *at)
+            .map(|(i, _)| *i)
+            .collect();
+        self.failing.retain(|(_, at)| now < *at);
+        for i in due {
+            self.power_loss(sim, i, now);
+        }
         self.held.retain(|(links, at)| {
             let due = now >= *at;
             if due {
@@ -324,32 +382,74 @@ impl Nemesis {
             }
             Fault::Crash => {
                 let i = self.rng.random_range(0..self.nodes.len());
-                let a = self.nodes[i].clone();
-                if !self.crashed.iter().any(|(n, _)| *n == a) {
-                    // The power goes before the host stops: what its shutdown path
-                    // writes is lost too, then the disk keeps only what was synced.
-                    let disk = &self.disks[i];
-                    disk.power_off();
-                    sim.crash(a.as_str());
-                    let torn = self
-                        .rng
-                        .random_bool(self.knobs.torn)
-                        .then(|| self.rng.random::<u64>());
-                    if let Err(e) = disk.restore(torn) {
-                        self.disk_errors.push(format!("{a}: {e}"));
+                if self.up(i) {
+                    self.power_loss(sim, i, now);
+                }
+            }
+            Fault::SyncFail => {
+                let i = self.rng.random_range(0..self.nodes.len());
+                if self.up(i) {
+                    self.disks[i].fail_syncs(true);
+                    let until = now + Duration::from_millis(self.rng.random_range(1_000..10_000));
+                    self.failing.push((i, until));
+                }
+            }
+            Fault::Flip => {
+                let i = self.rng.random_range(0..self.nodes.len());
+                if let Some(dir) = self.dirs[i].clone() {
+                    // A bad spot rather than one bit: most records in a sealed
+                    // segment are stale versions nobody reads again.
+                    for _ in 0..FLIPS_PER_FAULT {
+                        let pick = self.rng.random::<u64>();
+                        match flip_a_sealed_bit(&dir, pick) {
+                            Ok(true) => self.bits_flipped += 1,
+                            Ok(false) => {}
+                            Err(e) => self.disk_errors.push(format!("{}: {e}", self.nodes[i])),
+                        }
                     }
-                    // Half the time a quick reboot (before peers or clients notice
-                    // it was gone, so nothing but its own disk tells it what it lost).
-                    let down = if self.rng.random_bool(0.5) {
-                        self.rng.random_range(200..1_000)
-                    } else {
-                        self.rng.random_range(1_000..10_000)
-                    };
-                    self.crashed.push((a, now + Duration::from_millis(down)));
                 }
             }
             Fault::Heal => self.heal_links(sim),
         }
+    }
+
+    /// fsyncs the nodes' disks refused, over the run.
+    pub fn refused_syncs(&self) -> u64 {
+        self.disks.iter().map(|d| d.refused_syncs()).sum()
+    }
+
+    /// Whether node `i` runs and its disk works.
+    fn up(&self, i: usize) -> bool {
+        let name = &self.nodes[i];
+        !self.crashed.iter().any(|(n, _)| n == name) && !self.failing.iter().any(|(f, _)| *f == i)
+    }
+
+    /// Node `i` loses power: the host stops, its disk keeps only what its last
+    /// completed fsync covered (perhaps with a torn append), its fsyncs work again,
+    /// and it restarts a little later.
+    fn power_loss(&mut self, sim: &mut turmoil::Sim, i: usize, now: Duration) {
+        let a = self.nodes[i].clone();
+        // The power goes before the host stops: what its shutdown path writes is
+        // lost too, then the disk keeps only what was synced.
+        let disk = self.disks[i].clone();
+        disk.power_off();
+        sim.crash(a.as_str());
+        disk.fail_syncs(false);
+        let torn = self
+            .rng
+            .random_bool(self.knobs.torn)
+            .then(|| self.rng.random::<u64>());
+        if let Err(e) = disk.restore(torn) {
+            self.disk_errors.push(format!("{a}: {e}"));
+        }
+        // Half the time a quick reboot (before peers or clients notice it was gone,
+        // so nothing but its own disk tells it what it lost).
+        let down = if self.rng.random_bool(0.5) {
+            self.rng.random_range(200..1_000)
+        } else {
+            self.rng.random_range(1_000..10_000)
+        };
+        self.crashed.push((a, now + Duration::from_millis(down)));
     }
 
     fn set_loss(&self, sim: &mut turmoil::Sim, rate: f64) {
@@ -381,10 +481,57 @@ impl Nemesis {
     }
 
     /// Ends every fault: links healed, crashed nodes restarted.
-    pub fn heal_all(&mut self, sim: &mut turmoil::Sim) {
+    pub fn heal_all(&mut self, sim: &mut turmoil::Sim, now: Duration) {
         self.heal_links(sim);
+        for (i, _) in std::mem::take(&mut self.failing) {
+            self.power_loss(sim, i, now);
+        }
         for (n, _) in self.crashed.drain(..) {
             sim.bounce(n.as_str());
         }
     }
+}
+
+/// Bits one `flip` fault flips, each in a sealed file picked anew.
+const FLIPS_PER_FAULT: usize = 16;
+
+/// Header bytes of a file that a flip spares: a flipped segment header makes the
+/// whole file unreadable, which the log's own tests cover; here the damage is to
+/// records.
+const SPARED_HEADER: u64 = 64;
+
+/// Flips one bit, chosen by `pick`, in a sealed file of the log in `dir`: a segment
+/// other than the newest (the active one), or a hint file. Returns whether there
+/// was one to flip.
+///
+/// # Errors
+/// If a file cannot be read or written.
+pub fn flip_a_sealed_bit(dir: &std::path::Path, pick: u64) -> std::io::Result<bool> {
+    let mut segments = Vec::new();
+    let mut hints = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("seg") => segments.push(path),
+            Some("hint") => hints.push(path),
+            _ => {}
+        }
+    }
+    segments.sort();
+    segments.pop();
+    segments.extend(hints);
+    segments.sort();
+    if segments.is_empty() {
+        return Ok(false);
+    }
+    let path = &segments[(pick % segments.len() as u64) as usize];
+    let mut bytes = std::fs::read(path)?;
+    let len = bytes.len() as u64;
+    if len <= SPARED_HEADER {
+        return Ok(false);
+    }
+    let at = SPARED_HEADER + (pick >> 8) % (len - SPARED_HEADER);
+    bytes[at as usize] ^= 1 << (pick % 8);
+    std::fs::write(path, bytes)?;
+    Ok(true)
 }
