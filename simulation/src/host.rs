@@ -36,6 +36,12 @@ pub fn config(i: usize, data: PathBuf, disk: Arc<SimulatedDisk>) -> NodeConfig {
 /// has sealed files to damage.
 pub const SEGMENT_BYTES: u64 = 256 << 10;
 
+/// The key the simulated cluster shares (the default's): what an operator's tool
+/// needs for `leave` and `remove` through the peer channel.
+pub fn cluster_key() -> ringkv_gossip::ClusterKey {
+    ringkv::node::ClusterConfig::default().key
+}
+
 /// How a simulated node differs from the default.
 #[derive(Clone, Debug, Default)]
 pub struct HostOptions {
@@ -52,6 +58,10 @@ pub struct HostOptions {
     /// The storage engine (fjall: a crash loses only what never reached the OS,
     /// since its preallocated journals hide what a sync covered from the disk model).
     pub storage: ringkv_storage::Backend,
+    /// The node's id (`n{i}` when `None`).
+    pub node_id: Option<String>,
+    /// Hosts it announces itself to (`n1` when empty).
+    pub seeds: Vec<usize>,
 }
 
 /// Starts node `n{i}` with actor id `actor` and serves clients until the host stops.
@@ -74,6 +84,12 @@ pub async fn run_with(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let disk = options.disk.unwrap_or_default();
     let mut config = config(i, data, disk);
+    if let Some(id) = options.node_id {
+        config.node_id = Some(id);
+    }
+    if !options.seeds.is_empty() {
+        config.cluster.seeds = options.seeds.iter().map(|&s| addr_of(s)).collect();
+    }
     config.unsafe_lww = options.unsafe_lww;
     config.repair.unsafe_reap = options.unsafe_reap;
     // Virtual time, so a rebooted host's epoch is higher and the run replays.

@@ -313,6 +313,8 @@ struct Sweep {
     attempted: u64,
     /// Disk faults that took effect, over all seeds.
     disk: chaos::DiskFaults,
+    /// Membership changes carried out, over all seeds.
+    membership: u64,
 }
 
 impl Sweep {
@@ -321,6 +323,7 @@ impl Sweep {
             *self.faults.entry(kind.clone()).or_default() += n;
         }
         self.walls.push((out.wall_s, cfg.seed, cfg.nodes));
+        self.membership += out.membership_changes;
         self.disk.bits_flipped += out.disk.bits_flipped;
         self.disk.syncs_refused += out.disk.syncs_refused;
         self.disk.damaged_values_dropped += out.disk.damaged_values_dropped;
@@ -342,6 +345,10 @@ impl Sweep {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         println!("faults injected by kind: {}", kinds.join(" "));
+        println!(
+            "membership changes carried out (joins, leaves, removes, lost disks): {}",
+            self.membership
+        );
         println!(
             "disk faults that took effect: {} bits flipped in sealed files, {} fsyncs refused, {} damaged values found and dropped",
             self.disk.bits_flipped, self.disk.syncs_refused, self.disk.damaged_values_dropped

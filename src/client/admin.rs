@@ -6,7 +6,7 @@
 use ringkv_gossip::ClusterKey;
 
 use super::ClientError;
-use crate::net::TokioNetwork;
+use crate::net::{Network, TokioNetwork};
 use crate::peer::Peers;
 use crate::peer::pool::PeerError;
 use crate::tls::DialTls;
@@ -53,7 +53,25 @@ where
         >,
 {
     let a = admin_addr(addr).await?;
-    let mut peers = Peers::new(TokioNetwork, key, String::new(), 1 << 20);
+    operator_on(TokioNetwork, a, key, tls, f).await
+}
+
+/// [`operator`] over any network, to an address already resolved.
+async fn operator_on<N, T, F, Fut>(
+    net: N,
+    a: std::net::SocketAddr,
+    key: ClusterKey,
+    tls: Option<&DialTls>,
+    f: F,
+) -> Result<T, ClientError>
+where
+    N: Network,
+    F: FnOnce(crate::peer::PeerClient, tarpc::context::Context) -> Fut,
+    Fut: std::future::Future<
+            Output = Result<Result<T, crate::rpc::api::ApiError>, tarpc::client::RpcError>,
+        >,
+{
+    let mut peers = Peers::new(net, key, String::new(), 1 << 20);
     if let Some(tls) = tls.cloned() {
         peers = peers.with_tls(move || tls.clone());
     }
@@ -74,6 +92,42 @@ pub async fn leave(
     tls: Option<&DialTls>,
 ) -> Result<String, ClientError> {
     operator(addr, key, tls, |c, ctx| async move { c.leave(ctx).await }).await
+}
+
+/// [`leave`] over `net` (the simulation's network, say), without TLS.
+///
+/// # Errors
+/// As [`leave`].
+pub async fn leave_on<N: Network>(
+    net: N,
+    addr: std::net::SocketAddr,
+    key: ClusterKey,
+) -> Result<String, ClientError> {
+    operator_on(
+        net,
+        addr,
+        key,
+        None,
+        |c, ctx| async move { c.leave(ctx).await },
+    )
+    .await
+}
+
+/// [`remove`] over `net` (the simulation's network, say), without TLS.
+///
+/// # Errors
+/// As [`remove`].
+pub async fn remove_on<N: Network>(
+    net: N,
+    addr: std::net::SocketAddr,
+    key: ClusterKey,
+    node_id: &str,
+) -> Result<(), ClientError> {
+    let id = node_id.to_string();
+    operator_on(net, addr, key, None, |c, ctx| async move {
+        c.remove(ctx, id).await
+    })
+    .await
 }
 
 /// Operator command: remove `node_id` from the cluster, through the node at `addr`.

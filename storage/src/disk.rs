@@ -111,6 +111,16 @@ impl SimulatedDisk {
         self.state().failing = failing;
     }
 
+    /// A new, empty disk in place of this one (the machine's disk was lost and its
+    /// directory is gone): nothing tracked, power on, syncs working. Counts of
+    /// power losses and refused syncs stay.
+    pub fn replace(&self) {
+        let mut s = self.state();
+        s.synced.clear();
+        s.off = false;
+        s.failing = false;
+    }
+
     /// fsyncs refused so far (see [`SimulatedDisk::fail_syncs`]).
     pub fn refused_syncs(&self) -> u64 {
         self.state().refused_syncs

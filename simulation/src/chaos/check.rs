@@ -27,6 +27,10 @@ use ringkv::ring::Ring;
 pub const LOST: &str = "lost ";
 /// How a resurrection's violation starts.
 pub const RESURRECTED: &str = "resurrected";
+/// How an unfinished handoff's violation starts.
+pub const HELD_ELSEWHERE: &str = "handoff unfinished: ";
+/// The root of a partition that holds nothing.
+const EMPTY_ROOT: [u8; 32] = [0; 32];
 
 /// Everything wrong with `h` (empty = the run passed).
 pub fn check(h: &History) -> Vec<String> {
@@ -54,17 +58,13 @@ fn held_by_primaries<'a>(
     ring: Option<&(Ring, u32, usize)>,
     key: &str,
 ) -> BTreeSet<&'a str> {
-    let primaries: Option<BTreeSet<usize>> = ring.map(|(r, size, n)| {
+    let primaries: Option<BTreeSet<String>> = ring.map(|(r, size, n)| {
         let p = ringkv::ring::partition_of(key.as_bytes(), *size);
-        ringkv::cluster::walk_of(r, p, *n)
-            .0
-            .iter()
-            .filter_map(|id| id.trim_start_matches('n').parse::<usize>().ok())
-            .collect()
+        ringkv::cluster::walk_of(r, p, *n).0.into_iter().collect()
     });
     h.final_registers
         .iter()
-        .filter(|(node, _)| primaries.as_ref().is_none_or(|p| p.contains(node)))
+        .filter(|(node, _)| primaries.as_ref().is_none_or(|p| p.contains(*node)))
         .filter_map(|(_, keys)| keys.get(key))
         .flatten()
         .map(String::as_str)
@@ -91,7 +91,12 @@ fn registers(h: &History, v: &mut Vec<String>) {
     }
     // Writes that may have applied, whose contexts may cover others.
     let genuine = |w: &&super::history::RegisterWrite| w.forged.is_none();
-    for w in h.register_writes.iter().filter(genuine).filter(|w| !w.weak) {
+    for w in h
+        .register_writes
+        .iter()
+        .filter(genuine)
+        .filter(|w| !w.weak && !h.doubly_exposed(w.at))
+    {
         let (Status::Ok, Some(value)) = (w.status, &w.value) else {
             continue;
         };
@@ -121,7 +126,7 @@ fn registers(h: &History, v: &mut Vec<String>) {
         for (k, vals) in keys {
             for val in vals {
                 if !written.contains(&(k.as_str(), val.as_str())) {
-                    v.push(format!("n{node} holds a value nobody wrote: {k} = {val}"));
+                    v.push(format!("{node} holds a value nobody wrote: {k} = {val}"));
                 }
             }
         }
@@ -167,7 +172,7 @@ fn sets(h: &History, v: &mut Vec<String>) {
     for a in h
         .set_updates
         .iter()
-        .filter(|u| u.add && u.status == Status::Ok)
+        .filter(|u| u.add && u.status == Status::Ok && !h.doubly_exposed(u.at))
     {
         let present = h
             .final_sets
@@ -202,7 +207,15 @@ fn sets(h: &History, v: &mut Vec<String>) {
 fn counters(h: &History, v: &mut Vec<String>) {
     for (key, (acked, attempted)) in &h.counters {
         let got = h.final_counters.get(key).copied().flatten().unwrap_or(0);
-        if got < i128::from(*acked) || got > i128::from(*attempted) {
+        // Increments a second failure may have taken lower the floor.
+        let exposed: i64 = h
+            .counter_acks
+            .iter()
+            .filter(|(k, _, at)| k == key && h.doubly_exposed(*at))
+            .map(|(_, d, _)| d)
+            .sum();
+        let acked = acked - exposed;
+        if got < i128::from(acked) || got > i128::from(*attempted) {
             v.push(format!(
                 "counter {key} = {got}, outside [{acked}, {attempted}]"
             ));
@@ -221,19 +234,31 @@ fn convergence(h: &History, v: &mut Vec<String>) {
     };
     for p in diverged(&h.roots, &r, size, n as u8) {
         let (primaries, _) = ringkv::cluster::walk_of(&r, p, n);
-        {
-            v.push(format!(
-                "partition {p}: replicas did not converge{}",
-                differing_registers(h, &primaries, p, size)
-            ));
-        }
+        v.push(format!(
+            "partition {p}: replicas did not converge{}",
+            differing_registers(h, &primaries, p, size)
+        ));
+    }
+    for (p, id) in held_elsewhere(&h.roots, &r, size, n as u8) {
+        v.push(format!(
+            "{HELD_ELSEWHERE}{id} still holds data of partition {p}, which it is no primary of"
+        ));
+    }
+    let missing: Vec<&String> = r
+        .members()
+        .iter()
+        .map(|m| &m.id)
+        .filter(|id| !h.roots.contains_key(*id))
+        .collect();
+    if !missing.is_empty() {
+        v.push(format!("no roots read from {missing:?}"));
     }
 }
 
 /// The partitions whose primaries (on `ring`) hold different Merkle roots in
 /// `roots` (node index -> root of every partition).
 pub fn diverged(
-    roots: &std::collections::BTreeMap<usize, Vec<[u8; 32]>>,
+    roots: &std::collections::BTreeMap<String, Vec<[u8; 32]>>,
     ring: &Ring,
     size: u32,
     n: u8,
@@ -243,12 +268,31 @@ pub fn diverged(
             let (primaries, _) = ringkv::cluster::walk_of(ring, p, usize::from(n));
             let held: BTreeSet<[u8; 32]> = primaries
                 .iter()
-                .filter_map(|id| id.trim_start_matches('n').parse::<usize>().ok())
-                .filter_map(|i| roots.get(&i).and_then(|rs| rs.get(p as usize)).copied())
+                .filter_map(|id| roots.get(id).and_then(|rs| rs.get(p as usize)).copied())
                 .collect();
             held.len() > 1
         })
         .collect()
+}
+
+/// (partition, node) pairs where a node in `roots` that is not one of the
+/// partition's primaries still holds data of it: a handoff that never finished.
+pub fn held_elsewhere(
+    roots: &std::collections::BTreeMap<String, Vec<[u8; 32]>>,
+    ring: &Ring,
+    size: u32,
+    n: u8,
+) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for p in 0..size {
+        let (primaries, _) = ringkv::cluster::walk_of(ring, p, usize::from(n));
+        for (id, rs) in roots {
+            if !primaries.contains(id) && rs.get(p as usize).is_some_and(|r| *r != EMPTY_ROOT) {
+                out.push((p, id.clone()));
+            }
+        }
+    }
+    out
 }
 
 /// The register keys of partition `p` whose values differ between `primaries`, for
@@ -256,14 +300,15 @@ pub fn diverged(
 /// replica).
 fn differing_registers(h: &History, primaries: &[String], p: u32, size: u32) -> String {
     let held = |id: &String, key: &str| {
-        let i = id.trim_start_matches('n').parse::<usize>().ok();
-        let values = i
-            .and_then(|i| h.final_registers.get(&i))
+        let values = h
+            .final_registers
+            .get(id)
             .and_then(|keys| keys.get(key))
             .cloned()
             .unwrap_or_default();
-        let clock = i
-            .and_then(|i| h.final_clocks.get(&i))
+        let clock = h
+            .final_clocks
+            .get(id)
             .and_then(|keys| keys.get(key))
             .cloned()
             .flatten();
@@ -303,6 +348,7 @@ mod tests {
     use super::super::history::{Clock, RegisterWrite, SetUpdate};
     use super::*;
     use crdts::{CmRDT, Dot};
+    use std::time::Duration;
 
     fn clock(entries: &[(u64, u64)]) -> Clock {
         let mut c = Clock::new();
@@ -321,12 +367,13 @@ mod tests {
             status: Status::Ok,
             forged: None,
             weak: false,
+            at: Duration::ZERO,
         }
     }
 
     fn held(h: &mut History, key: &str, values: &[&str]) {
         h.final_registers
-            .entry(1)
+            .entry("n1".into())
             .or_default()
             .insert(key.into(), values.iter().map(|s| s.to_string()).collect());
     }
@@ -471,6 +518,7 @@ mod tests {
             invoked,
             completed,
             status,
+            at: Duration::ZERO,
         }
     }
 
@@ -505,6 +553,75 @@ mod tests {
         assert_eq!(set_violations(&h).len(), 1);
         h.read_members.push(("s1".into(), "ghost".into()));
         assert_eq!(set_violations(&h).len(), 2);
+    }
+
+    #[test]
+    fn a_write_exposed_to_two_failures_may_be_lost_but_no_other() {
+        let mut h = History::default();
+        let mut w = put("r1", "a", None, clock(&[(1, 1)]));
+        w.at = Duration::from_millis(10_000);
+        h.register_writes.push(w);
+        held(&mut h, "r1", &[]);
+        assert_eq!(register_violations(&h).len(), 1, "lost");
+        // A power loss just after it: one failure, still a loss.
+        h.exposed
+            .push((Duration::from_millis(9_900), Duration::from_millis(10_200)));
+        assert_eq!(register_violations(&h).len(), 1, "one failure is survived");
+        // A disk lost before it: its replicas did not include that disk.
+        h.disk_losses.push(Duration::from_millis(5_000));
+        assert_eq!(register_violations(&h).len(), 1);
+        // A disk lost after it as well: two failures, beyond W=2's promise.
+        h.disk_losses.push(Duration::from_millis(30_000));
+        assert!(register_violations(&h).is_empty());
+        h.counters.insert("k0".into(), (5, 9));
+        h.counter_acks
+            .push(("k0".into(), 2, Duration::from_millis(10_100)));
+        h.final_counters.insert("k0".into(), Some(3));
+        let mut v = Vec::new();
+        counters(&h, &mut v);
+        assert!(
+            v.is_empty(),
+            "the exposed increment lowers the floor: {v:?}"
+        );
+        h.final_counters.insert("k0".into(), Some(2));
+        counters(&h, &mut v);
+        assert_eq!(v.len(), 1);
+    }
+
+    #[test]
+    fn data_held_outside_a_partitions_primaries_is_an_unfinished_handoff() {
+        let members: Vec<ringkv::ring::Member> = ["n1", "n2", "n3", "n4"]
+            .iter()
+            .map(|id| ringkv::ring::Member {
+                id: id.to_string(),
+                zone: String::new(),
+            })
+            .collect();
+        let ring = Ring::build(&members, 16, 3).expect("ring");
+        let mut roots: std::collections::BTreeMap<String, Vec<[u8; 32]>> = members
+            .iter()
+            .map(|m| (m.id.clone(), vec![[0u8; 32]; 16]))
+            .collect();
+        for p in 0..16u32 {
+            for id in ringkv::cluster::walk_of(&ring, p, 3).0 {
+                roots.get_mut(&id).expect("member")[p as usize] = [p as u8 + 1; 32];
+            }
+        }
+        assert!(diverged(&roots, &ring, 16, 3).is_empty());
+        assert!(held_elsewhere(&roots, &ring, 16, 3).is_empty());
+        let (primaries, _) = ringkv::cluster::walk_of(&ring, 5, 3);
+        let outsider = members
+            .iter()
+            .find(|m| !primaries.contains(&m.id))
+            .expect("4 nodes, 3 primaries");
+        roots.get_mut(&outsider.id).expect("member")[5] = [9; 32];
+        assert_eq!(
+            held_elsewhere(&roots, &ring, 16, 3),
+            vec![(5, outsider.id.clone())]
+        );
+        // One primary apart from the others: diverged.
+        roots.get_mut(&primaries[0]).expect("primary")[5] = [7; 32];
+        assert_eq!(diverged(&roots, &ring, 16, 3), vec![5]);
     }
 
     #[test]

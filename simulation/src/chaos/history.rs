@@ -2,6 +2,7 @@
 //! happened, and what the final reads found. The checker judges this record alone.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use ringkv::ClientError;
 use ringkv::rpc::api::{ApiError, RingInfo};
@@ -74,6 +75,8 @@ pub struct RegisterWrite {
     /// Acknowledged by one replica (W=1): a power loss of that replica within the
     /// sync interval may lose it, as the sync policy allows.
     pub weak: bool,
+    /// Simulated time it returned.
+    pub at: Duration,
 }
 
 /// One set update.
@@ -91,6 +94,8 @@ pub struct SetUpdate {
     pub completed: u64,
     /// Outcome.
     pub status: Status,
+    /// Simulated time it returned.
+    pub at: Duration,
 }
 
 /// The record of one run.
@@ -105,6 +110,13 @@ pub struct History {
     pub set_updates: Vec<SetUpdate>,
     /// Counter key -> (acknowledged sum, attempted sum) of deltas.
     pub counters: BTreeMap<String, (i64, i64)>,
+    /// Acknowledged counter increments: key, delta, simulated time.
+    pub counter_acks: Vec<(String, i64, Duration)>,
+    /// Simulated times of lost disks (copied from the roster at the end).
+    pub disk_losses: Vec<Duration>,
+    /// Windows in which a node could lose writes it acknowledged (see
+    /// [`super::roster::Roster::exposed`]; copied at the end).
+    pub exposed: Vec<(Duration, Duration)>,
     /// Write-once register keys the workload made (read at the end with the others).
     pub once_keys: BTreeSet<String>,
     /// (key, value) pairs register reads returned.
@@ -117,17 +129,19 @@ pub struct History {
     pub acked: u64,
     /// Operations attempted.
     pub attempted: u64,
-    /// Node index -> register key -> the values that node holds at the end.
-    pub final_registers: BTreeMap<usize, BTreeMap<String, BTreeSet<String>>>,
-    /// Node index -> register key -> the causal context that node's copy returns
-    /// (a tombstone's is not empty), for diagnostics.
-    pub final_clocks: BTreeMap<usize, BTreeMap<String, Option<Clock>>>,
+    /// Node id -> register key -> the values that node holds at the end.
+    pub final_registers: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    /// Node id -> register key -> the causal context that node's copy returns (a
+    /// tombstone's is not empty), for diagnostics.
+    pub final_clocks: BTreeMap<String, BTreeMap<String, Option<Clock>>>,
     /// Set key -> members at the end (read from all replicas).
     pub final_sets: BTreeMap<String, BTreeSet<String>>,
     /// Counter key -> value at the end (read from all replicas).
     pub final_counters: BTreeMap<String, Option<i128>>,
-    /// Node index -> Merkle root of every partition.
-    pub roots: BTreeMap<usize, Vec<[u8; 32]>>,
+    /// Node id -> Merkle root of every partition (members at the end).
+    pub roots: BTreeMap<String, Vec<[u8; 32]>>,
+    /// Membership changes carried out (joins, leaves, removes, lost disks).
+    pub membership_changes: u64,
     /// The ring at the end.
     pub ring: Option<RingInfo>,
     /// Values the nodes found damaged and dropped (their status at the end).
@@ -141,6 +155,17 @@ pub struct History {
 }
 
 impl History {
+    /// Whether a write acknowledged at `at` may be gone for want of a second
+    /// failure: a node could lose acknowledged writes then (power loss within the
+    /// sync interval, failing fsyncs), and a disk was lost later. W=2 of N=3
+    /// promises survival of one such failure, not of both.
+    pub fn doubly_exposed(&self, at: Duration) -> bool {
+        self.exposed
+            .iter()
+            .any(|(from, to)| *from <= at && at <= *to)
+            && self.disk_losses.iter().any(|lost| *lost >= at)
+    }
+
     /// The next position in the history.
     pub fn tick(&mut self) -> u64 {
         self.seq += 1;

@@ -13,6 +13,7 @@ pub mod final_read;
 pub mod history;
 pub mod isolated;
 pub mod nemesis;
+pub mod roster;
 pub mod workload;
 
 use std::cell::RefCell;
@@ -27,6 +28,8 @@ use nemesis::Nemesis;
 
 /// Client tasks per run.
 const CLIENTS: usize = 2;
+/// Hosts beyond the initial members, with nothing running until a join.
+pub const SPARE_HOSTS: usize = 2;
 /// Simulated time before the workload starts (the cluster forms).
 const WARM_UP: Duration = Duration::from_secs(5);
 
@@ -109,6 +112,9 @@ pub struct Outcome {
     /// Nemesis actions by knob (heals included).
     #[serde(default)]
     pub faults_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Membership changes carried out (joins, leaves, removes, lost disks).
+    #[serde(default)]
+    pub membership_changes: u64,
     /// Disk faults that took effect: bits flipped in sealed files, fsyncs refused,
     /// values the nodes found damaged and dropped (counted since each last start).
     #[serde(default)]
@@ -170,8 +176,9 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
     let mut rng = SmallRng::seed_from_u64(cfg.seed);
     let knobs = Knobs::draw(&mut rng);
     let fault_end = WARM_UP + cfg.duration;
-    // Faults, quiet, up to a minute waiting to heal, then the final reads.
-    let limit = fault_end + cfg.quiet + Duration::from_secs(120);
+    // Faults, the operator's last changes (a leave waits for its handoff, at most
+    // four minutes), quiet, up to two minutes waiting to heal, the final reads.
+    let limit = fault_end + cfg.quiet + Duration::from_secs(480);
     let mut sim = turmoil::Builder::new()
         .rng_seed(cfg.seed)
         .simulation_duration(limit)
@@ -180,15 +187,17 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
         // A listen backlog like a real host's (turmoil panics when it overflows).
         .tcp_capacity(4096)
         .build();
+    let hosts = cfg.nodes + SPARE_HOSTS;
+    let roster = Rc::new(RefCell::new(roster::Roster::new(cfg.nodes, SPARE_HOSTS)));
     let mut disks = Vec::new();
-    for i in 1..=cfg.nodes {
+    for i in 1..=hosts {
         let data = dir.join(format!("n{i}"));
-        let actor = cfg.seed.wrapping_mul(31).wrapping_add(i as u64);
         let disk = ringkv_storage::SimulatedDisk::new();
         disks.push(nemesis::NodeDisk {
             name: format!("n{i}"),
             disk: disk.clone(),
-            log_dir: (cfg.storage == ringkv_storage::Backend::Log).then(|| data.clone()),
+            data: data.clone(),
+            log: cfg.storage == ringkv_storage::Backend::Log,
         });
         let options = crate::host::HostOptions {
             unsafe_lww: cfg.unsafe_lww,
@@ -196,9 +205,31 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
             disk: Some(disk),
             tweak: None,
             storage: cfg.storage,
+            node_id: None,
+            // Every initial host is a seed, so a fresh node finds the cluster
+            // whichever of them are gone.
+            seeds: (1..=cfg.nodes).collect(),
         };
+        let (roster, seed) = (roster.clone(), cfg.seed);
         sim.host(format!("n{i}"), move || {
-            crate::host::run_with(i, data.clone(), actor, options.clone())
+            // What runs on this machine now: the roster says (a spare runs nothing
+            // until it joins; a wiped one starts under a new id).
+            let slot = roster.borrow().slots[i - 1].clone();
+            let actor = seed
+                .wrapping_mul(31)
+                .wrapping_add(i as u64)
+                .wrapping_add(1000 * u64::from(slot.incarnation));
+            let options = crate::host::HostOptions {
+                node_id: slot.id.clone(),
+                ..options.clone()
+            };
+            let data = data.clone();
+            async move {
+                if slot.id.is_none() {
+                    std::future::pending::<()>().await;
+                }
+                crate::host::run_with(i, data, actor, options).await
+            }
         });
     }
     let history = Rc::new(RefCell::new(History {
@@ -211,15 +242,20 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
         let name = format!("client{c}");
         sim.client(name.as_str(), async move {
             tokio::time::sleep(WARM_UP).await;
-            workload::client(c, seed, nodes, fault_end - WARM_UP, h).await
+            workload::client(c, seed, nodes, hosts, fault_end - WARM_UP, h).await
         });
         clients.push(name);
     }
     {
-        let (h, nodes, quiet) = (history.clone(), cfg.nodes, cfg.quiet);
+        let roster = roster.clone();
+        sim.client("operator", roster::operator(roster, hosts));
+        clients.push("operator".into());
+    }
+    {
+        let (h, quiet, roster) = (history.clone(), cfg.quiet, roster.clone());
         sim.client("checker", async move {
             tokio::time::sleep(fault_end).await;
-            final_read::run(nodes, CLIENTS, quiet, h).await
+            final_read::run(roster, CLIENTS, quiet, h).await
         });
         clients.push("checker".into());
     }
@@ -228,6 +264,7 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
         knobs.clone(),
         rng,
         disks,
+        roster.clone(),
         &clients,
         WARM_UP + Duration::from_secs(3),
     );
@@ -251,12 +288,19 @@ fn simulate(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<Outcome, String>
     if let Some(e) = nemesis.disk_errors.first() {
         return Err(format!("a simulated power loss failed: {e}"));
     }
+    {
+        let r = roster.borrow();
+        let mut h = history.borrow_mut();
+        h.disk_losses = r.disk_losses.clone();
+        h.exposed = r.exposed.clone();
+    }
     let h = history.borrow();
     Ok(Outcome {
         seed: cfg.seed,
         knobs,
         faults: nemesis.faults,
         faults_by_kind: nemesis.by_kind.clone(),
+        membership_changes: h.membership_changes,
         disk: DiskFaults {
             bits_flipped: nemesis.bits_flipped,
             syncs_refused: nemesis.refused_syncs(),

@@ -11,12 +11,23 @@
 //! sender's deadline drops the connection. Loss is therefore harsher on TCP than a
 //! real network is (a black hole rather than a delay); ringkv must survive both.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{RngExt, rngs::SmallRng};
 use ringkv_storage::SimulatedDisk;
+
+use super::roster::{Command, Roster};
+
+/// Around a power loss (or the first failing fsync), how long acknowledged writes
+/// may be on no disk of that node: the 100 ms sync interval, with room for the
+/// acknowledgement's way back to the client.
+const EXPOSED_MARGIN: Duration = Duration::from_millis(250);
+/// Members a leave or a remove leaves at least (N = 3 distinct replicas).
+const MIN_MEMBERS: usize = 3;
 
 /// Fault weights and rates of one seed.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -53,6 +64,20 @@ pub struct Knobs {
     /// store poisons itself and refuses writes), then the node loses power and
     /// restarts on a disk that works, with what its last good sync covered.
     pub syncfail: u32,
+    /// A fresh node (empty directory, new id) joins on a spare host, or on one
+    /// whose node left or was removed.
+    #[serde(default)]
+    pub join: u32,
+    /// A member leaves (`ringkv leave`): hands its data off, then removes itself.
+    #[serde(default)]
+    pub leave: u32,
+    /// An operator removes a crashed member (`ringkv remove`); its host stays down.
+    #[serde(default)]
+    pub remove: u32,
+    /// A member's disk is lost: it restarts with an empty directory under a new id,
+    /// and an operator removes the old id 2-15 s later.
+    #[serde(default)]
+    pub wipe: u32,
     /// Bits flip in sealed files (log segments or their hint files) of one node,
     /// at rest (16 of them, each in a file picked anew): found by a checksum when read, the value dropped and brought
     /// back by anti-entropy. Log engine only.
@@ -78,10 +103,14 @@ impl Knobs {
             torn: f64::from(rng.random_range(0..3u32)) / 2.0,
             syncfail: rng.random_range(0..3),
             flip: rng.random_range(0..3),
+            join: rng.random_range(0..3),
+            leave: rng.random_range(0..2),
+            remove: rng.random_range(0..2),
+            wipe: rng.random_range(0..2),
         }
     }
 
-    fn weights(&self) -> [(Fault, u32); 12] {
+    fn weights(&self) -> [(Fault, u32); 16] {
         [
             (Fault::Halves, self.halves),
             (Fault::Majority, self.majority),
@@ -95,6 +124,10 @@ impl Knobs {
             (Fault::Heal, self.heal),
             (Fault::SyncFail, self.syncfail),
             (Fault::Flip, self.flip),
+            (Fault::Join, self.join),
+            (Fault::Leave, self.leave),
+            (Fault::Remove, self.remove),
+            (Fault::Wipe, self.wipe),
         ]
     }
 }
@@ -103,7 +136,7 @@ impl std::fmt::Display for Knobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "every={}ms halves={} majority={} isolate={} bridge={} oneway={} loss={}@{:.3} spike={} pause={} crash={}@torn{:.1} syncfail={} flip={} heal={}",
+            "every={}ms halves={} majority={} isolate={} bridge={} oneway={} loss={}@{:.3} spike={} pause={} crash={}@torn{:.1} syncfail={} flip={} join={} leave={} remove={} wipe={} heal={}",
             self.fault_every_ms,
             self.halves,
             self.majority,
@@ -118,6 +151,10 @@ impl std::fmt::Display for Knobs {
             self.torn,
             self.syncfail,
             self.flip,
+            self.join,
+            self.leave,
+            self.remove,
+            self.wipe,
             self.heal
         )
     }
@@ -137,6 +174,10 @@ enum Fault {
     Heal,
     SyncFail,
     Flip,
+    Join,
+    Leave,
+    Remove,
+    Wipe,
 }
 
 impl Fault {
@@ -155,19 +196,25 @@ impl Fault {
             Fault::Heal => "heal",
             Fault::SyncFail => "syncfail",
             Fault::Flip => "flip",
+            Fault::Join => "join",
+            Fault::Leave => "leave",
+            Fault::Remove => "remove",
+            Fault::Wipe => "wipe",
         }
     }
 }
 
-/// A node as the nemesis sees it: its host, its disk, its data directory.
+/// A host as the nemesis sees it: its name, its disk, its data directory.
 pub struct NodeDisk {
     /// Host name.
     pub name: String,
     /// The disk a power loss cuts back.
     pub disk: Arc<SimulatedDisk>,
-    /// The data directory, if the node's engine is the log (bits are flipped only
-    /// in the log's files, whose damage is found record by record).
-    pub log_dir: Option<PathBuf>,
+    /// The data directory (wiped on a join or a lost disk).
+    pub data: PathBuf,
+    /// Whether the engine is the log (bits are flipped only in the log's files,
+    /// whose damage is found record by record).
+    pub log: bool,
 }
 
 /// The nemesis of one run.
@@ -178,9 +225,12 @@ pub struct Nemesis {
     nodes: Vec<String>,
     /// Each node's disk.
     disks: Vec<Arc<SimulatedDisk>>,
-    /// Each node's data directory (for bits flipped at rest), if its engine is the
-    /// log.
-    dirs: Vec<Option<PathBuf>>,
+    /// Each host's data directory.
+    dirs: Vec<PathBuf>,
+    /// Whether the nodes' engine is the log.
+    log: bool,
+    /// Who runs where.
+    roster: Rc<RefCell<Roster>>,
     /// Nodes whose fsyncs fail, and when they lose power and restart.
     failing: Vec<(usize, Duration)>,
     /// Simulated power losses that could not be carried out (a bug of the run).
@@ -200,6 +250,8 @@ pub struct Nemesis {
     pub by_kind: std::collections::BTreeMap<String, u64>,
     /// Bits flipped in sealed files (a flip finds none early in a run).
     pub bits_flipped: u64,
+    /// Print every action to stderr (`RINGKV_SIM_HISTORY`).
+    print: bool,
 }
 
 impl Nemesis {
@@ -209,16 +261,19 @@ impl Nemesis {
         knobs: Knobs,
         rng: SmallRng,
         nodes: Vec<NodeDisk>,
+        roster: Rc<RefCell<Roster>>,
         clients: &[&str],
         start: Duration,
     ) -> Nemesis {
         let mut names = Vec::new();
         let mut disks = Vec::new();
         let mut dirs = Vec::new();
+        let mut log = true;
         for n in nodes {
             names.push(n.name);
             disks.push(n.disk);
-            dirs.push(n.log_dir);
+            dirs.push(n.data);
+            log &= n.log;
         }
         let nodes = names;
         let hosts = nodes
@@ -232,6 +287,8 @@ impl Nemesis {
             nodes,
             disks,
             dirs,
+            log,
+            roster,
             failing: Vec::new(),
             disk_errors: Vec::new(),
             hosts,
@@ -242,6 +299,7 @@ impl Nemesis {
             faults: 0,
             by_kind: std::collections::BTreeMap::new(),
             bits_flipped: 0,
+            print: std::env::var_os("RINGKV_SIM_HISTORY").is_some(),
         }
     }
 
@@ -321,6 +379,9 @@ impl Nemesis {
             self.faults += 1;
         }
         *self.by_kind.entry(fault.name().to_string()).or_default() += 1;
+        if self.print {
+            eprintln!("nemesis: {:.3}s {}", now.as_secs_f64(), fault.name());
+        }
         match fault {
             Fault::Halves => {
                 let order = self.shuffled();
@@ -381,22 +442,23 @@ impl Nemesis {
                 self.held.push((links, until));
             }
             Fault::Crash => {
-                let i = self.rng.random_range(0..self.nodes.len());
-                if self.up(i) {
+                if let Some(i) = self.pick(|n, i| n.up(i)) {
                     self.power_loss(sim, i, now);
                 }
             }
             Fault::SyncFail => {
-                let i = self.rng.random_range(0..self.nodes.len());
-                if self.up(i) {
+                if let Some(i) = self.pick(|n, i| n.up(i)) {
                     self.disks[i].fail_syncs(true);
+                    self.expose(now);
                     let until = now + Duration::from_millis(self.rng.random_range(1_000..10_000));
                     self.failing.push((i, until));
                 }
             }
             Fault::Flip => {
-                let i = self.rng.random_range(0..self.nodes.len());
-                if let Some(dir) = self.dirs[i].clone() {
+                if self.log
+                    && let Some(i) = self.pick(|n, i| n.up(i))
+                {
+                    let dir = self.dirs[i].clone();
                     // A bad spot rather than one bit: most records in a sealed
                     // segment are stale versions nobody reads again.
                     for _ in 0..FLIPS_PER_FAULT {
@@ -409,6 +471,83 @@ impl Nemesis {
                     }
                 }
             }
+            Fault::Join => {
+                // A host with nothing running, or running a node that left.
+                let free = |n: &Nemesis, i: usize| {
+                    let r = n.roster.borrow();
+                    let slot = &r.slots[i];
+                    slot.id.as_ref().is_none_or(|id| r.retired.contains(id))
+                        && !n.failing.iter().any(|(f, _)| *f == i)
+                };
+                if let Some(i) = self.pick(free) {
+                    let host = self.nodes[i].clone();
+                    sim.crash(host.as_str());
+                    self.crashed.retain(|(n, _)| *n != host);
+                    let id = self.wipe_disk(i);
+                    self.roster
+                        .borrow_mut()
+                        .note(format!("{host} joins as {id}"));
+                    sim.bounce(host.as_str());
+                }
+            }
+            Fault::Leave => {
+                if self.active() > MIN_MEMBERS
+                    && let Some(i) = self.pick(|n, i| n.up(i))
+                {
+                    let mut r = self.roster.borrow_mut();
+                    if let Some(id) = r.member(i + 1).map(str::to_string) {
+                        r.gone.insert(id.clone());
+                        r.note(format!("{id} is told to leave"));
+                        r.pending.push_back(Command::Leave { host: i + 1, id });
+                    }
+                }
+            }
+            Fault::Remove => {
+                // A crashed member whose restart is still to come: it never comes.
+                let down = |n: &Nemesis, i: usize| {
+                    n.roster.borrow().member(i + 1).is_some()
+                        && n.crashed.iter().any(|(h, _)| *h == n.nodes[i])
+                };
+                if self.active() > MIN_MEMBERS
+                    && !self.roster.borrow().repairing
+                    && let Some(i) = self.pick(down)
+                {
+                    self.lose_disk(now);
+                    let host = self.nodes[i].clone();
+                    self.crashed.retain(|(n, _)| *n != host);
+                    let mut r = self.roster.borrow_mut();
+                    if let Some(id) = r.slots[i].id.take() {
+                        r.gone.insert(id.clone());
+                        r.note(format!("{id} stays down and is removed"));
+                        r.pending.push_back(Command::Remove { id, after: now });
+                    }
+                }
+            }
+            Fault::Wipe => {
+                if !self.roster.borrow().repairing
+                    && let Some(i) = self.pick(|n, i| n.up(i))
+                {
+                    self.lose_disk(now);
+                    let host = self.nodes[i].clone();
+                    self.disks[i].power_off();
+                    sim.crash(host.as_str());
+                    let old = self.roster.borrow().member(i + 1).map(str::to_string);
+                    let id = self.wipe_disk(i);
+                    let delay = Duration::from_millis(self.rng.random_range(2_000..15_000));
+                    let mut r = self.roster.borrow_mut();
+                    if let Some(old) = old {
+                        r.note(format!("{host} lost its disk: {old} comes back as {id}"));
+                        r.gone.insert(old.clone());
+                        r.pending.push_back(Command::Remove {
+                            id: old,
+                            after: now + delay,
+                        });
+                    }
+                    drop(r);
+                    let down = self.rng.random_range(200..10_000);
+                    self.crashed.push((host, now + Duration::from_millis(down)));
+                }
+            }
             Fault::Heal => self.heal_links(sim),
         }
     }
@@ -418,10 +557,53 @@ impl Nemesis {
         self.disks.iter().map(|d| d.refused_syncs()).sum()
     }
 
-    /// Whether node `i` runs and its disk works.
+    /// Whether host `i` (0-based) runs a member and its disk works.
     fn up(&self, i: usize) -> bool {
         let name = &self.nodes[i];
-        !self.crashed.iter().any(|(n, _)| n == name) && !self.failing.iter().any(|(f, _)| *f == i)
+        self.roster.borrow().member(i + 1).is_some()
+            && !self.crashed.iter().any(|(n, _)| n == name)
+            && !self.failing.iter().any(|(f, _)| *f == i)
+    }
+
+    /// Writes a node acknowledged around `now` may be lost on it (a power loss
+    /// within the sync interval, or fsyncs that start failing): see
+    /// [`super::history::History::doubly_exposed`].
+    fn expose(&mut self, now: Duration) {
+        let margin = EXPOSED_MARGIN;
+        self.roster
+            .borrow_mut()
+            .exposed
+            .push((now.saturating_sub(margin), now + margin));
+    }
+
+    /// A disk is lost for good now: no other until the replicas converged again.
+    fn lose_disk(&mut self, now: Duration) {
+        let mut r = self.roster.borrow_mut();
+        r.disk_losses.push(now);
+        r.repairing = true;
+    }
+
+    /// Members that are neither leaving nor gone: how many the ring has.
+    fn active(&self) -> usize {
+        self.roster.borrow().members().len()
+    }
+
+    /// A random host index (0-based) among those `ok` accepts.
+    fn pick(&mut self, ok: impl Fn(&Nemesis, usize) -> bool) -> Option<usize> {
+        let fit: Vec<usize> = (0..self.nodes.len()).filter(|&i| ok(self, i)).collect();
+        (!fit.is_empty()).then(|| fit[self.rng.random_range(0..fit.len())])
+    }
+
+    /// Host `i` (0-based) loses its disk: the directory and what the disk model
+    /// knows of it are gone, and it takes a new identity (returned).
+    fn wipe_disk(&mut self, i: usize) -> String {
+        if let Err(e) = std::fs::remove_dir_all(&self.dirs[i])
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            self.disk_errors.push(format!("{}: {e}", self.nodes[i]));
+        }
+        self.disks[i].replace();
+        self.roster.borrow_mut().fresh(i + 1)
     }
 
     /// Node `i` loses power: the host stops, its disk keeps only what its last
@@ -429,6 +611,10 @@ impl Nemesis {
     /// and it restarts a little later.
     fn power_loss(&mut self, sim: &mut turmoil::Sim, i: usize, now: Duration) {
         let a = self.nodes[i].clone();
+        if self.print {
+            eprintln!("nemesis: {:.3}s {a} loses power", now.as_secs_f64());
+        }
+        self.expose(now);
         // The power goes before the host stops: what its shutdown path writes is
         // lost too, then the disk keeps only what was synced.
         let disk = self.disks[i].clone();
@@ -483,6 +669,7 @@ impl Nemesis {
     /// Ends every fault: links healed, crashed nodes restarted.
     pub fn heal_all(&mut self, sim: &mut turmoil::Sim, now: Duration) {
         self.heal_links(sim);
+        self.roster.borrow_mut().closing = true;
         for (i, _) in std::mem::take(&mut self.failing) {
             self.power_loss(sim, i, now);
         }

@@ -33,12 +33,15 @@ pub const ONCE_KEYS: usize = 96;
 /// Simulated time between a write-once key's put and its delete, in ms.
 const ONCE_DELETE_AFTER_MS: std::ops::Range<u64> = 500..8_000;
 
-/// Client number `c` of a run: connects to a node, then runs operations until
-/// `until` (simulated time since it started), recording everything in `history`.
+/// Client number `c` of a run: connects to one of the `nodes` initial members,
+/// then runs operations until `until` (simulated time since it started), recording
+/// everything in `history`. Requests sent to one node in particular go to any of
+/// the `hosts` (a spare with nothing running refuses the connection).
 pub async fn client(
     c: usize,
     seed: u64,
     nodes: usize,
+    hosts: usize,
     until: Duration,
     history: Rc<RefCell<History>>,
 ) -> turmoil::Result {
@@ -55,7 +58,7 @@ pub async fn client(
     };
     if let Some(mut client) = client {
         client.set_timeout(Duration::from_secs(3));
-        run(c, &mut rng, client, start, until, &history).await;
+        run(c, &mut rng, client, hosts, start, until, &history).await;
     }
     history.borrow_mut().clients_done += 1;
     Ok(())
@@ -66,16 +69,11 @@ async fn run(
     c: usize,
     rng: &mut SmallRng,
     client: Client,
+    nodes: usize,
     start: tokio::time::Instant,
     until: Duration,
     history: &Rc<RefCell<History>>,
 ) {
-    let nodes = client
-        .ring()
-        .await
-        .map(|r| r.members.len())
-        .unwrap_or(1)
-        .max(1);
     let mut w = Worker {
         c,
         n: 0,
@@ -310,6 +308,7 @@ impl Worker {
             status,
             forged,
             weak,
+            at: turmoil::elapsed(),
         });
         r
     }
@@ -470,6 +469,10 @@ impl Worker {
         let mut h = self.h.borrow_mut();
         h.count(status);
         h.trace(&format!("{} add {key} {delta} {}", self.c, status.word()));
+        if status == Status::Ok {
+            h.counter_acks
+                .push((key.clone(), delta, turmoil::elapsed()));
+        }
         let entry = h.counters.entry(key).or_default();
         if status == Status::Ok {
             entry.0 += delta;
@@ -525,6 +528,7 @@ impl Worker {
             invoked,
             completed,
             status,
+            at: turmoil::elapsed(),
         });
     }
 
