@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ringkv_simulation::chaos::{ChaosConfig, isolated};
+use ringkv_simulation::chaos::{ChaosConfig, Outcome, isolated};
 
 /// Runs `seeds`, each in its own `ringkv-sim` process, two at a time.
 fn run_all(seeds: Vec<u64>, config: fn(u64) -> ChaosConfig) -> Vec<isolated::Done> {
@@ -74,20 +74,18 @@ fn sixteen_seeds_of_chaos_pass_on_fjall() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// With last-writer-wins registers, concurrent acknowledged writes are lost; the
-/// checker must say so in at least 90% of the seeds.
-#[test]
-fn the_checker_catches_last_writer_wins_losing_writes() {
-    let results = run_all((1..=32).collect(), |seed| ChaosConfig {
-        duration: Duration::from_secs(30),
-        quiet: Duration::from_secs(20),
-        unsafe_lww: true,
-        ..ChaosConfig::ci(seed)
-    });
+/// Runs seeds 1..=32 of a deliberately unsafe `config` and asserts that the checker
+/// reports what it breaks (`found` counts it in an outcome) in at least 90% of them.
+fn the_checker_must_object(
+    config: fn(u64) -> ChaosConfig,
+    found: fn(&Outcome) -> usize,
+    what: &str,
+) {
+    let results = run_all((1..=32).collect(), config);
     let mut missed = Vec::new();
     for (cfg, out) in &results {
         match out {
-            Ok(o) if o.lost_writes() > 0 => {}
+            Ok(o) if found(o) > 0 => {}
             Ok(o) => missed.push(format!(
                 "seed {}: acked={} violations={:?}\n  replay: {}",
                 o.seed,
@@ -98,37 +96,35 @@ fn the_checker_catches_last_writer_wins_losing_writes() {
             Err(e) => missed.push(format!("seed {}: {e}", cfg.seed)),
         }
     }
-    println!("lost writes reported in {} of 32 seeds", 32 - missed.len());
+    println!("{what} reported in {} of 32 seeds", 32 - missed.len());
     assert!(missed.len() <= 3, "{}", missed.join("\n"));
 }
 
-/// With tombstones reaped on a timer, asking nobody, deleted values come back; the
-/// checker must say so in at least 90% of the seeds (the same bar as last writer
-/// wins).
+/// With last-writer-wins registers, concurrent acknowledged writes are lost.
+#[test]
+fn the_checker_catches_last_writer_wins_losing_writes() {
+    the_checker_must_object(
+        |seed| ChaosConfig {
+            duration: Duration::from_secs(30),
+            quiet: Duration::from_secs(20),
+            unsafe_lww: true,
+            ..ChaosConfig::ci(seed)
+        },
+        Outcome::lost_writes,
+        "lost writes",
+    );
+}
+
+/// With tombstones reaped on a timer, asking nobody, deleted values come back.
 #[test]
 fn the_checker_catches_early_reaping_resurrecting_deletes() {
-    let results = run_all((1..=32).collect(), |seed| ChaosConfig {
-        nodes: 3,
-        unsafe_reap: true,
-        ..ChaosConfig::ci(seed)
-    });
-    let mut missed = Vec::new();
-    for (cfg, out) in &results {
-        match out {
-            Ok(o) if o.resurrections() > 0 => {}
-            Ok(o) => missed.push(format!(
-                "seed {}: acked={} violations={:?}\n  replay: {}",
-                o.seed,
-                o.acked,
-                &o.violations[..o.violations.len().min(3)],
-                cfg.replay_command()
-            )),
-            Err(e) => missed.push(format!("seed {}: {e}", cfg.seed)),
-        }
-    }
-    println!(
-        "resurrections reported in {} of 32 seeds",
-        32 - missed.len()
+    the_checker_must_object(
+        |seed| ChaosConfig {
+            nodes: 3,
+            unsafe_reap: true,
+            ..ChaosConfig::ci(seed)
+        },
+        Outcome::resurrections,
+        "resurrections",
     );
-    assert!(missed.len() <= 3, "{}", missed.join("\n"));
 }
