@@ -22,6 +22,8 @@ pub struct Slot {
     pub id: Option<String>,
     /// Fresh starts so far (the first is incarnation 0, id `n{i}`).
     pub incarnation: u32,
+    /// Whether any node ever ran here (its id, even once gone, is not reused).
+    pub used: bool,
 }
 
 /// A membership change for the operator.
@@ -94,6 +96,7 @@ impl Roster {
             .map(|i| Slot {
                 id: (i <= initial).then(|| id_of(i, 0)),
                 incarnation: 0,
+                used: i <= initial,
             })
             .collect();
         Roster {
@@ -132,9 +135,12 @@ impl Roster {
     /// returns the new id.
     pub fn fresh(&mut self, host: usize) -> String {
         let slot = &mut self.slots[host - 1];
-        if slot.id.is_some() {
+        // A removed id never comes back (removal is final), so a host that ran a
+        // node before starts the next one under the next id.
+        if slot.used {
             slot.incarnation += 1;
         }
+        slot.used = true;
         let id = id_of(host, slot.incarnation);
         slot.id = Some(id.clone());
         id
