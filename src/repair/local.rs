@@ -185,6 +185,7 @@ pub fn reap(c: &Coordinator, items: &[(Vec<u8>, Hash)]) -> Result<u64, ApiError>
             .remove_if(partition_of(key, q), key, digest)
             .map_err(storage)?
         {
+            tracing::debug!(key = %String::from_utf8_lossy(key), "tombstone reaped");
             c.remember_reaped(key, clock);
             removed += 1;
         }

@@ -151,11 +151,13 @@ fn registers(h: &History, v: &mut Vec<String>) {
             });
             if let Some(over) = over {
                 v.push(format!(
-                    "resurrected: {key} = {value} is held, yet an acknowledged {} covered it",
+                    "resurrected: {key} = {value} is held, yet an acknowledged {} covered it (the write returned {:?}; the covering one carried {:?})",
                     match &over.value {
                         Some(x) => format!("write of {x}"),
                         None => "delete".into(),
-                    }
+                    },
+                    mine.dots,
+                    over.context.as_ref().map(|c| &c.dots)
                 ));
             }
         }
