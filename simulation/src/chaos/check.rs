@@ -302,19 +302,12 @@ pub fn held_elsewhere(
 /// replica).
 fn differing_registers(h: &History, primaries: &[String], p: u32, size: u32) -> String {
     let held = |id: &String, key: &str| {
-        let values = h
-            .final_registers
-            .get(id)
-            .and_then(|keys| keys.get(key))
-            .cloned()
-            .unwrap_or_default();
-        let clock = h
-            .final_clocks
-            .get(id)
-            .and_then(|keys| keys.get(key))
-            .cloned()
-            .flatten();
-        (values, clock)
+        let values = h.final_registers.get(id).and_then(|keys| keys.get(key));
+        let clock = h.final_clocks.get(id).and_then(|keys| keys.get(key));
+        (
+            values.cloned().unwrap_or_default(),
+            clock.cloned().flatten(),
+        )
     };
     let keys: BTreeSet<&String> = h
         .final_registers

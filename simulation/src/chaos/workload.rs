@@ -269,7 +269,8 @@ impl Worker {
     }
 
     /// A register write through `client`; `forged` names how its context was made
-    /// (such a write must be refused).
+    /// (such a write must be refused). Returns its outcome and, if acknowledged, the
+    /// context the node returned.
     async fn write_with(
         &self,
         client: &Client,
@@ -277,7 +278,7 @@ impl Worker {
         value: Option<String>,
         context: Option<Context>,
         forged: Option<&'static str>,
-    ) -> Option<Context> {
+    ) -> (Status, Option<Context>) {
         let r = match &value {
             Some(v) => {
                 client
@@ -310,7 +311,7 @@ impl Worker {
             weak,
             at: turmoil::elapsed(),
         });
-        r
+        (status, r)
     }
 
     /// The client that sends everything to node `node` (it coordinates what it is a
@@ -361,7 +362,7 @@ impl Worker {
             ..Default::default()
         });
         let value = self.value();
-        let Some(context) = self
+        let (_, Some(context)) = self
             .write_with(&once, key.clone(), Some(value), None, None)
             .await
         else {
@@ -382,7 +383,7 @@ impl Worker {
         self.h.borrow_mut().once_keys.insert(key.clone());
         let client = self.client.clone();
         let value = self.value();
-        if let Some(context) = self
+        if let (_, Some(context)) = self
             .write_with(&client, key.clone(), Some(value), None, None)
             .await
         {
@@ -395,10 +396,10 @@ impl Worker {
     /// the outcome, if it was sent.
     async fn delete_once(&mut self, key: String, context: Context, node: usize) -> Option<Status> {
         let client = self.direct(node).await?;
-        self.write_with(&client, key, None, Some(context), None)
+        let (status, _) = self
+            .write_with(&client, key, None, Some(context), None)
             .await;
-        let h = self.h.borrow();
-        h.register_writes.last().map(|w| w.status)
+        Some(status)
     }
 
     /// A put whose context was forged from a genuine one (`how`).
