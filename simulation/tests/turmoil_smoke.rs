@@ -535,3 +535,120 @@ fn a_removal_is_acknowledged_only_once_it_is_durable() {
     });
     sim.run().expect("simulation");
 }
+
+/// What the client asks of the stepping loop in
+/// [`a_new_node_on_the_founding_seeds_address_never_founds_a_second_cluster`].
+enum Wipe {
+    /// n1 loses its disk and comes back as `n1.1`, cut off from n2 and n3.
+    CutOff,
+    /// The cut heals.
+    Heal,
+}
+
+/// The first node's disk is lost and it comes back, under a new id, while the old
+/// cluster is out of its reach. Every host is a seed, and the new node holds the
+/// lowest seed address, the one that founds a cluster. Before the fix it founded a
+/// second cluster of one at once: it acknowledged writes at a quorum of one and
+/// reaped tombstones as the only member, and once it met the old cluster, the old
+/// copies of deleted keys came back (sweep seeds 343, 132, 259 and nine more). It
+/// must wait as a joining node, refuse writes, and join the old cluster when it can.
+#[test]
+fn a_new_node_on_the_founding_seeds_address_never_founds_a_second_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(41)
+        .simulation_duration(Duration::from_secs(90))
+        .build();
+    let ids = Rc::new(RefCell::new(vec![
+        "n1".to_string(),
+        "n2".to_string(),
+        "n3".to_string(),
+    ]));
+    for i in 1..=3usize {
+        let (ids, dir) = (ids.clone(), dir.path().to_path_buf());
+        sim.host(format!("n{i}"), move || {
+            let id = ids.borrow()[i - 1].clone();
+            let options = host::HostOptions {
+                node_id: Some(id.clone()),
+                seeds: vec![1, 2, 3],
+                ..Default::default()
+            };
+            // A new id gets an empty directory of its own: the old disk is gone.
+            host::run_with(i, dir.join(&id), 41_000 + i as u64, options)
+        });
+    }
+    let asks: Rc<RefCell<Vec<Wipe>>> = Rc::default();
+    let client_asks = asks.clone();
+    sim.client("client", async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let n2 = direct(2).await?;
+        assert_eq!(n2.ring().await?.members.len(), 3, "the cluster formed");
+        n2.put(b"before", b"old", None).await?;
+        client_asks.borrow_mut().push(Wipe::CutOff);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let n1 = direct(1).await?;
+        let status = n1.status().await?;
+        let me = status.cluster.members.iter().find(|m| m.node_id == "n1.1");
+        assert!(
+            me.is_some_and(|m| m.status == "joining"),
+            "alone on the founding address, the new node waits: {:?}",
+            status.cluster.members
+        );
+        let refused = n1.put(b"during", b"alone", None).await;
+        assert!(
+            refused.is_err(),
+            "a node that joined no cluster acknowledges nothing: {refused:?}"
+        );
+        client_asks.borrow_mut().push(Wipe::Heal);
+        let mut joined = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Ok(s) = n1.status().await {
+                joined = s
+                    .cluster
+                    .members
+                    .iter()
+                    .any(|m| m.node_id == "n1.1" && m.status == "active")
+                    && s.cluster.members.iter().any(|m| m.node_id == "n2");
+            }
+            if joined {
+                break;
+            }
+        }
+        assert!(joined, "the new node joins the old cluster once it can");
+        let mut routed = ringkv::Client::connect_with(&SimNetwork, addr_of(1)).await?;
+        routed.set_timeout(Duration::from_secs(3));
+        let got = routed.get(b"before").await?;
+        assert_eq!(
+            got.siblings,
+            vec![b"old".to_vec()],
+            "the old cluster's data"
+        );
+        Ok(())
+    });
+    loop {
+        let due: Vec<Wipe> = asks.borrow_mut().drain(..).collect();
+        for ask in due {
+            match ask {
+                Wipe::CutOff => {
+                    sim.crash("n1");
+                    for other in ["n2", "n3"] {
+                        sim.partition("n1", other);
+                    }
+                    ids.borrow_mut()[0] = "n1.1".into();
+                    sim.bounce("n1");
+                }
+                Wipe::Heal => {
+                    for other in ["n2", "n3"] {
+                        sim.repair("n1", other);
+                    }
+                }
+            }
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => panic!("simulation failed: {e}"),
+        }
+    }
+}

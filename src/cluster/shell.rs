@@ -9,7 +9,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ringkv_gossip::{
-    ClusterKey, Gossip, GossipConfig, GossipTimer, Identity, Liveness, NodeRecord, Output, Status,
+    ClusterKey, Gossip, GossipConfig, GossipTimer, Identity, Liveness, Members, NodeRecord, Output,
+    Status,
 };
 use ringkv_storage::Store;
 use tokio::sync::{mpsc, oneshot};
@@ -127,12 +128,13 @@ pub async fn start<N: Network>(
         !cfg.seed_names.is_empty() && cfg.seeds.is_empty(),
     );
     // A node that was active stays active across restarts; a new node is joining
-    // until it has heard from an active member, unless it is a seed itself (see
-    // `is_a_seed`), which may start a cluster of its own.
+    // until it has heard from an active member, unless it is the seed that founds
+    // the cluster (see `is_a_seed`): alone at once when it is its only seed, or once
+    // it knows a majority of its seeds and all of them are new (see `may_found`).
     let status = match store.meta(META_STATUS)?.as_deref() {
         Some(b"active") => Status::Active,
         Some(b"leaving") => Status::Leaving,
-        _ if is_seed => Status::Active,
+        _ if is_seed && founds_alone(cfg.address, &cfg.seeds) => Status::Active,
         _ => Status::Joining,
     };
     store.set_meta(META_STATUS, status_name(status).as_bytes())?;
@@ -240,6 +242,45 @@ fn is_a_seed(me: SocketAddr, seeds: &[SocketAddr], names_pending: bool) -> bool 
         None => true,
         Some(lowest) => *lowest == me,
     }
+}
+
+/// Whether the founding seed needs nobody: it has no seeds, or it is the only one.
+fn founds_alone(me: SocketAddr, seeds: &[SocketAddr]) -> bool {
+    seeds.iter().all(|s| *s == me)
+}
+
+/// Whether the founding seed `me` (see [`is_a_seed`]) may make itself active now,
+/// founding a cluster: it knows a record of a majority of its seed addresses
+/// (its own included) and every record it knows besides its own is joining.
+///
+/// Founding at once, as the lowest seed did before, founded a second cluster of one
+/// whenever a new node came up on that address while the old cluster was out of
+/// reach (the first node's disk lost and the node started again during a
+/// partition, found by simulation seed 343): it acknowledged writes at a quorum of
+/// one and reaped tombstones as the only member, then met the old cluster, whose
+/// copies brought deleted values back. Waiting for a majority of the seeds to be
+/// new, as Consul's `bootstrap_expect` waits for its servers, tells the two apart
+/// whenever the old cluster still holds most of the seed addresses. A node whose
+/// only seed is itself still founds at once (`ringkv local` and `dev` seed every
+/// node with the first): after losing that node's disk, start it with another
+/// member as its seed.
+fn may_found(me: &str, members: &Members, seeds: &[SocketAddr]) -> bool {
+    let mut known: Vec<SocketAddr> = Vec::new();
+    for r in members.iter() {
+        if r.node_id != me && r.status != Status::Joining {
+            return false;
+        }
+        if let Ok(a) = r.address.parse::<SocketAddr>()
+            && seeds.contains(&a)
+            && !known.contains(&a)
+        {
+            known.push(a);
+        }
+    }
+    let mut all = seeds.to_vec();
+    all.sort();
+    all.dedup();
+    known.len() > all.len() / 2
 }
 
 /// First and longest pause between resolutions of the seed names while the node
@@ -478,7 +519,15 @@ impl Shell {
             let active_peer = members
                 .iter()
                 .any(|r| r.node_id != self.cfg.node_id && r.status == Status::Active);
-            if active_peer || self.is_seed {
+            let founds =
+                self.is_seed && may_found(&self.cfg.node_id, &members, self.gossip.seeds());
+            if active_peer || founds {
+                if founds {
+                    tracing::info!(
+                        seeds = self.gossip.seeds().len(),
+                        "a majority of the seeds are new nodes: founding the cluster"
+                    );
+                }
                 return self.republish(Status::Active);
             }
         }
@@ -557,5 +606,45 @@ mod tests {
             "no seeds at all: a cluster of its own"
         );
         assert!(!is_a_seed(a, &[], true), "names not resolved yet: wait");
+    }
+
+    fn record(id: &str, addr: SocketAddr, status: Status) -> NodeRecord {
+        NodeRecord {
+            version: 1,
+            status,
+            node_id: id.into(),
+            address: addr.to_string(),
+            zone: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_founding_seed_waits_for_a_majority_of_new_seeds_and_never_founds_beside_a_cluster() {
+        let a: SocketAddr = "10.0.0.1:7400".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:7400".parse().expect("addr");
+        let c: SocketAddr = "10.0.0.3:7400".parse().expect("addr");
+        let elsewhere: SocketAddr = "10.0.0.9:7400".parse().expect("addr");
+        let seeds = [a, b, c];
+        let mut m = Members::new();
+        m.apply(record("a", a, Status::Joining));
+        assert!(!may_found("a", &m, &seeds), "alone among three seeds: wait");
+        assert!(founds_alone(a, &[a]) && founds_alone(a, &[]));
+        assert!(!founds_alone(a, &seeds));
+        assert!(may_found("a", &m, &[a]), "its own only seed: found");
+        m.apply(record("x", elsewhere, Status::Joining));
+        assert!(
+            !may_found("a", &m, &seeds),
+            "a new node that is no seed does not count"
+        );
+        m.apply(record("b", b, Status::Joining));
+        assert!(may_found("a", &m, &seeds), "two of three seeds are new");
+        // The same, but one of them belongs to a running cluster (the first
+        // node's disk was lost and it came back beside it).
+        let mut old = m.clone();
+        old.apply(record("c", c, Status::Active));
+        assert!(!may_found("a", &old, &seeds), "a cluster exists: join it");
+        let mut gone = m.clone();
+        gone.apply(record("c", c, Status::Removed));
+        assert!(!may_found("a", &gone, &seeds), "a cluster existed: join it");
     }
 }

@@ -144,14 +144,19 @@ fn registers(h: &History, v: &mut Vec<String>) {
             else {
                 continue;
             };
+            // A covering write that two failures may have lost (acknowledged by a
+            // replica that never synced it, the other replica's disk lost after)
+            // leaves what it covered standing (seed 363).
             let over = h.register_writes.iter().filter(genuine).find(|later| {
                 later.key == key
                     && later.status == Status::Ok
+                    && !h.doubly_exposed(later.at)
                     && later.context.as_ref().is_some_and(|ctx| ctx >= mine)
             });
             if let Some(over) = over {
                 v.push(format!(
-                    "resurrected: {key} = {value} is held, yet an acknowledged {} covered it (the write returned {:?}; the covering one carried {:?})",
+                    "resurrected: {key} = {value} is held (by {}), yet an acknowledged {} covered it (the write returned {:?}; the covering one carried {:?})",
+                    holders(h, key, value).join(", "),
                     match &over.value {
                         Some(x) => format!("write of {x}"),
                         None => "delete".into(),
@@ -162,6 +167,24 @@ fn registers(h: &History, v: &mut Vec<String>) {
             }
         }
     }
+}
+
+/// The members whose final read of `key` held `value`, each with the clock it read.
+fn holders(h: &History, key: &str, value: &str) -> Vec<String> {
+    h.final_registers
+        .iter()
+        .filter(|(_, keys)| {
+            keys.get(key)
+                .is_some_and(|vals| vals.iter().any(|x| x == value))
+        })
+        .map(|(node, _)| {
+            let clock = h.final_clocks.get(node).and_then(|keys| keys.get(key));
+            format!(
+                "{node} at {:?}",
+                clock.and_then(|c| c.as_ref()).map(|c| &c.dots)
+            )
+        })
+        .collect()
 }
 
 fn sets(h: &History, v: &mut Vec<String>) {
@@ -449,6 +472,25 @@ mod tests {
         let v = register_violations(&h);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].starts_with("resurrected"), "{v:?}");
+    }
+
+    #[test]
+    fn a_covering_write_two_failures_may_have_lost_leaves_what_it_covered() {
+        let mut h = History::default();
+        h.register_writes
+            .push(put("r1", "a", None, clock(&[(1, 1)])));
+        let mut over = put("r1", "b", Some(clock(&[(1, 1)])), clock(&[(1, 2)]));
+        over.at = Duration::from_secs(10);
+        h.register_writes.push(over);
+        held(&mut h, "r1", &["a"]);
+        // Acknowledged by a replica whose fsyncs then failed: one failure.
+        h.exposed
+            .push((Duration::from_secs(9), Duration::from_secs(11)));
+        let v = register_violations(&h);
+        assert!(v.len() == 2 && v[1].starts_with("resurrected"), "{v:?}");
+        // And the other replica's disk lost after: two, beyond what W=2 promises.
+        h.disk_losses.push(Duration::from_secs(12));
+        assert!(register_violations(&h).is_empty());
     }
 
     #[test]
