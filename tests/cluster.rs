@@ -470,11 +470,13 @@ fn garbage_datagrams_and_failed_peer_handshakes_are_counted() {
     let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let mut hello = b"RKVP\x02".to_vec();
+    let mut hello = b"RKVP\x03".to_vec();
     hello.extend_from_slice(&[7u8; 32]);
-    // Naming node "n9".
+    // Naming node "n9", meaning to reach n1.
     hello.push(2);
     hello.extend_from_slice(b"n9");
+    hello.push(2);
+    hello.extend_from_slice(b"n1");
     tcp.write_all(&hello).expect("write");
     let mut reply = [0u8; 64];
     tcp.read_exact(&mut reply).expect("acceptor answers");

@@ -276,7 +276,7 @@ fn a_forwarded_write_to_a_node_that_is_no_primary_is_refused_unapplied() {
             ringkv::peer::Peers::new(ringkv::net::TokioNetwork, c.key(), "n1".into(), 1 << 20);
         let addr = c.nodes[2].addr.parse().expect("addr");
         peers
-            .call_no_retry(addr, Duration::from_secs(5), |p, ctx| async move {
+            .call_no_retry("n3", addr, Duration::from_secs(5), |p, ctx| async move {
                 p.coordinate(
                     ctx,
                     ringkv::peer::WriteRequest::Put {
@@ -335,7 +335,7 @@ fn idle_anonymous_connections_cannot_lock_peers_out() {
             ringkv::peer::Peers::new(ringkv::net::TokioNetwork, c.key(), "n1".into(), 1 << 20);
         let addr = c.nodes[1].addr.parse().expect("addr");
         peers
-            .call(addr, Duration::from_secs(5), |p, ctx| async move {
+            .call("n2", addr, Duration::from_secs(5), |p, ctx| async move {
                 p.read(ctx, b"k".to_vec()).await
             })
             .await

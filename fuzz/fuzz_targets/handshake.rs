@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
             }
         };
         let mut s = feed(data.to_vec()).await;
-        let _ = ringkv::peer::handshake::accept(&mut s, &key, |_| true).await;
+        let _ = ringkv::peer::handshake::accept(&mut s, &key, "n1", |_| true).await;
         let mut s = feed(data.to_vec()).await;
         let _ = ringkv::auth::preamble::receive(&mut s).await;
         let mut s = feed(data.to_vec()).await;

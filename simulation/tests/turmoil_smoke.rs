@@ -552,6 +552,8 @@ enum Wipe {
 /// reaped tombstones as the only member, and once it met the old cluster, the old
 /// copies of deleted keys came back (sweep seeds 343, 132, 259 and nine more). It
 /// must wait as a joining node, refuse writes, and join the old cluster when it can.
+/// Then, while the old id is still a member at the address the new node holds,
+/// peers' requests meant for the old id are refused, not answered by the new node.
 #[test]
 fn a_new_node_on_the_founding_seeds_address_never_founds_a_second_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -616,6 +618,30 @@ fn a_new_node_on_the_founding_seeds_address_never_founds_a_second_cluster() {
             }
         }
         assert!(joined, "the new node joins the old cluster once it can");
+        // The old id is still a member (nobody removed it), listed at the address
+        // the new node holds: what is meant for it must not reach the new node (a
+        // write would count one disk twice toward W).
+        let peers = ringkv::peer::Peers::new(SimNetwork, host::cluster_key(), "n2".into(), 1 << 20);
+        let read = |node: &'static str| {
+            let peers = peers.clone();
+            async move {
+                peers
+                    .call(
+                        node,
+                        addr_of(1),
+                        Duration::from_secs(2),
+                        |c, ctx| async move { c.read(ctx, b"before".to_vec()).await },
+                    )
+                    .await
+            }
+        };
+        let old = read("n1").await;
+        assert!(
+            old.as_ref()
+                .is_err_and(|e| e.to_string().contains("another node")),
+            "a request for the old id is refused by the new node: {old:?}"
+        );
+        assert!(read("n1.1").await.is_ok(), "the new node answers as itself");
         let mut routed = ringkv::Client::connect_with(&SimNetwork, addr_of(1)).await?;
         routed.set_timeout(Duration::from_secs(3));
         let got = routed.get(b"before").await?;

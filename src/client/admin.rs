@@ -76,7 +76,7 @@ where
         peers = peers.with_tls(move || tls.clone());
     }
     peers
-        .call_no_retry(a, super::DEFAULT_TIMEOUT, f)
+        .call_no_retry("", a, super::DEFAULT_TIMEOUT, f)
         .await
         .map_err(admin_error)
 }

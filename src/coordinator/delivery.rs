@@ -128,7 +128,7 @@ impl Coordinator {
             match self
                 .inner
                 .peers
-                .call(addr, Duration::from_secs(5), |c, ctx| {
+                .call(node, addr, Duration::from_secs(5), |c, ctx| {
                     let states = states.clone();
                     async move { c.replicate_many(ctx, states).await }
                 })

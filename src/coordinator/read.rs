@@ -57,7 +57,7 @@ impl Coordinator {
             let result = match addr {
                 None => Err("no address known".to_string()),
                 Some(addr) => peers
-                    .call(addr, timeout, |c, ctx| {
+                    .call(&node, addr, timeout, |c, ctx| {
                         let key = key.clone();
                         async move { c.read(ctx, key).await }
                     })
@@ -350,7 +350,7 @@ impl Coordinator {
                     let r = this
                         .inner
                         .peers
-                        .call(addr, Duration::from_secs(2), |c, ctx| {
+                        .call(&p, addr, Duration::from_secs(2), |c, ctx| {
                             let (k, b) = (k.clone(), b.clone());
                             async move { c.replicate(ctx, k, Blob(b)).await }
                         })

@@ -231,7 +231,7 @@ impl Coordinator {
             let r = self
                 .inner
                 .peers
-                .call_no_retry(addr, remaining, |c, ctx| async move {
+                .call_no_retry(p, addr, remaining, |c, ctx| async move {
                     c.coordinate(ctx, req, opts).await
                 })
                 .await;
@@ -289,7 +289,7 @@ impl Coordinator {
                     let r = match hint_for {
                         None => {
                             peers
-                                .call(addr, timeout, |c, ctx| {
+                                .call(&node, addr, timeout, |c, ctx| {
                                     let (key, bytes) = (key.clone(), bytes.clone());
                                     async move { c.replicate(ctx, key, Blob(bytes)).await }
                                 })
@@ -297,7 +297,7 @@ impl Coordinator {
                         }
                         Some(owner) => {
                             peers
-                                .call(addr, timeout, |c, ctx| {
+                                .call(&node, addr, timeout, |c, ctx| {
                                     let (owner, key, bytes) =
                                         (owner.clone(), key.clone(), bytes.clone());
                                     async move { c.hint(ctx, owner, key, Blob(bytes)).await }

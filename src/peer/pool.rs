@@ -1,5 +1,7 @@
-//! Connections to other nodes: one multiplexed tarpc client per peer address, opened
-//! lazily with the handshake and dropped when it breaks.
+//! Connections to other nodes: one multiplexed tarpc client per peer address and
+//! node id it is meant to reach (after a lost disk, the old id and its new node share
+//! an address until the old id is removed, and the handshake refuses the one that is
+//! gone), opened lazily with the handshake and dropped when it breaks.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -56,12 +58,16 @@ pub struct Peers {
     /// The node id this pool's connections prove (empty: an operator's tool).
     id: Arc<str>,
     max_frame: usize,
-    conns: Arc<Mutex<HashMap<SocketAddr, (u64, PeerClient)>>>,
+    conns: Arc<Mutex<HashMap<Dest, (u64, PeerClient)>>>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
-    /// When each address may be dialled again after a failure (bounded redials:
+    /// When each destination may be dialled again after a failure (bounded redials:
     /// a peer that is partitioned away is not flooded with connection attempts).
-    backoff: Arc<Mutex<HashMap<SocketAddr, tokio::time::Instant>>>,
+    backoff: Arc<Mutex<HashMap<Dest, tokio::time::Instant>>>,
 }
+
+/// Where a connection goes: an address and the node id meant there (empty: whoever
+/// answers, for an operator's tool).
+type Dest = (SocketAddr, Arc<str>);
 
 impl Peers {
     /// The same pool dialing with TLS (`tls` gives the configuration in force).
@@ -87,40 +93,41 @@ impl Peers {
         }
     }
 
-    fn cached(&self, addr: SocketAddr) -> Option<PeerClient> {
+    fn cached(&self, dest: &Dest) -> Option<PeerClient> {
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
+            .get(dest)
             .map(|(_, c)| c.clone())
     }
 
-    fn forget(&self, addr: SocketAddr) {
+    fn forget(&self, dest: &Dest) {
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&addr);
-        self.back_off(addr);
+            .remove(dest);
+        self.back_off(dest);
     }
 
-    fn back_off(&self, addr: SocketAddr) {
+    fn back_off(&self, dest: &Dest) {
         self.backoff
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, tokio::time::Instant::now() + REDIAL_AFTER);
+            .insert(dest.clone(), tokio::time::Instant::now() + REDIAL_AFTER);
     }
 
-    /// The connection to `addr`, dialled (and proven) within `budget` if needed.
-    async fn client(&self, addr: SocketAddr, budget: Duration) -> Result<PeerClient, PeerError> {
-        if let Some(c) = self.cached(addr) {
+    /// The connection to `dest`, dialled (and proven) within `budget` if needed.
+    async fn client(&self, dest: &Dest, budget: Duration) -> Result<PeerClient, PeerError> {
+        if let Some(c) = self.cached(dest) {
             return Ok(c);
         }
+        let addr = dest.0;
         let err = |reason: String| PeerError::Connect { addr, reason };
         let wait = self
             .backoff
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
+            .get(dest)
             .copied();
         if let Some(at) = wait
             && tokio::time::Instant::now() < at
@@ -132,7 +139,7 @@ impl Peers {
                 .await
                 .map_err(|_| err("connect timed out".into()))?
                 .map_err(|e| err(e.to_string()))?;
-            handshake::initiate(&mut stream, &self.key, &self.id)
+            handshake::initiate(&mut stream, &self.key, &self.id, &dest.1)
                 .await
                 .map_err(|e| err(e.to_string()))?;
             Ok::<_, PeerError>(stream)
@@ -140,11 +147,11 @@ impl Peers {
         let stream = match tokio::time::timeout(budget, dial).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                self.back_off(addr);
+                self.back_off(dest);
                 return Err(e);
             }
             Err(_) => {
-                self.back_off(addr);
+                self.back_off(dest);
                 return Err(err("no time left to connect".into()));
             }
         };
@@ -157,23 +164,25 @@ impl Peers {
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, (id, client.clone()));
+            .insert(dest.clone(), (id, client.clone()));
         // When the connection ends, forget it at once, so the next call dials again
         // instead of failing on a dead channel (which would look like a lost request).
         let conns = self.conns.clone();
+        let dest = dest.clone();
         tokio::spawn(async move {
             if let Err(error) = dispatch.await {
-                tracing::debug!(%addr, %error, "peer connection closed");
+                tracing::debug!(addr = %dest.0, %error, "peer connection closed");
             }
             let mut conns = conns.lock().unwrap_or_else(|p| p.into_inner());
-            if conns.get(&addr).is_some_and(|(i, _)| *i == id) {
-                conns.remove(&addr);
+            if conns.get(&dest).is_some_and(|(i, _)| *i == id) {
+                conns.remove(&dest);
             }
         });
         Ok(client)
     }
 
-    /// Calls `f` on the peer at `addr` with a deadline of `timeout`. Idempotent
+    /// Calls `f` on node `node` at `addr` (`""`: whichever node answers there) with a
+    /// deadline of `timeout`. Idempotent
     /// calls (state merges, reads, hints) are retried once on a fresh connection when
     /// the cached one turns out to be closed; forwarded writes never are.
     ///
@@ -181,6 +190,7 @@ impl Peers {
     /// [`PeerError`] saying whether the request was sent.
     pub async fn call<T, F, Fut>(
         &self,
+        node: &str,
         addr: SocketAddr,
         timeout: Duration,
         f: F,
@@ -189,9 +199,10 @@ impl Peers {
         F: Fn(PeerClient, tarpc::context::Context) -> Fut,
         Fut: Future<Output = Result<Result<T, ApiError>, RpcError>>,
     {
-        match self.call_once(addr, timeout, &f).await {
+        let dest: Dest = (addr, node.into());
+        match self.call_once(&dest, timeout, &f).await {
             Err(PeerError::Lost { reason, .. }) if reason == CLOSED => {
-                self.call_once(addr, timeout, &f).await
+                self.call_once(&dest, timeout, &f).await
             }
             other => other,
         }
@@ -203,6 +214,7 @@ impl Peers {
     /// [`PeerError`] saying whether the request was sent.
     pub async fn call_no_retry<T, F, Fut>(
         &self,
+        node: &str,
         addr: SocketAddr,
         timeout: Duration,
         f: F,
@@ -211,12 +223,12 @@ impl Peers {
         F: FnOnce(PeerClient, tarpc::context::Context) -> Fut,
         Fut: Future<Output = Result<Result<T, ApiError>, RpcError>>,
     {
-        self.call_once(addr, timeout, f).await
+        self.call_once(&(addr, node.into()), timeout, f).await
     }
 
     async fn call_once<T, F, Fut>(
         &self,
-        addr: SocketAddr,
+        dest: &Dest,
         timeout: Duration,
         f: F,
     ) -> Result<T, PeerError>
@@ -226,7 +238,8 @@ impl Peers {
     {
         // The deadline covers dialling too: a request never outlives its caller's.
         let deadline = tokio::time::Instant::now() + timeout;
-        let client = self.client(addr, timeout).await?;
+        let addr = dest.0;
+        let client = self.client(dest, timeout).await?;
         // tokio's clock decides (see `rpc::DEADLINE_SLACK`), so the simulation's
         // virtual time governs it.
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -243,7 +256,7 @@ impl Peers {
                     RpcError::DeadlineExceeded => {
                         // A partition can leave a TCP stream hanging for good (lost
                         // segments are never resent once it heals): dial again.
-                        self.forget(addr);
+                        self.forget(dest);
                         "deadline passed".to_string()
                     }
                     RpcError::Shutdown => {
@@ -251,12 +264,12 @@ impl Peers {
                         self.conns
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .remove(&addr);
+                            .remove(dest);
                         CLOSED.to_string()
                     }
                     other => {
                         // The connection is gone: reconnect next time.
-                        self.forget(addr);
+                        self.forget(dest);
                         other.to_string()
                     }
                 };

@@ -393,7 +393,7 @@ impl Repair {
                 .store(handoff.len() as u64, Ordering::Relaxed);
         }
         // 1. Root comparisons, one request per peer, then exchanges where they differ.
-        let mut work: Vec<(SocketAddr, u32, Hash, Hash)> = Vec::new();
+        let mut work: Vec<(String, SocketAddr, u32, Hash, Hash)> = Vec::new();
         for (peer, parts) in by_peer {
             let Some(addr) = view.address(&peer) else {
                 continue;
@@ -410,7 +410,7 @@ impl Repair {
             let remote = self
                 .coordinator
                 .peers()
-                .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                .call(&peer, addr, REQUEST_TIMEOUT, |c, ctx| {
                     let ps = ps.clone();
                     async move { c.ae_roots(ctx, ps).await }
                 })
@@ -440,7 +440,7 @@ impl Repair {
                 .insert(peer.clone(), their_epoch);
             for ((p, l), r) in parts.into_iter().zip(local).zip(remote) {
                 if l != r {
-                    work.push((addr, p, l, r));
+                    work.push((peer.clone(), addr, p, l, r));
                 } else if same_ring {
                     self.mark_verified(p);
                 }
@@ -451,8 +451,8 @@ impl Repair {
             .exchanges
             .fetch_add(work.len() as u64, Ordering::Relaxed);
         let repaired: Vec<u64> = futures::stream::iter(work)
-            .map(|(addr, p, l, r)| async move {
-                match self.exchange(addr, p, l, r, Mode::Both).await {
+            .map(|(peer, addr, p, l, r)| async move {
+                match self.exchange(&peer, addr, p, l, r, Mode::Both).await {
                     Ok(n) => {
                         self.mark_verified(p);
                         n
@@ -523,10 +523,11 @@ impl Repair {
         report
     }
 
-    /// Runs one exchange of partition `p` with the peer at `addr`; returns the keys
-    /// whose state moved.
+    /// Runs one exchange of partition `p` with node `peer` at `addr`; returns the
+    /// keys whose state moved.
     async fn exchange(
         &self,
+        peer: &str,
         addr: SocketAddr,
         p: u32,
         local_root: Hash,
@@ -549,7 +550,7 @@ impl Repair {
                         .map_err(|e| e.to_string())?;
                     let ns = nodes.clone();
                     let remote = peers
-                        .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                        .call(peer, addr, REQUEST_TIMEOUT, |c, ctx| {
                             let ns = ns.clone();
                             async move { c.ae_children(ctx, p, ns).await }
                         })
@@ -574,7 +575,7 @@ impl Repair {
                     for chunk in segs.chunks(SEGMENTS_PER_REQUEST) {
                         let ss = chunk.to_vec();
                         let part = peers
-                            .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                            .call(peer, addr, REQUEST_TIMEOUT, |c, ctx| {
                                 let ss = ss.clone();
                                 async move { c.ae_segments(ctx, p, ss).await }
                             })
@@ -609,7 +610,7 @@ impl Repair {
         let keys = x.take_keys();
         let mut moved = 0;
         for chunk in keys.chunks(KEYS_PER_BATCH) {
-            moved += self.sync_keys(addr, chunk.to_vec(), mode).await?;
+            moved += self.sync_keys(peer, addr, chunk.to_vec(), mode).await?;
         }
         self.counters
             .keys_repaired
@@ -621,6 +622,7 @@ impl Repair {
     /// handing off.
     async fn sync_keys(
         &self,
+        peer: &str,
         addr: SocketAddr,
         keys: Vec<Vec<u8>>,
         mode: Mode,
@@ -634,7 +636,7 @@ impl Repair {
         while !rest.is_empty() {
             let ask = rest.clone();
             let got = peers
-                .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                .call(peer, addr, REQUEST_TIMEOUT, |c, ctx| {
                     let ask = ask.clone();
                     async move { c.fetch(ctx, ask).await }
                 })
@@ -682,14 +684,15 @@ impl Repair {
                 if !batch.is_empty()
                     && (size + item_size > PUSH_BYTES || batch.len() >= KEYS_PER_BATCH)
                 {
-                    self.push(addr, std::mem::take(&mut batch), size).await?;
+                    self.push(peer, addr, std::mem::take(&mut batch), size)
+                        .await?;
                     size = 0;
                 }
                 size += item_size;
                 batch.push(item);
             }
             if !batch.is_empty() {
-                self.push(addr, batch, size).await?;
+                self.push(peer, addr, batch, size).await?;
             }
             // Bandwidth is accounted after the fact: the next request waits.
             self.throttle(bytes).await;
@@ -749,6 +752,7 @@ impl Repair {
 
     async fn push(
         &self,
+        peer: &str,
         addr: SocketAddr,
         items: Vec<(Vec<u8>, Vec<u8>)>,
         bytes: usize,
@@ -756,7 +760,7 @@ impl Repair {
         self.throttle(bytes).await;
         self.coordinator
             .peers()
-            .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+            .call(peer, addr, REQUEST_TIMEOUT, |c, ctx| {
                 let items = items.clone();
                 async move { c.replicate_many(ctx, items).await }
             })
@@ -800,7 +804,7 @@ impl Repair {
             let (their_epoch, roots) = self
                 .coordinator
                 .peers()
-                .call(addr, REQUEST_TIMEOUT, |c, ctx| async move {
+                .call(q, addr, REQUEST_TIMEOUT, |c, ctx| async move {
                     c.ae_roots(ctx, vec![p]).await
                 })
                 .await
@@ -813,7 +817,7 @@ impl Repair {
             };
             let local_root = store.root(p).map_err(|e| e.to_string())?;
             if local_root != remote_root {
-                self.exchange(addr, p, local_root, remote_root, Mode::Give)
+                self.exchange(q, addr, p, local_root, remote_root, Mode::Give)
                     .await?;
             }
         }
@@ -947,7 +951,7 @@ impl Repair {
                 } else if let Some(addr) = view.address(m) {
                     self.coordinator
                         .peers()
-                        .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                        .call(m, addr, REQUEST_TIMEOUT, |c, ctx| {
                             let ks = ks.clone();
                             async move { c.digests(ctx, ks).await }
                         })
@@ -1011,7 +1015,7 @@ impl Repair {
             } else if let Some(addr) = view.address(&m) {
                 self.coordinator
                     .peers()
-                    .call(addr, REQUEST_TIMEOUT, |c, ctx| {
+                    .call(&m, addr, REQUEST_TIMEOUT, |c, ctx| {
                         let items = items.clone();
                         async move { c.reap(ctx, items).await }
                     })

@@ -798,7 +798,8 @@ async fn identify<S: Stream>(
         }
         let key = node.config().cluster.key.clone();
         let view = node.cluster().view();
-        let admitted = handshake::accept(&mut stream, &key, |id| !view.is_removed(id)).await;
+        let admitted =
+            handshake::accept(&mut stream, &key, &view.self_id, |id| !view.is_removed(id)).await;
         drop(view);
         let id = match admitted {
             Ok(id) => id,
