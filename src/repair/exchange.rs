@@ -101,6 +101,11 @@ impl Exchange {
         self.partition
     }
 
+    /// The level reached.
+    pub fn level(&self) -> u8 {
+        self.level
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> ExchangeStats {
         self.stats

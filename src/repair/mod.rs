@@ -608,6 +608,19 @@ impl Repair {
             }
         }
         let keys = x.take_keys();
+        if keys.is_empty() && local_root != remote_root {
+            // The roots differ and no leaf under them does: a side whose upper nodes
+            // no longer match its own leaves. Each side corrects its own (seed 974).
+            let leaves_below = x.level() + 1 >= exchange::DEPTH;
+            match store.verify_upper(p, leaves_below) {
+                Ok(fixed) => {
+                    tracing::debug!(partition = p, %peer, level = x.level(), fixed, "an exchange found no key to move though the roots differ")
+                }
+                Err(error) => {
+                    tracing::debug!(partition = p, %error, "cannot check the upper hash-tree nodes")
+                }
+            }
+        }
         let mut moved = 0;
         for chunk in keys.chunks(KEYS_PER_BATCH) {
             moved += self.sync_keys(peer, addr, chunk.to_vec(), mode).await?;

@@ -72,8 +72,8 @@ fn tag_key(partition: u32, tag: u8) -> [u8; 5] {
     out
 }
 
-struct Upper {
-    nodes: Vec<Hash>,
+pub(crate) struct Upper {
+    pub(crate) nodes: Vec<Hash>,
     /// Changed since the last checkpoint (and the dirty marker is on disk).
     dirty: bool,
 }
@@ -129,11 +129,20 @@ impl Trees {
     /// on one hash-tree record must not stop the partition's writes and
     /// anti-entropy until a restart.
     pub(crate) fn leaf(&self, partition: u32, segment: u16) -> Result<Hash> {
+        self.leaf_checked(partition, segment).map(|(leaf, _)| leaf)
+    }
+
+    /// [`Trees::leaf`], and whether its record was damaged (the leaf then comes
+    /// from the objects, which need not be what the upper nodes were built from).
+    fn leaf_checked(&self, partition: u32, segment: u16) -> Result<(Hash, bool)> {
+        let recomputed = |s: &Self| s.leaf_from_objects(partition, segment).map(|l| (l, true));
         match self.get(&leaf_key(partition, segment)) {
-            Ok(None) => Ok(EMPTY),
-            Ok(Some(v)) => decode(partition, DEPTH, segment, &v)
-                .or_else(|_| self.leaf_from_objects(partition, segment)),
-            Err(e) if e.is_damage() => self.leaf_from_objects(partition, segment),
+            Ok(None) => Ok((EMPTY, false)),
+            Ok(Some(v)) => match decode(partition, DEPTH, segment, &v) {
+                Ok(leaf) => Ok((leaf, false)),
+                Err(_) => recomputed(self),
+            },
+            Err(e) if e.is_damage() => recomputed(self),
             Err(e) => Err(e),
         }
     }
@@ -156,7 +165,9 @@ impl Trees {
     /// Mends a hash-tree record found damaged (`key`, of the Merkle space): a leaf
     /// is recomputed from its segment's objects and written again; a damaged
     /// checkpoint or dirty marker makes the partition recompute its upper nodes
-    /// from its leaves and checkpoint them anew. The partition's lock, which every
+    /// from its leaves and checkpoint them anew. So does a damaged leaf: the upper
+    /// nodes were built from what the leaf held, and its objects may now say
+    /// otherwise (a value of the segment damaged too, and dropped). The partition's lock, which every
     /// leaf write holds across its commit, keeps writes out meanwhile. Returns the
     /// partition, or `None` for a key of no partition.
     ///
@@ -171,13 +182,21 @@ impl Trees {
             [_, _, _, _, DEPTH, hi, lo] => {
                 let segment = u16::from_be_bytes([hi, lo]);
                 let part = self.part(partition)?;
-                let _upper = lock(&part);
+                let mut upper = lock(&part);
                 let leaf = self.leaf_from_objects(partition, segment)?;
-                self.log.commit(&[Op {
-                    space: Space::Merkle,
-                    key: key.to_vec(),
-                    value: (leaf != EMPTY).then(|| leaf.to_vec()),
-                }])?;
+                self.log.commit(&[
+                    Op {
+                        space: Space::Merkle,
+                        key: key.to_vec(),
+                        value: (leaf != EMPTY).then(|| leaf.to_vec()),
+                    },
+                    Op {
+                        space: Space::Merkle,
+                        key: tag_key(partition, MARKER).to_vec(),
+                        value: Some(Vec::new()),
+                    },
+                ])?;
+                *upper = self.upper_from_leaves(partition)?;
             }
             _ if tag == MARKER || tag == SNAPSHOT => {
                 // Recomputed from the leaves now (under the partition's lock, which
@@ -234,6 +253,13 @@ impl Trees {
     /// its objects), dirty: the marker stays, or is written, until the next
     /// checkpoint.
     fn upper_from_leaves(&self, partition: u32) -> Result<Upper> {
+        let nodes = self.nodes_from_leaves(partition)?;
+        self.rebuilt.fetch_add(1, Ordering::Relaxed);
+        Ok(Upper { nodes, dirty: true })
+    }
+
+    /// The upper nodes that a partition's leaves make.
+    fn nodes_from_leaves(&self, partition: u32) -> Result<Vec<Hash>> {
         let mut nodes = vec![EMPTY; UPPER_NODES];
         let prefix = &leaf_key(partition, 0)[..5];
         for item in self.log.prefix(Space::Merkle, prefix, LEAVES)? {
@@ -258,8 +284,53 @@ impl Trees {
                 nodes[o] = xor(&nodes[o], &leaf);
             }
         }
-        self.rebuilt.fetch_add(1, Ordering::Relaxed);
-        Ok(Upper { nodes, dirty: true })
+        Ok(nodes)
+    }
+
+    /// Checks a partition's upper nodes and recomputes them from its leaves if they
+    /// do not match; returns whether they did not. Each node above the lowest upper
+    /// level is checked against its children in memory; the lowest level against
+    /// the leaves only if `with_leaves` (that reads up to 4,096 leaf records).
+    /// Anti-entropy calls this when an interior node differs from a replica's while
+    /// all its children agree: a side whose upper nodes no longer match its own
+    /// leaves makes every exchange find nothing to move, for good.
+    ///
+    /// # Errors
+    /// [`StorageError`] of the reads or the marker's commit.
+    pub(crate) fn verify_upper(&self, partition: u32, with_leaves: bool) -> Result<bool> {
+        let part = self.part(partition)?;
+        let mut upper = lock(&part);
+        let mut consistent = true;
+        for level in 0..DEPTH - 1 {
+            for index in 0..nodes_at(level) {
+                let first = index * FANOUT;
+                let children = upper_offset(level + 1, first as u16);
+                let folded = upper.nodes[children..children + FANOUT]
+                    .iter()
+                    .fold(EMPTY, |acc, c| xor(&acc, c));
+                consistent &= upper.nodes[upper_offset(level, index as u16)] == folded;
+            }
+        }
+        if consistent && !with_leaves {
+            return Ok(false);
+        }
+        let nodes = self.nodes_from_leaves(partition)?;
+        if nodes == upper.nodes {
+            return Ok(false);
+        }
+        if !upper.dirty {
+            self.log.commit(&[Op {
+                space: Space::Merkle,
+                key: tag_key(partition, MARKER).to_vec(),
+                value: Some(Vec::new()),
+            }])?;
+        }
+        *upper = Upper { nodes, dirty: true };
+        tracing::warn!(
+            partition,
+            "hash tree upper nodes did not match their leaves; recomputed"
+        );
+        Ok(true)
     }
 
     /// Loads a partition's upper nodes from disk, bypassing the cache: `(root, rebuilt)`.
@@ -271,6 +342,12 @@ impl Trees {
             upper.nodes[0],
             self.rebuilt.load(Ordering::Relaxed) > before,
         ))
+    }
+
+    /// A partition's upper nodes in memory, to set them off in tests.
+    #[cfg(test)]
+    pub(crate) fn part_for_test(&self, partition: u32) -> Arc<Mutex<Upper>> {
+        self.part(partition).expect("partition")
     }
 
     fn part(&self, partition: u32) -> Result<Arc<Mutex<Upper>>> {
@@ -295,7 +372,8 @@ impl Trees {
     ) -> Result<()> {
         let part = self.part(partition)?;
         let mut upper = lock(&part);
-        let leaf = xor(&self.leaf(partition, segment)?, delta);
+        let (old, recomputed) = self.leaf_checked(partition, segment)?;
+        let leaf = xor(&old, delta);
         batch.push(Op {
             space: Space::Merkle,
             key: leaf_key(partition, segment).to_vec(),
@@ -310,6 +388,12 @@ impl Trees {
         }
         self.log.commit(&batch)?;
         upper.dirty = true;
+        if recomputed {
+            // The upper nodes hold what the damaged record held, which the objects
+            // need not agree with: rebuilt from the leaves, now all exact on disk.
+            upper.nodes = self.nodes_from_leaves(partition)?;
+            return Ok(());
+        }
         for (level, index) in path(segment).into_iter().take(DEPTH as usize) {
             let o = upper_offset(level, index);
             upper.nodes[o] = xor(&upper.nodes[o], delta);

@@ -740,6 +740,19 @@ impl Store {
         Ok(true)
     }
 
+    /// Recomputes a partition's upper hash-tree nodes from its leaves if they no
+    /// longer match them; returns whether they did not. Without `with_leaves` only
+    /// the upper levels are checked against one another (in memory); with it, the
+    /// lowest one against the leaves too. Anti-entropy calls this when an exchange
+    /// finds an interior node different from a replica's while all its children
+    /// agree (with the leaves when those children were leaves).
+    ///
+    /// # Errors
+    /// [`StorageError`] of the reads or the commit.
+    pub fn verify_upper(&self, partition: u32, with_leaves: bool) -> Result<bool> {
+        self.inner.trees.verify_upper(partition, with_leaves)
+    }
+
     /// Damaged values dropped since open.
     pub fn damaged_dropped(&self) -> u64 {
         self.inner
