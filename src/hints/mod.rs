@@ -289,6 +289,42 @@ impl Hints {
 }
 
 impl Hints {
+    /// Counts out the hints the store dropped as damaged (their values unreadable,
+    /// never to be delivered); returns how many. Without this, one damaged hint
+    /// stayed counted as waiting until a restart, and reaping on every member,
+    /// which waits for no hints anywhere, and the node's own leave waited with it
+    /// (seed 632 of the 1,000-seed sweep).
+    pub fn forget_dropped(&self) -> usize {
+        let dropped = self.store.take_dropped_hints();
+        for id in &dropped {
+            let owner = parse_hint_key(id).map(|(owner, _)| owner);
+            let mut by = self.by_owner.lock().unwrap_or_else(|p| p.into_inner());
+            match owner.as_ref().and_then(|o| by.get_mut(o).map(|e| (o, e))) {
+                Some((_, (n, _))) if *n > 1 => *n -= 1,
+                Some((o, _)) => {
+                    let o = o.clone();
+                    by.remove(&o);
+                }
+                None => {
+                    let _ =
+                        self.inherited
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            });
+                }
+            }
+            drop(by);
+            let _ = self
+                .pending
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| p.checked_sub(1));
+        }
+        if !dropped.is_empty() {
+            // What a damaged value weighed is unknown here; the store's count is exact.
+            self.bytes.store(self.store.hint_bytes(), Ordering::Relaxed);
+        }
+        dropped.len()
+    }
+
     /// Hints waiting per owner (those kept from before this start, whose owners
     /// are not counted, under `None`).
     pub fn by_owner(&self) -> Vec<(Option<String>, u64)> {
@@ -373,6 +409,43 @@ mod tests {
         assert_eq!(h.by_owner(), vec![(None, 1)]);
         assert_eq!(parse_hint_key(&[200]), None);
         assert_eq!(parse_hint_key(&[KEYED, 9, b'x']), None);
+    }
+
+    /// Seed 632 of the 1,000-seed sweep: a hint whose value was damaged at rest was
+    /// dropped by the store, yet stayed counted as waiting, so the node answered
+    /// every reaper with one hint in flight (no tombstone was reaped anywhere) and
+    /// its leave never finished.
+    #[test]
+    fn a_damaged_hint_the_store_dropped_is_no_longer_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(ringkv_storage::StoreConfig::new(dir.path())).expect("open");
+        let h = Hints::open(store).expect("hints");
+        h.put("node-a", b"k1", &state(1, b"damaged-at-rest-0001"))
+            .expect("put");
+        h.put("node-a", b"k2", &state(1, b"intact")).expect("put");
+        h.store.sync().expect("sync");
+        let mut flipped = false;
+        for e in std::fs::read_dir(dir.path()).expect("list") {
+            let path = e.expect("entry").path();
+            if path.extension().is_some_and(|x| x == "seg") {
+                let mut bytes = std::fs::read(&path).expect("read");
+                if let Some(at) = bytes.windows(20).position(|w| w == b"damaged-at-rest-0001") {
+                    bytes[at] ^= 1;
+                    std::fs::write(&path, &bytes).expect("write");
+                    flipped = true;
+                }
+            }
+        }
+        assert!(flipped, "the hint is on disk");
+        // Delivery reads around it and finds the damage; the owner's scan drops it.
+        assert_eq!(h.for_owner("node-a", 10).expect("hints").len(), 1);
+        assert!(h.store.damaged(10).is_empty(), "no object is damaged");
+        assert_eq!(h.pending(), 2, "still counted before it is counted out");
+        assert_eq!(h.forget_dropped(), 1);
+        assert_eq!(h.pending(), 1);
+        assert_eq!(h.by_owner(), vec![(Some("node-a".to_string()), 1)]);
+        assert_eq!(h.bytes(), h.store.hint_bytes());
+        assert_eq!(h.forget_dropped(), 0, "counted out once");
     }
 
     #[test]

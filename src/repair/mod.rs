@@ -349,6 +349,13 @@ impl Repair {
         // Values found damaged since the last round are dropped (under a new epoch
         // of their partition), so the exchanges below fetch them from a replica.
         let healed = self.coordinator.replica().heal_damaged();
+        let hints_dropped = self.coordinator.hints().forget_dropped();
+        if hints_dropped > 0 {
+            tracing::warn!(
+                hints_dropped,
+                "damaged hints dropped; anti-entropy covers their owners"
+            );
+        }
         if healed > 0 {
             tracing::warn!(
                 healed,

@@ -123,6 +123,9 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     /// Damaged values dropped since open.
     damaged_dropped: AtomicU64,
+    /// Keys of damaged hints dropped and not yet taken by
+    /// [`Store::take_dropped_hints`] (bounded by [`MAX_DROPPED_HINTS`]).
+    dropped_hints: Mutex<Vec<Vec<u8>>>,
     // Stopped first on close: it checkpoints the trees and syncs once more.
     background: Mutex<Option<Background>>,
 }
@@ -155,6 +158,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // written (every critical section writes the map/tree last), so poisoning is ignored.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Most keys of dropped damaged hints kept until taken (past it, their counts are
+/// only corrected by a restart, which counts the hints afresh).
+pub const MAX_DROPPED_HINTS: usize = 4096;
 
 impl Store {
     /// Opens (or creates) the store in `config.path`.
@@ -256,6 +263,7 @@ impl Store {
                 opened_clean,
                 closed: std::sync::atomic::AtomicBool::new(false),
                 damaged_dropped: AtomicU64::new(0),
+                dropped_hints: Mutex::new(Vec::new()),
                 background: Mutex::new(background),
             }),
         })
@@ -627,6 +635,10 @@ impl Store {
                             .damaged_dropped
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         self.inner.log.damage_resolved(space, &key);
+                        let mut taken = lock(&self.inner.dropped_hints);
+                        if taken.len() < MAX_DROPPED_HINTS {
+                            taken.push(key.to_vec());
+                        }
                     }
                 }
                 // A hash-tree record is recomputed here from what it summarizes
@@ -830,6 +842,13 @@ impl Store {
     /// Bytes of all stored hints (their values).
     pub fn hint_bytes(&self) -> u64 {
         self.inner.log.value_bytes(Space::Hints)
+    }
+
+    /// Keys of the damaged hints dropped since the last call (by [`Store::damaged`]),
+    /// so whoever counts hints can count them out: a hint counted as waiting for
+    /// good holds up reaping on every member and a leave.
+    pub fn take_dropped_hints(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *lock(&self.inner.dropped_hints))
     }
 
     /// How many hints are stored (a scan, without copying them out).
