@@ -259,14 +259,31 @@ impl Hints {
             None => return Ok(true),
         }
         self.store.remove_hint(&hint.id)?;
+        self.count_out(Some(&hint.owner));
+        let len = hint.object.len() as u64;
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(len))
+            });
+        Ok(true)
+    }
+
+    /// Counts one hint for `owner` out of the waiting ones (`None`, or an owner
+    /// not counted since this start: one of the hints kept from before it).
+    fn count_out(&self, owner: Option<&str>) {
         {
             let mut by = self.by_owner.lock().unwrap_or_else(|p| p.into_inner());
-            match by.get_mut(&hint.owner) {
-                Some((n, _)) if *n > 1 => *n -= 1,
-                Some(_) => {
-                    by.remove(&hint.owner);
+            let left = owner.and_then(|o| by.get_mut(o)).map(|(n, _)| {
+                *n = n.saturating_sub(1);
+                *n
+            });
+            match (owner, left) {
+                (Some(o), Some(0)) => {
+                    by.remove(o);
                 }
-                None => {
+                (_, Some(_)) => {}
+                (_, None) => {
                     let _ =
                         self.inherited
                             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -278,13 +295,6 @@ impl Hints {
         let _ = self
             .pending
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| p.checked_sub(1));
-        let len = hint.object.len() as u64;
-        let _ = self
-            .bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(len))
-            });
-        Ok(true)
     }
 }
 
@@ -298,25 +308,7 @@ impl Hints {
         let dropped = self.store.take_dropped_hints();
         for id in &dropped {
             let owner = parse_hint_key(id).map(|(owner, _)| owner);
-            let mut by = self.by_owner.lock().unwrap_or_else(|p| p.into_inner());
-            match owner.as_ref().and_then(|o| by.get_mut(o).map(|e| (o, e))) {
-                Some((_, (n, _))) if *n > 1 => *n -= 1,
-                Some((o, _)) => {
-                    let o = o.clone();
-                    by.remove(&o);
-                }
-                None => {
-                    let _ =
-                        self.inherited
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                                n.checked_sub(1)
-                            });
-                }
-            }
-            drop(by);
-            let _ = self
-                .pending
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| p.checked_sub(1));
+            self.count_out(owner.as_deref());
         }
         if !dropped.is_empty() {
             // What a damaged value weighed is unknown here; the store's count is exact.

@@ -72,6 +72,16 @@ fn tag_key(partition: u32, tag: u8) -> [u8; 5] {
     out
 }
 
+/// The write of a partition's dirty marker (its upper nodes differ from the last
+/// checkpoint until the next one removes it).
+fn dirty_marker(partition: u32) -> Op {
+    Op {
+        space: Space::Merkle,
+        key: tag_key(partition, MARKER).to_vec(),
+        value: Some(Vec::new()),
+    }
+}
+
 pub(crate) struct Upper {
     pub(crate) nodes: Vec<Hash>,
     /// Changed since the last checkpoint (and the dirty marker is on disk).
@@ -190,11 +200,7 @@ impl Trees {
                         key: key.to_vec(),
                         value: (leaf != EMPTY).then(|| leaf.to_vec()),
                     },
-                    Op {
-                        space: Space::Merkle,
-                        key: tag_key(partition, MARKER).to_vec(),
-                        value: Some(Vec::new()),
-                    },
+                    dirty_marker(partition),
                 ])?;
                 *upper = self.upper_from_leaves(partition)?;
             }
@@ -204,11 +210,7 @@ impl Trees {
                 let part = self.part(partition)?;
                 let mut upper = lock(&part);
                 let fresh = self.upper_from_leaves(partition)?;
-                self.log.commit(&[Op {
-                    space: Space::Merkle,
-                    key: tag_key(partition, MARKER).to_vec(),
-                    value: Some(Vec::new()),
-                }])?;
+                self.log.commit(&[dirty_marker(partition)])?;
                 *upper = fresh;
             }
             _ => return Ok(None),
@@ -319,11 +321,7 @@ impl Trees {
             return Ok(false);
         }
         if !upper.dirty {
-            self.log.commit(&[Op {
-                space: Space::Merkle,
-                key: tag_key(partition, MARKER).to_vec(),
-                value: Some(Vec::new()),
-            }])?;
+            self.log.commit(&[dirty_marker(partition)])?;
         }
         *upper = Upper { nodes, dirty: true };
         tracing::warn!(
@@ -380,11 +378,7 @@ impl Trees {
             value: (leaf != EMPTY).then(|| leaf.to_vec()),
         });
         if !upper.dirty {
-            batch.push(Op {
-                space: Space::Merkle,
-                key: tag_key(partition, MARKER).to_vec(),
-                value: Some(Vec::new()),
-            });
+            batch.push(dirty_marker(partition));
         }
         self.log.commit(&batch)?;
         upper.dirty = true;

@@ -437,16 +437,21 @@ fn root_of_objects(s: &Store, p: u32) -> Hash {
     root
 }
 
+/// A closed store holding `value-00000`..`value-00039` in partition 3, its hash
+/// tree checkpointed.
+fn forty_values_checkpointed() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    for i in 0..40u32 {
+        put(&s, 3, &i.to_be_bytes(), format!("value-{i:05}").as_bytes());
+    }
+    s.inner.trees.checkpoint().expect("checkpoint");
+    dir
+}
+
 #[test]
 fn a_damaged_hash_tree_checkpoint_or_leaf_is_recomputed_while_the_store_runs() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let s = open(dir.path());
-        for i in 0..40u32 {
-            put(&s, 3, &i.to_be_bytes(), format!("value-{i:05}").as_bytes());
-        }
-        s.inner.trees.checkpoint().expect("checkpoint");
-    }
+    let dir = forty_values_checkpointed();
     // Opened clean: the partition loads its checkpoint on first use, and that
     // record is damaged at rest after the open indexed it.
     let s = open(dir.path());
@@ -484,14 +489,7 @@ fn a_damaged_hash_tree_checkpoint_or_leaf_is_recomputed_while_the_store_runs() {
 #[test]
 fn a_damaged_leaf_and_a_damaged_value_of_its_segment_leave_a_consistent_tree() {
     for scan_first in [false, true] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let s = open(dir.path());
-            for i in 0..40u32 {
-                put(&s, 3, &i.to_be_bytes(), format!("value-{i:05}").as_bytes());
-            }
-            s.inner.trees.checkpoint().expect("checkpoint");
-        }
+        let dir = forty_values_checkpointed();
         let s = open(dir.path());
         let seven = 7u32.to_be_bytes();
         let seg = segment_of(&seven);
