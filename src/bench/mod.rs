@@ -22,6 +22,7 @@
 //! ```
 
 mod contexts;
+mod cpu;
 mod driver;
 mod keys;
 mod plot;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 use tokio::time::Instant;
 
+pub use cpu::CpuReport;
 pub use driver::{Bound, Target, error_kind, key_of};
 pub use keys::{Distribution, ZIPFIAN_CONSTANT};
 pub use plot::svg;
@@ -49,6 +51,7 @@ pub use workload::{OpKind, Workload, WorkloadError};
 use crate::client::{Client, ClientError};
 use crate::rpc::api::{RequestOptions, RingInfo};
 use contexts::ContextCache;
+use cpu::CpuMeter;
 use driver::{Phase, run_workers};
 use keys::{InsertCounter, KeyChooser};
 use progress::{Progress, Tick};
@@ -405,6 +408,18 @@ async fn environment(client: &Client) -> Environment {
     }
 }
 
+/// The processes whose CPU the run measures: the nodes given and every member the
+/// cluster names (a client routed to a node it was not given still costs that node).
+async fn meter(config: &BenchConfig, client: &Client) -> CpuMeter {
+    let ring = client.ring().await.ok();
+    let members = ring
+        .iter()
+        .flat_map(|r| r.members.iter())
+        .filter(|m| m.status == "active" || m.status == "leaving")
+        .map(|m| m.address.as_str());
+    CpuMeter::discover(config.connect.iter().map(String::as_str).chain(members))
+}
+
 /// What every phase is built from.
 struct Common<'a> {
     config: &'a BenchConfig,
@@ -609,13 +624,17 @@ pub async fn run(
     let clients = connect(&config).await?;
     preflight(&clients[0]).await?;
     let environment = environment(&clients[0]).await;
+    let meter = meter(&config, &clients[0]).await;
     let common = Common {
         config: &config,
         contexts: Arc::new(ContextCache::default()),
         chooser: KeyChooser::new(config.distribution, config.records),
     };
     let load = if config.load {
-        Some(load_phase(&common, &clients, progress).await)
+        let before = meter.sample();
+        let mut load = load_phase(&common, &clients, progress).await;
+        load.cpu = Some(meter.report(&before, &meter.sample(), load.operations));
+        Some(load)
     } else {
         None
     };
@@ -720,6 +739,7 @@ pub async fn run(
         run_workers(warm, &clients, config.concurrency).await;
     }
     let measured_from = Instant::now();
+    let cpu_before = meter.sample();
     *measured_start.lock().unwrap_or_else(|p| p.into_inner()) = Some(measured_from);
     let bound = match (config.operations, config.duration) {
         (_, Some(d)) => Bound::Until(measured_from + d),
@@ -729,6 +749,7 @@ pub async fn run(
     let measured = common.phase(false, bound, true, recorder.clone(), inserts.clone());
     run_workers(measured, &clients, config.concurrency).await;
     let seconds = measured_from.elapsed().as_secs_f64();
+    let cpu_after = meter.sample();
 
     let (stop, sampler) = sampler;
     let _ = stop.send(());
@@ -738,7 +759,8 @@ pub async fn run(
         task.abort();
         let _ = task.await;
     }
-    let run = PhaseReport::new("run", seconds, &recorder.totals());
+    let mut run = PhaseReport::new("run", seconds, &recorder.totals());
+    run.cpu = Some(meter.report(&cpu_before, &cpu_after, run.operations));
     let fault = config.fault.as_ref().map(|plan| {
         let log = std::mem::take(&mut *fault_log.lock().unwrap_or_else(|p| p.into_inner()));
         fault_report(plan, log, &timeline)

@@ -86,6 +86,8 @@ pub struct PhaseReport {
     pub latency: Latency,
     /// Per operation kind (only the kinds that ran).
     pub ops: BTreeMap<String, OpReport>,
+    /// CPU the phase cost across the bench and the servers on this machine.
+    pub cpu: Option<super::CpuReport>,
 }
 
 impl PhaseReport {
@@ -131,6 +133,7 @@ impl PhaseReport {
             throughput_ops_per_sec: all.len() as f64 / seconds,
             latency: Latency::of(&all),
             ops,
+            cpu: None,
         }
     }
 }
@@ -280,6 +283,25 @@ impl fmt::Display for BenchReport {
                     latency: p.latency.clone(),
                 };
                 row(f, &p.phase, "all", &all)?;
+            }
+        }
+        for p in self.load.iter().chain(std::iter::once(&self.run)) {
+            if let Some(cpu) = &p.cpu {
+                write!(
+                    f,
+                    "{:<5} cpu: {:.0} us per operation ({:.0} in {} server process{}, {:.0} in the bench)",
+                    p.phase,
+                    cpu.us_per_op,
+                    cpu.server_us_per_op,
+                    cpu.servers_measured,
+                    if cpu.servers_measured == 1 { "" } else { "es" },
+                    cpu.us_per_op - cpu.server_us_per_op,
+                )?;
+                if cpu.servers_unmeasured.is_empty() {
+                    writeln!(f)?;
+                } else {
+                    writeln!(f, "; not measured: {}", cpu.servers_unmeasured.join(", "))?;
+                }
             }
         }
         if !self.run.errors_by_kind.is_empty() {
