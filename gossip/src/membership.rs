@@ -3,8 +3,8 @@
 //! [`Gossip`] wraps foca: the shell feeds it received datagrams and expired timers and
 //! performs what it hands back ([`Output::Send`], [`Output::Schedule`]). On top of
 //! foca's liveness it keeps the [`Members`] set, spread as foca custom broadcasts and,
-//! because broadcasts are best effort, by a periodic full exchange of records with one
-//! live member. Every datagram is sealed with the cluster key; anything that does not
+//! because broadcasts are best effort, by a periodic exchange with one live member
+//! (a digest of the set first, records only where the sets differ: [`exchange`]). Every datagram is sealed with the cluster key; anything that does not
 //! authenticate is dropped and counted before it is decoded.
 
 use std::collections::BTreeMap;
@@ -39,13 +39,14 @@ pub const FOCA_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES - 1;
 
 const TAG_FOCA: u8 = 0;
 const TAG_RECORDS: u8 = 1;
+const TAG_SYNC: u8 = 2;
 
 /// Timers the shell must hand back through [`Gossip::handle_timer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GossipTimer {
     /// One of foca's.
     Foca(foca::Timer<Identity>),
-    /// Send the full record set to one live member.
+    /// Exchange records with one live member (a digest first).
     Exchange,
     /// Announce to the seeds if nobody else is known.
     Announce,
@@ -100,7 +101,7 @@ pub struct GossipConfig {
     pub seeds: Vec<SocketAddr>,
     /// Expected cluster size (tunes foca's dissemination and suspicion).
     pub cluster_size_hint: u32,
-    /// Period of the full record exchange.
+    /// Period of the record exchange.
     pub exchange_interval: Duration,
     /// Period of re-announcing to seeds while no other member is known.
     pub announce_interval: Duration,
@@ -141,7 +142,7 @@ pub struct Gossip {
     own_id: String,
     announcing: bool,
     left: bool,
-    replied: std::collections::BTreeSet<SocketAddr>,
+    exchange: exchange::ExchangeState,
     /// Datagrams sealed so far (the counter of the next stamp).
     sent: u64,
     /// Drops replayed datagrams.
@@ -205,7 +206,7 @@ impl Gossip {
             stats: GossipStats::default(),
             announcing: false,
             left: false,
-            replied: std::collections::BTreeSet::new(),
+            exchange: exchange::ExchangeState::default(),
             sent: 0,
             replays: ReplayGuard::default(),
         };
@@ -214,7 +215,7 @@ impl Gossip {
         // Seeds may not be up yet: keep announcing until someone answers.
         g.start_announcing();
         g.out.push(Output::Schedule {
-            after: g.config.exchange_interval,
+            after: g.config.exchange_interval / exchange::TICKS_PER_PERIOD,
             timer: GossipTimer::Exchange,
         });
         let first = g.take();
@@ -382,6 +383,7 @@ impl Gossip {
                 }
             }
             Some((&TAG_RECORDS, body)) => self.handle_records(from, body),
+            Some((&TAG_SYNC, body)) => self.handle_sync(from, body),
             Some(_) | None => self.stats.rejected_malformed += 1,
         }
         self.take()
@@ -399,16 +401,22 @@ impl Gossip {
                 }
             }
             GossipTimer::Exchange => {
-                self.replied.clear();
-                let peers: Vec<SocketAddr> =
-                    self.foca.iter_members().map(|m| m.id().addr).collect();
-                if !peers.is_empty() {
-                    let i = rand::RngExt::random_range(&mut self.rng, 0..peers.len());
-                    self.send_records(peers[i], true);
+                // A tick: every TICKS_PER_PERIOD ticks a new period and an exchange;
+                // in between, another exchange only while the last one found the
+                // sets different (a member joining or catching up).
+                if let Some(new_period) = self.exchange.tick() {
+                    let peers: Vec<SocketAddr> =
+                        self.foca.iter_members().map(|m| m.id().addr).collect();
+                    if !peers.is_empty() {
+                        let i = rand::RngExt::random_range(&mut self.rng, 0..peers.len());
+                        self.start_exchange(peers[i]);
+                    }
+                    if new_period {
+                        self.announce_to_forgotten();
+                    }
                 }
-                self.announce_to_forgotten();
                 self.out.push(Output::Schedule {
-                    after: self.config.exchange_interval,
+                    after: self.config.exchange_interval / exchange::TICKS_PER_PERIOD,
                     timer: GossipTimer::Exchange,
                 });
             }
@@ -563,6 +571,12 @@ impl Gossip {
     /// Members SWIM considers active (alive or suspect), this node excluded.
     pub fn active_count(&self) -> usize {
         self.foca.num_members()
+    }
+
+    /// Updates (about members, and member records) foca still has to disseminate:
+    /// 0 once everything this node learnt has been passed on enough times.
+    pub fn dissemination_backlog(&self) -> usize {
+        self.foca.updates_backlog() + self.foca.custom_broadcast_backlog()
     }
 
     /// Replaces the addresses announced to while no other member is known (seeds

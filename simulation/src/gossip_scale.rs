@@ -24,10 +24,15 @@ pub struct ScaleReport {
     pub seed: u64,
     /// Simulated seconds until every member knew every record and saw all alive.
     pub join_s: f64,
-    /// Datagrams sent per member per simulated second, steady state.
-    pub datagrams_per_member_per_s: f64,
-    /// Bytes sent per member per simulated second, steady state.
-    pub bytes_per_member_per_s: f64,
+    /// Simulated seconds until every member knew every record (alive or not).
+    pub join_records_s: f64,
+    /// Traffic over the 20 simulated seconds after the join.
+    pub after_join: Traffic,
+    /// Simulated seconds after that until no member had anything left to
+    /// disseminate.
+    pub settle_s: f64,
+    /// Traffic over the 20 simulated seconds after that (steady state).
+    pub steady: Traffic,
     /// Simulated seconds until every live member declared a killed member down.
     pub detect_dead_s: f64,
     /// Simulated seconds until a new record version reached every live member.
@@ -42,16 +47,44 @@ impl std::fmt::Display for ScaleReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "members={} seed={} join={:.1}s datagrams/member/s={:.1} bytes/member/s={:.0} detect_dead={:.1}s record_spread={:.1}s simulated={:.0}s wall={:.1}s",
+            "members={} seed={} join={:.1}s (all records: {:.1}s) after join: {} settled after {:.1}s; steady: {} detect_dead={:.1}s record_spread={:.1}s simulated={:.0}s wall={:.1}s",
             self.members,
             self.seed,
             self.join_s,
-            self.datagrams_per_member_per_s,
-            self.bytes_per_member_per_s,
+            self.join_records_s,
+            self.after_join,
+            self.settle_s,
+            self.steady,
             self.detect_dead_s,
             self.record_spread_s,
             self.simulated_s,
             self.wall_s
+        )
+    }
+}
+
+/// Traffic over a window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Traffic {
+    /// Datagrams sent per member per simulated second.
+    pub datagrams_per_member_per_s: f64,
+    /// Bytes sent per member per simulated second.
+    pub bytes_per_member_per_s: f64,
+    /// Of those datagrams, the ones that are not foca's (the record exchange).
+    pub exchange_datagrams_per_member_per_s: f64,
+    /// Of those bytes, the ones that are not foca's (the record exchange).
+    pub exchange_bytes_per_member_per_s: f64,
+}
+
+impl std::fmt::Display for Traffic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "datagrams/member/s={:.1} bytes/member/s={:.0} (exchange: {:.1} datagrams, {:.0} bytes)",
+            self.datagrams_per_member_per_s,
+            self.bytes_per_member_per_s,
+            self.exchange_datagrams_per_member_per_s,
+            self.exchange_bytes_per_member_per_s,
         )
     }
 }
@@ -72,6 +105,10 @@ struct Sim {
     rng: SmallRng,
     sent: u64,
     sent_bytes: u64,
+    /// Datagrams and bytes sent that are not foca's (the record exchange).
+    exchange_sent: u64,
+    exchange_bytes: u64,
+    key: ClusterKey,
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -96,6 +133,14 @@ impl Sim {
                 Output::Send { to, bytes } => {
                     self.sent += 1;
                     self.sent_bytes += bytes.len() as u64;
+                    // The first payload byte tells foca's packets (0) from the
+                    // record exchange's.
+                    if let Ok((_, payload)) = self.key.open(&bytes)
+                        && payload.first() != Some(&0)
+                    {
+                        self.exchange_sent += 1;
+                        self.exchange_bytes += bytes.len() as u64;
+                    }
                     let Some(&dst) = self.index.get(&to) else {
                         continue;
                     };
@@ -177,6 +222,9 @@ pub fn run(members: usize, seed: u64) -> ScaleReport {
         rng: SmallRng::seed_from_u64(seed),
         sent: 0,
         sent_bytes: 0,
+        exchange_sent: 0,
+        exchange_bytes: 0,
+        key: key.clone(),
     };
     for i in 0..members {
         let mut cfg = GossipConfig::new(key.clone(), seeds.clone());
@@ -196,19 +244,39 @@ pub fn run(members: usize, seed: u64) -> ScaleReport {
         sim.perform(i, out);
     }
     let step = Duration::from_millis(500);
+    let (join_start, mut records_at) = (sim.now_us, None);
     let join_s = sim
         .until(step, Duration::from_secs(600), |s| {
-            s.nodes
-                .iter()
-                .all(|g| g.member_count() == members && g.active_count() == members - 1)
+            let records = s.nodes.iter().all(|g| g.member_count() == members);
+            if records && records_at.is_none() {
+                records_at = Some(s.now_us);
+            }
+            records && s.nodes.iter().all(|g| g.active_count() == members - 1)
         })
         .unwrap_or(f64::NAN);
-    // Steady state traffic over 20 simulated seconds.
-    let (sent0, bytes0, t0) = (sim.sent, sim.sent_bytes, sim.now_us);
-    sim.run_until(sim.now_us + 20_000_000);
-    let secs = (sim.now_us - t0) as f64 / 1e6;
-    let datagrams_per_member_per_s = (sim.sent - sent0) as f64 / members as f64 / secs;
-    let bytes_per_member_per_s = (sim.sent_bytes - bytes0) as f64 / members as f64 / secs;
+    let join_records_s = records_at.map_or(f64::NAN, |t| (t - join_start) as f64 / 1e6);
+    // Traffic over the 20 simulated seconds after the join, while foca still passes
+    // on what every member learnt of the others joining.
+    let window = |sim: &mut Sim| {
+        let (sent0, bytes0, t0) = (sim.sent, sim.sent_bytes, sim.now_us);
+        let (xsent0, xbytes0) = (sim.exchange_sent, sim.exchange_bytes);
+        sim.run_until(sim.now_us + 20_000_000);
+        let per_member_s = |n: u64| n as f64 / members as f64 / ((sim.now_us - t0) as f64 / 1e6);
+        Traffic {
+            datagrams_per_member_per_s: per_member_s(sim.sent - sent0),
+            bytes_per_member_per_s: per_member_s(sim.sent_bytes - bytes0),
+            exchange_datagrams_per_member_per_s: per_member_s(sim.exchange_sent - xsent0),
+            exchange_bytes_per_member_per_s: per_member_s(sim.exchange_bytes - xbytes0),
+        }
+    };
+    let after_join = window(&mut sim);
+    // Steady state: once no member has anything left to disseminate, 20 s more.
+    let settle_s = sim
+        .until(step, Duration::from_secs(600), |s| {
+            s.nodes.iter().all(|g| g.dissemination_backlog() == 0)
+        })
+        .unwrap_or(f64::NAN);
+    let steady = window(&mut sim);
     // Kill one member (it neither sends nor receives from now on).
     let victim = members / 2;
     sim.dead[victim] = true;
@@ -239,8 +307,10 @@ pub fn run(members: usize, seed: u64) -> ScaleReport {
         members,
         seed,
         join_s,
-        datagrams_per_member_per_s,
-        bytes_per_member_per_s,
+        join_records_s,
+        after_join,
+        settle_s,
+        steady,
         detect_dead_s,
         record_spread_s,
         simulated_s: sim.now_us as f64 / 1e6,
@@ -264,5 +334,8 @@ mod tests {
         let again = run(50, 1);
         assert_eq!(r.join_s, again.join_s, "same seed, same run");
         assert_eq!(r.detect_dead_s, again.detect_dead_s);
+        assert_eq!(r.steady, again.steady);
+        // Equal sets exchange one digest per member every 2 s, nothing more.
+        assert!(r.steady.exchange_datagrams_per_member_per_s <= 0.6, "{r}");
     }
 }

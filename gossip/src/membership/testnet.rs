@@ -18,6 +18,8 @@ pub(crate) struct Net {
     pub(crate) cut: BTreeSet<usize>,
     /// Side of a partition per node; datagrams between sides are lost.
     pub(crate) side: Vec<u8>,
+    /// Payloads of the datagrams sent that are not foca's: `(from, to, payload)`.
+    pub(crate) exchanged: Vec<(usize, SocketAddr, Vec<u8>)>,
 }
 
 pub(crate) enum Event {
@@ -56,6 +58,7 @@ impl Net {
             seq: 0,
             cut: BTreeSet::new(),
             side: vec![0; keys.len()],
+            exchanged: Vec::new(),
         };
         for (i, key) in keys.iter().enumerate() {
             let mut cfg = GossipConfig::new(ClusterKey::derive(key), vec![addrs[0]]);
@@ -83,6 +86,11 @@ impl Net {
             match o {
                 Output::Send { to, bytes } => {
                     assert!(bytes.len() <= crate::auth::MAX_DATAGRAM_BYTES);
+                    if let Ok((_, payload)) = self.nodes[from].config.key.open(&bytes)
+                        && payload.first() != Some(&super::TAG_FOCA)
+                    {
+                        self.exchanged.push((from, to, payload.to_vec()));
+                    }
                     if let Some(dst) = self.addrs.iter().position(|a| *a == to) {
                         if self.cut.contains(&from)
                             || self.cut.contains(&dst)
