@@ -247,6 +247,26 @@ mod tests {
             }
         }
 
+        /// The same for arbitrary ids (the assignment follows their hashes).
+        #[test]
+        fn balanced_and_spaced_for_any_ids(
+            ids in proptest::collection::btree_set("[a-z0-9-]{1,12}", 1..24),
+            n in 1usize..5,
+        ) {
+            let m: Vec<Member> = ids
+                .iter()
+                .map(|id| Member { id: id.clone(), zone: String::new() })
+                .collect();
+            let s = m.len();
+            let ring = Ring::build(&m, 256, n).expect("ring");
+            let c = ring.counts();
+            prop_assert!(c.iter().max().expect("members") - c.iter().min().expect("members") <= 1, "{:?}", c);
+            let w = n.min(s);
+            if (s > w && 256 / s >= 2 * w) || (s == w && 256 % s == 0) {
+                prop_assert_eq!(ring.violations(), 0, "s={} n={}", s, n);
+            }
+        }
+
         /// With as many equally sized zones as replicas, every preference list spans
         /// distinct zones.
         #[test]
@@ -275,14 +295,14 @@ mod tests {
     }
 
     /// Adding one node to S moves close to the ideal Q/(S+1) partitions; prints the
-    /// ratio (recorded in BENCHMARKS.md).
+    /// ratio for S = 3 through 32 (recorded in BENCHMARKS.md).
     #[test]
     fn adding_a_node_moves_close_to_the_ideal() {
         let q = 256u32;
-        let mut worst: f64 = 0.0;
-        let mut total_ratio = 0.0;
-        let mut cases = 0.0;
-        for s in 3..16usize {
+        // (sum of ratios, cases, worst) over S = 3..=15 and over S = 3..=32.
+        let mut short = (0.0, 0.0, 0.0f64);
+        let mut long = (0.0, 0.0, 0.0f64);
+        for s in 3..33usize {
             let before = Ring::build(&members(&(0..s).collect::<Vec<_>>(), 0), q, 3).expect("ring");
             let after = Ring::build(&members(&(0..=s).collect::<Vec<_>>(), 0), q, 3).expect("ring");
             let moved = after.moved_from(&before) as f64;
@@ -292,20 +312,34 @@ mod tests {
                 "ring move: S={s} -> {} Q={q}: moved {moved} partitions, ideal {ideal:.1}, ratio {ratio:.2}",
                 s + 1
             );
-            worst = worst.max(ratio);
-            total_ratio += ratio;
-            cases += 1.0;
+            for (range, acc) in [(3..16, &mut short), (3..33, &mut long)] {
+                if range.contains(&s) {
+                    acc.0 += ratio;
+                    acc.1 += 1.0;
+                    acc.2 = acc.2.max(ratio);
+                }
+            }
         }
+        let (mean_short, mean_long) = (short.0 / short.1, long.0 / long.1);
         println!(
-            "ring move ratio: mean {:.2}, worst {worst:.2}",
-            total_ratio / cases
+            "ring move ratio: S=3..15 mean {mean_short:.2}, worst {:.2}; S=3..32 mean {mean_long:.2}, worst {:.2}",
+            short.2, long.2
         );
-        // Measured: mean 1.98, worst 3.23 (S=3 -> 4, where S = N = 3 cannot be spaced
-        // on 256 partitions). These bounds catch regressions; the goal is nearer 1.
+        // Measured (greedy matching): S=3..15 mean 1.76, worst 2.98; S=3..32 mean 2.01,
+        // worst 3.27 (S=30 -> 31). Before (walk, then balance): 1.98 and 2.49, worst
+        // 5.16. S=3 -> 4 stays high because S = N = 3 cannot be spaced on 256
+        // partitions; the large-S rows because the ideal there is under 10 partitions
+        // while keeping loads within one moves about √Q more. These bounds catch
+        // regressions; the goal, 1.3 over S=3..32, is not reached.
         assert!(
-            total_ratio / cases < 2.5 && worst < 4.0,
-            "adding a node moved {:.2}x the ideal on average, {worst:.2}x at worst",
-            total_ratio / cases
+            mean_short < 1.9 && short.2 < 3.5,
+            "S=3..15: adding a node moved {mean_short:.2}x the ideal on average, {:.2}x at worst",
+            short.2
+        );
+        assert!(
+            mean_long < 2.15 && long.2 < 3.6,
+            "S=3..32: adding a node moved {mean_long:.2}x the ideal on average, {:.2}x at worst",
+            long.2
         );
     }
 
