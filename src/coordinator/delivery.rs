@@ -118,7 +118,7 @@ impl Coordinator {
             // that keeps the drop keeps the merge.
             let mut r = Ok(());
             for (k, o) in states {
-                r = self.replicate(k, o).await;
+                r = self.replicate(k, &o).await;
                 if r.is_err() {
                     break;
                 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use crate::cluster::ClusterState;
 use crate::hints::Hints;
 use crate::object::{Context, ContextKey, Kind, Object};
-use crate::peer::{Peers, WriteReply, WriteRequest};
+use crate::peer::{Batches, Peers, WriteReply, WriteRequest};
 use crate::replica::{Replica, ReplicaError};
 use crate::rpc::api::{ApiError, GetReply, RequestOptions};
 
@@ -139,6 +139,8 @@ struct Inner {
     fsync_writes: bool,
     cluster: Arc<ClusterState>,
     peers: Peers,
+    /// Per-peer queues of replica writes and reads (one frame for those ready together).
+    batches: Batches,
     hints: Arc<Hints>,
     settings: Settings,
     stats: CoordinatorStats,
@@ -232,6 +234,7 @@ impl Coordinator {
                 replica,
                 fsync_writes,
                 cluster,
+                batches: Batches::new(peers.clone()),
                 peers,
                 hints,
                 settings,
@@ -287,6 +290,11 @@ impl Coordinator {
     /// The key contexts are signed with.
     pub fn contexts(&self) -> &ContextKey {
         &self.inner.contexts
+    }
+
+    /// What the per-peer queues sent (batches of replica writes and reads).
+    pub fn batch_stats(&self) -> &crate::peer::batch::BatchStats {
+        self.inner.batches.stats()
     }
 
     /// Connections to peers.
@@ -559,8 +567,8 @@ impl Coordinator {
     ///
     /// # Errors
     /// [`ApiError`] for undecodable states, wrong kinds or storage failures.
-    pub async fn replicate(&self, key: Vec<u8>, object: Vec<u8>) -> Result<(), ApiError> {
-        let obj = Object::decode(&object)?;
+    pub async fn replicate(&self, key: Vec<u8>, object: &[u8]) -> Result<(), ApiError> {
+        let obj = Object::decode(object)?;
         self.replicate_object(key, obj).await
     }
 

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::quorum::{Quorum, Requirement, Step, Target};
 use super::{Coordinator, Io, unavailable};
 use crate::object::Object;
-use crate::rpc::api::{ApiError, Blob, RequestOptions};
+use crate::rpc::api::{ApiError, RequestOptions, SharedBlob};
 
 type Reply = Option<Object>;
 type Report = (String, Result<Reply, String>);
@@ -49,29 +49,35 @@ fn merge_all<'a>(replies: impl Iterator<Item = &'a Reply>) -> Result<Reply, ApiE
 }
 
 impl Coordinator {
+    /// Asks `node` for its copy of `key` through the peer's queue (one frame for the
+    /// reads ready together); the reply goes to the request's quorum loop.
     fn spawn_read(&self, node: String, key: Vec<u8>, timeout: Duration, tx: mpsc::Sender<Report>) {
         let view = self.inner.cluster.view();
-        let addr = view.address(&node);
-        let peers = self.inner.peers.clone();
-        tokio::spawn(async move {
-            let result = match addr {
-                None => Err("no address known".to_string()),
-                Some(addr) => peers
-                    .call(&node, addr, timeout, |c, ctx| {
-                        let key = key.clone();
-                        async move { c.read(ctx, key).await }
-                    })
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|bytes| match bytes {
-                        None => Ok(None),
-                        Some(b) => Object::decode(&b.0)
-                            .map(Some)
-                            .map_err(|e| format!("unreadable reply: {e}")),
-                    }),
-            };
-            let _ = tx.send((node, result)).await;
-        });
+        // The loop holds at most one read per replica, far below the channel's room;
+        // a loop that has finished no longer listens.
+        let report = move |node: String, r: Result<Reply, String>| {
+            let _ = tx.try_send((node, r));
+        };
+        let Some(addr) = view.address(&node) else {
+            report(node, Err("no address known".to_string()));
+            return;
+        };
+        let n = node.clone();
+        self.inner.batches.read(
+            &node,
+            addr,
+            key,
+            timeout,
+            Box::new(move |r| {
+                let result = r.map_err(|e| e.to_string()).and_then(|bytes| match bytes {
+                    None => Ok(None),
+                    Some(b) => Object::decode(&b.0)
+                        .map(Some)
+                        .map_err(|e| format!("unreadable reply: {e}")),
+                });
+                report(n, result);
+            }),
+        );
     }
 
     /// Reads the merged object of `key` from a read quorum.
@@ -118,7 +124,7 @@ impl Coordinator {
             Vec::new(),
             false,
         );
-        let (tx, mut rx) = mpsc::channel::<Report>(64);
+        let (tx, mut rx) = mpsc::channel::<Report>(256);
         let mut replies: BTreeMap<String, Reply> = BTreeMap::new();
         let mut outstanding = 0usize;
         let mut steps = Vec::new();
@@ -320,7 +326,7 @@ impl Coordinator {
             let Ok(digest) = merged.digest(&key) else {
                 return;
             };
-            let Ok(bytes) = merged.encode() else {
+            let Ok(bytes) = merged.encode().map(|b| SharedBlob(b.into())) else {
                 return;
             };
             let view = this.inner.cluster.view();
@@ -344,7 +350,7 @@ impl Coordinator {
                     .read_repairs
                     .fetch_add(1, Ordering::Relaxed);
                 if p == me {
-                    let _ = this.replicate(key.clone(), bytes.clone()).await;
+                    let _ = this.replicate(key.clone(), &bytes.0).await;
                 } else if let Some(addr) = view.address(&p) {
                     let (k, b) = (key.clone(), bytes.clone());
                     let r = this
@@ -352,7 +358,7 @@ impl Coordinator {
                         .peers
                         .call(&p, addr, Duration::from_secs(2), |c, ctx| {
                             let (k, b) = (k.clone(), b.clone());
-                            async move { c.replicate(ctx, k, Blob(b)).await }
+                            async move { c.replicate(ctx, k, b).await }
                         })
                         .await;
                     if let Err(error) = r {

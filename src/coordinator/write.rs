@@ -15,7 +15,7 @@ use crate::cluster::ClusterView;
 use crate::object::{Context, Object};
 use crate::peer::pool::PeerError;
 use crate::peer::{WriteReply, WriteRequest};
-use crate::rpc::api::{ApiError, Blob, ErrorClass, RequestOptions};
+use crate::rpc::api::{ApiError, ErrorClass, RequestOptions, SharedBlob};
 
 /// Why a send to a replica failed.
 #[derive(Debug)]
@@ -148,7 +148,8 @@ impl Coordinator {
         if object.is_tombstone() {
             self.note_tombstone(&key);
         }
-        let bytes = object.encode()?;
+        // Encoded once: every replica's request shares these bytes.
+        let bytes = SharedBlob(object.encode()?.into());
         self.replicate_to_quorum(&view, key, bytes, primaries, fallbacks, (w, pw), deadline)
             .await?;
         Ok(reply)
@@ -266,6 +267,9 @@ impl Coordinator {
         }))
     }
 
+    /// Sends `object` to `node` (as a hint for `hint_for`, if given); the outcome goes
+    /// to the request's quorum loop. Replica writes go through the peer's queue (one
+    /// frame for those ready together); hints, rare, go on their own.
     #[allow(clippy::too_many_arguments)]
     fn spawn_send(
         &self,
@@ -273,46 +277,49 @@ impl Coordinator {
         addr: Option<SocketAddr>,
         hint_for: Option<String>,
         key: Vec<u8>,
-        bytes: Vec<u8>,
+        object: SharedBlob,
         timeout: Duration,
         tx: mpsc::Sender<Report>,
     ) {
-        let peers = self.inner.peers.clone();
-        // Spawned, not awaited: the send completes even after the quorum answered.
-        tokio::spawn(async move {
-            let result = match addr {
-                None => Err(SendFailure {
-                    reason: "no address known".to_string(),
-                    refused: false,
-                }),
-                Some(addr) => {
-                    let r = match hint_for {
-                        None => {
-                            peers
-                                .call(&node, addr, timeout, |c, ctx| {
-                                    let (key, bytes) = (key.clone(), bytes.clone());
-                                    async move { c.replicate(ctx, key, Blob(bytes)).await }
-                                })
-                                .await
-                        }
-                        Some(owner) => {
-                            peers
-                                .call(&node, addr, timeout, |c, ctx| {
-                                    let (owner, key, bytes) =
-                                        (owner.clone(), key.clone(), bytes.clone());
-                                    async move { c.hint(ctx, owner, key, Blob(bytes)).await }
-                                })
-                                .await
-                        }
-                    };
-                    r.map_err(|e| SendFailure {
-                        refused: matches!(&e, PeerError::Api(api) if permanent(api)),
-                        reason: e.to_string(),
-                    })
-                }
-            };
-            let _ = tx.send((node, result)).await;
-        });
+        // The loop holds at most one send per target at a time, far below the
+        // channel's room; a loop that has finished no longer listens.
+        let report = move |node: String, r: Result<(), SendFailure>| {
+            let _ = tx.try_send((node, r));
+        };
+        let failure = |e: PeerError| SendFailure {
+            refused: matches!(&e, PeerError::Api(api) if permanent(api)),
+            reason: e.to_string(),
+        };
+        let Some(addr) = addr else {
+            let reason = "no address known".to_string();
+            report(node, Err(SendFailure { reason, refused: false }));
+            return;
+        };
+        match hint_for {
+            None => {
+                let n = node.clone();
+                self.inner.batches.replicate(
+                    &node,
+                    addr,
+                    key,
+                    object,
+                    timeout,
+                    Box::new(move |r| report(n, r.map_err(failure))),
+                );
+            }
+            Some(owner) => {
+                let peers = self.inner.peers.clone();
+                tokio::spawn(async move {
+                    let r = peers
+                        .call(&node, addr, timeout, |c, ctx| {
+                            let (owner, key, object) = (owner.clone(), key.clone(), object.clone());
+                            async move { c.hint(ctx, owner, key, object).await }
+                        })
+                        .await;
+                    report(node, r.map_err(failure));
+                });
+            }
+        }
     }
 
     /// Sends the written state to the other primaries and, for every primary that
@@ -325,7 +332,7 @@ impl Coordinator {
         &self,
         view: &ClusterView,
         key: Vec<u8>,
-        bytes: Vec<u8>,
+        bytes: SharedBlob,
         primaries: Vec<String>,
         fallbacks: Vec<String>,
         (w, pw): (usize, usize),
@@ -411,7 +418,7 @@ impl Coordinator {
                 // (it does not count toward W; it only keeps the copy).
                 let (this, key, bytes) = (this.clone(), key.clone(), bytes.clone());
                 tokio::spawn(async move {
-                    if let Err(error) = this.store_hint(owner.clone(), key, bytes).await {
+                    if let Err(error) = this.store_hint(owner.clone(), key, bytes.0.to_vec()).await {
                         tracing::warn!(%owner, %error, "cannot keep a hint");
                     }
                 });

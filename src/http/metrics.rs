@@ -319,6 +319,35 @@ impl Collector for NodeCollector {
             "Replicas repaired after reads.",
             c.read_repairs,
         )?;
+        let b = node.coordinator().batch_stats();
+        let by_kind = |v: &[std::sync::atomic::AtomicU64; 2]| {
+            ["write", "read"]
+                .iter()
+                .zip(v)
+                .map(|(k, n)| (vec![("kind", (*k).to_string())], n.load(std::sync::atomic::Ordering::Relaxed)))
+                .collect::<Vec<_>>()
+        };
+        o.counters(
+            "ringkv_peer_batches",
+            "Requests to peers that carried several replica writes or reads.",
+            &by_kind(&b.batches),
+        )?;
+        o.counters(
+            "ringkv_peer_batched_items",
+            "Replica writes and reads sent in those batches.",
+            &by_kind(&b.batched_items),
+        )?;
+        o.counters(
+            "ringkv_peer_single_items",
+            "Replica writes and reads sent alone (nothing else waited for the peer).",
+            &by_kind(&b.single),
+        )?;
+
+        o.gauge(
+            "ringkv_earlier_rings",
+            "Earlier rings whose owners reads still ask (until their moved partitions are handed off).",
+            c.earlier_rings as f64,
+        )?;
 
         // Hints.
         o.gauge(

@@ -2,14 +2,16 @@
 //! hints, replica reads) and what operators ask of the cluster (leave, remove),
 //! reachable only after the cluster-secret [`handshake`].
 
+pub mod batch;
 pub mod handshake;
 pub mod pool;
 
 use serde::{Deserialize, Serialize};
 
 use crate::object::Context;
-use crate::rpc::api::{ApiError, Blob, RequestOptions};
+use crate::rpc::api::{ApiError, Blob, RequestOptions, SharedBlob};
 
+pub use batch::Batches;
 pub use pool::Peers;
 
 /// A client write forwarded to a primary of its key, which coordinates it.
@@ -69,6 +71,9 @@ pub enum WriteReply {
 pub type KeyDigests = Vec<(Vec<u8>, [u8; 32])>;
 /// Keys with their encoded objects (`None`: absent).
 pub type Fetched = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+/// One answer per item of a batch, in order. A reply may answer only a prefix of a
+/// read batch (the rest did not fit its size budget; ask again).
+pub type BatchReplies<T> = Vec<Result<T, ApiError>>;
 /// Digests of keys (`None`: absent), the number of hints and states in flight the
 /// node holds, and its ring epoch.
 pub type HeldDigests = (Vec<Option<[u8; 32]>>, u64, String);
@@ -82,9 +87,9 @@ pub trait Peer {
         opts: RequestOptions,
     ) -> Result<WriteReply, ApiError>;
     /// Merges an object state into the local replica (durable per the sync policy).
-    async fn replicate(key: Vec<u8>, object: Blob) -> Result<(), ApiError>;
+    async fn replicate(key: Vec<u8>, object: SharedBlob) -> Result<(), ApiError>;
     /// Keeps an object state for `owner`, which was unreachable (sloppy quorum).
-    async fn hint(owner: String, key: Vec<u8>, object: Blob) -> Result<(), ApiError>;
+    async fn hint(owner: String, key: Vec<u8>, object: SharedBlob) -> Result<(), ApiError>;
     /// The local replica's encoded object of `key`.
     async fn read(key: Vec<u8>) -> Result<Option<Blob>, ApiError>;
     /// Anti-entropy: this node's ring epoch and the roots of `partitions`.
@@ -112,4 +117,13 @@ pub trait Peer {
     /// Operator: stop this node gracefully, as SIGTERM would (not a leave: no data
     /// moves). Returns its id.
     async fn drain() -> Result<String, ApiError>;
+    /// Several [`Peer::replicate`]s that were ready together, each on its own: one
+    /// answer per item, in order. (Last in the trait: the earlier methods keep
+    /// their numbers on the wire.)
+    async fn replicate_batch(
+        items: Vec<(Vec<u8>, SharedBlob)>,
+    ) -> Result<BatchReplies<()>, ApiError>;
+    /// Several [`Peer::read`]s that were ready together: one answer per key, in
+    /// order, for a prefix of the keys within the reply's size budget.
+    async fn read_batch(keys: Vec<Vec<u8>>) -> Result<BatchReplies<Option<Blob>>, ApiError>;
 }

@@ -17,7 +17,7 @@ use crate::net::{Dialer, Network};
 use crate::rpc::api::ApiError;
 
 /// Reason of a call that met a closed connection.
-const CLOSED: &str = "connection closed";
+pub(crate) const CLOSED: &str = "connection closed";
 
 /// Pause before dialling an address again after a failed dial or a dropped
 /// connection.
@@ -67,7 +67,7 @@ pub struct Peers {
 
 /// Where a connection goes: an address and the node id meant there (empty: whoever
 /// answers, for an operator's tool).
-type Dest = (SocketAddr, Arc<str>);
+pub(crate) type Dest = (SocketAddr, Arc<str>);
 
 impl Peers {
     /// The same pool dialing with TLS (`tls` gives the configuration in force).
@@ -199,13 +199,31 @@ impl Peers {
         F: Fn(PeerClient, tarpc::context::Context) -> Fut,
         Fut: Future<Output = Result<Result<T, ApiError>, RpcError>>,
     {
-        let dest: Dest = (addr, node.into());
-        match self.call_once(&dest, timeout, &f).await {
+        self.call_to(&(addr, node.into()), timeout, f).await
+    }
+
+    /// [`Peers::call`] to a destination already named.
+    pub(crate) async fn call_to<T, F, Fut>(
+        &self,
+        dest: &Dest,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, PeerError>
+    where
+        F: Fn(PeerClient, tarpc::context::Context) -> Fut,
+        Fut: Future<Output = Result<Result<T, ApiError>, RpcError>>,
+    {
+        match self.call_once(dest, timeout, &f).await {
             Err(PeerError::Lost { reason, .. }) if reason == CLOSED => {
-                self.call_once(&dest, timeout, &f).await
+                self.call_once(dest, timeout, &f).await
             }
             other => other,
         }
+    }
+
+    /// Largest frame this pool's connections carry.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     /// Like [`Peers::call`], never retried (for requests that must not apply twice).

@@ -151,6 +151,9 @@ pub struct ClusterStatus {
     /// Gossip datagrams refused: authentic but seen before (a replay) or older
     /// than what their sender has sent since.
     pub gossip_rejected_replay: u64,
+    /// Earlier rings whose owners reads still ask (until their moved partitions
+    /// are all handed off).
+    pub earlier_rings: u64,
 }
 
 /// `/v1/cluster/health`: the cluster as this node sees it, for alerting.
@@ -601,6 +604,25 @@ pub trait Kv {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Blob(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// A [`Blob`] that several requests share without copies: the coordinator encodes a
+/// written object once and every replica's request refers to the same bytes. On
+/// the wire it is exactly a [`Blob`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedBlob(pub std::sync::Arc<[u8]>);
+
+impl Serialize for SharedBlob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedBlob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        Ok(SharedBlob(bytes.into_vec().into()))
+    }
+}
 
 /// A list of byte strings as a sequence of postcard byte strings: the same bytes as
 /// a `Vec<Vec<u8>>`, without serde's call per byte.

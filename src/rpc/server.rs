@@ -9,7 +9,9 @@ use tarpc::context;
 use tarpc::server::{BaseChannel, Channel};
 use tokio::sync::Semaphore;
 
-use super::api::{ApiError, Blob, GetReply, Kv, RequestOptions, RingInfo, ServerInfo, Status};
+use super::api::{
+    ApiError, Blob, GetReply, Kv, RequestOptions, RingInfo, ServerInfo, SharedBlob, Status,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::guard::{FrameBudget, Guarded, ReadLimits};
@@ -20,7 +22,8 @@ use crate::net::{Listener, Network, Stream};
 use crate::node::requests::{Op, Outcome, ReplicaOp};
 use crate::node::{Node, NodeError, SharedNode};
 use crate::object::Context;
-use crate::peer::{Peer, WriteReply, WriteRequest, handshake};
+use crate::peer::batch::{BATCH_BYTES, MAX_BATCH_ITEMS};
+use crate::peer::{BatchReplies, Peer, WriteReply, WriteRequest, handshake};
 
 /// The tarpc service handle: one clone per request.
 #[derive(Clone)]
@@ -389,11 +392,11 @@ impl Peer for PeerServer {
         self,
         _: context::Context,
         key: Vec<u8>,
-        object: Blob,
+        object: SharedBlob,
     ) -> Result<(), ApiError> {
         self.admit()?;
         let started = tokio::time::Instant::now();
-        let r = self.node.coordinator().replicate(key, object.0).await;
+        let r = self.node.coordinator().replicate(key, &object.0).await;
         self.node
             .requests
             .observe_replica(ReplicaOp::Write, started.elapsed());
@@ -405,12 +408,12 @@ impl Peer for PeerServer {
         _: context::Context,
         owner: String,
         key: Vec<u8>,
-        object: Blob,
+        object: SharedBlob,
     ) -> Result<(), ApiError> {
         self.admit()?;
         self.node
             .coordinator()
-            .store_hint(owner, key, object.0)
+            .store_hint(owner, key, object.0.to_vec())
             .await
     }
 
@@ -474,7 +477,7 @@ impl Peer for PeerServer {
             });
         }
         for (key, object) in items {
-            self.node.coordinator().replicate(key, object).await?;
+            self.node.coordinator().replicate(key, &object).await?;
         }
         // Handoff drops the giver's copy once this answer arrives: make it durable.
         self.node.coordinator().sync_store().await
@@ -521,6 +524,61 @@ impl Peer for PeerServer {
             rx,
         )
         .await
+    }
+
+    async fn replicate_batch(
+        self,
+        _: context::Context,
+        items: Vec<(Vec<u8>, SharedBlob)>,
+    ) -> Result<BatchReplies<()>, ApiError> {
+        self.admit()?;
+        if items.len() > MAX_BATCH_ITEMS {
+            return Err(ApiError::InvalidOptions {
+                reason: format!("more than {MAX_BATCH_ITEMS} items in one batch"),
+            });
+        }
+        let (coordinator, requests) = (self.node.coordinator(), &self.node.requests);
+        // Side by side: under `--sync always` each waits for the fsync that covers
+        // it, and one fsync covers them all.
+        let each = items.into_iter().map(|(key, object)| async move {
+            let started = tokio::time::Instant::now();
+            let r = coordinator.replicate(key, &object.0).await;
+            requests.observe_replica(ReplicaOp::Write, started.elapsed());
+            r
+        });
+        Ok(futures::future::join_all(each).await)
+    }
+
+    async fn read_batch(
+        self,
+        _: context::Context,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<BatchReplies<Option<Blob>>, ApiError> {
+        self.admit()?;
+        if keys.len() > MAX_BATCH_ITEMS {
+            return Err(ApiError::InvalidOptions {
+                reason: format!("more than {MAX_BATCH_ITEMS} keys in one batch"),
+            });
+        }
+        let coordinator = self.node.coordinator();
+        // The answer stays well within a frame; what is left out is asked again.
+        let budget = (self.node.config().limits.frame_bytes() / 4).min(BATCH_BYTES);
+        let mut out = Vec::with_capacity(keys.len());
+        let mut bytes = 0usize;
+        for key in keys {
+            let started = tokio::time::Instant::now();
+            let r = coordinator.read_local_bytes(key).await;
+            self.node
+                .requests
+                .observe_replica(ReplicaOp::Read, started.elapsed());
+            let size = r.as_ref().map_or(0, |b| b.as_ref().map_or(0, Vec::len));
+            if !out.is_empty() && bytes + size > budget {
+                break;
+            }
+            bytes += size;
+            out.push(r.map(|b| b.map(Blob)));
+        }
+        Ok(out)
     }
 }
 
