@@ -108,6 +108,24 @@ impl ClusterView {
         }
     }
 
+    /// This view without the earlier rings of `epochs`.
+    fn without_rings(&self, epochs: &[[u8; 32]]) -> ClusterView {
+        ClusterView {
+            self_id: self.self_id.clone(),
+            members: self.members.clone(),
+            liveness: self.liveness.clone(),
+            ring: self.ring.clone(),
+            previous: self
+                .previous
+                .iter()
+                .filter(|r| !epochs.contains(&r.epoch()))
+                .cloned()
+                .collect(),
+            n: self.n,
+            addresses: self.addresses.clone(),
+        }
+    }
+
     fn history_with_current(&self) -> Vec<Arc<Ring>> {
         let mut h: Vec<Arc<Ring>> = self.ring.iter().cloned().collect();
         h.extend(self.previous.iter().cloned());
@@ -217,6 +235,20 @@ impl ClusterState {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Forgets the earlier rings of `epochs` (their moved partitions are all on
+    /// their new owners): reads stop asking those rings' owners. Returns how many
+    /// were forgotten. Done on the view current at the time, so a view the gossip
+    /// shell published meanwhile is never overwritten by an older one.
+    pub fn forget_rings(&self, epochs: &[[u8; 32]]) -> usize {
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        let next = view.without_rings(epochs);
+        let forgotten = view.previous.len() - next.previous.len();
+        if forgotten > 0 {
+            *view = Arc::new(next);
+        }
+        forgotten
+    }
+
     fn set_view(&self, v: ClusterView) {
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
     }
@@ -319,5 +351,46 @@ mod tests {
             v3.ring.as_ref().expect("ring"),
             v2.ring.as_ref().expect("ring")
         ));
+    }
+
+    #[test]
+    fn a_forgotten_ring_is_no_longer_asked_and_stays_forgotten() {
+        let v1 = ClusterView::new(
+            "a".into(),
+            members(&["a", "b", "c"]),
+            &BTreeMap::new(),
+            64,
+            3,
+            None,
+        );
+        let v2 = ClusterView::new(
+            "a".into(),
+            members(&["a", "b", "c", "d"]),
+            &BTreeMap::new(),
+            64,
+            3,
+            Some(&v1),
+        );
+        let moved = (0..1000u32)
+            .map(|k| k.to_be_bytes())
+            .find(|k| !v2.previous_primaries(k).is_empty())
+            .expect("some key moved");
+        let old = v1.ring.as_ref().expect("ring").epoch();
+        let pruned = v2.without_rings(&[old]);
+        assert!(pruned.previous.is_empty());
+        assert!(pruned.previous_primaries(&moved).is_empty());
+        assert_eq!(pruned.walk(&moved), v2.walk(&moved), "the current ring stays");
+        // The next view built on it (liveness changed, same members) keeps it forgotten.
+        let v3 = ClusterView::new(
+            "a".into(),
+            members(&["a", "b", "c", "d"]),
+            &BTreeMap::new(),
+            64,
+            3,
+            Some(&pruned),
+        );
+        assert!(v3.previous.is_empty());
+        // Unknown epochs change nothing.
+        assert_eq!(v2.without_rings(&[[9u8; 32]]).previous.len(), 1);
     }
 }

@@ -530,6 +530,7 @@ impl Node {
             gossip_rejected_replay: g.rejected_replay,
             peer_handshakes_refused: self.stats.peer_handshakes_refused.load(Ordering::Relaxed),
             peer_requests_refused: self.stats.peer_requests_refused.load(Ordering::Relaxed),
+            earlier_rings: view.previous.len() as u64,
         }
     }
 

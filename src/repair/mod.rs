@@ -17,6 +17,7 @@
 //! `bytes_per_sec`, every request is batched and capped.
 
 pub mod exchange;
+mod history;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -115,6 +116,8 @@ pub struct RepairStatus {
     pub oldest_unverified_ms: u64,
     /// The ring epoch each peer answered the last root comparison with.
     pub peer_epochs: BTreeMap<String, String>,
+    /// Earlier rings forgotten once every partition they moved was handed off.
+    pub rings_forgotten: u64,
 }
 
 #[derive(Default)]
@@ -128,6 +131,7 @@ struct Counters {
     handoffs_in_flight: AtomicU64,
     handoffs_done: AtomicU64,
     tombstones_reaped: AtomicU64,
+    rings_forgotten: AtomicU64,
 }
 
 /// A request to run a round now.
@@ -228,6 +232,7 @@ impl Repair {
             roots_compared: c.roots_compared.load(Ordering::Relaxed),
             handoffs_in_flight: c.handoffs_in_flight.load(Ordering::Relaxed),
             handoffs_done: c.handoffs_done.load(Ordering::Relaxed),
+            rings_forgotten: c.rings_forgotten.load(Ordering::Relaxed),
             tombstones_reaped: c.tombstones_reaped.load(Ordering::Relaxed),
             tombstones_pending: self.coordinator.tombstones_pending() as u64,
             late_states_refused: self.coordinator.late_states_refused(),
@@ -491,6 +496,11 @@ impl Repair {
                     Err(error) => tracing::debug!(partition = p, %error, "handoff not done yet"),
                 }
             }
+        }
+        // Earlier rings whose moved partitions all reached their new owners: reads
+        // stop asking them.
+        if settled && only.is_none() && !view.previous.is_empty() {
+            self.forget_settled_rings(&view).await;
         }
         // 3. Tombstones. One owned partition per round is scanned for them, so
         // tombstones forgotten by a restart are found again (a full cycle takes Q
