@@ -659,15 +659,14 @@ impl Coordinator {
         })
     }
 
-    /// The local replica's encoded object.
+    /// The local replica's encoded object, as stored (checksummed by the store; the
+    /// asking coordinator decodes it, so decoding and encoding it again here would
+    /// only cost a replica read twice the work).
     ///
     /// # Errors
-    /// [`ApiError`] for bad keys, corrupt bytes or storage failures.
+    /// [`ApiError`] for bad keys or storage failures.
     pub async fn read_local_bytes(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, ApiError> {
-        match self.run(Io::Read, move |r| r.get(&key)).await? {
-            None => Ok(None),
-            Some(o) => Ok(Some(o.encode()?)),
-        }
+        self.run(Io::Read, move |r| r.get_raw(&key)).await
     }
 }
 

@@ -98,6 +98,13 @@ pub struct BatchStats {
     pub single: [AtomicU64; 2],
 }
 
+/// A job's deadline and who waits for its outcome.
+type Waiting<T> = (Instant, Done<T>);
+/// Replica writes of one batch: what to send, and who waits.
+type Writes = Vec<((Vec<u8>, SharedBlob), Waiting<()>)>;
+/// Replica reads of one batch.
+type Reads = Vec<(Vec<u8>, Waiting<Option<Blob>>)>;
+
 /// A queue's sender and which queue it is (a queue that ended is replaced).
 type Queues = HashMap<Dest, (u64, mpsc::Sender<Job>)>;
 
@@ -175,7 +182,14 @@ impl Batches {
         done: Done<Option<Blob>>,
     ) {
         let deadline = Instant::now() + timeout;
-        self.submit((addr, node.into()), Job::Read { key, deadline, done });
+        self.submit(
+            (addr, node.into()),
+            Job::Read {
+                key,
+                deadline,
+                done,
+            },
+        );
     }
 
     fn submit(&self, dest: Dest, job: Job) {
@@ -195,8 +209,7 @@ impl Batches {
             }
         };
         if let Err(e) = tx.try_send(job) {
-            let (mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) =
-                e;
+            let (mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) = e;
             job.fail(PeerError::Connect {
                 addr,
                 reason: "too many requests waiting for this peer".into(),
@@ -296,12 +309,7 @@ impl Batches {
         );
     }
 
-    async fn send_writes(
-        &self,
-        dest: &Dest,
-        writes: Vec<((Vec<u8>, SharedBlob), (Instant, Done<()>))>,
-        singly: bool,
-    ) {
+    async fn send_writes(&self, dest: &Dest, writes: Writes, singly: bool) {
         if singly || writes.len() < 2 {
             let each = writes
                 .into_iter()
@@ -349,12 +357,7 @@ impl Batches {
         }
     }
 
-    async fn send_reads(
-        &self,
-        dest: &Dest,
-        reads: Vec<(Vec<u8>, (Instant, Done<Option<Blob>>))>,
-        singly: bool,
-    ) {
+    async fn send_reads(&self, dest: &Dest, reads: Reads, singly: bool) {
         if singly || reads.len() < 2 {
             let each = reads
                 .into_iter()
