@@ -5,7 +5,12 @@
 #   - ringkv single node and 3 nodes (N=3, R=2, W=2): workloads A, B, C;
 #   - the latency/throughput curve of workload A on one node (open loop, --target
 #     stepped from 10 % of the closed-loop throughput to past saturation);
+#   - workload A on 3 nodes at half of its own closed-loop throughput (HALF_RUNS
+#     runs, judged on the median p99);
 #   - workload A on 3 nodes with node-2 killed and restarted mid-run.
+# Every ringkv run also reports the CPU it cost per acknowledged operation, over the
+# bench and every server process (read from /proc; `ringkv bench` finds the servers
+# by their listening sockets).
 # Writes JSON and SVG of every run to bench-results/ycsb/ and the tables to
 # bench-results/ycsb/TABLE.md.
 #
@@ -121,6 +126,13 @@ $R bench "${three[@]}" --workload c "${common[@]}" --duration "${DURATION}s" \
 for w in a b; do
   $R bench "${three[@]}" --workload $w --skip-load "${common[@]}" --duration "${DURATION}s" \
     --json "$OUT/three-nodes-$w.json" --plot "$OUT/three-nodes-$w.svg"
+done
+
+echo "== three nodes, workload A at half of its closed-loop throughput"
+SAT3=$(python3 -c "import json;print(int(json.load(open('$OUT/three-nodes-a.json'))['throughput_ops_per_sec']))")
+for i in $(seq 1 "$HALF_RUNS"); do
+  $R bench "${three[@]}" --workload a --skip-load "${common[@]}" --duration "${CURVE_DURATION}s" \
+    --target $((SAT3 / 2)) --json "$OUT/three-nodes-a-half-run$i.json" --plot "$OUT/three-nodes-a-half-run$i.svg"
 done
 stop "$DP"
 

@@ -211,6 +211,37 @@ fn growing_and_shrinking_under_load_hands_partitions_off_and_loses_nothing() {
         })
         .sum();
     assert!(handed > 0, "partitions were handed off");
+    // Every partition is on its owners now: each node forgets the earlier rings, so
+    // reads stop asking their owners.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let earlier: Vec<u64> = (0..4)
+            .map(|i| {
+                c.status(i)["earlier_rings"]
+                    .as_u64()
+                    .expect("earlier_rings")
+            })
+            .collect();
+        if earlier.iter().all(|e| *e == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "earlier rings still kept after every handoff: {earlier:?}, {:?}",
+            (0..4)
+                .map(|i| c.status(i)["repair"].clone())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let forgotten: u64 = (0..4)
+        .map(|i| {
+            c.status(i)["repair"]["rings_forgotten"]
+                .as_u64()
+                .expect("counter")
+        })
+        .sum();
+    assert!(forgotten > 0, "earlier rings were forgotten");
 }
 
 #[test]

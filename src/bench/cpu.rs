@@ -254,8 +254,7 @@ mod tests {
 
     #[test]
     fn tcp_lines_parse_listeners_only() {
-        let listen =
-            "   0: 0100007F:1CE7 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 123456 1";
+        let listen = "   0: 0100007F:1CE7 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 123456 1";
         let (addr, inode) = parse_tcp_line(listen, false).expect("listener");
         assert_eq!(addr, "127.0.0.1:7399".parse().expect("addr"));
         assert_eq!(inode, 123_456);
@@ -281,7 +280,10 @@ mod tests {
         assert!(holders(&inodes).contains(&std::process::id()));
         // Listening in this very process: found, then left out as the client itself.
         let meter = CpuMeter::discover([addr.as_str(), "192.0.2.1:1"]);
-        assert!(meter.servers.is_empty(), "the bench is the client, not a server");
+        assert!(
+            meter.servers.is_empty(),
+            "the bench is the client, not a server"
+        );
         assert_eq!(meter.unmeasured, vec!["192.0.2.1:1".to_string()]);
         let start = meter.sample();
         let mut x = 0u64;

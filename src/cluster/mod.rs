@@ -379,7 +379,11 @@ mod tests {
         let pruned = v2.without_rings(&[old]);
         assert!(pruned.previous.is_empty());
         assert!(pruned.previous_primaries(&moved).is_empty());
-        assert_eq!(pruned.walk(&moved), v2.walk(&moved), "the current ring stays");
+        assert_eq!(
+            pruned.walk(&moved),
+            v2.walk(&moved),
+            "the current ring stays"
+        );
         // The next view built on it (liveness changed, same members) keeps it forgotten.
         let v3 = ClusterView::new(
             "a".into(),

@@ -292,7 +292,13 @@ impl Coordinator {
         };
         let Some(addr) = addr else {
             let reason = "no address known".to_string();
-            report(node, Err(SendFailure { reason, refused: false }));
+            report(
+                node,
+                Err(SendFailure {
+                    reason,
+                    refused: false,
+                }),
+            );
             return;
         };
         match hint_for {
@@ -418,7 +424,8 @@ impl Coordinator {
                 // (it does not count toward W; it only keeps the copy).
                 let (this, key, bytes) = (this.clone(), key.clone(), bytes.clone());
                 tokio::spawn(async move {
-                    if let Err(error) = this.store_hint(owner.clone(), key, bytes.0.to_vec()).await {
+                    if let Err(error) = this.store_hint(owner.clone(), key, bytes.0.to_vec()).await
+                    {
                         tracing::warn!(%owner, %error, "cannot keep a hint");
                     }
                 });

@@ -324,7 +324,12 @@ impl Collector for NodeCollector {
             ["write", "read"]
                 .iter()
                 .zip(v)
-                .map(|(k, n)| (vec![("kind", (*k).to_string())], n.load(std::sync::atomic::Ordering::Relaxed)))
+                .map(|(k, n)| {
+                    (
+                        vec![("kind", (*k).to_string())],
+                        n.load(std::sync::atomic::Ordering::Relaxed),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         o.counters(

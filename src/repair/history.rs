@@ -83,7 +83,9 @@ impl Repair {
         }
         if id == view.self_id {
             let store = self.coordinator.replica().store();
-            return parts.iter().all(|p| store.root(*p).is_ok_and(|r| r == EMPTY));
+            return parts
+                .iter()
+                .all(|p| store.root(*p).is_ok_and(|r| r == EMPTY));
         }
         if view.liveness_of(id) != Liveness::Alive {
             return false;
