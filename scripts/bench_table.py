@@ -78,7 +78,7 @@ for pct in (10, 25, 50, 75, 90, 100, 110):
     )
 
 half = [load("curve-a-50.json")] if os.path.exists(os.path.join(out, "curve-a-50.json")) else []
-half += [load(n) for n in sorted(os.listdir(out)) if n.startswith("curve-a-50-run")]
+half += [load(n) for n in sorted(os.listdir(out)) if n.startswith("curve-a-50-run") and n.endswith(".json")]
 if half:
     p99s = sorted(j["run"]["p99_us"] for j in half)
     median = p99s[len(p99s) // 2]
@@ -89,7 +89,7 @@ if half:
         f"(runs: {', '.join(ms(p) for p in p99s)} ms); goal <= 5 ms."
     )
 
-half3 = [load(n) for n in sorted(os.listdir(out)) if n.startswith("three-nodes-a-half-run")]
+half3 = [load(n) for n in sorted(os.listdir(out)) if n.startswith("three-nodes-a-half-run") and n.endswith(".json")]
 if half3:
     p99s = sorted(j["run"]["p99_us"] for j in half3)
     median = p99s[len(p99s) // 2]
