@@ -773,3 +773,83 @@ fn the_cluster_secret_rotates_with_rolling_restarts_without_losing_membership() 
     assert_eq!(members.len(), 3, "{members:?}");
     drop(stale);
 }
+
+#[test]
+fn replica_writes_and_reads_ready_together_share_a_frame_and_all_arrive() {
+    let c = Cluster::start(3, &[]);
+    c.wait_converged(&[0, 1, 2], 3);
+    let rt = runtime();
+    let addr = c.nodes[0].addr.clone();
+    // Many writes and reads in flight through one coordinator at once: its replica
+    // requests to each peer queue up and leave together.
+    let written: Vec<(String, String)> = rt.block_on(async {
+        let mut client = Client::connect(&addr).await.expect("connect");
+        client.disable_routing();
+        let mut tasks = Vec::new();
+        for t in 0..64 {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..20 {
+                    let (k, v) = (format!("batch-{t}-{i}"), format!("v{t}-{i}"));
+                    if client.put(k.as_bytes(), v.as_bytes(), None).await.is_ok() {
+                        let r = client.get(k.as_bytes()).await.expect("read at R=2");
+                        assert!(
+                            r.siblings.contains(&v.clone().into_bytes()),
+                            "{k} read back"
+                        );
+                        acked.push((k, v));
+                    }
+                }
+                acked
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("task"));
+        }
+        all
+    });
+    assert_eq!(written.len(), 64 * 20, "every write acknowledged");
+    let s = c.status(0);
+    let (batches, items) = (
+        s["peer_batches"].as_u64().expect("peer_batches"),
+        s["peer_batched_items"]
+            .as_u64()
+            .expect("peer_batched_items"),
+    );
+    assert!(batches > 0, "some replica requests shared a frame: {s}");
+    assert!(
+        items >= 2 * batches,
+        "a batch carries two items or more: {items} in {batches}"
+    );
+    // Every replica got every write (W=2 answered; the third arrives as well).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in [1, 2] {
+        let missing: Vec<String> = rt.block_on(async {
+            let client = Client::connect(&c.nodes[i].addr).await.expect("connect");
+            let mut missing = Vec::new();
+            for (k, v) in &written {
+                loop {
+                    match client.get_local(k.as_bytes()).await {
+                        Ok(r) if r.siblings.contains(&v.clone().into_bytes()) => break,
+                        _ if Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        other => {
+                            missing.push(format!("{k}: {other:?}"));
+                            break;
+                        }
+                    }
+                }
+            }
+            missing
+        });
+        assert!(
+            missing.is_empty(),
+            "node {i} lacks {} writes: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(3)]
+        );
+    }
+}

@@ -531,6 +531,17 @@ impl Node {
             peer_handshakes_refused: self.stats.peer_handshakes_refused.load(Ordering::Relaxed),
             peer_requests_refused: self.stats.peer_requests_refused.load(Ordering::Relaxed),
             earlier_rings: view.previous.len() as u64,
+            peer_batches: {
+                let b = c.batch_stats();
+                b.batches.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+            },
+            peer_batched_items: {
+                let b = c.batch_stats();
+                b.batched_items
+                    .iter()
+                    .map(|n| n.load(Ordering::Relaxed))
+                    .sum()
+            },
         }
     }
 

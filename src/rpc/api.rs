@@ -154,6 +154,10 @@ pub struct ClusterStatus {
     /// Earlier rings whose owners reads still ask (until their moved partitions
     /// are all handed off).
     pub earlier_rings: u64,
+    /// Requests to peers that carried several replica writes or reads.
+    pub peer_batches: u64,
+    /// Replica writes and reads those batches carried.
+    pub peer_batched_items: u64,
 }
 
 /// `/v1/cluster/health`: the cluster as this node sees it, for alerting.
