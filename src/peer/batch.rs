@@ -461,3 +461,107 @@ fn latest<T>(waiting: &[(Instant, T)]) -> Instant {
         .max()
         .unwrap_or_else(Instant::now)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::TokioNetwork;
+    use ringkv_gossip::ClusterKey;
+
+    fn batches() -> Batches {
+        let key = ClusterKey::derive(b"batch tests, a secret of 16 bytes or more");
+        Batches::new(Peers::new(TokioNetwork, key, "n1".into(), 1 << 20))
+    }
+
+    type Outcomes = Arc<Mutex<Vec<Result<(), String>>>>;
+
+    fn recorder(outcomes: &Outcomes) -> Done<()> {
+        let outcomes = outcomes.clone();
+        Box::new(move |r| {
+            outcomes
+                .lock()
+                .expect("lock")
+                .push(r.map_err(|e| e.to_string()));
+        })
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_deadline_passed_in_the_queue_fails_as_never_sent() {
+        let b = batches();
+        let outcomes: Outcomes = Arc::default();
+        let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let object = SharedBlob(Arc::from(&b"state"[..]));
+        b.replicate(
+            "n2",
+            addr,
+            b"k".to_vec(),
+            object,
+            Duration::ZERO,
+            recorder(&outcomes),
+        );
+        for _ in 0..100 {
+            if !outcomes.lock().expect("lock").is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let got = outcomes.lock().expect("lock").clone();
+        assert_eq!(got.len(), 1);
+        let e = got[0].as_ref().expect_err("failed");
+        assert!(e.contains("no time left"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_every_job_is_answered_once() {
+        // A peer that accepts connections and never answers the handshake: the
+        // first batches hang in it, the queue fills, the rest are refused at once.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                open.push(s);
+            }
+        });
+        let b = batches();
+        let outcomes: Outcomes = Arc::default();
+        let object = SharedBlob(Arc::from(&[7u8; 100][..]));
+        let jobs = QUEUE + 3 * MAX_BATCH_ITEMS * IN_FLIGHT;
+        for i in 0..jobs {
+            b.replicate(
+                "n2",
+                addr,
+                format!("key-{i}").into_bytes(),
+                object.clone(),
+                Duration::from_secs(2),
+                recorder(&outcomes),
+            );
+        }
+        let refused_at_once = outcomes
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.as_ref().is_err_and(|e| e.contains("too many requests")))
+            .count();
+        assert!(
+            refused_at_once >= jobs - QUEUE - MAX_BATCH_ITEMS * IN_FLIGHT,
+            "only {refused_at_once} of {jobs} refused at once"
+        );
+        // The rest fail when the handshake times out or their deadline passes.
+        for _ in 0..1000 {
+            if outcomes.lock().expect("lock").len() >= jobs {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let got = outcomes.lock().expect("lock").clone();
+        assert_eq!(got.len(), jobs, "every job answered exactly once");
+        assert!(
+            got.iter().all(Result::is_err),
+            "nothing reached a peer that never answered"
+        );
+        held.abort();
+    }
+}
