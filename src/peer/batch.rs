@@ -13,9 +13,11 @@
 //!
 //! Every job keeps its own deadline: one that passes while queued fails as never
 //! sent. Items are idempotent (state merges and reads), so a batch that met a
-//! closed connection is sent again one item at a time; that is also what a node of
-//! the previous release gets, which closes a connection on a method it does not
-//! know, for [`SINGLY_FOR`] afterwards.
+//! closed connection is not tried again as a batch but sent one item at a time, and
+//! so is everything for that peer for [`SINGLY_FOR`] afterwards: a node of the
+//! previous release closes a connection on a method it does not know (once per
+//! [`SINGLY_FOR`], with whatever else was in flight on it: during a rolling upgrade,
+//! a forwarded write caught there fails as indeterminate, as on any lost connection).
 //!
 //! [`Peer::replicate_batch`]: super::Peer::replicate_batch
 
@@ -321,11 +323,13 @@ impl Batches {
         let (items, waiting): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
         let timeout = latest(&waiting).saturating_duration_since(Instant::now());
         let sent = items.clone();
+        // One attempt: a node of the previous release closes the connection on a
+        // batch, and a second attempt would close a second one (with whatever else
+        // was in flight on it). The items go one by one instead.
         let r = self
             .peers
-            .call_to(dest, timeout, |c, ctx| {
-                let items = sent.clone();
-                async move { c.replicate_batch(ctx, items).await }
+            .call_once(dest, timeout, |c, ctx| async move {
+                c.replicate_batch(ctx, sent).await
             })
             .await;
         match r {
@@ -371,9 +375,8 @@ impl Batches {
         let sent = keys.clone();
         let r = self
             .peers
-            .call_to(dest, timeout, |c, ctx| {
-                let keys = sent.clone();
-                async move { c.read_batch(ctx, keys).await }
+            .call_once(dest, timeout, |c, ctx| async move {
+                c.read_batch(ctx, sent).await
             })
             .await;
         match r {

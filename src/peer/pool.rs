@@ -244,7 +244,8 @@ impl Peers {
         self.call_once(&(addr, node.into()), timeout, f).await
     }
 
-    async fn call_once<T, F, Fut>(
+    /// One attempt, never retried, to a destination already named.
+    pub(crate) async fn call_once<T, F, Fut>(
         &self,
         dest: &Dest,
         timeout: Duration,
