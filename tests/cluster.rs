@@ -181,7 +181,17 @@ fn counter_through_a_node_failure_equals_the_acknowledged_sum() {
     c.nodes[victim].restart();
     c.wait_converged(&[0, 1, 2, 3], 4);
     c.wait_hints_drained(&[0, 1, 2, 3]);
-    let out = c.nodes[0].cli(&["counter", "get", "hits", "--r", "3", "--json"]);
+    // A coordinator that failed to dial the victim while it was down waits 250 ms
+    // (REDIAL_AFTER) before dialling it again, and R=3 needs it: this run can get
+    // here sooner than that after the restart, so the read is retried (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = c.nodes[0].cli(&["counter", "get", "hits", "--r", "3", "--json"]);
+        if code(&out) == 0 || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let value = json(&out)["value"].as_u64().expect("value");
     assert!(
         value >= acked && value <= acked + maybe,
