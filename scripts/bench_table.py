@@ -77,28 +77,25 @@ for pct in (10, 25, 50, 75, 90, 100, 110):
         f"| {ms(run['p50_us'])} | {ms(run['p99_us'])} | {ms(run['p999_us'])} | {ms(run['max_us'])} |"
     )
 
-half = [load("curve-a-50.json")] if os.path.exists(os.path.join(out, "curve-a-50.json")) else []
-half += [load(n) for n in sorted(os.listdir(out)) if n.startswith("curve-a-50-run") and n.endswith(".json")]
-if half:
-    p99s = sorted(j["run"]["p99_us"] for j in half)
-    median = p99s[len(p99s) // 2]
+def runs(prefix):
+    return [load(n) for n in sorted(os.listdir(out)) if n.startswith(prefix) and n.endswith(".json")]
+
+
+def half_load(label, runs, goal_ms):
+    """The median p99 of the half-load runs, with every run's."""
+    if not runs:
+        return
+    p99s = sorted(j["run"]["p99_us"] for j in runs)
     print()
     print(
-        f"p99 at half of saturation ({half[0]['config']['target_ops_per_sec']:,.0f} ops/s), "
-        f"{len(p99s)} runs of the same 20 s: median {ms(median)} ms "
-        f"(runs: {', '.join(ms(p) for p in p99s)} ms); goal <= 5 ms."
+        f"{label} ({runs[0]['config']['target_ops_per_sec']:,.0f} ops/s), {len(p99s)} runs of the "
+        f"same 20 s: median {ms(p99s[len(p99s) // 2])} ms (runs: {', '.join(ms(p) for p in p99s)} ms); "
+        f"goal <= {goal_ms} ms."
     )
 
-half3 = [load(n) for n in sorted(os.listdir(out)) if n.startswith("three-nodes-a-half-run") and n.endswith(".json")]
-if half3:
-    p99s = sorted(j["run"]["p99_us"] for j in half3)
-    median = p99s[len(p99s) // 2]
-    print()
-    print(
-        f"3 nodes, p99 at half of workload A's saturation ({half3[0]['config']['target_ops_per_sec']:,.0f} "
-        f"ops/s), {len(p99s)} runs of the same 20 s: median {ms(median)} ms "
-        f"(runs: {', '.join(ms(p) for p in p99s)} ms); goal <= 10 ms."
-    )
+
+half_load("p99 at half of saturation", runs("curve-a-50.json") + runs("curve-a-50-run"), 5)
+half_load("3 nodes, p99 at half of workload A's saturation", runs("three-nodes-a-half-run"), 10)
 
 kill = os.path.join(out, "three-nodes-a-kill.json")
 if os.path.exists(kill):

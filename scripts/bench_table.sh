@@ -51,13 +51,7 @@ fi
 cargo build --release --bin ringkv
 mkdir -p "$OUT"
 
-wait_port() { # host:port
-  for _ in $(seq 1 300); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing answers on $1" >&2; exit 1
-}
+. scripts/local_cluster.sh
 
 stop() { # pid
   kill -TERM "$1" 2>/dev/null || true
@@ -111,10 +105,7 @@ echo "== three nodes (N=3, R=2, W=2)"
 $R dev --nodes 3 --base-port 7392 --data-dir "$WORK/three" >"$WORK/dev.log" 2>&1 &
 DP=$!; PIDS+=("$DP")
 for p in 7392 7393 7394; do wait_port 127.0.0.1:$p; done
-for _ in $(seq 1 100); do
-  n=$($R ring --json --connect 127.0.0.1:7394 2>/dev/null | python3 -c "import json,sys;print(len(json.load(sys.stdin)['counts']))" 2>/dev/null || echo 0)
-  [ "$n" = 3 ] && break; sleep 0.2
-done
+wait_members "$R" 127.0.0.1:7394 3
 # A cluster that has just formed keeps asking the owners of its earlier rings (the
 # rings of one and two members) until its ring has been stable for two repair
 # rounds (2 x 10 s): measured before that, the first 20 s of a run ask up to twice

@@ -23,13 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() { # host:port
-  for _ in $(seq 1 300); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing answers on $1" >&2; exit 1
-}
+. scripts/local_cluster.sh
 figures() { grep -E "^(load|run) +(all|insert) |cpu:" || true; }
 common=(--workload a --records "$RECORDS" --concurrency 64 --value-size 1000 --duration "${DURATION}s" --quiet)
 
@@ -44,10 +38,7 @@ echo "== three nodes (N=3, R=2, W=2)"
 $R dev --nodes 3 --base-port 7592 --data-dir "$WORK/three" >"$WORK/dev.log" 2>&1 &
 P=$!; PIDS+=("$P")
 for p in 7592 7593 7594; do wait_port 127.0.0.1:$p; done
-for _ in $(seq 1 100); do
-  n=$($R ring --json --connect 127.0.0.1:7594 2>/dev/null | python3 -c "import json,sys;print(len(json.load(sys.stdin)['counts']))" 2>/dev/null || echo 0)
-  [ "$n" = 3 ] && break; sleep 0.2
-done
+wait_members "$R" 127.0.0.1:7594 3
 sleep "${SETTLE:-22}"
 $R bench --connect 127.0.0.1:7592 127.0.0.1:7593 127.0.0.1:7594 --r 2 --w 2 "${common[@]}" \
   --json "$WORK/three.json" >"$WORK/three.txt" &

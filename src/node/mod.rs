@@ -504,6 +504,9 @@ impl Node {
     }
 
     fn cluster_status(&self) -> ClusterStatus {
+        let sum = |kinds: &[std::sync::atomic::AtomicU64]| -> u64 {
+            kinds.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+        };
         let c = &self.coordinator;
         let view = c.cluster().view();
         let g = c.cluster().gossip_stats();
@@ -531,17 +534,8 @@ impl Node {
             peer_handshakes_refused: self.stats.peer_handshakes_refused.load(Ordering::Relaxed),
             peer_requests_refused: self.stats.peer_requests_refused.load(Ordering::Relaxed),
             earlier_rings: view.previous.len() as u64,
-            peer_batches: {
-                let b = c.batch_stats();
-                b.batches.iter().map(|n| n.load(Ordering::Relaxed)).sum()
-            },
-            peer_batched_items: {
-                let b = c.batch_stats();
-                b.batched_items
-                    .iter()
-                    .map(|n| n.load(Ordering::Relaxed))
-                    .sum()
-            },
+            peer_batches: sum(&c.batch_stats().batches),
+            peer_batched_items: sum(&c.batch_stats().batched_items),
         }
     }
 
