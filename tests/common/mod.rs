@@ -29,24 +29,53 @@ pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough on loopback).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("addr").port()
+/// Ports this test process has handed out. Tests of one binary run side by side:
+/// a port released by a node that is restarting in one test must not be given to
+/// a node of another (CI once saw a rolling restart lose its UDP port that way).
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Marks `ports` handed out; false if one already was.
+fn claim(ports: std::ops::Range<u16>) -> bool {
+    let mut taken = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    if ports.clone().any(|p| taken.contains(&p)) {
+        return false;
+    }
+    taken.extend(ports);
+    true
 }
 
-/// The first of `k` consecutive ports free for TCP and UDP on 127.0.0.1.
+/// Whether `port` is free for TCP and UDP on 127.0.0.1 (a node binds both).
+fn free_for_both(port: u16) -> bool {
+    let a = format!("127.0.0.1:{port}");
+    std::net::TcpListener::bind(&a).is_ok() && std::net::UdpSocket::bind(&a).is_ok()
+}
+
+/// A port free for TCP and UDP on 127.0.0.1 and never handed out before by this
+/// test process (bound and released; good enough on loopback).
+pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = l.local_addr().expect("addr").port();
+        drop(l);
+        if free_for_both(port) && claim(port..port + 1) {
+            return port;
+        }
+    }
+    panic!("no free port in 1000 tries");
+}
+
+/// The first of `k` consecutive ports free for TCP and UDP on 127.0.0.1, none
+/// handed out before by this test process.
 pub fn free_run(k: u16) -> u16 {
     for _ in 0..200 {
-        let base = free_port();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let base = l.local_addr().expect("addr").port();
+        drop(l);
         if base > u16::MAX - k {
             continue;
         }
-        let ok = (0..k).all(|i| {
-            let a = format!("127.0.0.1:{}", base + i);
-            std::net::TcpListener::bind(&a).is_ok() && std::net::UdpSocket::bind(&a).is_ok()
-        });
-        if ok {
+        if (0..k).all(|i| free_for_both(base + i)) && claim(base..base + k) {
             return base;
         }
     }
@@ -93,14 +122,22 @@ impl Server {
     }
 
     fn wait_ready(&mut self) {
+        if let Err(log) = self.wait_started() {
+            panic!("server exited: {log}");
+        }
+    }
+
+    /// Waits (bounded) until the server answers; its log if it exited first.
+    fn wait_started(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let out = self.cli(&["status", "--json"]);
-            if out.status.success() {
-                return;
-            }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("server exited with {status}: {}", self.log_text());
+                return Err(format!("{status}: {}", self.log_text()));
+            }
+            let out = self.cli(&["status", "--json"]);
+            // The answer must be this child's: another process may hold the port.
+            if out.status.success() && matches!(self.child.try_wait(), Ok(None)) {
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -175,9 +212,21 @@ impl Server {
     }
 
     /// Starts the same node again (same directory, address and flags).
+    ///
+    /// Its old port was free between the stop and this start, and a short-lived
+    /// socket of another process (a client's outgoing connection) may hold it for
+    /// a moment: a start that fails to bind is tried again, at most 5 times.
     pub fn restart(&mut self) {
-        self.child = spawn(&self.dir, &self.addr, &self.args);
-        self.wait_ready();
+        for attempt in 1..=5 {
+            self.child = spawn(&self.dir, &self.addr, &self.args);
+            match self.wait_started() {
+                Ok(()) => return,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(log) => panic!("server exited: {log}"),
+            }
+        }
     }
 }
 
