@@ -537,6 +537,25 @@ impl Gossip {
         out
     }
 
+    /// The newest start (generation) of every node SWIM holds as not down, by
+    /// [`node_hash`] of its id. A node that restarted shows here with a higher
+    /// generation as soon as its announcement arrives, often before SWIM ever
+    /// suspected the old one: the node's peers use it to dial it again at once.
+    pub fn generations_by_node(&self) -> BTreeMap<u64, u64> {
+        let mut out: BTreeMap<u64, u64> = BTreeMap::new();
+        for m in self.foca.iter_membership_state() {
+            let id = m.id();
+            if id.node == 0 || m.state() == foca::State::Down {
+                continue;
+            }
+            let g = out.entry(id.node).or_insert(id.generation);
+            *g = (*g).max(id.generation);
+        }
+        let me = self.foca.identity();
+        out.insert(me.node, me.generation);
+        out
+    }
+
     /// SWIM's view of one address (cheaper than [`Gossip::liveness`] at scale).
     pub fn liveness_of(&self, addr: SocketAddr) -> Liveness {
         if addr == self.foca.identity().addr {
@@ -640,6 +659,33 @@ mod tests {
         for i in 0..4 {
             assert_eq!(alive(&net.nodes[i]), 4, "node {i} sees everyone again");
         }
+    }
+
+    #[test]
+    fn a_restart_shows_as_a_higher_generation_before_any_suspicion() {
+        let mut net = Net::new(&[b"s".as_slice(); 3]);
+        net.run_until(5_000);
+        let n2 = node_hash("n2");
+        assert_eq!(net.nodes[0].generations_by_node().get(&n2), Some(&1));
+        let (g, out) = Gossip::new(
+            Identity {
+                addr: net.addrs[2],
+                generation: 2,
+                node: n2,
+            },
+            record(2, net.addrs[2]),
+            Vec::new(),
+            GossipConfig::new(ClusterKey::derive(b"s"), vec![net.addrs[0]]),
+            7,
+        );
+        net.nodes[2] = g;
+        net.perform(2, out);
+        net.run_until(6_000);
+        assert_eq!(net.nodes[0].generations_by_node().get(&n2), Some(&2));
+        assert_eq!(
+            net.nodes[0].liveness_by_node().get(&n2),
+            Some(&Liveness::Alive)
+        );
     }
 
     #[test]

@@ -208,6 +208,29 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Revivals a receiver may fall behind by before it is told it lagged.
+pub const REVIVALS_QUEUE: usize = 64;
+
+/// Node hashes that came back between two looks at SWIM: alive now, and either not
+/// alive before or alive under a higher generation (restarted between two probes,
+/// never suspected).
+pub fn revived(
+    liveness_before: &BTreeMap<u64, Liveness>,
+    liveness_now: &BTreeMap<u64, Liveness>,
+    generations_before: &BTreeMap<u64, u64>,
+    generations_now: &BTreeMap<u64, u64>,
+) -> Vec<u64> {
+    liveness_now
+        .iter()
+        .filter(|(_, l)| **l == Liveness::Alive)
+        .map(|(h, _)| *h)
+        .filter(|h| {
+            liveness_before.get(h) != Some(&Liveness::Alive)
+                || generations_now.get(h) > generations_before.get(h)
+        })
+        .collect()
+}
+
 /// What the rest of the node shares with the gossip shell.
 pub struct ClusterState {
     view: RwLock<Arc<ClusterView>>,
@@ -215,6 +238,9 @@ pub struct ClusterState {
     commands: tokio::sync::mpsc::Sender<shell::Command>,
     /// An operator removed this node: it serves, repairs and hands off nothing more.
     removed: std::sync::atomic::AtomicBool,
+    /// Ids of members that came back: a new start (generation) seen, or SWIM alive
+    /// again after suspicion or down (see [`ClusterState::revivals`]).
+    revivals: tokio::sync::broadcast::Sender<String>,
 }
 
 impl ClusterState {
@@ -253,6 +279,14 @@ impl ClusterState {
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
     }
 
+    /// Members that came back from now on, by node id: a restarted node (a higher
+    /// generation), or one SWIM holds alive again. Whoever stopped dialling it after
+    /// failures may dial again at once. A receiver that falls behind gets
+    /// `Lagged` and should treat every member as come back.
+    pub fn revivals(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.revivals.subscribe()
+    }
+
     /// Datagram counters.
     pub fn gossip_stats(&self) -> GossipStats {
         *self.gossip_stats.read().unwrap_or_else(|p| p.into_inner())
@@ -286,6 +320,27 @@ mod tests {
             });
         }
         m
+    }
+
+    #[test]
+    fn a_member_revives_when_alive_again_or_restarted_and_not_otherwise() {
+        let l = |v: &[(u64, Liveness)]| v.iter().copied().collect::<BTreeMap<_, _>>();
+        let g = |v: &[(u64, u64)]| v.iter().copied().collect::<BTreeMap<_, _>>();
+        use Liveness::{Alive, Down, Suspect};
+        let before = l(&[(1, Alive), (2, Suspect), (3, Down), (4, Alive)]);
+        let now = l(&[(1, Alive), (2, Alive), (3, Alive), (4, Alive), (5, Alive)]);
+        let gen_before = g(&[(1, 1), (2, 1), (3, 1), (4, 1)]);
+        let gen_now = g(&[(1, 1), (2, 1), (3, 2), (4, 2), (5, 1)]);
+        // 1: unchanged; 2: alive again; 3: alive again, restarted; 4: restarted
+        // unsuspected; 5: new.
+        assert_eq!(
+            revived(&before, &now, &gen_before, &gen_now),
+            vec![2, 3, 4, 5]
+        );
+        assert!(revived(&now, &now, &gen_now, &gen_now).is_empty());
+        // Going down is no revival, whatever the generation says.
+        let down = l(&[(1, Down), (2, Suspect)]);
+        assert!(revived(&now, &down, &gen_now, &g(&[(1, 9), (2, 9)])).is_empty());
     }
 
     #[test]

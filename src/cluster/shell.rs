@@ -196,6 +196,7 @@ pub async fn start<N: Network>(
         gossip_stats: RwLock::new(gossip.stats()),
         commands: tx,
         removed: std::sync::atomic::AtomicBool::new(false),
+        revivals: tokio::sync::broadcast::channel(super::REVIVALS_QUEUE).0,
     });
     if !cfg.seed_names.is_empty() {
         tokio::spawn(resolve_seeds(
@@ -211,6 +212,7 @@ pub async fn start<N: Network>(
         state: state.clone(),
         own,
         liveness: BTreeMap::new(),
+        generations: BTreeMap::new(),
         is_seed,
     };
     let handle = tokio::spawn(shell.run(socket, rx, first, shutdown));
@@ -224,6 +226,8 @@ struct Shell {
     state: Arc<ClusterState>,
     own: NodeRecord,
     liveness: BTreeMap<u64, Liveness>,
+    /// SWIM's generation of each node at the last refresh.
+    generations: BTreeMap<u64, u64>,
     is_seed: bool,
 }
 
@@ -558,11 +562,17 @@ impl Shell {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = self.gossip.stats();
         let liveness = self.gossip.liveness_by_node();
+        let generations = self.gossip.generations_by_node();
         let members = self.gossip.members();
         let current = self.state.view();
-        if liveness == self.liveness && members == current.members {
+        if liveness == self.liveness
+            && members == current.members
+            && generations == self.generations
+        {
             return;
         }
+        let revived = super::revived(&self.liveness, &liveness, &self.generations, &generations);
+        self.generations = generations;
         if members != current.members {
             // Saved so a restart starts from the last ring it knew, not a ring of one.
             if let Err(error) = self.save_members() {
@@ -582,6 +592,16 @@ impl Shell {
             tracing::info!(epoch = %view.epoch_hex(), members = view.ring.as_ref().map(|r| r.members().len()).unwrap_or(0), "ring changed");
         }
         self.state.set_view(view);
+        if !revived.is_empty() && self.state.revivals.receiver_count() > 0 {
+            for r in self.gossip.members().iter() {
+                if r.node_id != self.cfg.node_id
+                    && revived.contains(&ringkv_gossip::node_hash(&r.node_id))
+                {
+                    // No receiver is no error: nobody dialled and backed off yet.
+                    let _ = self.state.revivals.send(r.node_id.clone());
+                }
+            }
+        }
     }
 }
 

@@ -1,7 +1,10 @@
-//! Delivery of hints to their owners once gossip says they are alive again.
+//! What is owed to members once gossip says they are alive again: their hints, and
+//! a fresh dial instead of the pause after failures.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringkv_gossip::{Liveness, Status};
@@ -13,6 +16,73 @@ use crate::peer::pool::PeerError;
 /// Hints handed to one owner per round at most.
 const PER_ROUND: usize = DELIVERY_RATE * DELIVERY_INTERVAL.as_millis() as usize / 1000;
 const _: () = assert!(PER_ROUND > 0);
+
+/// Dials a member that came back at most this many times, [`RECONNECT_EVERY`] apart.
+pub const RECONNECT_TRIES: u32 = 20;
+/// Pause between those dials: gossip hears a restarted node a moment before its RPC
+/// port listens.
+pub const RECONNECT_EVERY: Duration = Duration::from_millis(100);
+
+/// Until `shutdown`: whenever gossip sees a member come back (restarted, or alive
+/// again), lets it be dialled at once, and, if dialling it had failed, dials it
+/// again now so the next request finds a connection. Without this the pause after
+/// a failed dial (`REDIAL_AFTER`) refused the first requests to a node that had
+/// just restarted, a quorum of all replicas among them, though gossip knew it was
+/// back.
+pub async fn forgive_revived_peers(coordinator: Coordinator, shutdown: impl Future<Output = ()>) {
+    let mut revivals = coordinator.inner.cluster.revivals();
+    // Nodes being dialled: a flapping node gets one dialling task, not one a flap.
+    let dialling: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    tokio::pin!(shutdown);
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut shutdown => return,
+            next = revivals.recv() => next,
+        };
+        let node = match next {
+            Ok(node) => node,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                coordinator.inner.batches.forgive_all();
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let batches = &coordinator.inner.batches;
+        let failed = batches.peers().has_failed(&node);
+        batches.forgive(&node);
+        if !failed
+            || !dialling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(node.clone())
+        {
+            continue;
+        }
+        tracing::debug!(%node, "member came back: dialling it again");
+        let (c, dialling) = (coordinator.clone(), dialling.clone());
+        tokio::spawn(async move {
+            for _ in 0..RECONNECT_TRIES {
+                let view = c.inner.cluster.view();
+                let Some(addr) = view.address(&node) else {
+                    break;
+                };
+                if !view.reachable(&node) {
+                    break;
+                }
+                if c.inner.batches.peers().reconnect(&node, addr).await {
+                    c.inner.stats.peer_redials.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                tokio::time::sleep(RECONNECT_EVERY).await;
+            }
+            dialling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&node);
+        });
+    }
+}
 
 /// Delivers hints until `shutdown`: every round, up to [`PER_ROUND`] hints in all go to
 /// owners that are alive; hints for owners no longer in the cluster go to the key's

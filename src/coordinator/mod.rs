@@ -27,7 +27,7 @@ use crate::peer::{Batches, Peers, WriteReply, WriteRequest};
 use crate::replica::{Replica, ReplicaError};
 use crate::rpc::api::{ApiError, GetReply, RequestOptions};
 
-pub use delivery::deliver_hints;
+pub use delivery::{deliver_hints, forgive_revived_peers};
 
 /// Longest deadline a request may ask for. A request's tasks, the copies of the
 /// states it sends and the guard that keeps its key from being reaped live until
@@ -94,6 +94,9 @@ pub struct CoordinatorStats {
     pub read_repairs: AtomicU64,
     /// Requests that failed for want of a quorum.
     pub quorum_failures: AtomicU64,
+    /// Members dialled again at once when gossip saw them come back after dials
+    /// to them had failed.
+    pub peer_redials: AtomicU64,
 }
 
 /// Answers client requests.

@@ -319,6 +319,11 @@ impl Collector for NodeCollector {
             "Replicas repaired after reads.",
             c.read_repairs,
         )?;
+        o.counter(
+            "ringkv_peer_redials",
+            "Members dialled again at once when gossip saw them come back after failed dials.",
+            c.peer_redials,
+        )?;
         let b = node.coordinator().batch_stats();
         let by_kind = |v: &[std::sync::atomic::AtomicU64; 2]| {
             ["write", "read"]

@@ -414,6 +414,10 @@ impl Node {
             coordinator.clone(),
             shutdown.clone().cancelled_owned(),
         ));
+        tokio::spawn(crate::coordinator::forgive_revived_peers(
+            coordinator.clone(),
+            shutdown.clone().cancelled_owned(),
+        ));
         let repair = crate::repair::Repair::start(
             coordinator.clone(),
             config.repair,
@@ -536,6 +540,7 @@ impl Node {
             earlier_rings: view.previous.len() as u64,
             peer_batches: sum(&c.batch_stats().batches),
             peer_batched_items: sum(&c.batch_stats().batched_items),
+            peer_redials: stats.peer_redials.load(Ordering::Relaxed),
         }
     }
 

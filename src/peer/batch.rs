@@ -408,6 +408,31 @@ impl Batches {
         }
     }
 
+    /// `node` came back, perhaps upgraded: dial it at once and offer it batches
+    /// again (a node of the previous release closes the connection once more, and
+    /// is sent to singly again).
+    pub fn forgive(&self, node: &str) {
+        self.peers.forgive(node);
+        self.singly_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|dest, _| &*dest.1 != node);
+    }
+
+    /// The pool the queues send through.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// As [`Batches::forgive`], for every node.
+    pub fn forgive_all(&self) {
+        self.peers.forgive_all();
+        self.singly_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     fn go_singly(&self, dest: &Dest) {
         tracing::debug!(addr = %dest.0, "a batch met a closed connection: sending one by one for a while");
         self.singly_until

@@ -116,6 +116,56 @@ impl Peers {
             .insert(dest.clone(), tokio::time::Instant::now() + REDIAL_AFTER);
     }
 
+    /// Lets `node` be dialled again at once: it came back (a new start, or alive
+    /// again per gossip), so the pause after its last failure no longer protects
+    /// anything and would only refuse the first requests to it.
+    pub fn forgive(&self, node: &str) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|dest, _| &*dest.1 != node);
+    }
+
+    /// As [`Peers::forgive`], for every node.
+    pub fn forgive_all(&self) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Whether a dial to `node` failed or a connection to it dropped since it was
+    /// last forgiven (the pause may be over).
+    pub fn has_failed(&self, node: &str) -> bool {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .any(|dest| &*dest.1 == node)
+    }
+
+    /// Whether `node` is in its pause after a failed dial or dropped connection.
+    pub fn backing_off(&self, node: &str) -> bool {
+        let now = tokio::time::Instant::now();
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(dest, at)| &*dest.1 == node && now < *at)
+    }
+
+    /// Forgives `node` and dials it at `addr` now, unless a connection is open:
+    /// true once one is (the pause after failures is then forgotten too).
+    pub async fn reconnect(&self, node: &str, addr: SocketAddr) -> bool {
+        let dest: Dest = (addr, node.into());
+        self.forgive(node);
+        let ok = self.client(&dest, CONNECT_TIMEOUT).await.is_ok();
+        if ok {
+            self.forgive(node);
+        }
+        ok
+    }
+
     /// The connection to `dest`, dialled (and proven) within `budget` if needed.
     async fn client(&self, dest: &Dest, budget: Duration) -> Result<PeerClient, PeerError> {
         if let Some(c) = self.cached(dest) {

@@ -158,6 +158,9 @@ pub struct ClusterStatus {
     pub peer_batches: u64,
     /// Replica writes and reads those batches carried.
     pub peer_batched_items: u64,
+    /// Members dialled again at once when gossip saw them come back (restarted, or
+    /// alive again) after dials to them had failed.
+    pub peer_redials: u64,
 }
 
 /// `/v1/cluster/health`: the cluster as this node sees it, for alerting.
