@@ -347,3 +347,41 @@ impl Peers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::TokioNetwork;
+
+    async fn dial_error(peers: &Peers, dest: &Dest) -> String {
+        match peers.client(dest, Duration::from_millis(200)).await {
+            Ok(_) => panic!("nobody answers at {}", dest.0),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_dial_pauses_only_its_node_until_forgiven() {
+        let key = ClusterKey::derive(b"pool tests, a secret of 16 bytes or more");
+        let peers = Peers::new(TokioNetwork, key, "n1".into(), 1 << 20);
+        // Held, never accepted from: every dial's handshake times out, and no other
+        // test can take the port meanwhile.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = silent.local_addr().expect("addr");
+        let dest: Dest = (addr, "n2".into());
+        assert!(!peers.has_failed("n2"));
+        let first = dial_error(&peers, &dest).await;
+        assert!(!first.contains("recently unreachable"), "{first}");
+        assert!(peers.has_failed("n2") && peers.backing_off("n2"));
+        assert!(!peers.has_failed("n3"), "another node is not paused");
+        let paused = dial_error(&peers, &dest).await;
+        assert!(paused.contains("recently unreachable"), "{paused}");
+        peers.forgive("n2");
+        assert!(!peers.has_failed("n2") && !peers.backing_off("n2"));
+        let again = dial_error(&peers, &dest).await;
+        assert!(
+            !again.contains("recently unreachable"),
+            "dialled again: {again}"
+        );
+    }
+}
