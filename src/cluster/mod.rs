@@ -211,22 +211,35 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Revivals a receiver may fall behind by before it is told it lagged.
 pub const REVIVALS_QUEUE: usize = 64;
 
-/// Node hashes that came back between two looks at SWIM: alive now, and either not
-/// alive before or alive under a higher generation (restarted between two probes,
-/// never suspected).
+/// A member that came back (see [`ClusterState::revivals`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revival {
+    /// Its node id.
+    pub node_id: String,
+    /// Under a higher generation than seen before: a new process, so connections
+    /// to the old one are dead, and it may run another release.
+    pub restarted: bool,
+}
+
+/// Node hashes that came back between two looks at SWIM, each with whether it
+/// restarted: alive now, and either not alive before or alive under a higher
+/// generation (restarted between two probes, never suspected).
 pub fn revived(
     liveness_before: &BTreeMap<u64, Liveness>,
     liveness_now: &BTreeMap<u64, Liveness>,
     generations_before: &BTreeMap<u64, u64>,
     generations_now: &BTreeMap<u64, u64>,
-) -> Vec<u64> {
+) -> Vec<(u64, bool)> {
     liveness_now
         .iter()
         .filter(|(_, l)| **l == Liveness::Alive)
-        .map(|(h, _)| *h)
-        .filter(|h| {
-            liveness_before.get(h) != Some(&Liveness::Alive)
-                || generations_now.get(h) > generations_before.get(h)
+        .filter_map(|(h, _)| {
+            // A first sighting is no restart: nothing was known of it.
+            let restarted = generations_before
+                .get(h)
+                .is_some_and(|before| generations_now.get(h) > Some(before));
+            (liveness_before.get(h) != Some(&Liveness::Alive) || restarted)
+                .then_some((*h, restarted))
         })
         .collect()
 }
@@ -240,7 +253,7 @@ pub struct ClusterState {
     removed: std::sync::atomic::AtomicBool,
     /// Ids of members that came back: a new start (generation) seen, or SWIM alive
     /// again after suspicion or down (see [`ClusterState::revivals`]).
-    revivals: tokio::sync::broadcast::Sender<String>,
+    revivals: tokio::sync::broadcast::Sender<Revival>,
 }
 
 impl ClusterState {
@@ -279,11 +292,11 @@ impl ClusterState {
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
     }
 
-    /// Members that came back from now on, by node id: a restarted node (a higher
-    /// generation), or one SWIM holds alive again. Whoever stopped dialling it after
+    /// Members that came back from now on: a restarted node (a higher generation),
+    /// or one SWIM holds alive again. Removed members are left out. Whoever stopped dialling it after
     /// failures may dial again at once. A receiver that falls behind gets
     /// `Lagged` and should treat every member as come back.
-    pub fn revivals(&self) -> tokio::sync::broadcast::Receiver<String> {
+    pub fn revivals(&self) -> tokio::sync::broadcast::Receiver<Revival> {
         self.revivals.subscribe()
     }
 
@@ -335,7 +348,7 @@ mod tests {
         // unsuspected; 5: new.
         assert_eq!(
             revived(&before, &now, &gen_before, &gen_now),
-            vec![2, 3, 4, 5]
+            vec![(2, false), (3, true), (4, true), (5, false)]
         );
         assert!(revived(&now, &now, &gen_now, &gen_now).is_empty());
         // Going down is no revival, whatever the generation says.

@@ -594,11 +594,16 @@ impl Shell {
         self.state.set_view(view);
         if !revived.is_empty() && self.state.revivals.receiver_count() > 0 {
             for r in self.gossip.members().iter() {
-                if r.node_id != self.cfg.node_id
-                    && revived.contains(&ringkv_gossip::node_hash(&r.node_id))
-                {
-                    // No receiver is no error: nobody dialled and backed off yet.
-                    let _ = self.state.revivals.send(r.node_id.clone());
+                let hash = ringkv_gossip::node_hash(&r.node_id);
+                if r.node_id == self.cfg.node_id || r.status == Status::Removed {
+                    continue;
+                }
+                if let Some((_, restarted)) = revived.iter().find(|(h, _)| *h == hash) {
+                    // A send fails only with no receiver: nobody to tell.
+                    let _ = self.state.revivals.send(super::Revival {
+                        node_id: r.node_id.clone(),
+                        restarted: *restarted,
+                    });
                 }
             }
         }

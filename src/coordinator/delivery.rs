@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use ringkv_gossip::{Liveness, Status};
 
+use tokio_util::sync::CancellationToken;
+
 use super::Coordinator;
+use crate::cluster::Revival;
 use crate::hints::{DELIVERY_INTERVAL, DELIVERY_RATE, Hint};
 use crate::peer::pool::PeerError;
 
@@ -17,7 +20,9 @@ use crate::peer::pool::PeerError;
 const PER_ROUND: usize = DELIVERY_RATE * DELIVERY_INTERVAL.as_millis() as usize / 1000;
 const _: () = assert!(PER_ROUND > 0);
 
-/// Dials a member that came back at most this many times, [`RECONNECT_EVERY`] apart.
+/// Dials a member that came back at most this many times, [`RECONNECT_EVERY`] apart
+/// (each dial waits [`crate::peer::pool::CONNECT_TIMEOUT`] at most, so a task ends
+/// within about 22 s).
 pub const RECONNECT_TRIES: u32 = 20;
 /// Pause between those dials: gossip hears a restarted node a moment before its RPC
 /// port listens.
@@ -28,20 +33,25 @@ pub const RECONNECT_EVERY: Duration = Duration::from_millis(100);
 /// again now so the next request finds a connection. Without this the pause after
 /// a failed dial (`REDIAL_AFTER`) refused the first requests to a node that had
 /// just restarted, a quorum of all replicas among them, though gossip knew it was
-/// back.
-pub async fn forgive_revived_peers(coordinator: Coordinator, shutdown: impl Future<Output = ()>) {
-    let mut revivals = coordinator.inner.cluster.revivals();
+/// back. `revivals` is subscribed before the node starts serving, so none is missed.
+pub async fn forgive_revived_peers(
+    coordinator: Coordinator,
+    mut revivals: tokio::sync::broadcast::Receiver<Revival>,
+    shutdown: CancellationToken,
+) {
     // Nodes being dialled: a flapping node gets one dialling task, not one a flap.
     let dialling: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    tokio::pin!(shutdown);
     loop {
         let next = tokio::select! {
             biased;
-            () = &mut shutdown => return,
+            () = shutdown.cancelled() => return,
             next = revivals.recv() => next,
         };
-        let node = match next {
-            Ok(node) => node,
+        let Revival {
+            node_id: node,
+            restarted,
+        } = match next {
+            Ok(r) => r,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 coordinator.inner.batches.forgive_all();
                 continue;
@@ -50,7 +60,7 @@ pub async fn forgive_revived_peers(coordinator: Coordinator, shutdown: impl Futu
         };
         let batches = &coordinator.inner.batches;
         let failed = batches.peers().has_failed(&node);
-        batches.forgive(&node);
+        batches.forgive(&node, restarted);
         if !failed
             || !dialling
                 .lock()
@@ -59,28 +69,42 @@ pub async fn forgive_revived_peers(coordinator: Coordinator, shutdown: impl Futu
         {
             continue;
         }
-        tracing::debug!(%node, "member came back: dialling it again");
-        let (c, dialling) = (coordinator.clone(), dialling.clone());
+        tracing::debug!(%node, restarted, "member came back: dialling it again");
+        let (c, dialling, stop) = (coordinator.clone(), dialling.clone(), shutdown.clone());
         tokio::spawn(async move {
-            for _ in 0..RECONNECT_TRIES {
-                let view = c.inner.cluster.view();
-                let Some(addr) = view.address(&node) else {
-                    break;
-                };
-                if !view.reachable(&node) {
-                    break;
-                }
-                if c.inner.batches.peers().reconnect(&node, addr).await {
-                    c.inner.stats.peer_redials.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                tokio::time::sleep(RECONNECT_EVERY).await;
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => {}
+                () = redial(&c, &node) => {}
             }
             dialling
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&node);
         });
+    }
+}
+
+/// Dials `node` until a connection is open, it is gone from gossip's view (down,
+/// removed, no address), or [`RECONNECT_TRIES`] dials failed.
+async fn redial(c: &Coordinator, node: &str) {
+    for _ in 0..RECONNECT_TRIES {
+        let view = c.inner.cluster.view();
+        let Some(addr) = view.address(node) else {
+            return;
+        };
+        if !view.reachable(node) || view.is_removed(node) {
+            return;
+        }
+        match c.inner.batches.peers().reconnect(node, addr).await {
+            Ok(dialled) => {
+                if dialled {
+                    c.inner.stats.peer_redials.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            Err(_) => tokio::time::sleep(RECONNECT_EVERY).await,
+        }
     }
 }
 

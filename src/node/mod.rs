@@ -409,6 +409,8 @@ impl Node {
             peers = peers.with_tls(move || tls.peer_dialer());
         }
         let contexts = crate::object::ContextKey::of_cluster(&config.cluster.key);
+        // Subscribed before anything dials a peer: no revival goes unheard.
+        let revivals = cluster.revivals();
         let coordinator = Coordinator::new(replica, cluster, peers, hints, settings, contexts);
         tokio::spawn(crate::coordinator::deliver_hints(
             coordinator.clone(),
@@ -416,7 +418,8 @@ impl Node {
         ));
         tokio::spawn(crate::coordinator::forgive_revived_peers(
             coordinator.clone(),
-            shutdown.clone().cancelled_owned(),
+            revivals,
+            shutdown.clone(),
         ));
         let repair = crate::repair::Repair::start(
             coordinator.clone(),

@@ -408,15 +408,20 @@ impl Batches {
         }
     }
 
-    /// `node` came back, perhaps upgraded: dial it at once and offer it batches
-    /// again (a node of the previous release closes the connection once more, and
-    /// is sent to singly again).
-    pub fn forgive(&self, node: &str) {
+    /// `node` came back: it may be dialled at once. If it `restarted` (perhaps
+    /// upgraded), connections to its old process are dropped and it is offered
+    /// batches again (a node of the previous release closes the connection once
+    /// more, and is sent to singly again). One only alive again after suspicion
+    /// runs the same process: it stays sent to singly if it was.
+    pub fn forgive(&self, node: &str, restarted: bool) {
         self.peers.forgive(node);
-        self.singly_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|dest, _| &*dest.1 != node);
+        if restarted {
+            self.peers.drop_connections(node);
+            self.singly_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|dest, _| &*dest.1 != node);
+        }
     }
 
     /// The pool the queues send through.
@@ -424,13 +429,10 @@ impl Batches {
         &self.peers
     }
 
-    /// As [`Batches::forgive`], for every node.
+    /// Every node may be dialled at once (revivals were missed: which of them
+    /// restarted is unknown, so connections and the fallback to single sends stay).
     pub fn forgive_all(&self) {
         self.peers.forgive_all();
-        self.singly_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
     }
 
     fn go_singly(&self, dest: &Dest) {

@@ -145,6 +145,7 @@ impl Peers {
     }
 
     /// Whether `node` is in its pause after a failed dial or dropped connection.
+    #[cfg(test)]
     pub fn backing_off(&self, node: &str) -> bool {
         let now = tokio::time::Instant::now();
         self.backoff
@@ -154,16 +155,29 @@ impl Peers {
             .any(|(dest, at)| &*dest.1 == node && now < *at)
     }
 
-    /// Forgives `node` and dials it at `addr` now, unless a connection is open:
-    /// true once one is (the pause after failures is then forgotten too).
-    pub async fn reconnect(&self, node: &str, addr: SocketAddr) -> bool {
+    /// Drops the cached connections to `node` (it restarted: they lead to the
+    /// process that is gone). Requests already sent on one fail as on any lost
+    /// connection.
+    pub fn drop_connections(&self, node: &str) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|dest, _| &*dest.1 != node);
+    }
+
+    /// Forgives `node` and dials it at `addr` now, unless a connection is open.
+    /// `Ok(true)`: dialled now; `Ok(false)`: a connection was open already.
+    ///
+    /// # Errors
+    /// [`PeerError::Connect`] if the dial failed (the pause starts again).
+    pub async fn reconnect(&self, node: &str, addr: SocketAddr) -> Result<bool, PeerError> {
         let dest: Dest = (addr, node.into());
         self.forgive(node);
-        let ok = self.client(&dest, CONNECT_TIMEOUT).await.is_ok();
-        if ok {
-            self.forgive(node);
+        if self.cached(&dest).is_some() {
+            return Ok(false);
         }
-        ok
+        self.client(&dest, CONNECT_TIMEOUT).await?;
+        Ok(true)
     }
 
     /// The connection to `dest`, dialled (and proven) within `budget` if needed.
@@ -373,7 +387,11 @@ mod tests {
         let first = dial_error(&peers, &dest).await;
         assert!(!first.contains("recently unreachable"), "{first}");
         assert!(peers.has_failed("n2") && peers.backing_off("n2"));
-        assert!(!peers.has_failed("n3"), "another node is not paused");
+        let other = dial_error(&peers, &(addr, "n3".into())).await;
+        assert!(
+            !other.contains("recently unreachable"),
+            "another node's pause is its own: {other}"
+        );
         let paused = dial_error(&peers, &dest).await;
         assert!(paused.contains("recently unreachable"), "{paused}");
         peers.forgive("n2");

@@ -218,10 +218,18 @@ impl Server {
     /// a moment: a start that fails to bind is tried again, at most 5 times.
     pub fn restart(&mut self) {
         for attempt in 1..=5 {
+            // The log is appended to: only this start's lines say why it failed.
+            let from = self.log_text().len();
             self.child = spawn(&self.dir, &self.addr, &self.args);
             match self.wait_started() {
                 Ok(()) => return,
-                Err(log) if attempt < 5 && log.contains("Address already in use") => {
+                Err(_)
+                    if attempt < 5
+                        && self
+                            .log_text()
+                            .get(from..)
+                            .is_some_and(|new| new.contains("Address already in use")) =>
+                {
                     std::thread::sleep(Duration::from_millis(500));
                 }
                 Err(log) => panic!("server exited: {log}"),
