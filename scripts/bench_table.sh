@@ -29,15 +29,6 @@ CONCURRENCY=${CONCURRENCY:-64}
 VALUE=${VALUE:-1000}
 OUT=bench-results/ycsb
 R=target/release/ringkv
-WORK=$(mktemp -d)
-PIDS=()
-
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 if ! command -v redis-benchmark >/dev/null || ! command -v redis-server >/dev/null; then
   if [ "$(id -u)" = 0 ]; then

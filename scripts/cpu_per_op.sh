@@ -14,14 +14,6 @@ cd "$(dirname "$0")/.."
 R=${1:-target/release/ringkv}
 DURATION=${DURATION:-15}
 RECORDS=${RECORDS:-50000}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 . scripts/local_cluster.sh
 figures() { grep -E "^(load|run) +(all|insert) |cpu:" || true; }

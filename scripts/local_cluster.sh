@@ -1,4 +1,16 @@
-# Sourced by the bench scripts: waiting for local nodes to answer and to agree.
+# Sourced by the bench scripts: a scratch directory and the processes started, both
+# cleaned up on exit, and waiting for local nodes to answer and to agree.
+
+# Every process a script starts goes in PIDS: on exit each gets SIGTERM and is
+# waited for, and $WORK is removed.
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 # Waits (bounded, 30 s) until something accepts connections on host:port.
 wait_port() { # host:port
