@@ -229,7 +229,7 @@ pub fn revived(
     liveness_now: &BTreeMap<u64, Liveness>,
     generations_before: &BTreeMap<u64, u64>,
     generations_now: &BTreeMap<u64, u64>,
-) -> Vec<(u64, bool)> {
+) -> BTreeMap<u64, bool> {
     liveness_now
         .iter()
         .filter(|(_, l)| **l == Liveness::Alive)
@@ -348,7 +348,7 @@ mod tests {
         // unsuspected; 5: new.
         assert_eq!(
             revived(&before, &now, &gen_before, &gen_now),
-            vec![(2, false), (3, true), (4, true), (5, false)]
+            BTreeMap::from([(2, false), (3, true), (4, true), (5, false)])
         );
         assert!(revived(&now, &now, &gen_now, &gen_now).is_empty());
         // Going down is no revival, whatever the generation says.
@@ -356,16 +356,14 @@ mod tests {
         assert!(revived(&now, &down, &gen_now, &g(&[(1, 9), (2, 9)])).is_empty());
     }
 
+    /// The view of node "a" among `ids`, 64 partitions, N=3, nobody's liveness known.
+    fn view(ids: &[&str], prior: Option<&ClusterView>) -> ClusterView {
+        ClusterView::new("a".into(), members(ids), &BTreeMap::new(), 64, 3, prior)
+    }
+
     #[test]
     fn walk_gives_n_distinct_primaries_then_the_rest() {
-        let v = ClusterView::new(
-            "a".into(),
-            members(&["a", "b", "c", "d", "e"]),
-            &BTreeMap::new(),
-            64,
-            3,
-            None,
-        );
+        let v = view(&["a", "b", "c", "d", "e"], None);
         for k in 0..100u32 {
             let (p, f) = v.walk(&k.to_be_bytes());
             assert_eq!(p.len(), 3);
@@ -380,23 +378,9 @@ mod tests {
 
     #[test]
     fn ring_history_keeps_earlier_owners() {
-        let v1 = ClusterView::new(
-            "a".into(),
-            members(&["a", "b", "c"]),
-            &BTreeMap::new(),
-            64,
-            3,
-            None,
-        );
+        let v1 = view(&["a", "b", "c"], None);
         assert!(v1.previous.is_empty());
-        let v2 = ClusterView::new(
-            "a".into(),
-            members(&["a", "b", "c", "d"]),
-            &BTreeMap::new(),
-            64,
-            3,
-            Some(&v1),
-        );
+        let v2 = view(&["a", "b", "c", "d"], Some(&v1));
         assert_eq!(v2.previous.len(), 1);
         assert_ne!(v1.epoch_hex(), v2.epoch_hex());
         // Some key moved to d; its earlier primaries are remembered.
@@ -406,14 +390,7 @@ mod tests {
             .expect("d owns something");
         assert!(!v2.previous_primaries(&moved).is_empty());
         // Same members again: the ring is reused, history unchanged.
-        let v3 = ClusterView::new(
-            "a".into(),
-            members(&["a", "b", "c", "d"]),
-            &BTreeMap::new(),
-            64,
-            3,
-            Some(&v2),
-        );
+        let v3 = view(&["a", "b", "c", "d"], Some(&v2));
         assert_eq!(v3.previous.len(), 1);
         assert!(Arc::ptr_eq(
             v3.ring.as_ref().expect("ring"),
@@ -423,22 +400,8 @@ mod tests {
 
     #[test]
     fn a_forgotten_ring_is_no_longer_asked_and_stays_forgotten() {
-        let v1 = ClusterView::new(
-            "a".into(),
-            members(&["a", "b", "c"]),
-            &BTreeMap::new(),
-            64,
-            3,
-            None,
-        );
-        let v2 = ClusterView::new(
-            "a".into(),
-            members(&["a", "b", "c", "d"]),
-            &BTreeMap::new(),
-            64,
-            3,
-            Some(&v1),
-        );
+        let v1 = view(&["a", "b", "c"], None);
+        let v2 = view(&["a", "b", "c", "d"], Some(&v1));
         let moved = (0..1000u32)
             .map(|k| k.to_be_bytes())
             .find(|k| !v2.previous_primaries(k).is_empty())
@@ -453,14 +416,7 @@ mod tests {
             "the current ring stays"
         );
         // The next view built on it (liveness changed, same members) keeps it forgotten.
-        let v3 = ClusterView::new(
-            "a".into(),
-            members(&["a", "b", "c", "d"]),
-            &BTreeMap::new(),
-            64,
-            3,
-            Some(&pruned),
-        );
+        let v3 = view(&["a", "b", "c", "d"], Some(&pruned));
         assert!(v3.previous.is_empty());
         // Unknown epochs change nothing.
         assert_eq!(v2.without_rings(&[[9u8; 32]]).previous.len(), 1);

@@ -598,7 +598,7 @@ impl Shell {
                 if r.node_id == self.cfg.node_id || r.status == Status::Removed {
                     continue;
                 }
-                if let Some((_, restarted)) = revived.iter().find(|(h, _)| *h == hash) {
+                if let Some(restarted) = revived.get(&hash) {
                     // A send fails only with no receiver: nobody to tell.
                     let _ = self.state.revivals.send(super::Revival {
                         node_id: r.node_id.clone(),

@@ -53,13 +53,15 @@ pub async fn forgive_revived_peers(
         } = match next {
             Ok(r) => r,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                coordinator.inner.batches.forgive_all();
+                // Which of the missed ones restarted is unknown: their connections
+                // and the batch queues' fallback to single sends stay.
+                coordinator.inner.peers.forgive_all();
                 continue;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
         let batches = &coordinator.inner.batches;
-        let failed = batches.peers().has_failed(&node);
+        let failed = coordinator.inner.peers.has_failed(&node);
         batches.forgive(&node, restarted);
         if !failed
             || !dialling
@@ -96,7 +98,7 @@ async fn redial(c: &Coordinator, node: &str) {
         if !view.reachable(node) || view.is_removed(node) {
             return;
         }
-        match c.inner.batches.peers().reconnect(node, addr).await {
+        match c.inner.peers.reconnect(node, addr).await {
             Ok(dialled) => {
                 if dialled {
                     c.inner.stats.peer_redials.fetch_add(1, Ordering::Relaxed);

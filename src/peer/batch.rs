@@ -424,17 +424,6 @@ impl Batches {
         }
     }
 
-    /// The pool the queues send through.
-    pub fn peers(&self) -> &Peers {
-        &self.peers
-    }
-
-    /// Every node may be dialled at once (revivals were missed: which of them
-    /// restarted is unknown, so connections and the fallback to single sends stay).
-    pub fn forgive_all(&self) {
-        self.peers.forgive_all();
-    }
-
     fn go_singly(&self, dest: &Dest) {
         tracing::debug!(addr = %dest.0, "a batch met a closed connection: sending one by one for a while");
         self.singly_until
