@@ -334,12 +334,13 @@ impl Gossip {
             let bytes = postcard::experimental::serialized_size(&r).unwrap_or(usize::MAX);
             let last = chunks.last_mut().expect("never empty");
             if !last.1.is_empty()
-                && (size + bytes > FOCA_PACKET_BYTES || last.1.len() >= RECORDS_PER_DATAGRAM)
+                && (size.saturating_add(bytes) > FOCA_PACKET_BYTES
+                    || last.1.len() >= RECORDS_PER_DATAGRAM)
             {
                 chunks.push((0, Vec::new()));
                 size = BASE;
             }
-            size += bytes;
+            size = size.saturating_add(bytes);
             let last = chunks.last_mut().expect("never empty");
             last.0 |= 1 << b;
             last.1.push(r);
@@ -377,12 +378,13 @@ impl Gossip {
             let bytes = postcard::experimental::serialized_size(&r).unwrap_or(usize::MAX);
             let last = chunks.last_mut().expect("never empty");
             if !last.is_empty()
-                && (size + bytes > FOCA_PACKET_BYTES || last.len() >= RECORDS_PER_DATAGRAM)
+                && (size.saturating_add(bytes) > FOCA_PACKET_BYTES
+                    || last.len() >= RECORDS_PER_DATAGRAM)
             {
                 chunks.push(Vec::new());
                 size = BASE;
             }
-            size += bytes;
+            size = size.saturating_add(bytes);
             chunks.last_mut().expect("never empty").push(r);
         }
         for (i, chunk) in chunks.into_iter().enumerate() {
