@@ -1,10 +1,14 @@
-//! The operations port: Prometheus metrics, liveness and readiness probes, the
-//! cluster's health as JSON, and a status page. Served by axum (hyper), never
-//! parsed by hand; everything here only reads the node.
+//! The HTTP port: Prometheus metrics, liveness and readiness probes, the cluster's
+//! health as JSON, a status page, and the data API under `/v1/kv`, `/v1/counter`
+//! and `/v1/set` (docs/openapi.yaml). Served by axum (hyper), never parsed by hand;
+//! on a node with TLS the same port also speaks HTTPS.
 
+mod data;
+mod listener;
 mod metrics;
 mod page;
 mod process;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +26,7 @@ pub use metrics::render as render_metrics;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
-struct Ops {
+pub(crate) struct Ops {
     node: SharedNode,
     stall_threshold: Duration,
     registry: Arc<prometheus_client::registry::Registry>,
@@ -46,6 +50,7 @@ pub enum HttpError {
 pub fn router(node: SharedNode, stall_threshold: Duration) -> Router {
     let registry = Arc::new(metrics::registry(node.clone()));
     Router::new()
+        .merge(data::routes())
         .route("/", get(status_page))
         .route("/metrics", get(metrics_text))
         .route("/livez", get(livez))
@@ -78,22 +83,31 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|source| HttpError::Bind { addr, source })?;
-    let app = router(node, stall_threshold);
-    let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(%error, "HTTP listener failed");
-        }
-    });
+    let app = router(node.clone(), stall_threshold);
+    let task = tokio::spawn(listener::run(listener, app, node, shutdown));
     Ok((local, task))
 }
 
-async fn not_found() -> Response {
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if data::is_data_path(path) {
+        return if path.ends_with('/') && path.matches('/').count() == 3 {
+            wire::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "key must not be empty",
+            )
+        } else {
+            wire::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route: keys go after /v1/kv/, /v1/counter/ or /v1/set/",
+            )
+        };
+    }
     (
         StatusCode::NOT_FOUND,
-        "not found: try /, /metrics, /livez, /readyz or /v1/cluster/health\n",
+        "not found: try /, /metrics, /livez, /readyz, /v1/cluster/health or /v1/kv/KEY\n",
     )
         .into_response()
 }

@@ -1,0 +1,421 @@
+//! The data API: registers with siblings and contexts, counters and sets over HTTP
+//! (docs/openapi.yaml). Every request runs through the same service as the client
+//! port ([`KvServer`]): the same limits, quorum options, role checks, request
+//! metrics and errors; only the framing differs.
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use tarpc::context;
+
+use super::Ops;
+use super::wire::{self, Params, api_error, error, with_context};
+use crate::auth::Access;
+use crate::rpc::api::{Blob, Kv};
+use crate::rpc::server::KvServer;
+
+/// Whether the request came over TLS (set per connection by the listener).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Transport {
+    /// The connection is TLS.
+    pub tls: bool,
+}
+
+/// Largest counter request body: `{"add": -9223372036854775808}` with room to spare.
+const COUNTER_BODY_LIMIT: usize = 1024;
+
+/// The data routes.
+pub fn routes() -> Router<Ops> {
+    Router::new()
+        .route(
+            "/v1/kv/{*key}",
+            get(kv_get)
+                .put(kv_put)
+                .delete(kv_delete)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/counter/{*key}",
+            get(counter_get)
+                .post(counter_add)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/set/{*key}",
+            get(set_members)
+                .post(set_add)
+                .delete(set_remove)
+                .fallback(method_not_allowed),
+        )
+}
+
+/// Whether `path` is one of the data API's (for the JSON answers of the fallback).
+pub fn is_data_path(path: &str) -> bool {
+    ["/v1/kv", "/v1/counter", "/v1/set"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let allow = if uri.path().starts_with("/v1/kv/") {
+        "GET, PUT, DELETE"
+    } else if uri.path().starts_with("/v1/counter/") {
+        "GET, POST"
+    } else {
+        "GET, POST, DELETE"
+    };
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed here (allowed: {allow})"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(allow) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+    r
+}
+
+/// One request's way in: its key, query and token checked, and the service handle
+/// that runs it with what the token allows.
+struct Request {
+    server: KvServer,
+    key: Vec<u8>,
+    query: wire::Query,
+}
+
+impl Request {
+    fn read(ops: &Ops, parts: &Parts, prefix: &str, params: Params) -> Result<Request, Refused> {
+        if ops.node.config().tls.is_some() && !parts.transport.tls {
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "tls_required",
+                "this node has TLS: send data requests over https:// to the same port",
+            )));
+        }
+        let access = authorize(ops, &parts.headers)?;
+        let raw = parts.uri.path().strip_prefix(prefix).unwrap_or("");
+        let key = wire::percent_decode(raw)
+            .map_err(|reason| Box::new(error(StatusCode::BAD_REQUEST, "bad_request", reason)))?;
+        if key.is_empty() {
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "key must not be empty",
+            )));
+        }
+        let query = wire::parse_query(parts.uri.query(), params).map_err(refused)?;
+        Ok(Request {
+            server: KvServer::new(ops.node.clone(), access),
+            key,
+            query,
+        })
+    }
+}
+
+/// What every handler reads of the request besides its body.
+struct Parts {
+    uri: Uri,
+    headers: HeaderMap,
+    transport: Transport,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Parts {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Parts {
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            transport: parts
+                .extensions
+                .get::<Transport>()
+                .copied()
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// The token's access, or the refusal (401: no token or an unknown one; a role too
+/// small is refused later, by the service, with 403).
+fn authorize(ops: &Ops, headers: &HeaderMap) -> Result<Access, Refused> {
+    let Some(keyring) = ops.node.config().auth.as_ref() else {
+        return Ok(Access::Open);
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    keyring.check(token).map_err(|(_, reason)| {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("not authorized: {reason} (send Authorization: Bearer TOKEN)"),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        Box::new(r)
+    })
+}
+
+/// The body, at most `limit` bytes: a larger one is refused with 413 (before it is
+/// read when its length says so), one that ends early or breaks off with 400.
+async fn body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Refused> {
+    let too_large = |size: String| -> Refused {
+        Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body of {size} bytes is over the limit of {limit} bytes"),
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared
+        && len > limit as u64
+    {
+        return Err(too_large(len.to_string()));
+    }
+    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(too_large(format!("more than {limit}")))
+        }
+        Err(e) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the body could not be read: {e}"),
+        ))),
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8], shape: &str) -> Result<T, Refused> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the body must be JSON {shape}: {e}"),
+        ))
+    })
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A refusal: the answer to send instead (boxed: a response is large).
+type Refused = Box<Response>;
+
+fn refused(e: crate::rpc::api::ApiError) -> Refused {
+    Box::new(api_error(&e))
+}
+
+/// Turns either outcome into the answer.
+fn answer(r: Result<Response, Refused>) -> Response {
+    r.unwrap_or_else(|refused| *refused)
+}
+
+async fn kv_get(State(ops): State<Ops>, parts: Parts) -> Response {
+    answer(async {
+        let req = Request::read(&ops, &parts, "/v1/kv/", Params::Read)?;
+        let reply = Kv::get(req.server, context::current(), req.key, req.query.opts)
+            .await
+            .map_err(refused)?;
+        let found = reply.found && !reply.values.is_empty();
+        let response = if !found {
+            error(StatusCode::NOT_FOUND, "not_found", "key not found")
+        } else if let [one] = reply.values.as_slice() {
+            (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                one.clone(),
+            )
+                .into_response()
+        } else if wire::accepts_json(&parts.headers) {
+            let values: Vec<String> = reply.values.iter().map(|v| b64(v)).collect();
+            let body = serde_json::json!({"context": reply.context.to_text(), "values": values});
+            (StatusCode::MULTIPLE_CHOICES, axum::Json(body)).into_response()
+        } else {
+            error(
+                StatusCode::CONFLICT,
+                "siblings",
+                format!(
+                    "key has {} siblings: accept application/json to read them all, then write with the context to resolve them",
+                    reply.values.len()
+                ),
+            )
+        };
+        Ok(with_context(response, &reply.context))
+    }
+    .await)
+}
+
+async fn kv_put(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
+    answer(
+        async {
+            let req = Request::read(&ops, &parts, "/v1/kv/", Params::Write)?;
+            let ctx = wire::request_context(&parts.headers).map_err(refused)?;
+            let limit = ops.node.config().limits.max_value_bytes;
+            let value = body(raw, &parts.headers, limit).await?;
+            let written = Kv::put(
+                req.server,
+                context::current(),
+                req.key,
+                Blob(value.to_vec()),
+                ctx,
+                req.query.opts,
+            )
+            .await
+            .map_err(refused)?;
+            Ok(with_context(no_content(), &written))
+        }
+        .await,
+    )
+}
+
+async fn kv_delete(State(ops): State<Ops>, parts: Parts) -> Response {
+    answer(
+        async {
+            let req = Request::read(&ops, &parts, "/v1/kv/", Params::Write)?;
+            let ctx = wire::request_context(&parts.headers).map_err(refused)?;
+            let written = Kv::delete(req.server, context::current(), req.key, ctx, req.query.opts)
+                .await
+                .map_err(refused)?;
+            Ok(with_context(no_content(), &written))
+        }
+        .await,
+    )
+}
+
+/// A counter's value: an `i128`, written as a JSON integer of any size.
+#[derive(serde::Serialize)]
+struct CounterValue {
+    value: i128,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CounterAdd {
+    add: i64,
+}
+
+async fn counter_get(State(ops): State<Ops>, parts: Parts) -> Response {
+    answer(
+        async {
+            let req = Request::read(&ops, &parts, "/v1/counter/", Params::Read)?;
+            match Kv::counter_get(req.server, context::current(), req.key, req.query.opts)
+                .await
+                .map_err(refused)?
+            {
+                Some(value) => Ok(axum::Json(CounterValue { value }).into_response()),
+                None => Ok(error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "counter not found",
+                )),
+            }
+        }
+        .await,
+    )
+}
+
+async fn counter_add(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
+    answer(
+        async {
+            let req = Request::read(&ops, &parts, "/v1/counter/", Params::Write)?;
+            let bytes = body(raw, &parts.headers, COUNTER_BODY_LIMIT).await?;
+            let add: CounterAdd = json_body(&bytes, r#"{"add": INTEGER}"#)?;
+            let value = Kv::counter_add(
+                req.server,
+                context::current(),
+                req.key,
+                add.add,
+                req.query.opts,
+            )
+            .await
+            .map_err(refused)?;
+            Ok(axum::Json(CounterValue { value }).into_response())
+        }
+        .await,
+    )
+}
+
+async fn set_members(State(ops): State<Ops>, parts: Parts) -> Response {
+    answer(
+        async {
+            let req = Request::read(&ops, &parts, "/v1/set/", Params::Read)?;
+            match Kv::set_members(req.server, context::current(), req.key, req.query.opts)
+                .await
+                .map_err(refused)?
+            {
+                Some(mut members) => {
+                    members.sort();
+                    let members: Vec<String> = members.iter().map(|m| b64(m)).collect();
+                    Ok(axum::Json(serde_json::json!({ "members": members })).into_response())
+                }
+                None => Ok(error(StatusCode::NOT_FOUND, "not_found", "set not found")),
+            }
+        }
+        .await,
+    )
+}
+
+async fn set_add(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
+    answer(
+        async {
+            let req = Request::read(&ops, &parts, "/v1/set/", Params::Write)?;
+            let limit = ops.node.config().limits.max_value_bytes;
+            let member = body(raw, &parts.headers, limit).await?;
+            Kv::set_add(
+                req.server,
+                context::current(),
+                req.key,
+                member.to_vec(),
+                req.query.opts,
+            )
+            .await
+            .map_err(refused)?;
+            Ok(no_content())
+        }
+        .await,
+    )
+}
+
+async fn set_remove(State(ops): State<Ops>, parts: Parts) -> Response {
+    answer(
+        async {
+            let req = Request::read(&ops, &parts, "/v1/set/", Params::WriteMember)?;
+            let Some(member) = req.query.member else {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "say which member to remove: ?member=PERCENT-ENCODED-BYTES",
+                )));
+            };
+            let removed = Kv::set_remove(
+                req.server,
+                context::current(),
+                req.key,
+                member,
+                req.query.opts,
+            )
+            .await
+            .map_err(refused)?;
+            Ok(axum::Json(serde_json::json!({ "removed": removed })).into_response())
+        }
+        .await,
+    )
+}

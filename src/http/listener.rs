@@ -1,0 +1,126 @@
+//! The HTTP port's accept loop: plaintext and, on a node with TLS, HTTPS on the same
+//! port (told apart by the first byte, a TLS handshake record), a bounded number of
+//! connections, a deadline for each request's head, and a graceful end.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use super::data::Transport;
+use crate::node::SharedNode;
+
+/// Connections served at once; more are closed at once (a probe or a scrape needs
+/// one, a client pool a few dozen).
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Time for a TLS handshake, and for a request's head to arrive (slow clients hold
+/// a connection slot no longer).
+const HEAD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long open connections may finish their requests once the node stops.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets open
+/// connections finish (bounded).
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    node: SharedNode,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                // Out of file descriptors, say: wait instead of spinning.
+                tracing::warn!(%error, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "HTTP connection refused: too many open");
+            continue;
+        };
+        let (app, node, watcher) = (app.clone(), node.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            connection(tcp, app, node, watcher).await;
+            drop(slot);
+        });
+    }
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!("HTTP connections still open after the drain; closing them");
+    }
+}
+
+async fn connection(tcp: TcpStream, app: Router, node: SharedNode, watcher: Watcher) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match &node.config().tls {
+        None => None,
+        Some(tls) => {
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(HEAD_DEADLINE, tcp.peek(&mut first)).await {
+                Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => Some(tls.acceptor()),
+                Ok(Ok(1)) => None,
+                _ => return,
+            }
+        }
+    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // A client may end its sending side once its request is out (`curl -T`, a
+    // short body): it still gets the answer, a 400 for a body cut short.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_DEADLINE)
+        .half_close(true);
+    match tls {
+        None => {
+            let service =
+                TowerToHyperService::new(app.layer(axum::Extension(Transport { tls: false })));
+            let served = watcher.watch(http.serve_connection(TokioIo::new(tcp), service));
+            if let Err(error) = served.await {
+                tracing::debug!(%error, "HTTP connection ended");
+            }
+        }
+        Some(acceptor) => {
+            let stream = match tokio::time::timeout(HEAD_DEADLINE, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(error)) => {
+                    node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%error, "HTTPS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let service =
+                TowerToHyperService::new(app.layer(axum::Extension(Transport { tls: true })));
+            let served = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+            if let Err(error) = served.await {
+                tracing::debug!(%error, "HTTPS connection ended");
+            }
+        }
+    }
+}
