@@ -330,6 +330,8 @@ fn malformed_requests_get_a_4xx_and_change_nothing() {
     let a = call(&http, "PATCH", "/v1/kv/k", &[], b"x");
     assert_eq!(a.status, 405);
     assert_eq!(a.header("allow"), Some("GET, PUT, DELETE"));
+    let a = call(&http, "GET", "/v1/nothing", &[], b"");
+    assert_eq!((a.status, a.kind().as_str()), (404, "not_found"));
     let a = call(&http, "PUT", "/v1/kv/", &[], b"x");
     assert_eq!((a.status, a.kind().as_str()), (400, "bad_request"));
     let long_key = format!("/v1/kv/{}", "k".repeat(2000));

@@ -247,6 +247,24 @@ impl Phase {
 
 /// Runs `phase` with `concurrency` workers over `targets` (worker `i` uses target
 /// `i % targets.len()`) and waits for all of them.
+/// The connections the workers drive: the client port's, or the HTTP port's.
+pub enum Targets {
+    /// Client-port connections (tarpc), shared by the workers.
+    Rpc(Vec<Client>),
+    /// One HTTP connection per worker.
+    Http(Vec<super::http_target::HttpTarget>),
+}
+
+impl Targets {
+    /// Runs `phase` with `concurrency` workers over these connections.
+    pub async fn drive(&self, phase: Arc<Phase>, concurrency: usize) {
+        match self {
+            Targets::Rpc(clients) => run_workers(phase, clients, concurrency).await,
+            Targets::Http(targets) => run_workers(phase, targets, concurrency).await,
+        }
+    }
+}
+
 pub async fn run_workers<T: Target>(phase: Arc<Phase>, targets: &[T], concurrency: usize) {
     assert!(!targets.is_empty(), "at least one target");
     let mut tasks = tokio::task::JoinSet::new();

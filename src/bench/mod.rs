@@ -24,6 +24,7 @@
 mod contexts;
 mod cpu;
 mod driver;
+mod http_target;
 mod keys;
 mod plot;
 mod progress;
@@ -52,7 +53,7 @@ use crate::client::{Client, ClientError};
 use crate::rpc::api::{RequestOptions, RingInfo};
 use contexts::ContextCache;
 use cpu::CpuMeter;
-use driver::{Phase, run_workers};
+use driver::{Phase, Targets};
 use keys::{InsertCounter, KeyChooser};
 use progress::{Progress, Tick};
 use recorder::Recorder;
@@ -138,6 +139,10 @@ pub struct BenchConfig {
     pub local_nodes: Option<u16>,
     /// Token and TLS of every connection (the report says only whether each is on).
     pub security: Security,
+    /// Drive the data API over HTTP at this address (a node's `--http-listen`,
+    /// plaintext; one connection per worker) instead of the client port; `connect`
+    /// still names the node the report and the CPU meter ask.
+    pub http: Option<String>,
 }
 
 /// The credentials a bench connects with.
@@ -183,6 +188,7 @@ impl Default for BenchConfig {
             fault: None,
             local_nodes: None,
             security: Security::default(),
+            http: None,
         }
     }
 }
@@ -458,11 +464,7 @@ impl Common<'_> {
     }
 }
 
-async fn load_phase(
-    common: &Common<'_>,
-    clients: &[Client],
-    progress: ProgressMode,
-) -> PhaseReport {
+async fn load_phase(common: &Common<'_>, targets: &Targets, progress: ProgressMode) -> PhaseReport {
     let config = common.config;
     let recorder = Arc::new(Recorder::new());
     let phase = common.phase(
@@ -474,7 +476,7 @@ async fn load_phase(
     );
     let started = Instant::now();
     let mut bar = Progress::start(progress, "load", config.records, "records");
-    let workers = run_workers(phase, clients, config.concurrency);
+    let workers = targets.drive(phase, config.concurrency);
     tokio::pin!(workers);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last = (Instant::now(), 0u64);
@@ -625,6 +627,19 @@ pub async fn run(
     preflight(&clients[0]).await?;
     let environment = environment(&clients[0]).await;
     let meter = meter(&config, &clients[0]).await;
+    let targets = match &config.http {
+        None => Targets::Rpc(clients),
+        Some(addr) => {
+            let timeout = Duration::from_millis(config.timeout_ms);
+            let one = http_target::HttpTarget::new(addr, config.r, config.w, timeout);
+            http_target::preflight(&one).await?;
+            Targets::Http(
+                (0..config.concurrency)
+                    .map(|_| http_target::HttpTarget::new(addr, config.r, config.w, timeout))
+                    .collect(),
+            )
+        }
+    };
     let common = Common {
         config: &config,
         contexts: Arc::new(ContextCache::default()),
@@ -632,7 +647,7 @@ pub async fn run(
     };
     let load = if config.load {
         let before = meter.sample();
-        let mut load = load_phase(&common, &clients, progress).await;
+        let mut load = load_phase(&common, &targets, progress).await;
         load.cpu = Some(meter.report(&before, &meter.sample(), load.operations));
         Some(load)
     } else {
@@ -736,7 +751,7 @@ pub async fn run(
             recorder.clone(),
             inserts.clone(),
         );
-        run_workers(warm, &clients, config.concurrency).await;
+        targets.drive(warm, config.concurrency).await;
     }
     let measured_from = Instant::now();
     let cpu_before = meter.sample();
@@ -747,7 +762,7 @@ pub async fn run(
         (None, None) => Bound::Operations(0),
     };
     let measured = common.phase(false, bound, true, recorder.clone(), inserts.clone());
-    run_workers(measured, &clients, config.concurrency).await;
+    targets.drive(measured, config.concurrency).await;
     let seconds = measured_from.elapsed().as_secs_f64();
     let cpu_after = meter.sample();
 

@@ -598,6 +598,11 @@ pub struct BenchArgs {
     /// Send everything to --connect instead of straight to each key's primary.
     #[arg(long = "no-routing")]
     pub no_routing: bool,
+    /// Drive the data API over HTTP at this address (a node's --http-listen,
+    /// plaintext, one connection per worker) instead of the client port;
+    /// --connect still names that node (for the report and the CPU meter).
+    #[arg(long, conflicts_with = "nodes")]
+    pub http: Option<String>,
     /// Start a local cluster of this many nodes for the run (ports from
     /// --base-port, data in --data-dir) and stop it afterwards, instead of --connect.
     #[arg(long)]

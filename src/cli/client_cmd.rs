@@ -574,6 +574,7 @@ async fn bench(args: BenchArgs) -> Result<i32, Failure> {
         fault,
         local_nodes: args.nodes,
         security: ringkv::bench::Security(credentials(&args.security)?),
+        http: args.http.clone(),
     };
     // Refuse nonsense before starting anything.
     config

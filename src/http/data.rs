@@ -53,7 +53,7 @@ pub fn routes() -> Router<Ops> {
         )
 }
 
-/// Whether `path` is one of the data API's (for the JSON answers of the fallback).
+/// Whether `path` is one of the data API's.
 pub fn is_data_path(path: &str) -> bool {
     ["/v1/kv", "/v1/counter", "/v1/set"]
         .iter()
@@ -337,7 +337,17 @@ async fn counter_add(State(ops): State<Ops>, parts: Parts, raw: Body) -> Respons
         async {
             let req = Request::read(&ops, &parts, "/v1/counter/", Params::Write)?;
             let bytes = body(raw, &parts.headers, COUNTER_BODY_LIMIT).await?;
-            let add: CounterAdd = json_body(&bytes, r#"{"add": INTEGER}"#)?;
+            let shape = r#"{"add": INTEGER}"#;
+            // serde would take `[5]` for the struct too: only an object is one.
+            let object: serde_json::Value = json_body(&bytes, shape)?;
+            if !object.is_object() {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("the body must be a JSON object {shape}"),
+                )));
+            }
+            let add: CounterAdd = json_body(&bytes, shape)?;
             let value = Kv::counter_add(
                 req.server,
                 context::current(),

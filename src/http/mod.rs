@@ -23,6 +23,7 @@ use axum::routing::get;
 use crate::node::SharedNode;
 
 pub use metrics::render as render_metrics;
+pub use wire::percent_decode;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -90,8 +91,10 @@ pub async fn serve(
 
 async fn not_found(uri: axum::http::Uri) -> Response {
     let path = uri.path();
-    if data::is_data_path(path) {
-        return if path.ends_with('/') && path.matches('/').count() == 3 {
+    // The API's paths answer in JSON, as every other answer of the API does.
+    if path.starts_with("/v1/") {
+        return if data::is_data_path(path) && path.ends_with('/') && path.matches('/').count() == 3
+        {
             wire::error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -101,7 +104,7 @@ async fn not_found(uri: axum::http::Uri) -> Response {
             wire::error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such route: keys go after /v1/kv/, /v1/counter/ or /v1/set/",
+                "no such route: keys go after /v1/kv/, /v1/counter/ or /v1/set/; the cluster's health is /v1/cluster/health",
             )
         };
     }
