@@ -155,11 +155,10 @@ pub fn api_error(e: &ApiError) -> Response {
     error(status, kind, e.to_string())
 }
 
-/// Adds the context header to `response` (an empty context is left out).
+/// Adds the context header to `response`, also an empty one (no causal history:
+/// a client may send back whatever it got).
 pub fn with_context(mut response: Response, context: &crate::object::Context) -> Response {
-    if !context.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&context.to_text())
-    {
+    if let Ok(v) = HeaderValue::from_str(&context.to_text()) {
         response.headers_mut().insert(CONTEXT_HEADER, v);
     }
     response
