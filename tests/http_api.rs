@@ -113,21 +113,52 @@ fn node(extra: &[&str]) -> (tempfile::TempDir, Server, String) {
 
 #[test]
 fn registers_counters_and_sets_round_trip_with_siblings_and_contexts() {
-    let (_dir, _s, http) = node(&[]);
-    // A key of every byte value, '/' raw and encoded: binary-safe both ways.
-    let key: String = (0u8..=255).map(|b| format!("%{b:02X}")).collect();
-    let path = format!("/v1/kv/dir/{key}");
+    let (_dir, s, http) = node(&[]);
+    // A key of every byte value, written with every byte escaped and read with
+    // only those outside the unreserved set escaped (and '/' raw): the same key.
+    let all: String = (0u8..=255).map(|b| format!("%{b:02X}")).collect();
+    let some: String = (0u8..=255)
+        .map(|b| match b {
+            b'/' => "/".to_string(),
+            b if b.is_ascii_alphanumeric() => (b as char).to_string(),
+            b => format!("%{b:02x}"),
+        })
+        .collect();
     let value: Vec<u8> = (0u8..=255).rev().collect();
-    let put = call(&http, "PUT", &path, &[], &value);
+    let put = call(&http, "PUT", &format!("/v1/kv/{all}"), &[], &value);
     assert_eq!(put.status, 204, "{put:?}");
-    let got = call(&http, "GET", &path, &[], b"");
+    let got = call(&http, "GET", &format!("/v1/kv/{some}"), &[], b"");
     assert_eq!((got.status, &got.body), (200, &value));
     assert_eq!(got.header("content-type"), Some("application/octet-stream"));
     assert_eq!(
         got.header("x-ringkv-context"),
         put.header("x-ringkv-context")
     );
-    assert_eq!(call(&http, "GET", "/v1/kv/dir%2F", &[], b"").status, 404);
+    // What the path names is what the client port reads: '+' is a plus, %25 a '%'.
+    let put = call(&http, "PUT", "/v1/kv/dir/a%20b+c%25zz", &[], b"shared");
+    assert_eq!(put.status, 204);
+    let out = s.cli(&["get", "dir/a b+c%zz"]);
+    assert_eq!(
+        (code(&out), stdout(&out).trim()),
+        (0, "shared"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        call(&http, "GET", "/v1/kv/dir%2Fa%20b%2Bc%25zz", &[], b"").status,
+        200
+    );
+    assert_eq!(call(&http, "GET", "/v1/kv/dir/a b", &[], b"").status, 400);
+
+    // Keep-alive: two requests on one connection, both answered in order.
+    let first = String::from_utf8(request("PUT", "/v1/kv/ka", &[], b"first")).expect("ascii");
+    let mut two = first.replacen("Connection: close\r\n", "", 1).into_bytes();
+    two.extend(request("GET", "/v1/kv/ka", &[], b""));
+    let answers = raw(&http, &two, false);
+    let whole = String::from_utf8_lossy(&answers.body).into_owned();
+    assert_eq!(answers.status, 204, "{answers:?}");
+    assert!(whole.starts_with("HTTP/1.1 200 OK"), "{whole}");
+    assert!(whole.ends_with("first"), "{whole}");
 
     // Two blind writes: siblings, 300 with both, 409 for a client that takes only bytes.
     assert_eq!(call(&http, "PUT", "/v1/kv/s", &[], b"one").status, 204);
@@ -210,6 +241,9 @@ fn registers_counters_and_sets_round_trip_with_siblings_and_contexts() {
     assert_eq!(call(&http, "POST", "/v1/set/t", &[], b"c").status, 204);
     let members = call(&http, "GET", "/v1/set/t", &[], b"").json();
     assert_eq!(members, serde_json::json!({"members": ["YQBi", "Yw=="]}));
+    assert_eq!(call(&http, "POST", "/v1/set/t", &[], b"x+y").status, 204);
+    let removed = call(&http, "DELETE", "/v1/set/t?member=x+y", &[], b"").json();
+    assert_eq!(removed, serde_json::json!({"removed": true}));
     let removed = call(&http, "DELETE", "/v1/set/t?member=a%00b", &[], b"").json();
     assert_eq!(removed, serde_json::json!({"removed": true}));
     let absent = call(&http, "DELETE", "/v1/set/t?member=zz", &[], b"").json();
@@ -339,17 +373,27 @@ fn malformed_requests_get_a_4xx_and_change_nothing() {
     assert_eq!((a.status, a.kind().as_str()), (413, "too_large"));
     unchanged("wrong bodies and methods");
 
-    // The refusals are counted as requests like the client port's.
-    let out = s.cli(&["status", "--json"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        common::json(&out)["stats"]["request_errors"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 2,
-        "{}",
-        stdout(&out)
-    );
+    // Refusals made before the service are counted as the client port counts its
+    // own: one request and one error each.
+    let stats = || {
+        let out = s.cli(&["status", "--json"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let j = common::json(&out);
+        (
+            j["stats"]["requests"].as_u64().expect("requests"),
+            j["stats"]["request_errors"].as_u64().expect("errors"),
+        )
+    };
+    let before = stats();
+    for (method, path, headers) in [
+        ("PUT", "/v1/kv/k%zz", vec![]),
+        ("GET", "/v1/kv/k?w=1", vec![]),
+        ("PUT", "/v1/kv/k", vec![("X-Ringkv-Context", "!!")]),
+    ] {
+        assert_eq!(call(&http, method, path, &headers, b"x").status, 400);
+    }
+    let after = stats();
+    assert_eq!((after.0 - before.0, after.1 - before.1), (3, 3));
 }
 
 fn token(role: &str, name: &str) -> (String, String) {
@@ -474,6 +518,35 @@ fn tokens_and_tls_guard_the_data_api_on_the_same_port() {
         404,
         "the read token's PUT stored nothing"
     );
+    // The role is checked before anything else of the request, as on the client
+    // port: before the context, and before a body of 5 MiB is even sent.
+    let r = bearer(&reader);
+    let a = tls_raw(
+        &http,
+        &pki,
+        &request(
+            "PUT",
+            "/v1/kv/k",
+            &[("Authorization", &r), ("X-Ringkv-Context", "garbage!")],
+            b"value",
+        ),
+    )
+    .expect("https");
+    assert_eq!((a.status, a.kind().as_str()), (403, "forbidden"), "{a:?}");
+    let head = format!(
+        "PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {r}\r\nContent-Length: {}\r\n\r\n",
+        5 << 20
+    );
+    let a = tls_raw(&http, &pki, head.as_bytes()).expect("https");
+    assert_eq!((a.status, a.kind().as_str()), (403, "forbidden"), "{a:?}");
+    let lower = format!("bearer {reader}");
+    let a = tls_raw(
+        &http,
+        &pki,
+        &request("GET", "/v1/kv/k", &[("Authorization", &lower)], b""),
+    )
+    .expect("https");
+    assert_eq!(a.status, 404, "the scheme's case does not matter: {a:?}");
     assert_eq!(put(Some(&writer)).status, 204);
     let a = read(&reader);
     assert_eq!((a.status, a.body.as_slice()), (200, &b"secret"[..]));

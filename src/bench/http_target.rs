@@ -14,6 +14,8 @@ use hyper_util::rt::TokioIo;
 use super::driver::Target;
 use crate::client::{ClientError, GetResult};
 use crate::object::Context;
+use crate::object::Kind;
+use crate::rpc::api::ApiError;
 
 /// Largest answer read (a value of the node's largest size, as siblings in base64).
 const MAX_ANSWER: usize = 64 << 20;
@@ -26,13 +28,23 @@ pub struct HttpTarget {
     /// `?r=..&w=..` of the run, ready to append.
     read_query: String,
     write_query: String,
+    /// `Bearer TOKEN` for a node with an auth file.
+    authorization: Option<String>,
     conn: Arc<tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>>,
 }
 
 impl HttpTarget {
     /// A target at `addr` (`IP:PORT` of `--http-listen`) with the run's options.
-    pub fn new(addr: &str, r: Option<u8>, w: Option<u8>, timeout: Duration) -> HttpTarget {
-        let ms = timeout.as_millis().clamp(1, u128::from(u32::MAX));
+    pub fn new(
+        addr: &str,
+        r: Option<u8>,
+        w: Option<u8>,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> HttpTarget {
+        // As the client port's client does: the node gets 90 % of the deadline, so
+        // its own answer (a quorum not reached, with the detail) arrives first.
+        let ms = (timeout.as_millis() * 9 / 10).clamp(1, u128::from(u32::MAX));
         HttpTarget {
             addr: addr.to_string(),
             timeout,
@@ -44,6 +56,7 @@ impl HttpTarget {
                 Some(w) => format!("?w={w}&timeout_ms={ms}"),
                 None => format!("?timeout_ms={ms}"),
             },
+            authorization: token.map(|t| format!("Bearer {t}")),
             conn: Arc::default(),
         }
     }
@@ -56,13 +69,22 @@ impl HttpTarget {
     }
 
     /// Sends one request on the worker's connection (dialled again if it broke) and
-    /// reads the whole answer, within the run's deadline.
+    /// reads the whole answer, within the run's deadline. After any failure the
+    /// connection is dropped: hyper may still be closing it, and the next request
+    /// must not fail for that.
     async fn send(
         &self,
-        request: hyper::Request<Full<Bytes>>,
+        mut request: hyper::Request<Full<Bytes>>,
     ) -> Result<(hyper::StatusCode, hyper::HeaderMap, Bytes), ClientError> {
+        if let Some(a) = &self.authorization
+            && let Ok(v) = hyper::header::HeaderValue::from_str(a)
+        {
+            request
+                .headers_mut()
+                .insert(hyper::header::AUTHORIZATION, v);
+        }
+        let mut conn = self.conn.lock().await;
         let exchange = async {
-            let mut conn = self.conn.lock().await;
             if conn.as_ref().is_none_or(|c| c.is_closed()) {
                 let tcp = tokio::net::TcpStream::connect(&self.addr)
                     .await
@@ -79,13 +101,10 @@ impl HttpTarget {
             }
             let sender = conn.as_mut().expect("connected above");
             sender.ready().await.map_err(|e| self.unavailable(e))?;
-            let answer = match sender.send_request(request).await {
-                Ok(a) => a,
-                Err(e) => {
-                    *conn = None;
-                    return Err(self.unavailable(e));
-                }
-            };
+            let answer = sender
+                .send_request(request)
+                .await
+                .map_err(|e| self.unavailable(e))?;
             let (parts, body) = answer.into_parts();
             let body = http_body_util::Limited::new(body, MAX_ANSWER)
                 .collect()
@@ -94,18 +113,50 @@ impl HttpTarget {
                 .to_bytes();
             Ok((parts.status, parts.headers, body))
         };
-        tokio::time::timeout(self.timeout, exchange)
+        let outcome = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| self.unavailable("request timed out"))?
+            .unwrap_or_else(|_| Err(self.unavailable("request timed out")));
+        if outcome.is_err() {
+            *conn = None;
+        }
+        outcome
     }
 
-    /// An error answer as the bench counts it: its kind and message.
+    /// An error answer as the bench counts it: the API's error of its kind, so the
+    /// error breakdown reads as the client port's.
     fn refused(&self, status: hyper::StatusCode, body: &[u8]) -> ClientError {
-        let text = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .map(|j| format!("{}: {}", j["error"], j["message"]))
-            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-        self.unavailable(format!("HTTP {status}: {text}"))
+        let j: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let kind = j["error"].as_str().unwrap_or("");
+        let reason = j["message"]
+            .as_str()
+            .map_or_else(|| format!("HTTP {status}"), str::to_string);
+        match kind {
+            "unauthorized" | "forbidden" | "tls_required" => ClientError::NotAuthorized {
+                addr: self.addr.clone(),
+                reason,
+            },
+            "quorum_not_reached" | "unavailable" => self.unavailable(reason),
+            "too_large" => ClientError::Api(ApiError::ValueTooLarge { size: 0, limit: 0 }),
+            "wrong_kind" => {
+                let stored = if reason.contains("holds a set") {
+                    Kind::Set
+                } else {
+                    Kind::Counter
+                };
+                ClientError::Api(ApiError::WrongKind {
+                    stored,
+                    requested: Kind::Register,
+                })
+            }
+            "too_many_siblings" => {
+                ClientError::Api(ApiError::TooManySiblings { count: 0, limit: 0 })
+            }
+            "invalid_context" => ClientError::Api(ApiError::InvalidContext { reason }),
+            "storage" | "corrupt" => ClientError::Api(ApiError::Storage { reason }),
+            _ => ClientError::Api(ApiError::InvalidOptions {
+                reason: format!("HTTP {status}: {reason}"),
+            }),
+        }
     }
 }
 

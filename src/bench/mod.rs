@@ -631,13 +631,10 @@ pub async fn run(
         None => Targets::Rpc(clients),
         Some(addr) => {
             let timeout = Duration::from_millis(config.timeout_ms);
-            let one = http_target::HttpTarget::new(addr, config.r, config.w, timeout);
-            http_target::preflight(&one).await?;
-            Targets::Http(
-                (0..config.concurrency)
-                    .map(|_| http_target::HttpTarget::new(addr, config.r, config.w, timeout))
-                    .collect(),
-            )
+            let token = config.security.0.token.as_deref();
+            let target = || http_target::HttpTarget::new(addr, config.r, config.w, timeout, token);
+            http_target::preflight(&target()).await?;
+            Targets::Http((0..config.concurrency).map(|_| target()).collect())
         }
     };
     let common = Common {

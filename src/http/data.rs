@@ -4,7 +4,7 @@
 //! metrics and errors; only the framing differs.
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -14,9 +14,13 @@ use tarpc::context;
 
 use super::Ops;
 use super::wire::{self, Params, api_error, error, with_context};
-use crate::auth::Access;
-use crate::rpc::api::{Blob, Kv};
-use crate::rpc::server::KvServer;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::auth::{Access, Refusal};
+use crate::node::requests::Op;
+use crate::rpc::api::{ApiError, Blob, Kv};
+use crate::rpc::server::{KvServer, needed};
 
 /// Whether the request came over TLS (set per connection by the listener).
 #[derive(Clone, Copy, Debug, Default)]
@@ -27,6 +31,16 @@ pub struct Transport {
 
 /// Largest counter request body: `{"add": -9223372036854775808}` with room to spare.
 const COUNTER_BODY_LIMIT: usize = 1024;
+
+/// Bytes of request bodies being received at once across the HTTP port, as the
+/// client port's budget for its large frames: a body of unknown length reserves its
+/// route's limit, so at most 64 of 4 MiB arrive at once; one that finds no room is
+/// refused with 503 instead of waiting.
+pub const BODY_BUDGET_BYTES: usize = crate::rpc::server::FRAME_BUDGET_BYTES;
+
+/// Time for a request's body to arrive once its head has (a client trickling a
+/// body holds a connection and budget no longer).
+const SLOW_BODY: Duration = crate::rpc::server::SLOW_FRAME;
 
 /// The data routes.
 pub fn routes() -> Router<Ops> {
@@ -88,26 +102,46 @@ struct Request {
 }
 
 impl Request {
-    fn read(ops: &Ops, parts: &Parts, prefix: &str, params: Params) -> Result<Request, Refused> {
+    /// Checks what every request of `op` needs before its body is read: TLS where
+    /// the node has it, a token whose role allows `op` (403 here, before any work,
+    /// as on the client port), the key and the query.
+    fn read(
+        ops: &Ops,
+        parts: &Parts,
+        prefix: &str,
+        params: Params,
+        op: Op,
+    ) -> Result<Request, Refused> {
         if ops.node.config().tls.is_some() && !parts.transport.tls {
-            return Err(Box::new(error(
+            ops.node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(early(
                 StatusCode::FORBIDDEN,
                 "tls_required",
                 "this node has TLS: send data requests over https:// to the same port",
-            )));
+            ));
         }
         let access = authorize(ops, &parts.headers)?;
+        if let Err(reason) = access.allows(needed(op), op.label()) {
+            if let Some(keyring) = &ops.node.config().auth {
+                keyring.count(Refusal::Role);
+            }
+            return Err(early(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("not authorized: {reason}"),
+            ));
+        }
         let raw = parts.uri.path().strip_prefix(prefix).unwrap_or("");
         let key = wire::percent_decode(raw)
-            .map_err(|reason| Box::new(error(StatusCode::BAD_REQUEST, "bad_request", reason)))?;
+            .map_err(|reason| early(StatusCode::BAD_REQUEST, "bad_request", reason))?;
         if key.is_empty() {
-            return Err(Box::new(error(
+            return Err(early(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 "key must not be empty",
-            )));
+            ));
         }
-        let query = wire::parse_query(parts.uri.query(), params).map_err(refused)?;
+        let query = wire::parse_query(parts.uri.query(), params).map_err(invalid)?;
         Ok(Request {
             server: KvServer::new(ops.node.clone(), access),
             key,
@@ -148,13 +182,8 @@ fn authorize(ops: &Ops, headers: &HeaderMap) -> Result<Access, Refused> {
     let Some(keyring) = ops.node.config().auth.as_ref() else {
         return Ok(Access::Open);
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    keyring.check(token).map_err(|(_, reason)| {
-        let mut r = error(
+    keyring.check(wire::bearer(headers)).map_err(|(_, reason)| {
+        let mut r = early(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             format!("not authorized: {reason} (send Authorization: Bearer TOKEN)"),
@@ -163,20 +192,20 @@ fn authorize(ops: &Ops, headers: &HeaderMap) -> Result<Access, Refused> {
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer"),
         );
-        Box::new(r)
+        r
     })
 }
 
 /// The body, at most `limit` bytes: a larger one is refused with 413 (before it is
-/// read when its length says so), one that ends early or breaks off with 400.
-async fn body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Refused> {
-    let too_large = |size: String| -> Refused {
-        Box::new(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("body of {size} bytes is over the limit of {limit} bytes"),
-        ))
-    };
+/// read when its length says so), one that ends early or breaks off with 400, one
+/// that takes longer than [`SLOW_BODY`] with 408, and one that finds the port's
+/// body budget taken with 503.
+async fn body(
+    ops: &Ops,
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Vec<u8>, Refused> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -184,28 +213,51 @@ async fn body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Re
     if let Some(len) = declared
         && len > limit as u64
     {
-        return Err(too_large(len.to_string()));
+        return Err(early(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body of {len} bytes is over the limit of {limit} bytes"),
+        ));
     }
-    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(too_large(format!("more than {limit}")))
-        }
-        Err(e) => Err(Box::new(error(
+    let reserve = declared.map_or(limit, |len| len as usize).max(1);
+    let budget = u32::try_from(reserve)
+        .ok()
+        .and_then(|n| ops.bodies.clone().try_acquire_many_owned(n).ok());
+    let Some(_budget) = budget else {
+        return Err(early(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "node unavailable: too many request bodies arriving at once; try again",
+        ));
+    };
+    let collect = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
+    match tokio::time::timeout(SLOW_BODY, collect).await {
+        Ok(Ok(collected)) => Ok(Vec::from(collected.to_bytes())),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(early(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body of more than {limit} bytes is over the limit of {limit} bytes"),
+        )),
+        Ok(Err(e)) => Err(early(
             StatusCode::BAD_REQUEST,
             "bad_request",
             format!("the body could not be read: {e}"),
-        ))),
+        )),
+        Err(_) => Err(early(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the body did not arrive within {} s", SLOW_BODY.as_secs()),
+        )),
     }
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8], shape: &str) -> Result<T, Refused> {
     serde_json::from_slice(bytes).map_err(|e| {
-        Box::new(error(
+        early(
             StatusCode::BAD_REQUEST,
             "bad_request",
             format!("the body must be JSON {shape}: {e}"),
-        ))
+        )
     })
 }
 
@@ -220,18 +272,47 @@ fn b64(bytes: &[u8]) -> String {
 /// A refusal: the answer to send instead (boxed: a response is large).
 type Refused = Box<Response>;
 
-fn refused(e: crate::rpc::api::ApiError) -> Refused {
+/// Marks a refusal made here, before the request reached the service (which
+/// counts its own), so that [`answer`] counts it as the client port would.
+#[derive(Clone, Copy)]
+struct Early;
+
+fn early(status: StatusCode, kind: &str, message: impl Into<String>) -> Refused {
+    let mut r = error(status, kind, message);
+    r.extensions_mut().insert(Early);
+    Box::new(r)
+}
+
+/// A request the service refused or failed (counted by it).
+fn refused(e: ApiError) -> Refused {
     Box::new(api_error(&e))
 }
 
-/// Turns either outcome into the answer.
-fn answer(r: Result<Response, Refused>) -> Response {
-    r.unwrap_or_else(|refused| *refused)
+/// A request refused here for what the service would also refuse.
+fn invalid(e: ApiError) -> Refused {
+    let mut r = api_error(&e);
+    r.extensions_mut().insert(Early);
+    Box::new(r)
+}
+
+/// Turns either outcome into the answer, counting the refusals made here.
+fn answer(ops: &Ops, r: Result<Response, Refused>) -> Response {
+    match r {
+        Ok(response) => response,
+        Err(refused) => {
+            if refused.extensions().get::<Early>().is_some() {
+                let stats = &ops.node.stats;
+                stats.requests.fetch_add(1, Ordering::Relaxed);
+                stats.request_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            *refused
+        }
+    }
 }
 
 async fn kv_get(State(ops): State<Ops>, parts: Parts) -> Response {
-    answer(async {
-        let req = Request::read(&ops, &parts, "/v1/kv/", Params::Read)?;
+    answer(&ops, async {
+        let req = Request::read(&ops, &parts, "/v1/kv/", Params::Read, Op::Get)?;
         let reply = Kv::get(req.server, context::current(), req.key, req.query.opts)
             .await
             .map_err(refused)?;
@@ -265,16 +346,17 @@ async fn kv_get(State(ops): State<Ops>, parts: Parts) -> Response {
 
 async fn kv_put(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
     answer(
+        &ops,
         async {
-            let req = Request::read(&ops, &parts, "/v1/kv/", Params::Write)?;
-            let ctx = wire::request_context(&parts.headers).map_err(refused)?;
+            let req = Request::read(&ops, &parts, "/v1/kv/", Params::Write, Op::Put)?;
+            let ctx = wire::request_context(&parts.headers).map_err(invalid)?;
             let limit = ops.node.config().limits.max_value_bytes;
-            let value = body(raw, &parts.headers, limit).await?;
+            let value = body(&ops, raw, &parts.headers, limit).await?;
             let written = Kv::put(
                 req.server,
                 context::current(),
                 req.key,
-                Blob(value.to_vec()),
+                Blob(value),
                 ctx,
                 req.query.opts,
             )
@@ -288,9 +370,10 @@ async fn kv_put(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
 
 async fn kv_delete(State(ops): State<Ops>, parts: Parts) -> Response {
     answer(
+        &ops,
         async {
-            let req = Request::read(&ops, &parts, "/v1/kv/", Params::Write)?;
-            let ctx = wire::request_context(&parts.headers).map_err(refused)?;
+            let req = Request::read(&ops, &parts, "/v1/kv/", Params::Write, Op::Delete)?;
+            let ctx = wire::request_context(&parts.headers).map_err(invalid)?;
             let written = Kv::delete(req.server, context::current(), req.key, ctx, req.query.opts)
                 .await
                 .map_err(refused)?;
@@ -314,8 +397,9 @@ struct CounterAdd {
 
 async fn counter_get(State(ops): State<Ops>, parts: Parts) -> Response {
     answer(
+        &ops,
         async {
-            let req = Request::read(&ops, &parts, "/v1/counter/", Params::Read)?;
+            let req = Request::read(&ops, &parts, "/v1/counter/", Params::Read, Op::CounterGet)?;
             match Kv::counter_get(req.server, context::current(), req.key, req.query.opts)
                 .await
                 .map_err(refused)?
@@ -334,18 +418,19 @@ async fn counter_get(State(ops): State<Ops>, parts: Parts) -> Response {
 
 async fn counter_add(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
     answer(
+        &ops,
         async {
-            let req = Request::read(&ops, &parts, "/v1/counter/", Params::Write)?;
-            let bytes = body(raw, &parts.headers, COUNTER_BODY_LIMIT).await?;
+            let req = Request::read(&ops, &parts, "/v1/counter/", Params::Write, Op::CounterAdd)?;
+            let bytes = body(&ops, raw, &parts.headers, COUNTER_BODY_LIMIT).await?;
             let shape = r#"{"add": INTEGER}"#;
             // serde would take `[5]` for the struct too: only an object is one.
             let object: serde_json::Value = json_body(&bytes, shape)?;
             if !object.is_object() {
-                return Err(Box::new(error(
+                return Err(early(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     format!("the body must be a JSON object {shape}"),
-                )));
+                ));
             }
             let add: CounterAdd = json_body(&bytes, shape)?;
             let value = Kv::counter_add(
@@ -365,8 +450,9 @@ async fn counter_add(State(ops): State<Ops>, parts: Parts, raw: Body) -> Respons
 
 async fn set_members(State(ops): State<Ops>, parts: Parts) -> Response {
     answer(
+        &ops,
         async {
-            let req = Request::read(&ops, &parts, "/v1/set/", Params::Read)?;
+            let req = Request::read(&ops, &parts, "/v1/set/", Params::Read, Op::SetMembers)?;
             match Kv::set_members(req.server, context::current(), req.key, req.query.opts)
                 .await
                 .map_err(refused)?
@@ -385,15 +471,16 @@ async fn set_members(State(ops): State<Ops>, parts: Parts) -> Response {
 
 async fn set_add(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
     answer(
+        &ops,
         async {
-            let req = Request::read(&ops, &parts, "/v1/set/", Params::Write)?;
+            let req = Request::read(&ops, &parts, "/v1/set/", Params::Write, Op::SetAdd)?;
             let limit = ops.node.config().limits.max_value_bytes;
-            let member = body(raw, &parts.headers, limit).await?;
+            let member = body(&ops, raw, &parts.headers, limit).await?;
             Kv::set_add(
                 req.server,
                 context::current(),
                 req.key,
-                member.to_vec(),
+                member,
                 req.query.opts,
             )
             .await
@@ -406,14 +493,15 @@ async fn set_add(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
 
 async fn set_remove(State(ops): State<Ops>, parts: Parts) -> Response {
     answer(
+        &ops,
         async {
-            let req = Request::read(&ops, &parts, "/v1/set/", Params::WriteMember)?;
+            let req = Request::read(&ops, &parts, "/v1/set/", Params::WriteMember, Op::SetRemove)?;
             let Some(member) = req.query.member else {
-                return Err(Box::new(error(
+                return Err(early(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     "say which member to remove: ?member=PERCENT-ENCODED-BYTES",
-                )));
+                ));
             };
             let removed = Kv::set_remove(
                 req.server,

@@ -1,6 +1,8 @@
 //! The HTTP port's accept loop: plaintext and, on a node with TLS, HTTPS on the same
 //! port (told apart by the first byte, a TLS handshake record), a bounded number of
-//! connections, a deadline for each request's head, and a graceful end.
+//! connections (when all are taken the oldest is closed, so a flood of idle
+//! connections cannot lock out a probe), a deadline for each request's head, and a
+//! graceful end.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,21 +13,22 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::data::Transport;
 use crate::node::SharedNode;
 
-/// Connections served at once; more are closed at once (a probe or a scrape needs
-/// one, a client pool a few dozen).
+/// Connections served at once (a probe or a scrape needs one, a client pool a few
+/// dozen); one more closes the oldest.
 const MAX_CONNECTIONS: usize = 1024;
 
 /// Time for a TLS handshake, and for a request's head to arrive (slow clients hold
 /// a connection slot no longer).
 const HEAD_DEADLINE: Duration = Duration::from_secs(10);
 
-/// How long open connections may finish their requests once the node stops.
-const DRAIN: Duration = Duration::from_secs(5);
+/// How long open connections may finish their requests once the node stops: less
+/// than the 2 s `serve` waits for this task before it closes the store.
+const DRAIN: Duration = Duration::from_millis(1500);
 
 /// The first byte of a TLS connection: a handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -39,7 +42,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Open::default());
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -47,8 +50,8 @@ pub async fn run(
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
             Err(error) => {
                 // Out of file descriptors, say: wait instead of spinning.
                 tracing::warn!(%error, "HTTP accept failed");
@@ -56,21 +59,65 @@ pub async fn run(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "HTTP connection refused: too many open");
-            continue;
-        };
-        let (app, node, watcher) = (app.clone(), node.clone(), graceful.watcher());
+        let (id, closed) = open.enter();
+        let (app, node, watcher, open) =
+            (app.clone(), node.clone(), graceful.watcher(), open.clone());
         tokio::spawn(async move {
-            connection(tcp, app, node, watcher).await;
-            drop(slot);
+            tokio::select! {
+                biased;
+                () = closed.cancelled() => {}
+                () = connection(tcp, app, node, watcher) => {}
+            }
+            open.leave(id);
         });
     }
+    // New connections are refused from here on, not left waiting in the backlog.
+    drop(listener);
     if tokio::time::timeout(DRAIN, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::info!("HTTP connections still open after the drain; closing them");
+    }
+}
+
+/// The connections open now, oldest first.
+#[derive(Default)]
+struct Open {
+    conns: std::sync::Mutex<(u64, std::collections::BTreeMap<u64, CancellationToken>)>,
+}
+
+impl Open {
+    /// Registers a new connection, closing the oldest when all places are taken;
+    /// its id and what closes it.
+    fn enter(&self) -> (u64, CancellationToken) {
+        let mut guard = self
+            .conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (next, conns) = &mut *guard;
+        if conns.len() >= MAX_CONNECTIONS
+            && let Some((_, oldest)) = conns.pop_first()
+        {
+            tracing::info!(
+                open = MAX_CONNECTIONS,
+                "HTTP connections all taken: closing the oldest"
+            );
+            oldest.cancel();
+        }
+        let id = *next;
+        *next += 1;
+        let token = CancellationToken::new();
+        conns.insert(id, token.clone());
+        (id, token)
+    }
+
+    fn leave(&self, id: u64) {
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .remove(&id);
     }
 }
 

@@ -32,6 +32,8 @@ pub(crate) struct Ops {
     stall_threshold: Duration,
     registry: Arc<prometheus_client::registry::Registry>,
     last_page: Arc<page::LastReading>,
+    /// Bytes of request bodies being received now, across the port.
+    bodies: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the HTTP listener could not start.
@@ -63,6 +65,7 @@ pub fn router(node: SharedNode, stall_threshold: Duration) -> Router {
             stall_threshold,
             registry,
             last_page: Arc::default(),
+            bodies: Arc::new(tokio::sync::Semaphore::new(data::BODY_BUDGET_BYTES)),
         })
 }
 
@@ -186,12 +189,7 @@ async fn readyz(State(ops): State<Ops>, Query(q): Query<ProbeQuery>) -> Response
 /// Prometheus reach them, and they name no key).
 fn authorize(ops: &Ops, headers: &axum::http::HeaderMap) -> Option<Response> {
     let keyring = ops.node.config().auth.as_ref()?;
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match keyring.check(token) {
+    match keyring.check(wire::bearer(headers)) {
         Ok(_) => None,
         Err((_, reason)) => Some(
             (

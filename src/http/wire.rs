@@ -43,11 +43,6 @@ fn is_hex(h: &str) -> bool {
     h.len() == 2 && h.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Decodes a query component: `+` is a space there, as in HTML forms.
-fn query_decode(text: &str) -> Result<Vec<u8>, String> {
-    percent_decode(&text.replace('+', "%20"))
-}
-
 /// What a query string holds: the request options, and the set member of a removal.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Query {
@@ -77,13 +72,13 @@ pub fn parse_query(query: Option<&str>, params: Params) -> Result<Query, ApiErro
     let mut seen: Vec<String> = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = String::from_utf8(query_decode(name).map_err(bad)?)
+        let name = String::from_utf8(percent_decode(name).map_err(bad)?)
             .map_err(|_| bad("a parameter name is not UTF-8".into()))?;
         if seen.contains(&name) {
             return Err(bad(format!("parameter {name:?} is given twice")));
         }
         seen.push(name.clone());
-        let value = query_decode(value).map_err(bad)?;
+        let value = percent_decode(value).map_err(bad)?;
         let number = |max: u64| -> Result<u64, ApiError> {
             std::str::from_utf8(&value)
                 .ok()
@@ -184,6 +179,13 @@ pub fn request_context(
         })
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header (the scheme in any case).
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Whether the client takes JSON for siblings: only a request whose `Accept` names
 /// raw bytes and nothing that JSON fits gets 409 instead of 300.
 pub fn accepts_json(headers: &axum::http::HeaderMap) -> bool {
@@ -222,8 +224,9 @@ mod tests {
                 ..RequestOptions::default()
             }
         );
-        let q = parse_query(Some("member=a%00b+c&w=3"), Params::WriteMember).unwrap();
-        assert_eq!(q.member.as_deref(), Some(&b"a\0b c"[..]));
+        // `+` is a plus, as in keys (RFC 3986), not a form's space.
+        let q = parse_query(Some("member=a%00b+c%20&w=3"), Params::WriteMember).unwrap();
+        assert_eq!(q.member.as_deref(), Some(&b"a\0b+c "[..]));
         assert_eq!(q.opts.w, Some(3));
         assert_eq!(parse_query(None, Params::Write).unwrap(), Query::default());
         for (bad, params) in [
@@ -263,6 +266,22 @@ mod tests {
         ] {
             h.insert(header::ACCEPT, HeaderValue::from_static(accept));
             assert_eq!(accepts_json(&h), json, "{accept}");
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_in_any_case_of_the_scheme() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        for (value, token) in [
+            ("Bearer rkv_1", Some("rkv_1")),
+            ("bearer  rkv_2 ", Some("rkv_2")),
+            ("BEARER rkv_3", Some("rkv_3")),
+            ("Basic dXNlcg==", None),
+            ("rkv_4", None),
+        ] {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(bearer(&h), token, "{value}");
         }
     }
 

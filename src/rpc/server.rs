@@ -34,7 +34,7 @@ pub struct KvServer {
 }
 
 /// The role each client operation needs.
-fn needed(op: Op) -> Role {
+pub(crate) fn needed(op: Op) -> Role {
     match op {
         Op::Get | Op::CounterGet | Op::SetMembers | Op::GetLocal => Role::Read,
         Op::Put | Op::Delete | Op::CounterAdd | Op::SetAdd | Op::SetRemove => Role::Write,
