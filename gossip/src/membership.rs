@@ -516,23 +516,18 @@ impl Gossip {
     }
 
     /// SWIM's view of every node it knows, by [`node_hash`] of its id (this node is
-    /// alive). Identities announced to before their node was known are left out.
+    /// alive). Identities announced to before their node was known are left out. A
+    /// node that restarted at another address has two identities until SWIM drops
+    /// the old one: its newest start speaks for it, not whichever SWIM lists last.
     pub fn liveness_by_node(&self) -> BTreeMap<u64, Liveness> {
-        let mut out: BTreeMap<u64, Liveness> = self
-            .foca
-            .iter_membership_state()
-            .filter(|m| m.id().node != 0)
-            .map(|m| {
-                (
-                    m.id().node,
-                    match m.state() {
-                        foca::State::Alive => Liveness::Alive,
-                        foca::State::Suspect => Liveness::Suspect,
-                        foca::State::Down => Liveness::Down,
-                    },
-                )
-            })
-            .collect();
+        let mut out = newest_by_node(self.foca.iter_membership_state().map(|m| {
+            let liveness = match m.state() {
+                foca::State::Alive => Liveness::Alive,
+                foca::State::Suspect => Liveness::Suspect,
+                foca::State::Down => Liveness::Down,
+            };
+            (*m.id(), liveness)
+        }));
         out.insert(self.foca.identity().node, Liveness::Alive);
         out
     }
@@ -615,6 +610,20 @@ impl Gossip {
     pub fn stats(&self) -> GossipStats {
         self.stats
     }
+}
+
+/// The liveness of each node's newest identity (highest generation), by node hash.
+fn newest_by_node(
+    identities: impl Iterator<Item = (Identity, Liveness)>,
+) -> BTreeMap<u64, Liveness> {
+    let mut newest: BTreeMap<u64, (u64, Liveness)> = BTreeMap::new();
+    for (id, liveness) in identities.filter(|(id, _)| id.node != 0) {
+        let e = newest.entry(id.node).or_insert((id.generation, liveness));
+        if id.generation > e.0 {
+            *e = (id.generation, liveness);
+        }
+    }
+    newest.into_iter().map(|(node, (_, l))| (node, l)).collect()
 }
 
 #[cfg(test)]

@@ -70,6 +70,34 @@ fn a_restart_shows_as_a_higher_generation_before_any_suspicion() {
 }
 
 #[test]
+fn a_node_restarted_at_a_new_address_is_as_alive_as_its_newest_start() {
+    let id = |port: u16, generation: u64| Identity {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        generation,
+        node: node_hash("n2"),
+    };
+    // SWIM may list the old identity after the new one, or before it.
+    for entries in [
+        vec![(id(2, 2), Liveness::Alive), (id(1, 1), Liveness::Down)],
+        vec![(id(1, 1), Liveness::Suspect), (id(2, 2), Liveness::Alive)],
+    ] {
+        let by_node = super::newest_by_node(entries.into_iter());
+        assert_eq!(by_node.get(&node_hash("n2")), Some(&Liveness::Alive));
+    }
+    // The newest start that is down is down, whatever an older one last said.
+    let by_node = super::newest_by_node(
+        vec![(id(1, 1), Liveness::Alive), (id(2, 2), Liveness::Down)].into_iter(),
+    );
+    assert_eq!(by_node.get(&node_hash("n2")), Some(&Liveness::Down));
+    // Identities without a node (announced to by address) are left out.
+    let unknown = Identity {
+        node: 0,
+        ..id(3, 1)
+    };
+    assert!(super::newest_by_node(vec![(unknown, Liveness::Alive)].into_iter()).is_empty());
+}
+
+#[test]
 fn newer_records_spread_and_leave_marks_down() {
     let mut net = Net::new(&[b"s".as_slice(); 3]);
     net.run_until(5_000);
