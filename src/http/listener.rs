@@ -171,3 +171,29 @@ async fn connection(tcp: TcpStream, app: Router, node: SharedNode, watcher: Watc
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_past_the_limit_closes_the_oldest_and_leaving_frees_a_place() {
+        let open = Open::default();
+        let first: Vec<(u64, CancellationToken)> =
+            (0..MAX_CONNECTIONS).map(|_| open.enter()).collect();
+        assert!(first.iter().all(|(_, t)| !t.is_cancelled()));
+        // One more: the oldest goes, nobody else.
+        let (_, newest) = open.enter();
+        assert!(first[0].1.is_cancelled());
+        assert!(first[1..].iter().all(|(_, t)| !t.is_cancelled()));
+        assert!(!newest.is_cancelled());
+        // A connection that ends leaves a place: the next one closes nobody.
+        open.leave(first[5].0);
+        let _ = open.enter();
+        assert!(!first[1].1.is_cancelled());
+        // Every place taken again: the oldest still open is next.
+        let _ = open.enter();
+        assert!(first[1].1.is_cancelled());
+        assert!(!first[2].1.is_cancelled());
+    }
+}
