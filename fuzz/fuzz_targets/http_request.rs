@@ -1,6 +1,8 @@
 //! Raw bytes to the HTTP port (probes, metrics, /v1/cluster/health, the status
-//! page) of a real node, with an auth file, as hyper parses them and the router
-//! answers: the request line, headers (Authorization among them), query strings.
+//! page, the data API under /v1/kv, /v1/counter and /v1/set) of a real node, with
+//! an auth file (`rkv_fuzz` reads, `rkv_fuzzw` writes), as hyper parses them and
+//! the router answers: the request line, headers (Authorization and the context
+//! among them), percent-encoded keys, query strings, bodies.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -26,9 +28,11 @@ fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let auth = dir.path().join("auth");
         let token = "rkv_fuzz";
+        let hashed = |t: &str| ringkv::auth::token::hex(&ringkv::auth::token::hash(t.as_bytes()));
         let line = format!(
-            "fuzz read {}\n",
-            ringkv::auth::token::hex(&ringkv::auth::token::hash(token.as_bytes()))
+            "fuzz read {}\nfuzzw write {}\n",
+            hashed(token),
+            hashed("rkv_fuzzw")
         );
         std::fs::write(&auth, line).expect("auth");
         let mut cfg = ringkv::node::NodeConfig::new(
