@@ -5,7 +5,8 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::request::Parts as Head;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -107,12 +108,13 @@ impl Request {
     /// as on the client port), the key and the query.
     fn read(
         ops: &Ops,
-        parts: &Parts,
+        parts: &Head,
         prefix: &str,
         params: Params,
         op: Op,
     ) -> Result<Request, Refused> {
-        if ops.node.config().tls.is_some() && !parts.transport.tls {
+        let tls = parts.extensions.get::<Transport>().is_some_and(|t| t.tls);
+        if ops.node.config().tls.is_some() && !tls {
             ops.node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
             return Err(early(
                 StatusCode::FORBIDDEN,
@@ -150,39 +152,10 @@ impl Request {
     }
 }
 
-/// What every handler reads of the request besides its body.
-struct Parts {
-    uri: Uri,
-    headers: HeaderMap,
-    transport: Transport,
-}
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Parts {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Parts {
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
-            transport: parts
-                .extensions
-                .get::<Transport>()
-                .copied()
-                .unwrap_or_default(),
-        })
-    }
-}
-
 /// The token's access, or the refusal (401: no token or an unknown one; a role too
 /// small is refused later, by the service, with 403).
 fn authorize(ops: &Ops, headers: &HeaderMap) -> Result<Access, Refused> {
-    let Some(keyring) = ops.node.config().auth.as_ref() else {
-        return Ok(Access::Open);
-    };
-    keyring.check(wire::bearer(headers)).map_err(|(_, reason)| {
+    super::token_access(ops, headers).map_err(|reason| {
         let mut r = early(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -310,7 +283,8 @@ fn answer(ops: &Ops, r: Result<Response, Refused>) -> Response {
     }
 }
 
-async fn kv_get(State(ops): State<Ops>, parts: Parts) -> Response {
+async fn kv_get(State(ops): State<Ops>, request: HttpRequest) -> Response {
+    let (parts, _) = request.into_parts();
     answer(&ops, async {
         let req = Request::read(&ops, &parts, "/v1/kv/", Params::Read, Op::Get)?;
         let reply = Kv::get(req.server, context::current(), req.key, req.query.opts)
@@ -344,7 +318,8 @@ async fn kv_get(State(ops): State<Ops>, parts: Parts) -> Response {
     .await)
 }
 
-async fn kv_put(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
+async fn kv_put(State(ops): State<Ops>, request: HttpRequest) -> Response {
+    let (parts, raw) = request.into_parts();
     answer(
         &ops,
         async {
@@ -368,7 +343,8 @@ async fn kv_put(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
     )
 }
 
-async fn kv_delete(State(ops): State<Ops>, parts: Parts) -> Response {
+async fn kv_delete(State(ops): State<Ops>, request: HttpRequest) -> Response {
+    let (parts, _) = request.into_parts();
     answer(
         &ops,
         async {
@@ -395,7 +371,8 @@ struct CounterAdd {
     add: i64,
 }
 
-async fn counter_get(State(ops): State<Ops>, parts: Parts) -> Response {
+async fn counter_get(State(ops): State<Ops>, request: HttpRequest) -> Response {
+    let (parts, _) = request.into_parts();
     answer(
         &ops,
         async {
@@ -416,7 +393,8 @@ async fn counter_get(State(ops): State<Ops>, parts: Parts) -> Response {
     )
 }
 
-async fn counter_add(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
+async fn counter_add(State(ops): State<Ops>, request: HttpRequest) -> Response {
+    let (parts, raw) = request.into_parts();
     answer(
         &ops,
         async {
@@ -448,7 +426,8 @@ async fn counter_add(State(ops): State<Ops>, parts: Parts, raw: Body) -> Respons
     )
 }
 
-async fn set_members(State(ops): State<Ops>, parts: Parts) -> Response {
+async fn set_members(State(ops): State<Ops>, request: HttpRequest) -> Response {
+    let (parts, _) = request.into_parts();
     answer(
         &ops,
         async {
@@ -469,7 +448,8 @@ async fn set_members(State(ops): State<Ops>, parts: Parts) -> Response {
     )
 }
 
-async fn set_add(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
+async fn set_add(State(ops): State<Ops>, request: HttpRequest) -> Response {
+    let (parts, raw) = request.into_parts();
     answer(
         &ops,
         async {
@@ -491,7 +471,8 @@ async fn set_add(State(ops): State<Ops>, parts: Parts, raw: Body) -> Response {
     )
 }
 
-async fn set_remove(State(ops): State<Ops>, parts: Parts) -> Response {
+async fn set_remove(State(ops): State<Ops>, request: HttpRequest) -> Response {
+    let (parts, _) = request.into_parts();
     answer(
         &ops,
         async {

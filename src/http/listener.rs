@@ -30,9 +30,6 @@ const HEAD_DEADLINE: Duration = Duration::from_secs(10);
 /// than the 2 s `serve` waits for this task before it closes the store.
 const DRAIN: Duration = Duration::from_millis(1500);
 
-/// The first byte of a TLS connection: a handshake record.
-const TLS_HANDSHAKE: u8 = 0x16;
-
 /// Serves `app` on `listener` until `shutdown` completes, then lets open
 /// connections finish (bounded).
 pub async fn run(
@@ -123,52 +120,50 @@ impl Open {
 
 async fn connection(tcp: TcpStream, app: Router, node: SharedNode, watcher: Watcher) {
     let _ = tcp.set_nodelay(true);
-    let tls = match &node.config().tls {
+    let acceptor = match &node.config().tls {
         None => None,
         Some(tls) => {
             let mut first = [0u8; 1];
             match tokio::time::timeout(HEAD_DEADLINE, tcp.peek(&mut first)).await {
-                Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => Some(tls.acceptor()),
+                Ok(Ok(1)) if first[0] == crate::tls::HANDSHAKE_RECORD => Some(tls.acceptor()),
                 Ok(Ok(1)) => None,
                 _ => return,
             }
         }
     };
+    let Some(acceptor) = acceptor else {
+        return serve(tcp, false, app, watcher).await;
+    };
+    match tokio::time::timeout(HEAD_DEADLINE, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => serve(stream, true, app, watcher).await,
+        Ok(Err(error)) => {
+            node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%error, "HTTPS handshake refused");
+        }
+        Err(_) => {
+            node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on `io` until the client or the drain ends it; the handlers learn
+/// from [`Transport`] whether it is TLS.
+async fn serve<I>(io: I, tls: bool, app: Router, watcher: Watcher)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut http = hyper::server::conn::http1::Builder::new();
     // A client may end its sending side once its request is out (`curl -T`, a
     // short body): it still gets the answer, a 400 for a body cut short.
     http.timer(TokioTimer::new())
         .header_read_timeout(HEAD_DEADLINE)
         .half_close(true);
-    match tls {
-        None => {
-            let service =
-                TowerToHyperService::new(app.layer(axum::Extension(Transport { tls: false })));
-            let served = watcher.watch(http.serve_connection(TokioIo::new(tcp), service));
-            if let Err(error) = served.await {
-                tracing::debug!(%error, "HTTP connection ended");
-            }
-        }
-        Some(acceptor) => {
-            let stream = match tokio::time::timeout(HEAD_DEADLINE, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(error)) => {
-                    node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%error, "HTTPS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    node.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            };
-            let service =
-                TowerToHyperService::new(app.layer(axum::Extension(Transport { tls: true })));
-            let served = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-            if let Err(error) = served.await {
-                tracing::debug!(%error, "HTTPS connection ended");
-            }
-        }
+    let service = TowerToHyperService::new(app.layer(axum::Extension(Transport { tls })));
+    if let Err(error) = watcher
+        .watch(http.serve_connection(TokioIo::new(io), service))
+        .await
+    {
+        tracing::debug!(%error, tls, "HTTP connection ended");
     }
 }
 

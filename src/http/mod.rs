@@ -20,6 +20,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::auth::Access;
 use crate::node::SharedNode;
 
 pub use metrics::render as render_metrics;
@@ -184,22 +185,30 @@ async fn readyz(State(ops): State<Ops>, Query(q): Query<ProbeQuery>) -> Response
     (code, body).into_response()
 }
 
+/// What the request's bearer token allows under the auth file in force (everything
+/// when the node has none), or why it is refused (counted by the keyring).
+fn token_access(ops: &Ops, headers: &axum::http::HeaderMap) -> Result<Access, String> {
+    match ops.node.config().auth.as_ref() {
+        None => Ok(Access::Open),
+        Some(keyring) => keyring
+            .check(wire::bearer(headers))
+            .map_err(|(_, reason)| reason),
+    }
+}
+
 /// The refusal, if any: with an auth file, what the node says about its data and members needs a
 /// token (`Authorization: Bearer`); probes and metrics do not (kubelets and
 /// Prometheus reach them, and they name no key).
 fn authorize(ops: &Ops, headers: &axum::http::HeaderMap) -> Option<Response> {
-    let keyring = ops.node.config().auth.as_ref()?;
-    match keyring.check(wire::bearer(headers)) {
-        Ok(_) => None,
-        Err((_, reason)) => Some(
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                format!("not authorized: {reason} (HTTP: Authorization: Bearer TOKEN)\n"),
-            )
-                .into_response(),
-        ),
-    }
+    let reason = token_access(ops, headers).err()?;
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            format!("not authorized: {reason} (HTTP: Authorization: Bearer TOKEN)\n"),
+        )
+            .into_response(),
+    )
 }
 
 async fn cluster_health(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Response {
